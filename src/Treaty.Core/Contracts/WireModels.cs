@@ -1,0 +1,170 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+
+namespace Treaty.Core.Contracts;
+
+// The HTTP API's JSON shapes, shared by the server and the client SDK so there is one definition
+// of the wire format.
+
+/// <summary>Body of <c>POST /api/v1/transactions</c>.</summary>
+[JsonUnmappedMemberHandling(JsonUnmappedMemberHandling.Disallow)]
+public sealed class SubmitTransactionRequest
+{
+    public string? Gid { get; set; }
+
+    public string? Protocol { get; set; }
+
+    public JsonElement? Payload { get; set; }
+
+    public List<BranchRequest?>? Branches { get; set; }
+
+    public long? TimeoutMs { get; set; }
+
+    public RetryPolicyRequest? Retry { get; set; }
+}
+
+/// <summary>One branch of a submit: its name and the URLs of its protocol's operations.</summary>
+[JsonUnmappedMemberHandling(JsonUnmappedMemberHandling.Disallow)]
+public sealed class BranchRequest
+{
+    public string? Name { get; set; }
+
+    public string? Action { get; set; }
+
+    public string? Compensate { get; set; }
+
+    public string? Try { get; set; }
+
+    public string? Confirm { get; set; }
+
+    public string? Cancel { get; set; }
+
+    public string? Prepare { get; set; }
+
+    public string? Commit { get; set; }
+
+    public string? Rollback { get; set; }
+
+    public string? CanCommit { get; set; }
+
+    public string? PreCommit { get; set; }
+
+    public string? DoCommit { get; set; }
+
+    public string? Abort { get; set; }
+
+    /// <summary>Absent: the previous branch (sequential). Empty: none (runs at once, in parallel).</summary>
+    public List<string?>? DependsOn { get; set; }
+
+    public bool? Pivot { get; set; }
+
+    public long? TimeoutMs { get; set; }
+
+    public RetryPolicyRequest? Retry { get; set; }
+
+    /// <summary>Operation name to URL, for every URL set.</summary>
+    public IEnumerable<KeyValuePair<string, string?>> OperationUrls()
+    {
+        yield return new("action", Action);
+        yield return new("compensate", Compensate);
+        yield return new("try", Try);
+        yield return new("confirm", Confirm);
+        yield return new("cancel", Cancel);
+        yield return new("prepare", Prepare);
+        yield return new("commit", Commit);
+        yield return new("rollback", Rollback);
+        yield return new("canCommit", CanCommit);
+        yield return new("preCommit", PreCommit);
+        yield return new("doCommit", DoCommit);
+        yield return new("abort", Abort);
+    }
+}
+
+/// <summary>Retry settings of a transaction or a branch.</summary>
+[JsonUnmappedMemberHandling(JsonUnmappedMemberHandling.Disallow)]
+public sealed class RetryPolicyRequest
+{
+    public int? MaxAttempts { get; set; }
+
+    public long? InitialDelayMs { get; set; }
+
+    public long? MaxDelayMs { get; set; }
+}
+
+/// <summary>Body of <c>POST .../abort</c> (optional).</summary>
+public sealed class AbortRequest
+{
+    public string? Reason { get; set; }
+}
+
+/// <summary>A transaction as the API shows it.</summary>
+public sealed record TransactionView(
+    string Gid,
+    string Protocol,
+    string Status,
+    bool Stuck,
+    string? Reason,
+    DateTimeOffset CreatedAt,
+    DateTimeOffset UpdatedAt,
+    DateTimeOffset? Deadline,
+    DateTimeOffset? NextWakeAt,
+    JsonElement Payload,
+    IReadOnlyList<BranchView> Branches);
+
+/// <summary>A branch as the API shows it.</summary>
+public sealed record BranchView(
+    string Name,
+    string Status,
+    IReadOnlyList<string> DependsOn,
+    bool Pivot,
+    IReadOnlyDictionary<string, OperationView> Ops);
+
+/// <summary>One operation of a branch as the API shows it.</summary>
+public sealed record OperationView(
+    string Url,
+    string Status,
+    int Attempts,
+    int? LastStatusCode,
+    string? LastError,
+    DateTimeOffset? FirstAttemptAt,
+    DateTimeOffset? LastAttemptAt,
+    DateTimeOffset? FinishedAt,
+    DateTimeOffset? NextAttemptAt,
+    JsonElement? Result);
+
+/// <summary>A page of the listing.</summary>
+public sealed record TransactionListView(IReadOnlyList<TransactionSummaryView> Items, string? NextCursor);
+
+/// <summary>A transaction in a listing.</summary>
+public sealed record TransactionSummaryView(
+    string Gid,
+    string Protocol,
+    string Status,
+    bool Stuck,
+    string? Reason,
+    DateTimeOffset CreatedAt,
+    DateTimeOffset UpdatedAt,
+    int Branches);
+
+/// <summary>One entry of a transaction's timeline.</summary>
+public sealed record EventView(
+    long Sequence,
+    DateTimeOffset At,
+    string Kind,
+    string? Branch,
+    string? Op,
+    int? Attempt,
+    int? StatusCode,
+    string? Detail);
+
+/// <summary>The timeline of a transaction.</summary>
+public sealed record EventListView(string Gid, IReadOnlyList<EventView> Events);
+
+/// <summary>RFC 9457 problem details as Treaty writes them (with the offending fields).</summary>
+public sealed record ProblemView(
+    string Type,
+    string Title,
+    int Status,
+    string? Detail,
+    string? Instance,
+    IReadOnlyDictionary<string, string[]>? Errors);

@@ -1,0 +1,72 @@
+using Treaty.Core.Model;
+
+namespace Treaty.Core.Engine;
+
+/// <summary>
+/// Durable home of transaction state and of the append-only journal. Every write is durable when
+/// its task completes (the engine acts on a decision only after that). Implementations pass the
+/// shared compliance suite.
+/// </summary>
+public interface ITransactionStore
+{
+    /// <summary>Creates or migrates the schema.</summary>
+    Task InitializeAsync(CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Stores a new transaction and its first journal entries atomically. Returns null when it was
+    /// inserted, or the stored state when a transaction with the same gid already exists (nothing
+    /// is written then).
+    /// </summary>
+    Task<TransactionState?> InsertAsync(TransactionState state, IReadOnlyList<JournalEntry> journal, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Replaces the stored state (whose version must be <c>state.Version - 1</c>) and appends the
+    /// journal entries, atomically. Throws <see cref="ConcurrencyConflictException"/> when the
+    /// stored version differs or the transaction does not exist.
+    /// </summary>
+    Task UpdateAsync(TransactionState state, IReadOnlyList<JournalEntry> journal, CancellationToken cancellationToken);
+
+    /// <summary>The stored state, or null.</summary>
+    Task<TransactionState?> GetAsync(string gid, CancellationToken cancellationToken);
+
+    /// <summary>The journal of one transaction, oldest first.</summary>
+    Task<IReadOnlyList<JournalRecord>> GetJournalAsync(string gid, CancellationToken cancellationToken);
+
+    /// <summary>A page of transactions, newest first.</summary>
+    Task<TransactionPage> ListAsync(TransactionQuery query, CancellationToken cancellationToken);
+
+    /// <summary>Gids of non-terminal transactions whose <see cref="TransactionState.NextWakeAt"/> is at or
+    /// before <paramref name="dueBy"/> (or unset), earliest first.</summary>
+    Task<IReadOnlyList<string>> ListDueAsync(DateTimeOffset dueBy, int limit, CancellationToken cancellationToken);
+}
+
+/// <summary>A stored journal entry.</summary>
+public sealed record JournalRecord(long Sequence, string Gid, JournalEntry Entry);
+
+/// <summary>Filters of a listing. <see cref="Cursor"/> is the opaque <see cref="TransactionPage.NextCursor"/> of the previous page.</summary>
+public sealed record TransactionQuery(
+    TransactionStatus? Status = null,
+    Protocol? Protocol = null,
+    bool? Stuck = null,
+    DateTimeOffset? Since = null,
+    int Limit = 50,
+    string? Cursor = null);
+
+/// <summary>One page of a listing.</summary>
+public sealed record TransactionPage(IReadOnlyList<TransactionState> Items, string? NextCursor);
+
+/// <summary>The stored version was not the expected one: another writer got there first.</summary>
+public sealed class ConcurrencyConflictException : Exception
+{
+    public ConcurrencyConflictException()
+    {
+    }
+
+    public ConcurrencyConflictException(string message) : base(message)
+    {
+    }
+
+    public ConcurrencyConflictException(string message, Exception innerException) : base(message, innerException)
+    {
+    }
+}

@@ -1,0 +1,484 @@
+using System.Collections.Concurrent;
+using System.Collections.Frozen;
+using Microsoft.Extensions.Logging;
+using Treaty.Core.Model;
+
+namespace Treaty.Core.Engine;
+
+/// <summary>How a submit ended.</summary>
+public enum SubmitStatus
+{
+    /// <summary>A new transaction was stored and started.</summary>
+    Created,
+    /// <summary>The gid existed with the same definition: nothing new happened.</summary>
+    Existing,
+    /// <summary>The gid existed with a different definition.</summary>
+    Conflict,
+}
+
+/// <summary>The answer to a submit.</summary>
+public sealed record SubmitResult(SubmitStatus Status, TransactionState State);
+
+/// <summary>How an operator action ended.</summary>
+public enum AdminStatus
+{
+    /// <summary>The action was taken.</summary>
+    Accepted,
+    /// <summary>No such transaction.</summary>
+    NotFound,
+    /// <summary>Not possible in the transaction's current state (terminal, or past its pivot).</summary>
+    Refused,
+}
+
+/// <summary>The answer to an operator action.</summary>
+public sealed record AdminResult(AdminStatus Status, TransactionState? State);
+
+/// <summary>
+/// Drives transactions: feeds events to the protocol's pure <c>Decide</c>, persists each decision
+/// (write-ahead) and only then executes its commands. One runner per active transaction serializes
+/// its events; different transactions proceed in parallel.
+/// </summary>
+public sealed partial class TransactionEngine : IAsyncDisposable
+{
+    private readonly ITransactionStore _store;
+    private readonly IBranchInvoker _invoker;
+    private readonly TimeProvider _time;
+    private readonly IRandomSource _random;
+    private readonly ILogger _logger;
+    private readonly IEngineObserver _observer;
+    private readonly FrozenDictionary<Protocol, IProtocolMachine> _machines;
+    private readonly ConcurrentDictionary<string, Runner> _active = new(StringComparer.Ordinal);
+    private readonly CancellationTokenSource _stopping = new();
+
+    public TransactionEngine(
+        ITransactionStore store,
+        IBranchInvoker invoker,
+        IEnumerable<IProtocolMachine> machines,
+        TimeProvider time,
+        IRandomSource random,
+        ILogger<TransactionEngine> logger,
+        IEngineObserver? observer = null)
+    {
+        _store = store;
+        _invoker = invoker;
+        _time = time;
+        _random = random;
+        _logger = logger;
+        _observer = observer ?? NullEngineObserver.Instance;
+        _machines = machines.ToFrozenDictionary(m => m.Protocol);
+    }
+
+    /// <summary>Transactions currently held in memory.</summary>
+    public int ActiveCount => _active.Count;
+
+    /// <summary>The protocols registered with this engine.</summary>
+    public IReadOnlyCollection<Protocol> Protocols => _machines.Keys;
+
+    /// <summary>The machine of a protocol, or null when it is not registered.</summary>
+    public IProtocolMachine? MachineFor(Protocol protocol) => _machines.GetValueOrDefault(protocol);
+
+    /// <summary>
+    /// Stores a new transaction durably and starts it. Idempotent on the gid: the same definition
+    /// returns the existing transaction, a different one is a conflict.
+    /// </summary>
+    public async Task<SubmitResult> SubmitAsync(TransactionSpec spec, string fingerprint, CancellationToken cancellationToken)
+    {
+        var machine = MachineFor(spec.Protocol) ?? throw new InvalidOperationException($"Protocol {spec.Protocol} is not registered.");
+        if (_active.TryGetValue(spec.Gid, out var running) && running.Current is { } current)
+        {
+            return Existing(current, fingerprint);
+        }
+
+        var now = _time.GetUtcNow();
+        var created = machine.Create(spec, fingerprint, now);
+        var decision = machine.Decide(created, new Submitted(), new DecisionContext(now, _random));
+        var first = decision.Next with { Version = 1 };
+        var existing = await _store.InsertAsync(first, decision.Journal, cancellationToken);
+        if (existing is not null)
+        {
+            return Existing(existing, fingerprint);
+        }
+
+        _observer.Submitted(first);
+        var runner = new Runner(this, machine, first);
+        if (!_active.TryAdd(spec.Gid, runner))
+        {
+            // Only the inserter reaches here for a gid, so a runner can exist only if recovery
+            // loaded the row in between; it drives the transaction and we leave it to it.
+            return new SubmitResult(SubmitStatus.Created, first);
+        }
+
+        await runner.StartAsync(decision.Commands);
+        return new SubmitResult(SubmitStatus.Created, first);
+    }
+
+    private static SubmitResult Existing(TransactionState state, string fingerprint) =>
+        new(string.Equals(state.Fingerprint, fingerprint, StringComparison.Ordinal) ? SubmitStatus.Existing : SubmitStatus.Conflict, state);
+
+    /// <summary>The latest state: from memory if active, else from the store.</summary>
+    public async Task<TransactionState?> GetAsync(string gid, CancellationToken cancellationToken)
+    {
+        if (_active.TryGetValue(gid, out var runner) && runner.Current is { } current)
+        {
+            return current;
+        }
+
+        return await _store.GetAsync(gid, cancellationToken);
+    }
+
+    /// <summary>Waits until the transaction is terminal or <paramref name="timeout"/> passes; returns the latest state.</summary>
+    public async Task<TransactionState?> WaitAsync(string gid, TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        if (_active.TryGetValue(gid, out var runner))
+        {
+            try
+            {
+                return await runner.Terminal.WaitAsync(timeout, _time, cancellationToken);
+            }
+            catch (TimeoutException)
+            {
+                // fall through to the latest state
+            }
+        }
+
+        return await GetAsync(gid, cancellationToken);
+    }
+
+    /// <summary>Loads a non-terminal transaction from the store and drives it (recovery).</summary>
+    public async Task ResumeAsync(string gid, CancellationToken cancellationToken)
+    {
+        if (_active.ContainsKey(gid))
+        {
+            return;
+        }
+
+        var state = await _store.GetAsync(gid, cancellationToken);
+        if (state is null || state.IsTerminal || MachineFor(state.Spec.Protocol) is not { } machine)
+        {
+            return;
+        }
+
+        var runner = new Runner(this, machine, state);
+        if (_active.TryAdd(gid, runner))
+        {
+            LogResuming(_logger, gid, state.Status.ToWire());
+            await runner.HandleAsync(new Resumed());
+        }
+    }
+
+    /// <summary>Operator: retry now, restarting the retry budget of waiting operations.</summary>
+    public Task<AdminResult> RetryAsync(string gid, string actor, CancellationToken cancellationToken) =>
+        AdminAsync(gid, new AdminRetry(actor), static (_, s) => !s.IsTerminal, cancellationToken);
+
+    /// <summary>Operator: abort (compensate) a transaction that has not passed the point of no return.</summary>
+    public Task<AdminResult> AbortAsync(string gid, string actor, string? reason, CancellationToken cancellationToken) =>
+        AdminAsync(gid, new AdminAbort(actor, reason), static (m, s) => m.CanAbort(s), cancellationToken);
+
+    private async Task<AdminResult> AdminAsync(
+        string gid,
+        TransactionEvent @event,
+        Func<IProtocolMachine, TransactionState, bool> allowed,
+        CancellationToken cancellationToken)
+    {
+        for (var tries = 0; tries < 3; tries++)
+        {
+            if (!_active.TryGetValue(gid, out var runner))
+            {
+                await ResumeAsync(gid, cancellationToken);
+                if (!_active.TryGetValue(gid, out runner))
+                {
+                    var stored = await _store.GetAsync(gid, cancellationToken);
+                    return stored is null
+                        ? new AdminResult(AdminStatus.NotFound, null)
+                        : new AdminResult(AdminStatus.Refused, stored);
+                }
+            }
+
+            var (handled, state) = await runner.HandleAdminAsync(@event, allowed);
+            if (handled is not null)
+            {
+                return new AdminResult(handled.Value ? AdminStatus.Accepted : AdminStatus.Refused, state);
+            }
+
+            // The runner unloaded meanwhile; look again.
+        }
+
+        return new AdminResult(AdminStatus.Refused, await _store.GetAsync(gid, cancellationToken));
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await _stopping.CancelAsync();
+        foreach (var runner in _active.Values)
+        {
+            runner.Dispose();
+        }
+
+        _active.Clear();
+        _stopping.Dispose();
+    }
+
+    private void Unload(Runner runner)
+    {
+        _active.TryRemove(new KeyValuePair<string, Runner>(runner.Gid, runner));
+        runner.Dispose();
+    }
+
+    /// <summary>Holds one active transaction and serializes everything that happens to it.</summary>
+    private sealed class Runner : IDisposable
+    {
+        private readonly TransactionEngine _engine;
+        private readonly IProtocolMachine _machine;
+        private readonly SemaphoreSlim _gate = new(1, 1);
+        private readonly TaskCompletionSource<TransactionState> _terminal = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private readonly ITimer _timer;
+        private TransactionState _state;
+        private volatile bool _unloaded;
+
+        public Runner(TransactionEngine engine, IProtocolMachine machine, TransactionState state)
+        {
+            _engine = engine;
+            _machine = machine;
+            _state = state;
+            Gid = state.Gid;
+            _timer = engine._time.CreateTimer(static s => ((Runner)s!).OnTimer(), this, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+        }
+
+        public string Gid { get; }
+
+        public TransactionState? Current => _unloaded ? null : Volatile.Read(ref _state);
+
+        public Task<TransactionState> Terminal => _terminal.Task;
+
+        /// <summary>Acts on the first decision, which the submit already persisted.</summary>
+        public async Task StartAsync(IReadOnlyList<Command> commands)
+        {
+            await _gate.WaitAsync();
+            try
+            {
+                Execute(_state, commands);
+            }
+            finally
+            {
+                _gate.Release();
+            }
+        }
+
+        public async Task HandleAsync(TransactionEvent @event)
+        {
+            await _gate.WaitAsync();
+            try
+            {
+                await DecideAndPersistAsync(@event);
+            }
+            finally
+            {
+                _gate.Release();
+            }
+        }
+
+        /// <summary>Null when the runner was unloaded; else whether the action was allowed, and the state after it.</summary>
+        public async Task<(bool? Handled, TransactionState State)> HandleAdminAsync(
+            TransactionEvent @event, Func<IProtocolMachine, TransactionState, bool> allowed)
+        {
+            await _gate.WaitAsync();
+            try
+            {
+                if (_unloaded)
+                {
+                    return (null, _state);
+                }
+
+                if (!allowed(_machine, _state))
+                {
+                    return (false, _state);
+                }
+
+                var ok = await DecideAndPersistAsync(@event);
+                return (ok ? true : null, _state);
+            }
+            finally
+            {
+                _gate.Release();
+            }
+        }
+
+        private async Task<bool> DecideAndPersistAsync(TransactionEvent @event)
+        {
+            if (_unloaded || _engine._stopping.IsCancellationRequested)
+            {
+                return false;
+            }
+
+            var now = _engine._time.GetUtcNow();
+            var decision = _machine.Decide(_state, @event, new DecisionContext(now, _engine._random));
+            if (!decision.Changed(_state))
+            {
+                return true;
+            }
+
+            var next = decision.Next with { Version = _state.Version + 1 };
+            try
+            {
+                await _engine._store.UpdateAsync(next, decision.Journal, _engine._stopping.Token);
+            }
+            catch (Exception ex) when (ex is not OutOfMemoryException)
+            {
+                // Not durable, so not acted on. Drop the in-memory copy; recovery reloads the
+                // durable state and carries on from there.
+                if (!_engine._stopping.IsCancellationRequested)
+                {
+                    LogPersistFailed(_engine._logger, ex, Gid);
+                }
+
+                _unloaded = true;
+                _engine.Unload(this);
+                return false;
+            }
+
+            Volatile.Write(ref _state, next);
+            Execute(next, decision.Commands);
+            return true;
+        }
+
+        private void Execute(TransactionState state, IReadOnlyList<Command> commands)
+        {
+            foreach (var command in commands)
+            {
+                switch (command)
+                {
+                    case InvokeBranch invoke:
+                        _ = InvokeAsync(state, invoke);
+                        break;
+                    case Finish finish:
+                        LogFinished(_engine._logger, Gid, finish.Status.ToWire());
+                        _engine._observer.Finished(state);
+                        _unloaded = true;
+                        _terminal.TrySetResult(state);
+                        _engine.Unload(this);
+                        break;
+                    case Alert alert:
+                        LogAlert(_engine._logger, Gid, alert.Kind, alert.Message);
+                        _engine._observer.Alert(state, alert);
+                        break;
+                }
+            }
+
+            if (!_unloaded)
+            {
+                Schedule(state.NextWakeAt);
+            }
+        }
+
+        private void Schedule(DateTimeOffset? wakeAt)
+        {
+            if (wakeAt is not { } at)
+            {
+                _timer.Change(Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+                return;
+            }
+
+            var due = at - _engine._time.GetUtcNow();
+            if (due < TimeSpan.Zero)
+            {
+                due = TimeSpan.Zero;
+            }
+
+            // ITimer limits due times to about 49 days; a longer wait is re-armed when it fires.
+            var max = TimeSpan.FromDays(30);
+            _timer.Change(due > max ? max : due, Timeout.InfiniteTimeSpan);
+        }
+
+        private void OnTimer() => _ = HandleSafelyAsync(new TimerFired());
+
+        private async Task InvokeAsync(TransactionState state, InvokeBranch invoke)
+        {
+            // Leave the caller's gate before doing I/O.
+            await Task.Yield();
+            BranchOutcome outcome;
+            var call = new BranchCall(Gid, invoke.BranchName, invoke.Op, invoke.Url, invoke.Attempt, state.Spec.PayloadJson, invoke.Timeout);
+            var started = _engine._time.GetTimestamp();
+            try
+            {
+                outcome = await _engine._invoker.InvokeAsync(call, _engine._stopping.Token);
+            }
+            catch (Exception ex) when (ex is not OutOfMemoryException)
+            {
+                outcome = BranchOutcome.Unknown(null, ex.Message);
+            }
+
+            _engine._observer.BranchCalled(state, call, outcome, _engine._time.GetElapsedTime(started));
+            await HandleSafelyAsync(new BranchCompleted(invoke.Branch, invoke.Op, invoke.Attempt, outcome));
+        }
+
+        private async Task HandleSafelyAsync(TransactionEvent @event)
+        {
+            try
+            {
+                await HandleAsync(@event);
+            }
+            catch (ObjectDisposedException)
+            {
+                // unloaded while the event was on its way; the durable state is what counts.
+            }
+            catch (Exception ex) when (ex is not OutOfMemoryException)
+            {
+                LogHandleFailed(_engine._logger, ex, Gid);
+            }
+        }
+
+        public void Dispose()
+        {
+            _unloaded = true;
+            _timer.Dispose();
+        }
+    }
+
+    [LoggerMessage(EventId = 1001, Level = LogLevel.Information, Message = "Resuming transaction {Gid} ({Status})")]
+    private static partial void LogResuming(ILogger logger, string gid, string status);
+
+    [LoggerMessage(EventId = 1002, Level = LogLevel.Debug, Message = "Transaction {Gid} finished: {Status}")]
+    private static partial void LogFinished(ILogger logger, string gid, string status);
+
+    [LoggerMessage(EventId = 1003, Level = LogLevel.Warning, Message = "Transaction {Gid} alert {Kind}: {Message}")]
+    private static partial void LogAlert(ILogger logger, string gid, string kind, string message);
+
+    [LoggerMessage(EventId = 1004, Level = LogLevel.Warning, Message = "Persisting a decision of {Gid} failed; it will be recovered from the store")]
+    private static partial void LogPersistFailed(ILogger logger, Exception exception, string gid);
+
+    [LoggerMessage(EventId = 1005, Level = LogLevel.Error, Message = "Handling an event of {Gid} failed")]
+    private static partial void LogHandleFailed(ILogger logger, Exception exception, string gid);
+}
+
+/// <summary>Hooks for metrics and tests; called after the decision is durable.</summary>
+public interface IEngineObserver
+{
+    void Submitted(TransactionState state);
+
+    void BranchCalled(TransactionState state, BranchCall call, BranchOutcome outcome, TimeSpan duration);
+
+    void Finished(TransactionState state);
+
+    void Alert(TransactionState state, Alert alert);
+}
+
+internal sealed class NullEngineObserver : IEngineObserver
+{
+    public static NullEngineObserver Instance { get; } = new();
+
+    public void Submitted(TransactionState state)
+    {
+    }
+
+    public void BranchCalled(TransactionState state, BranchCall call, BranchOutcome outcome, TimeSpan duration)
+    {
+    }
+
+    public void Finished(TransactionState state)
+    {
+    }
+
+    public void Alert(TransactionState state, Alert alert)
+    {
+    }
+}

@@ -1,0 +1,38 @@
+using System.Collections.Immutable;
+
+namespace Treaty.Core.Model;
+
+/// <summary>What a client submitted: the immutable definition of one transaction.</summary>
+/// <param name="Gid">Global transaction id, unique per coordinator.</param>
+/// <param name="Protocol">The protocol that drives it.</param>
+/// <param name="PayloadJson">Compact JSON text given to every branch call.</param>
+/// <param name="Branches">The branches, in submission order.</param>
+/// <param name="TimeoutMs">Time from submission after which a saga that has not passed its pivot aborts.</param>
+/// <param name="Retry">Default retry policy of every branch.</param>
+public sealed record TransactionSpec(
+    string Gid,
+    Protocol Protocol,
+    string PayloadJson,
+    ImmutableArray<BranchSpec> Branches,
+    long? TimeoutMs,
+    RetryPolicy? Retry);
+
+/// <summary>One participant branch.</summary>
+/// <param name="Name">Unique within the transaction.</param>
+/// <param name="Urls">Operation name (for a saga <c>action</c>, <c>compensate</c>) to URL.</param>
+/// <param name="DependsOn">Names of the branches this one waits for. Never null once validated:
+/// an absent list in a request means "the previous branch" (a sequential saga).</param>
+/// <param name="Pivot">Once a pivot succeeds the saga only moves forward.</param>
+/// <param name="TimeoutMs">Timeout of one call to this branch.</param>
+/// <param name="Retry">Retry policy of this branch; falls back to the transaction's.</param>
+public sealed record BranchSpec(
+    string Name,
+    ImmutableSortedDictionary<string, string> Urls,
+    ImmutableArray<string> DependsOn,
+    bool Pivot,
+    long? TimeoutMs,
+    RetryPolicy? Retry)
+{
+    /// <summary>The URL of <paramref name="op"/>, or null when the branch has none.</summary>
+    public string? UrlOf(string op) => Urls.TryGetValue(op, out var url) ? url : null;
+}

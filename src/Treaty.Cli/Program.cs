@@ -1,1 +1,10 @@
-Console.WriteLine("cli");
+using System.CommandLine;
+using Treaty.Cli;
+
+var root = new RootCommand("treaty: a distributed transaction coordinator")
+{
+    ServeCommand.Create(),
+    DemoCommand.Create(),
+    TxCommands.Create(),
+};
+return await root.Parse(args).InvokeAsync();

@@ -1,0 +1,193 @@
+using System.Buffers;
+using System.Diagnostics;
+using System.Net.Http.Headers;
+using System.Text;
+using System.Text.Json;
+using Treaty.Core.Engine;
+using Treaty.Core.Model;
+
+namespace Treaty.Server;
+
+/// <summary>
+/// Calls participants over HTTP per the branch call contract: POST a JSON envelope with the
+/// Treaty headers and an Idempotency-Key that is the same on every retry of one operation.
+/// Every outcome is data: 2xx success, a definitive 4xx failure, anything else unknown.
+/// </summary>
+internal sealed partial class HttpBranchInvoker : IBranchInvoker, IDisposable
+{
+    private static readonly MediaTypeHeaderValue JsonContentType = new("application/json") { CharSet = "utf-8" };
+    private readonly HttpClient _http;
+    private readonly TimeProvider _time;
+    private readonly int _maxResultBytes;
+    private readonly ILogger _logger;
+
+    public HttpBranchInvoker(TreatyServerOptions options, TimeProvider time, ILogger<HttpBranchInvoker> logger)
+    {
+        _time = time;
+        _logger = logger;
+        _maxResultBytes = options.MaxBranchResultBytes;
+        var handler = new SocketsHttpHandler
+        {
+            MaxConnectionsPerServer = options.MaxConnectionsPerParticipant,
+            PooledConnectionLifetime = TimeSpan.FromMinutes(5),
+            PooledConnectionIdleTimeout = TimeSpan.FromMinutes(1),
+            AllowAutoRedirect = false, // a redirect could point anywhere: follow nothing.
+            UseCookies = false,
+            ConnectTimeout = TimeSpan.FromSeconds(5),
+        };
+        _http = new HttpClient(handler) { Timeout = Timeout.InfiniteTimeSpan };
+    }
+
+    public async Task<BranchOutcome> InvokeAsync(BranchCall call, CancellationToken cancellationToken)
+    {
+        using var activity = TreatyTelemetry.Source.StartActivity("treaty.branch " + call.Op, ActivityKind.Client);
+        activity?.SetTag("treaty.gid", call.Gid);
+        activity?.SetTag("treaty.branch", call.Branch);
+        activity?.SetTag("treaty.op", call.Op);
+        activity?.SetTag("treaty.attempt", call.Attempt);
+
+        using var timeout = new CancellationTokenSource(call.Timeout, _time);
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(timeout.Token, cancellationToken);
+        try
+        {
+            using var request = new HttpRequestMessage(HttpMethod.Post, call.Url)
+            {
+                Content = new ByteArrayContent(Envelope(call)) { Headers = { ContentType = JsonContentType } },
+            };
+            request.Headers.Add("Treaty-Gid", call.Gid);
+            request.Headers.Add("Treaty-Branch", call.Branch);
+            request.Headers.Add("Treaty-Op", call.Op);
+            request.Headers.Add("Treaty-Attempt", call.Attempt.ToString(System.Globalization.CultureInfo.InvariantCulture));
+            request.Headers.Add("Idempotency-Key", call.IdempotencyKey);
+            request.Headers.Accept.Add(new MediaTypeWithQualityHeaderValue("application/json"));
+
+            using var response = await _http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, linked.Token);
+            var status = (int)response.StatusCode;
+            var body = await ReadBodyAsync(response, linked.Token);
+            activity?.SetTag("http.response.status_code", status);
+            switch (BranchOutcome.Classify(status))
+            {
+                case OutcomeKind.Succeeded:
+                    return BranchOutcome.Success(status, AsJson(body));
+                case OutcomeKind.Failed:
+                    return BranchOutcome.Failure(status, Describe(status, body));
+                default:
+                    return BranchOutcome.Unknown(status, Describe(status, body));
+            }
+        }
+        catch (OperationCanceledException) when (timeout.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
+        {
+            return BranchOutcome.Unknown(null, $"no answer within {call.Timeout.TotalMilliseconds:0} ms");
+        }
+        catch (HttpRequestException ex)
+        {
+            LogCallFailed(_logger, call.Gid, call.Branch, call.Op, ex.Message);
+            return BranchOutcome.Unknown(null, ex.Message);
+        }
+        catch (IOException ex)
+        {
+            return BranchOutcome.Unknown(null, ex.Message);
+        }
+    }
+
+    private static byte[] Envelope(BranchCall call)
+    {
+        var buffer = new ArrayBufferWriter<byte>(256 + call.PayloadJson.Length);
+        using (var writer = new Utf8JsonWriter(buffer))
+        {
+            writer.WriteStartObject();
+            writer.WriteString("gid", call.Gid);
+            writer.WriteString("branch", call.Branch);
+            writer.WriteString("op", call.Op);
+            writer.WriteNumber("attempt", call.Attempt);
+            writer.WritePropertyName("payload");
+            writer.WriteRawValue(call.PayloadJson, skipInputValidation: true);
+            writer.WriteEndObject();
+        }
+
+        return buffer.WrittenSpan.ToArray();
+    }
+
+    private async Task<string?> ReadBodyAsync(HttpResponseMessage response, CancellationToken cancellationToken)
+    {
+        if (response.Content.Headers.ContentLength == 0)
+        {
+            return null;
+        }
+
+        await using var stream = await response.Content.ReadAsStreamAsync(cancellationToken);
+        var buffer = new byte[Math.Min(_maxResultBytes, (int?)response.Content.Headers.ContentLength ?? _maxResultBytes) + 1];
+        var read = 0;
+        while (read < buffer.Length)
+        {
+            var n = await stream.ReadAsync(buffer.AsMemory(read), cancellationToken);
+            if (n == 0)
+            {
+                break;
+            }
+
+            read += n;
+        }
+
+        if (read > _maxResultBytes)
+        {
+            return null; // too large to keep; the outcome still counts.
+        }
+
+        return read == 0 ? null : Encoding.UTF8.GetString(buffer, 0, read);
+    }
+
+    /// <summary>The body if it is JSON, else null (a success with a non-JSON body has no result).</summary>
+    private static string? AsJson(string? body)
+    {
+        if (string.IsNullOrWhiteSpace(body))
+        {
+            return null;
+        }
+
+        try
+        {
+            using var document = JsonDocument.Parse(body);
+            return body;
+        }
+        catch (JsonException)
+        {
+            return JsonSerializer.Serialize(body, Core.Serialization.TreatyJsonContext.Default.String);
+        }
+    }
+
+    private static string Describe(int status, string? body)
+    {
+        if (!string.IsNullOrWhiteSpace(body))
+        {
+            try
+            {
+                using var document = JsonDocument.Parse(body);
+                var root = document.RootElement;
+                if (root.ValueKind == JsonValueKind.Object)
+                {
+                    foreach (var name in (ReadOnlySpan<string>)["detail", "title", "error", "message", "reason"])
+                    {
+                        if (root.TryGetProperty(name, out var value) && value.ValueKind == JsonValueKind.String)
+                        {
+                            return $"HTTP {status}: {Clip(value.GetString()!)}";
+                        }
+                    }
+                }
+            }
+            catch (JsonException)
+            {
+                return $"HTTP {status}: {Clip(body)}";
+            }
+        }
+
+        return $"HTTP {status}";
+    }
+
+    private static string Clip(string text) => text.Length <= 300 ? text : text[..300] + "…";
+
+    public void Dispose() => _http.Dispose();
+
+    [LoggerMessage(EventId = 2001, Level = LogLevel.Debug, Message = "Call {Gid}/{Branch}/{Op} failed: {Error}")]
+    private static partial void LogCallFailed(ILogger logger, string gid, string branch, string op, string error);
+}

@@ -1,0 +1,343 @@
+using System.Globalization;
+using System.Text.Json;
+using Microsoft.AspNetCore.Http.Features;
+using Treaty.Core.Contracts;
+using Treaty.Core.Engine;
+using Treaty.Core.Model;
+using Treaty.Core.Serialization;
+
+namespace Treaty.Server;
+
+/// <summary>The <c>/api/v1</c> endpoints.</summary>
+public static class TransactionsApi
+{
+    private const string ActorHeader = "Treaty-Actor";
+
+    /// <summary>Maps the transaction API onto <paramref name="endpoints"/>.</summary>
+    public static IEndpointRouteBuilder MapTreatyApi(this IEndpointRouteBuilder endpoints)
+    {
+        var api = endpoints.MapGroup("/api/v1/transactions").WithTags("Transactions");
+        api.MapPost("", SubmitAsync)
+            .WithName("SubmitTransaction")
+            .WithSummary("Submit a transaction (idempotent on gid)")
+            .Accepts<SubmitTransactionRequest>("application/json")
+            .Produces<TransactionView>(StatusCodes.Status200OK)
+            .Produces<TransactionView>(StatusCodes.Status202Accepted)
+            .Produces<ProblemView>(StatusCodes.Status400BadRequest, "application/problem+json")
+            .Produces<ProblemView>(StatusCodes.Status409Conflict, "application/problem+json")
+            .Produces<ProblemView>(StatusCodes.Status413PayloadTooLarge, "application/problem+json");
+        api.MapGet("", ListAsync)
+            .WithName("ListTransactions")
+            .WithSummary("List transactions, newest first")
+            .Produces<TransactionListView>()
+            .Produces<ProblemView>(StatusCodes.Status400BadRequest, "application/problem+json");
+        api.MapGet("/{gid}", GetAsync)
+            .WithName("GetTransaction")
+            .Produces<TransactionView>()
+            .Produces<ProblemView>(StatusCodes.Status404NotFound, "application/problem+json");
+        api.MapGet("/{gid}/events", GetEventsAsync)
+            .WithName("GetTransactionEvents")
+            .WithSummary("The transaction's timeline: every attempt and decision")
+            .Produces<EventListView>()
+            .Produces<ProblemView>(StatusCodes.Status404NotFound, "application/problem+json");
+        api.MapPost("/{gid}/retry", RetryAsync)
+            .WithName("RetryTransaction")
+            .WithSummary("Operator: retry waiting operations now")
+            .Produces<TransactionView>()
+            .Produces<ProblemView>(StatusCodes.Status404NotFound, "application/problem+json")
+            .Produces<ProblemView>(StatusCodes.Status409Conflict, "application/problem+json");
+        api.MapPost("/{gid}/abort", AbortAsync)
+            .WithName("AbortTransaction")
+            .WithSummary("Operator: abort (compensate) a transaction before its point of no return")
+            .Produces<TransactionView>()
+            .Produces<ProblemView>(StatusCodes.Status404NotFound, "application/problem+json")
+            .Produces<ProblemView>(StatusCodes.Status409Conflict, "application/problem+json");
+        return endpoints;
+    }
+
+    private static async Task<IResult> SubmitAsync(HttpContext context, TransactionEngine engine, TreatyServerOptions options, CancellationToken cancellationToken)
+    {
+        if (!IsJson(context.Request.ContentType))
+        {
+            return Problems.Create(StatusCodes.Status415UnsupportedMediaType, ProblemTypes.UnsupportedMediaType,
+                "Unsupported media type", "Send the transaction as application/json.", context);
+        }
+
+        TimeSpan? wait = null;
+        if (context.Request.Query.TryGetValue("wait", out var waitText))
+        {
+            if (!TryParseDuration(waitText.ToString(), out var parsed) || parsed > options.MaxWait)
+            {
+                return Problems.Field(context, "wait", $"Use a duration such as 500ms, 5s or 1m, at most {options.MaxWait.TotalSeconds:0}s.");
+            }
+
+            wait = parsed;
+        }
+
+        SubmitTransactionRequest? request;
+        try
+        {
+            request = await JsonSerializer.DeserializeAsync(context.Request.Body, TreatyJsonContext.Default.SubmitTransactionRequest, cancellationToken);
+        }
+        catch (JsonException ex)
+        {
+            var where = string.IsNullOrEmpty(ex.Path) || ex.Path == "$" ? "" : $" at {ex.Path}";
+            return Problems.Create(StatusCodes.Status400BadRequest, ProblemTypes.MalformedJson, "Malformed JSON",
+                $"The body is not a valid transaction{where}: {FirstSentence(ex.Message)}", context,
+                new Dictionary<string, string[]> { [ex.Path ?? "$"] = [FirstSentence(ex.Message)] });
+        }
+        catch (BadHttpRequestException ex) when (ex.StatusCode == StatusCodes.Status413PayloadTooLarge)
+        {
+            return TooLarge(context, options);
+        }
+
+        if (request is null)
+        {
+            return Problems.Field(context, "$", "The body must be a JSON object.");
+        }
+
+        var parsedRequest = RequestParser.Parse(request, engine.MachineFor, NewGid);
+        if (!parsedRequest.IsValid)
+        {
+            return Problems.Validation(context, parsedRequest.Errors,
+                parsedRequest.UnsupportedProtocol ? ProblemTypes.UnsupportedProtocol : ProblemTypes.Validation);
+        }
+
+        var result = await engine.SubmitAsync(parsedRequest.Spec!, parsedRequest.Fingerprint!, cancellationToken);
+        if (result.Status == SubmitStatus.Conflict)
+        {
+            return Problems.Create(StatusCodes.Status409Conflict, ProblemTypes.GidConflict, "Gid already used",
+                $"A different transaction with gid '{result.State.Gid}' exists; the same gid must come with the same body.", context);
+        }
+
+        var state = result.State;
+        if (wait is { } duration && duration > TimeSpan.Zero && !state.IsTerminal)
+        {
+            state = await engine.WaitAsync(state.Gid, duration, cancellationToken) ?? state;
+        }
+
+        var location = $"/api/v1/transactions/{Uri.EscapeDataString(state.Gid)}";
+        context.Response.Headers.Location = location;
+        return Results.Json(WireMapper.ToView(state), TreatyJsonContext.Default.TransactionView,
+            statusCode: state.IsTerminal ? StatusCodes.Status200OK : StatusCodes.Status202Accepted);
+    }
+
+    private static IResult TooLarge(HttpContext context, TreatyServerOptions options) =>
+        Problems.Create(StatusCodes.Status413PayloadTooLarge, ProblemTypes.PayloadTooLarge, "Request body too large",
+            $"The body exceeds {options.MaxRequestBodyBytes} bytes.", context);
+
+    private static async Task<IResult> GetAsync(string gid, HttpContext context, TransactionEngine engine, CancellationToken cancellationToken)
+    {
+        var state = RequestParser.IsValidGid(gid) ? await engine.GetAsync(gid, cancellationToken) : null;
+        return state is null
+            ? Problems.NotFound(context, gid)
+            : Results.Json(WireMapper.ToView(state), TreatyJsonContext.Default.TransactionView);
+    }
+
+    private static async Task<IResult> GetEventsAsync(string gid, HttpContext context, TransactionEngine engine, ITransactionStore store, CancellationToken cancellationToken)
+    {
+        var state = RequestParser.IsValidGid(gid) ? await engine.GetAsync(gid, cancellationToken) : null;
+        if (state is null)
+        {
+            return Problems.NotFound(context, gid);
+        }
+
+        var journal = await store.GetJournalAsync(gid, cancellationToken);
+        return Results.Json(new EventListView(gid, [.. journal.Select(WireMapper.ToView)]), TreatyJsonContext.Default.EventListView);
+    }
+
+    private static async Task<IResult> ListAsync(HttpContext context, ITransactionStore store, CancellationToken cancellationToken)
+    {
+        var query = context.Request.Query;
+        var errors = new List<ValidationError>();
+        TransactionStatus? status = null;
+        if (query.TryGetValue("status", out var statusText))
+        {
+            if (StatusExtensions.TryParseStatus(statusText.ToString(), out var s))
+            {
+                status = s;
+            }
+            else
+            {
+                errors.Add(new("status", "Use one of prepared, pending, running, aborting, committed, aborted."));
+            }
+        }
+
+        Protocol? protocol = null;
+        if (query.TryGetValue("protocol", out var protocolText))
+        {
+            if (ProtocolNames.TryParse(protocolText.ToString(), out var p))
+            {
+                protocol = p;
+            }
+            else
+            {
+                errors.Add(new("protocol", "Use one of saga, tcc, 2pc, 3pc, msg."));
+            }
+        }
+
+        bool? stuck = null;
+        if (query.TryGetValue("stuck", out var stuckText))
+        {
+            if (bool.TryParse(stuckText.ToString(), out var b))
+            {
+                stuck = b;
+            }
+            else
+            {
+                errors.Add(new("stuck", "Use true or false."));
+            }
+        }
+
+        DateTimeOffset? since = null;
+        if (query.TryGetValue("since", out var sinceText))
+        {
+            if (DateTimeOffset.TryParse(sinceText.ToString(), CultureInfo.InvariantCulture, DateTimeStyles.AssumeUniversal, out var d))
+            {
+                since = d;
+            }
+            else
+            {
+                errors.Add(new("since", "Use an ISO 8601 timestamp."));
+            }
+        }
+
+        var limit = 50;
+        if (query.TryGetValue("limit", out var limitText)
+            && (!int.TryParse(limitText.ToString(), NumberStyles.None, CultureInfo.InvariantCulture, out limit) || limit is < 1 or > 500))
+        {
+            errors.Add(new("limit", "Use a number from 1 to 500."));
+        }
+
+        var cursor = query.TryGetValue("cursor", out var cursorText) ? cursorText.ToString() : null;
+        if (cursor is { Length: > 512 })
+        {
+            errors.Add(new("cursor", "Not a cursor this server issued."));
+        }
+
+        if (errors.Count > 0)
+        {
+            return Problems.Validation(context, errors);
+        }
+
+        TransactionPage page;
+        try
+        {
+            page = await store.ListAsync(new TransactionQuery(status, protocol, stuck, since, limit, cursor), cancellationToken);
+        }
+        catch (FormatException)
+        {
+            return Problems.Field(context, "cursor", "Not a cursor this server issued.");
+        }
+
+        return Results.Json(new TransactionListView([.. page.Items.Select(WireMapper.ToSummary)], page.NextCursor), TreatyJsonContext.Default.TransactionListView);
+    }
+
+    private static async Task<IResult> RetryAsync(string gid, HttpContext context, TransactionEngine engine, CancellationToken cancellationToken)
+    {
+        if (!RequestParser.IsValidGid(gid))
+        {
+            return Problems.NotFound(context, gid);
+        }
+
+        var result = await engine.RetryAsync(gid, Actor(context), cancellationToken);
+        return AdminResponse(context, gid, result, "It is already finished.");
+    }
+
+    private static async Task<IResult> AbortAsync(string gid, HttpContext context, TransactionEngine engine, CancellationToken cancellationToken)
+    {
+        if (!RequestParser.IsValidGid(gid))
+        {
+            return Problems.NotFound(context, gid);
+        }
+
+        string? reason = null;
+        if (context.Request.ContentLength is > 0 || context.Request.Headers.TransferEncoding.Count > 0)
+        {
+            try
+            {
+                var body = await JsonSerializer.DeserializeAsync(context.Request.Body, TreatyJsonContext.Default.AbortRequest, cancellationToken);
+                reason = body?.Reason;
+            }
+            catch (JsonException ex)
+            {
+                return Problems.Create(StatusCodes.Status400BadRequest, ProblemTypes.MalformedJson, "Malformed JSON", FirstSentence(ex.Message), context);
+            }
+        }
+
+        if (reason is { Length: > 500 })
+        {
+            return Problems.Field(context, "reason", "At most 500 characters.");
+        }
+
+        var result = await engine.AbortAsync(gid, Actor(context), reason, cancellationToken);
+        return AdminResponse(context, gid, result, "It is finished, or it has passed its point of no return (the pivot has started).");
+    }
+
+    private static IResult AdminResponse(HttpContext context, string gid, AdminResult result, string refusal) => result.Status switch
+    {
+        AdminStatus.NotFound => Problems.NotFound(context, gid),
+        AdminStatus.Refused => Problems.Create(StatusCodes.Status409Conflict, ProblemTypes.InvalidState, "Not possible in this state",
+            $"Transaction '{gid}' is {result.State?.Status.ToWire()}. {refusal}", context),
+        _ => Results.Json(WireMapper.ToView(result.State!), TreatyJsonContext.Default.TransactionView),
+    };
+
+    private static string Actor(HttpContext context)
+    {
+        var actor = context.Request.Headers[ActorHeader].ToString();
+        if (string.IsNullOrWhiteSpace(actor) || actor.Length > 100)
+        {
+            actor = "api";
+        }
+
+        return $"{actor}@{context.Connection.RemoteIpAddress}";
+    }
+
+    private static string NewGid() => Guid.CreateVersion7().ToString("N");
+
+    private static bool IsJson(string? contentType) =>
+        contentType is not null
+        && (contentType.StartsWith("application/json", StringComparison.OrdinalIgnoreCase)
+            || (contentType.StartsWith("application/", StringComparison.OrdinalIgnoreCase) && contentType.Contains("+json", StringComparison.OrdinalIgnoreCase)));
+
+    private static string FirstSentence(string message)
+    {
+        var end = message.IndexOf(". ", StringComparison.Ordinal);
+        return end > 0 ? message[..(end + 1)] : message;
+    }
+
+    /// <summary>Parses 250ms, 5s, 2m, or a plain number of seconds.</summary>
+    internal static bool TryParseDuration(string text, out TimeSpan duration)
+    {
+        duration = default;
+        text = text.Trim();
+        double factorMs;
+        if (text.EndsWith("ms", StringComparison.OrdinalIgnoreCase))
+        {
+            factorMs = 1;
+            text = text[..^2];
+        }
+        else if (text.EndsWith('s') || text.EndsWith('S'))
+        {
+            factorMs = 1000;
+            text = text[..^1];
+        }
+        else if (text.EndsWith('m') || text.EndsWith('M'))
+        {
+            factorMs = 60_000;
+            text = text[..^1];
+        }
+        else
+        {
+            factorMs = 1000;
+        }
+
+        if (!double.TryParse(text, NumberStyles.AllowDecimalPoint, CultureInfo.InvariantCulture, out var value) || value < 0 || value > 86_400)
+        {
+            return false;
+        }
+
+        duration = TimeSpan.FromMilliseconds(value * factorMs);
+        return true;
+    }
+}

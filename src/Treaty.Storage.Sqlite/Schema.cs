@@ -1,0 +1,166 @@
+using System.Globalization;
+using Microsoft.Data.Sqlite;
+
+namespace Treaty.Storage.Sqlite;
+
+/// <summary>
+/// The schema and its migrations. The version lives in <c>PRAGMA user_version</c> (the database
+/// header, written in the same transaction as the migration); a migration is appended, never edited.
+/// </summary>
+internal static class Schema
+{
+    /// <summary>Statuses the due-work index leaves out. Stored values; see <see cref="StoredValues"/>.</summary>
+    private const string NonTerminal = "status NOT IN ('committed', 'aborted')";
+
+    /// <summary>The sort key of due work: an unset wake-up time sorts first (ticks are never negative).</summary>
+    public const string DueKey = "coalesce(next_wake_at, -1)";
+
+    /// <summary>Filter and order of due work, spelled exactly as in the partial index so the planner uses it.</summary>
+    public const string DueFilter = NonTerminal + " AND " + DueKey + " <= $due_by";
+
+    // Migration i (0-based) moves the schema from version i to i + 1.
+    private static readonly string[] Migrations =
+    [
+        // 1: Branch progress lives inside state_json rather than in a branches table: a decision is
+        // then exactly one row write (plus its journal rows), which is what keeps group commit cheap.
+        // The columns beside state_json copy the fields that listings and recovery filter on.
+        // Times are UTC ticks: exact (a DateTimeOffset has tick precision, so "since" and cursors
+        // never round) and never negative.
+        $"""
+        CREATE TABLE transactions (
+            gid          TEXT    NOT NULL PRIMARY KEY,
+            protocol     TEXT    NOT NULL,
+            status       TEXT    NOT NULL,
+            stuck        INTEGER NOT NULL,
+            created_at   INTEGER NOT NULL,
+            updated_at   INTEGER NOT NULL,
+            next_wake_at INTEGER NULL,
+            fingerprint  TEXT    NOT NULL,
+            version      INTEGER NOT NULL,
+            state_json   TEXT    NOT NULL
+        );
+        CREATE INDEX ix_transactions_created ON transactions (created_at DESC, gid DESC);
+        CREATE INDEX ix_transactions_status_created ON transactions (status, created_at DESC, gid DESC);
+        CREATE INDEX ix_transactions_stuck_created ON transactions (created_at DESC, gid DESC) WHERE stuck = 1;
+        CREATE INDEX ix_transactions_due ON transactions ({DueKey}, gid) WHERE {NonTerminal};
+        CREATE TABLE journal (
+            seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+            gid         TEXT    NOT NULL,
+            at          INTEGER NOT NULL,
+            kind        TEXT    NOT NULL,
+            branch      TEXT    NULL,
+            op          TEXT    NULL,
+            attempt     INTEGER NULL,
+            status_code INTEGER NULL,
+            detail      TEXT    NULL
+        );
+        CREATE INDEX ix_journal_gid ON journal (gid, seq);
+        """,
+    ];
+
+    /// <summary>The version this build creates and understands.</summary>
+    public static int CurrentVersion => Migrations.Length;
+
+    /// <summary>Brings the database to <see cref="CurrentVersion"/>; returns the versions it applied.</summary>
+    public static IReadOnlyList<int> Migrate(SqliteConnection connection)
+    {
+        var applied = new List<int>();
+        while (true)
+        {
+            using var transaction = connection.BeginTransaction(deferred: false);
+            var version = ReadVersion(connection, transaction);
+            if (version > CurrentVersion)
+            {
+                throw new InvalidOperationException(
+                    $"The database has schema version {version}, newer than the {CurrentVersion} this build of Treaty understands; upgrade Treaty.");
+            }
+
+            if (version == CurrentVersion)
+            {
+                transaction.Commit();
+                return applied;
+            }
+
+            using (var migrate = connection.CreateCommand())
+            {
+                migrate.Transaction = transaction;
+                // PRAGMA takes no parameters; the value is our own integer, not input.
+                migrate.CommandText = Migrations[version] + $"\nPRAGMA user_version = {(version + 1).ToString(CultureInfo.InvariantCulture)};";
+                migrate.ExecuteNonQuery();
+            }
+
+            transaction.Commit();
+            applied.Add(version + 1);
+        }
+    }
+
+    public static int ReadVersion(SqliteConnection connection, SqliteTransaction? transaction = null)
+    {
+        using var command = connection.CreateCommand();
+        command.Transaction = transaction;
+        command.CommandText = "PRAGMA user_version;";
+        return Convert.ToInt32(command.ExecuteScalar(), CultureInfo.InvariantCulture);
+    }
+
+    public static string ConnectionString(string path) => new SqliteConnectionStringBuilder
+    {
+        DataSource = path,
+        Mode = SqliteOpenMode.ReadWriteCreate,
+        Cache = SqliteCacheMode.Private,
+        // The store keeps its own connections (one writer, a pool of readers), so it can close
+        // every handle on dispose; the driver's pool would keep the file open after that.
+        Pooling = false,
+    }.ToString();
+
+    /// <summary>Opens the one writer connection: WAL so readers never block it, FULL so a commit is on disk.</summary>
+    public static SqliteConnection OpenWriter(string path)
+    {
+        var connection = new SqliteConnection(ConnectionString(path));
+        try
+        {
+            connection.Open();
+            var mode = Pragma(connection, "PRAGMA journal_mode = WAL;");
+            if (!string.Equals(mode, "wal", StringComparison.OrdinalIgnoreCase))
+            {
+                throw new InvalidOperationException($"SQLite refused write-ahead logging for '{path}' (journal_mode is '{mode}'); the store needs a local file system.");
+            }
+
+            Pragma(connection, "PRAGMA synchronous = FULL;");
+            Pragma(connection, BusyTimeoutPragma);
+            return connection;
+        }
+        catch
+        {
+            connection.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Opens a reader connection; it refuses writes, so only the writer ever changes the file.</summary>
+    public static SqliteConnection OpenReader(string path)
+    {
+        var connection = new SqliteConnection(ConnectionString(path));
+        try
+        {
+            connection.Open();
+            Pragma(connection, BusyTimeoutPragma);
+            Pragma(connection, "PRAGMA query_only = 1;");
+            return connection;
+        }
+        catch
+        {
+            connection.Dispose();
+            throw;
+        }
+    }
+
+    public static string? Pragma(SqliteConnection connection, string sql)
+    {
+        using var command = connection.CreateCommand();
+        command.CommandText = sql;
+        return Convert.ToString(command.ExecuteScalar(), CultureInfo.InvariantCulture);
+    }
+
+    private static readonly string BusyTimeoutPragma =
+        $"PRAGMA busy_timeout = {SqliteStoreDefaults.BusyTimeoutMs.ToString(CultureInfo.InvariantCulture)};";
+}

@@ -1,0 +1,124 @@
+using Treaty.Core.Engine;
+using Treaty.Core.Model;
+
+namespace Treaty.Storage.Sqlite;
+
+/// <summary>
+/// One queued write. The writer applies it inside the batch's transaction under its own savepoint,
+/// records the outcome, and completes the caller only after the batch has committed (is durable).
+/// </summary>
+internal abstract class WriteRequest(CancellationToken cancellationToken)
+{
+    public CancellationToken CancellationToken { get; } = cancellationToken;
+
+    /// <summary>For logs; null when the request concerns no transaction.</summary>
+    public abstract string? Gid { get; }
+
+    /// <summary>
+    /// Does the write and records its own outcome (a failed check writes nothing). Throws only for
+    /// an unexpected error; the writer then rolls back to the savepoint and fails this request alone.
+    /// </summary>
+    public abstract void Apply(WriterConnection writer);
+
+    /// <summary>Hands the recorded outcome to the caller; called once the batch is durable.</summary>
+    public abstract void Complete();
+
+    /// <summary>Records that this write failed on its own (its effects were rolled back).</summary>
+    public abstract void SetFailed(Exception exception);
+
+    /// <summary>Records that the caller gave up before the write was applied (nothing written).</summary>
+    public abstract void SetCanceled();
+
+    /// <summary>Fails the caller at once: the batch as a whole did not commit.</summary>
+    public abstract void Fail(Exception exception);
+}
+
+/// <summary>A write whose caller awaits a <typeparamref name="T"/>.</summary>
+internal abstract class WriteRequest<T>(CancellationToken cancellationToken) : WriteRequest(cancellationToken)
+{
+    // Continuations run off the writer thread so one slow caller cannot stall the next batch.
+    private readonly TaskCompletionSource<T> _completion = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private T? _result;
+    private Exception? _error;
+    private bool _canceled;
+
+    public Task<T> Task => _completion.Task;
+
+    public override void Complete()
+    {
+        if (_canceled)
+        {
+            _completion.TrySetCanceled(CancellationToken);
+        }
+        else if (_error is not null)
+        {
+            _completion.TrySetException(_error);
+        }
+        else
+        {
+            _completion.TrySetResult(_result!);
+        }
+    }
+
+    public override void SetFailed(Exception exception) => _error = exception;
+
+    public override void SetCanceled() => _canceled = true;
+
+    public override void Fail(Exception exception) => _completion.TrySetException(exception);
+
+    protected void SetResult(T result) => _result = result;
+}
+
+/// <summary>Insert of a new transaction with its first journal entries.</summary>
+internal sealed class InsertRequest(StoredRow row, IReadOnlyList<JournalEntry> journal, CancellationToken cancellationToken)
+    : WriteRequest<TransactionState?>(cancellationToken)
+{
+    public override string Gid => row.Gid;
+
+    public override void Apply(WriterConnection writer)
+    {
+        if (writer.TryInsert(row))
+        {
+            writer.AppendJournal(row.Gid, journal);
+            SetResult(null);
+            return;
+        }
+
+        var existing = writer.ReadStateJson(row.Gid)
+            ?? throw new InvalidOperationException($"Transaction '{row.Gid}' conflicted on insert but cannot be read.");
+        SetResult(StoredValues.Deserialize(existing));
+    }
+}
+
+/// <summary>Replacement of a transaction's state at the next version, with its journal entries.</summary>
+internal sealed class UpdateRequest(StoredRow row, IReadOnlyList<JournalEntry> journal, CancellationToken cancellationToken)
+    : WriteRequest<bool>(cancellationToken)
+{
+    public override string Gid => row.Gid;
+
+    public override void Apply(WriterConnection writer)
+    {
+        var expected = row.Version - 1;
+        if (writer.TryUpdate(row, expected))
+        {
+            writer.AppendJournal(row.Gid, journal);
+            SetResult(true);
+            return;
+        }
+
+        // Only the conflict path pays for this second look, to say which conflict it was.
+        var stored = writer.ReadVersion(row.Gid);
+        SetFailed(new ConcurrencyConflictException(stored is { } actual
+            ? $"Transaction '{row.Gid}' is at version {actual}; the update expected {expected}."
+            : $"Transaction '{row.Gid}' does not exist."));
+    }
+}
+
+/// <summary>Runs a query on the writer connection inside a batch (diagnostics and tests).</summary>
+internal sealed class WriterProbe<T>(Func<WriterConnection, T> query, CancellationToken cancellationToken)
+    : WriteRequest<T>(cancellationToken)
+{
+    public override string? Gid => null;
+
+    public override void Apply(WriterConnection writer) => SetResult(query(writer));
+}

@@ -1,0 +1,172 @@
+using System.Globalization;
+using Microsoft.Data.Sqlite;
+using Treaty.Core.Model;
+
+namespace Treaty.Storage.Sqlite;
+
+/// <summary>
+/// The single writer connection with its statements prepared once and reused for every write
+/// (binding new values to a prepared statement skips SQLite's parser on the hot path). Used only by
+/// the writer thread.
+/// </summary>
+internal sealed class WriterConnection : IDisposable
+{
+    private readonly SqliteConnection _connection;
+    private readonly SqliteCommand _begin;
+    private readonly SqliteCommand _commit;
+    private readonly SqliteCommand _rollback;
+    private readonly SqliteCommand _savepoint;
+    private readonly SqliteCommand _release;
+    private readonly SqliteCommand _rollbackToSavepoint;
+    private readonly SqliteCommand _insert;
+    private readonly SqliteCommand _update;
+    private readonly SqliteCommand _selectState;
+    private readonly SqliteCommand _selectVersion;
+    private readonly SqliteCommand _appendJournal;
+    private readonly List<SqliteCommand> _commands = [];
+
+    public WriterConnection(SqliteConnection connection)
+    {
+        _connection = connection;
+        // Transactions are driven by plain statements rather than SqliteTransaction so that BEGIN,
+        // COMMIT and the per-write savepoints are prepared statements like the rest.
+        _begin = Prepare("BEGIN IMMEDIATE;");
+        _commit = Prepare("COMMIT;");
+        _rollback = Prepare("ROLLBACK;");
+        _savepoint = Prepare("SAVEPOINT treaty_write;");
+        _release = Prepare("RELEASE treaty_write;");
+        _rollbackToSavepoint = Prepare("ROLLBACK TO treaty_write;");
+        _insert = Prepare(
+            """
+            INSERT INTO transactions (gid, protocol, status, stuck, created_at, updated_at, next_wake_at, fingerprint, version, state_json)
+            VALUES ($gid, $protocol, $status, $stuck, $created_at, $updated_at, $next_wake_at, $fingerprint, $version, $state_json)
+            ON CONFLICT (gid) DO NOTHING;
+            """,
+            "$gid", "$protocol", "$status", "$stuck", "$created_at", "$updated_at", "$next_wake_at", "$fingerprint", "$version", "$state_json");
+        // created_at, protocol and fingerprint never change after the insert; leaving them out of SET
+        // spares SQLite from rewriting the listing indexes on every decision.
+        _update = Prepare(
+            """
+            UPDATE transactions
+            SET status = $status, stuck = $stuck, updated_at = $updated_at, next_wake_at = $next_wake_at,
+                version = $version, state_json = $state_json
+            WHERE gid = $gid AND version = $expected_version;
+            """,
+            "$gid", "$status", "$stuck", "$updated_at", "$next_wake_at", "$version", "$state_json", "$expected_version");
+        _selectState = Prepare("SELECT state_json FROM transactions WHERE gid = $gid;", "$gid");
+        _selectVersion = Prepare("SELECT version FROM transactions WHERE gid = $gid;", "$gid");
+        _appendJournal = Prepare(
+            """
+            INSERT INTO journal (gid, at, kind, branch, op, attempt, status_code, detail)
+            VALUES ($gid, $at, $kind, $branch, $op, $attempt, $status_code, $detail);
+            """,
+            "$gid", "$at", "$kind", "$branch", "$op", "$attempt", "$status_code", "$detail");
+    }
+
+    /// <summary>The raw connection, for diagnostics run on the writer thread.</summary>
+    public SqliteConnection Connection => _connection;
+
+    public void Begin() => _begin.ExecuteNonQuery();
+
+    public void Commit() => _commit.ExecuteNonQuery();
+
+    public void Rollback() => _rollback.ExecuteNonQuery();
+
+    public void Savepoint() => _savepoint.ExecuteNonQuery();
+
+    public void Release() => _release.ExecuteNonQuery();
+
+    public void RollbackToSavepoint() => _rollbackToSavepoint.ExecuteNonQuery();
+
+    /// <summary>Inserts the row; false when a row with its gid exists (nothing written).</summary>
+    public bool TryInsert(StoredRow row)
+    {
+        var p = _insert.Parameters;
+        p[0].Value = row.Gid;
+        p[1].Value = row.Protocol;
+        p[2].Value = row.Status;
+        p[3].Value = row.Stuck ? 1 : 0;
+        p[4].Value = row.CreatedAt;
+        p[5].Value = row.UpdatedAt;
+        p[6].Value = Nullable(row.NextWakeAt);
+        p[7].Value = row.Fingerprint;
+        p[8].Value = row.Version;
+        p[9].Value = row.StateJson;
+        return _insert.ExecuteNonQuery() == 1;
+    }
+
+    /// <summary>Replaces the row if it is at <paramref name="expectedVersion"/>; false otherwise (nothing written).</summary>
+    public bool TryUpdate(StoredRow row, long expectedVersion)
+    {
+        var p = _update.Parameters;
+        p[0].Value = row.Gid;
+        p[1].Value = row.Status;
+        p[2].Value = row.Stuck ? 1 : 0;
+        p[3].Value = row.UpdatedAt;
+        p[4].Value = Nullable(row.NextWakeAt);
+        p[5].Value = row.Version;
+        p[6].Value = row.StateJson;
+        p[7].Value = expectedVersion;
+        return _update.ExecuteNonQuery() == 1;
+    }
+
+    public string? ReadStateJson(string gid)
+    {
+        _selectState.Parameters[0].Value = gid;
+        return _selectState.ExecuteScalar() as string;
+    }
+
+    public long? ReadVersion(string gid)
+    {
+        _selectVersion.Parameters[0].Value = gid;
+        return _selectVersion.ExecuteScalar() is { } value and not DBNull
+            ? Convert.ToInt64(value, CultureInfo.InvariantCulture)
+            : null;
+    }
+
+    public void AppendJournal(string gid, IReadOnlyList<JournalEntry> entries)
+    {
+        var p = _appendJournal.Parameters;
+        p[0].Value = gid;
+        foreach (var entry in entries)
+        {
+            p[1].Value = StoredValues.Time(entry.At);
+            p[2].Value = entry.Kind;
+            p[3].Value = Nullable(entry.Branch);
+            p[4].Value = Nullable(entry.Op);
+            p[5].Value = Nullable(entry.Attempt);
+            p[6].Value = Nullable(entry.StatusCode);
+            p[7].Value = Nullable(entry.Detail);
+            _appendJournal.ExecuteNonQuery();
+        }
+    }
+
+    public void Dispose()
+    {
+        foreach (var command in _commands)
+        {
+            command.Dispose();
+        }
+
+        _connection.Dispose();
+    }
+
+    private static object Nullable<T>(T? value) where T : struct => value.HasValue ? value.Value : DBNull.Value;
+
+    private static object Nullable(string? value) => value is null ? DBNull.Value : value;
+
+    private SqliteCommand Prepare(string sql, params string[] parameters)
+    {
+        var command = _connection.CreateCommand();
+        command.CommandText = sql;
+        foreach (var name in parameters)
+        {
+            // Created once with a placeholder; each write binds its own value.
+            command.Parameters.Add(new SqliteParameter(name, DBNull.Value));
+        }
+
+        _commands.Add(command);
+        command.Prepare();
+        return command;
+    }
+}

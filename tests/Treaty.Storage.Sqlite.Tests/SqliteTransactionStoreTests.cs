@@ -1,0 +1,311 @@
+using System.Globalization;
+using Microsoft.Data.Sqlite;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Options;
+using Treaty.Core.Engine;
+using Treaty.Core.Model;
+using Treaty.Core.Sagas;
+
+namespace Treaty.Storage.Sqlite.Tests;
+
+/// <summary>What only the SQLite store promises: its pragmas, group commit, schema migration.</summary>
+public sealed class SqliteTransactionStoreTests : IAsyncLifetime
+{
+    private static readonly DateTimeOffset T0 = new(2026, 3, 1, 12, 0, 0, TimeSpan.Zero);
+    private readonly TempDatabase _database = new();
+    private readonly CancellationTokenSource _timeout = new(TimeSpan.FromMinutes(2));
+    private SqliteTransactionStore _store = null!;
+
+    private CancellationToken Ct => _timeout.Token;
+
+    public async Task InitializeAsync()
+    {
+        _store = _database.Open();
+        await _store.InitializeAsync(Ct);
+    }
+
+    public async Task DisposeAsync()
+    {
+        await _store.DisposeAsync();
+        _database.Dispose();
+        _timeout.Dispose();
+    }
+
+    [Fact]
+    public async Task WriterConnection_UsesWalSynchronousFullAndABusyTimeout()
+    {
+        var pragmas = await _store.QueryWriterAsync(
+            c => (Schema.Pragma(c, "PRAGMA journal_mode;"), Schema.Pragma(c, "PRAGMA synchronous;"), Schema.Pragma(c, "PRAGMA busy_timeout;")),
+            Ct);
+
+        pragmas.Item1.ShouldBe("wal");
+        pragmas.Item2.ShouldBe("2", "synchronous=FULL is 2");
+        pragmas.Item3.ShouldBe(SqliteStoreDefaults.BusyTimeoutMs.ToString(CultureInfo.InvariantCulture));
+    }
+
+    [Fact]
+    public void DatabaseFile_IsInWalModeForEveryConnection()
+    {
+        // journal_mode=WAL is persistent: a connection that never asked for it sees it.
+        _database.Scalar("PRAGMA journal_mode;").ShouldBe("wal");
+        File.Exists(_database.Path).ShouldBeTrue();
+    }
+
+    [Fact]
+    public async Task Batch_WithConflictingWrites_CommitsTheOthersInOneTransaction()
+    {
+        var existing = NewState("existing");
+        var stale = NewState("stale");
+        await _store.InsertAsync(existing, [], Ct);
+        await _store.InsertAsync(stale, [], Ct);
+        var batchesBefore = _store.CommittedBatches;
+
+        Task<TransactionState?> insertNew, insertExisting, insertAfter;
+        Task updateStale, updateGood;
+        using (_store.HoldWriter())
+        {
+            insertNew = _store.InsertAsync(NewState("fresh"), [Entry("fresh")], Ct);
+            updateStale = _store.UpdateAsync(stale with { Version = 5 }, [Entry("stale")], Ct);
+            insertExisting = _store.InsertAsync(NewState("existing") with { Fingerprint = "other" }, [Entry("existing")], Ct);
+            updateGood = _store.UpdateAsync(stale with { Version = 2, Reason = "moved" }, [Entry("good")], Ct);
+            insertAfter = _store.InsertAsync(NewState("after"), [Entry("after")], Ct);
+            await Task.Delay(TimeSpan.FromMilliseconds(50), TimeProvider.System, Ct);
+            insertNew.IsCompleted.ShouldBeFalse("the writer is held");
+        }
+
+        (await insertNew).ShouldBeNull();
+        await Should.ThrowAsync<ConcurrencyConflictException>(() => updateStale);
+        (await insertExisting)!.Fingerprint.ShouldBe(existing.Fingerprint);
+        await updateGood;
+        (await insertAfter).ShouldBeNull();
+        (_store.CommittedBatches - batchesBefore).ShouldBe(1, "all five writes went in one batch");
+        (await _store.GetAsync("fresh", Ct)).ShouldNotBeNull();
+        (await _store.GetAsync("after", Ct)).ShouldNotBeNull();
+        (await _store.GetAsync("stale", Ct))!.Reason.ShouldBe("moved");
+        (await _store.GetJournalAsync("stale", Ct)).Select(r => r.Entry.Detail).ShouldBe(["good"]);
+        (await _store.GetJournalAsync("existing", Ct)).ShouldBeEmpty();
+    }
+
+    [Fact]
+    public async Task Batch_WriteFailingHalfway_RollsBackItsStateRowAndOnlyItFails()
+    {
+        var victim = NewState("victim");
+        var bystander = NewState("bystander");
+        await _store.InsertAsync(victim, [Entry("v1")], Ct);
+        await _store.InsertAsync(bystander, [], Ct);
+        // A trigger makes the second journal row of the victim's update fail after its state row
+        // was already replaced: only a per-write savepoint can undo that row.
+        _database.Execute("CREATE TRIGGER boom BEFORE INSERT ON journal WHEN NEW.detail = 'boom' BEGIN SELECT RAISE(ABORT, 'boom'); END;");
+        var batchesBefore = _store.CommittedBatches;
+
+        Task failing, other, inserted;
+        using (_store.HoldWriter())
+        {
+            other = _store.UpdateAsync(bystander with { Version = 2 }, [Entry("ok")], Ct);
+            failing = _store.UpdateAsync(victim with { Version = 2, Reason = "must not stick" }, [Entry("first"), Entry("boom")], Ct);
+            inserted = _store.InsertAsync(NewState("late"), [Entry("late")], Ct);
+        }
+
+        (await Should.ThrowAsync<SqliteException>(() => failing)).Message.ShouldContain("boom");
+        await other;
+        await inserted;
+        (_store.CommittedBatches - batchesBefore).ShouldBe(1);
+        var stored = await _store.GetAsync("victim", Ct);
+        stored!.Version.ShouldBe(1);
+        stored.Reason.ShouldBeNull();
+        (await _store.GetJournalAsync("victim", Ct)).Select(r => r.Entry.Detail).ShouldBe(["v1"]);
+        (await _store.GetAsync("bystander", Ct))!.Version.ShouldBe(2);
+        (await _store.GetJournalAsync("late", Ct)).Single().Entry.Detail.ShouldBe("late");
+    }
+
+    [Fact]
+    public async Task Batches_NeverExceedMaxBatchSize()
+    {
+        await _store.DisposeAsync();
+        _store = _database.Open(maxBatchSize: 3);
+        await _store.InitializeAsync(Ct);
+        var before = _store.CommittedBatches;
+
+        Task<TransactionState?>[] writes;
+        using (_store.HoldWriter())
+        {
+            writes = Enumerable.Range(0, 10).Select(i => _store.InsertAsync(NewState($"b{i}"), [], Ct)).ToArray();
+        }
+
+        (await Task.WhenAll(writes)).ShouldAllBe(r => r == null);
+        (_store.CommittedBatches - before).ShouldBe(4);
+    }
+
+    [Fact]
+    public async Task Dispose_CommitsWritesStillQueued()
+    {
+        Task<TransactionState?>[] writes;
+        using (_store.HoldWriter())
+        {
+            writes = Enumerable.Range(0, 300).Select(i => _store.InsertAsync(NewState($"q{i:D3}"), [Entry("queued")], Ct)).ToArray();
+            var disposing = _store.DisposeAsync().AsTask();
+            (await Task.WhenAll(writes)).ShouldAllBe(r => r == null);
+            await disposing;
+        }
+
+        _store = _database.Open();
+        for (var i = 0; i < 300; i++)
+        {
+            (await _store.GetAsync($"q{i:D3}", Ct)).ShouldNotBeNull();
+        }
+    }
+
+    [Fact]
+    public async Task AfterDispose_WritesAndReadsThrowObjectDisposed()
+    {
+        await _store.DisposeAsync();
+
+        await Should.ThrowAsync<ObjectDisposedException>(() => _store.InsertAsync(NewState("late"), [], Ct));
+        await Should.ThrowAsync<ObjectDisposedException>(() => _store.GetAsync("late", Ct));
+    }
+
+    [Fact]
+    public async Task FirstCall_WithoutInitialize_InitializesTheStore()
+    {
+        await _store.DisposeAsync();
+        _store = _database.Open();
+
+        (await _store.InsertAsync(NewState("lazy"), [], Ct)).ShouldBeNull();
+
+        (await _store.GetAsync("lazy", Ct)).ShouldNotBeNull();
+    }
+
+    [Fact]
+    public async Task OpeningTwice_KeepsRowsAndTheSchemaVersion()
+    {
+        await _store.InsertAsync(NewState("kept"), [Entry("kept")], Ct);
+        await _store.DisposeAsync();
+        var objects = _database.Scalar("SELECT count(*) FROM sqlite_schema;");
+
+        _store = _database.Open();
+        await _store.InitializeAsync(Ct);
+        await _store.DisposeAsync();
+        _store = _database.Open();
+        await _store.InitializeAsync(Ct);
+
+        (await _store.GetAsync("kept", Ct)).ShouldNotBeNull();
+        (await _store.GetJournalAsync("kept", Ct)).Single().Entry.Detail.ShouldBe("kept");
+        _database.Scalar("PRAGMA user_version;").ShouldBe((long)Schema.CurrentVersion);
+        _database.Scalar("SELECT count(*) FROM sqlite_schema;").ShouldBe(objects);
+    }
+
+    [Fact]
+    public async Task ExistingDatabaseWithoutSchema_IsMigratedAndItsOtherTablesKept()
+    {
+        await _store.DisposeAsync();
+        using var other = new TempDatabase();
+        other.Execute("CREATE TABLE operator_notes (id INTEGER PRIMARY KEY, note TEXT); INSERT INTO operator_notes (note) VALUES ('keep me');");
+        other.Scalar("PRAGMA user_version;").ShouldBe(0L);
+
+        _store = other.Open();
+        await _store.InitializeAsync(Ct);
+        await _store.InsertAsync(NewState("migrated"), [], Ct);
+
+        other.Scalar("PRAGMA user_version;").ShouldBe((long)Schema.CurrentVersion);
+        other.Scalar("SELECT note FROM operator_notes;").ShouldBe("keep me");
+        (await _store.GetAsync("migrated", Ct)).ShouldNotBeNull();
+        await _store.DisposeAsync();
+    }
+
+    [Fact]
+    public async Task DatabaseFromANewerVersion_IsRefused()
+    {
+        await _store.DisposeAsync();
+        using var newer = new TempDatabase();
+        newer.Execute("PRAGMA user_version = 99;");
+
+        _store = newer.Open();
+
+        (await Should.ThrowAsync<InvalidOperationException>(() => _store.InitializeAsync(Ct))).Message.ShouldContain("99");
+        newer.Scalar("PRAGMA user_version;").ShouldBe(99L);
+        await _store.DisposeAsync();
+    }
+
+    [Fact]
+    public async Task Queries_UseTheirIndexes()
+    {
+        await _store.InsertAsync(NewState("plan"), [], Ct);
+
+        Plan($"SELECT gid FROM transactions WHERE {Schema.DueFilter} ORDER BY {Schema.DueKey}, gid LIMIT 10", ("$due_by", 0L))
+            .ShouldContain("ix_transactions_due");
+        Plan("SELECT gid FROM transactions WHERE 1 = 1 AND (created_at, gid) < ($c, $g) ORDER BY created_at DESC, gid DESC LIMIT 5", ("$c", 0L), ("$g", "x"))
+            .ShouldContain("ix_transactions_created");
+        Plan("SELECT gid FROM transactions WHERE 1 = 1 AND stuck = 1 ORDER BY created_at DESC, gid DESC LIMIT 5")
+            .ShouldContain("ix_transactions_stuck_created");
+        Plan("SELECT gid FROM transactions WHERE 1 = 1 AND status = $s ORDER BY created_at DESC, gid DESC LIMIT 5", ("$s", "running"))
+            .ShouldContain("ix_transactions_status_created");
+        Plan("SELECT seq FROM journal WHERE gid = $g ORDER BY seq", ("$g", "x")).ShouldContain("ix_journal_gid");
+    }
+
+    [Fact]
+    public void Options_OutOfRange_AreRejectedByTheConstructor()
+    {
+        Should.Throw<ArgumentException>(() => new SqliteTransactionStore(
+            new SqliteStoreOptions { Path = _database.Path, MaxBatchSize = 0 },
+            Microsoft.Extensions.Logging.Abstractions.NullLogger<SqliteTransactionStore>.Instance));
+        Should.Throw<ArgumentException>(() => new SqliteTransactionStore(
+            new SqliteStoreOptions { Path = " " },
+            Microsoft.Extensions.Logging.Abstractions.NullLogger<SqliteTransactionStore>.Instance));
+    }
+
+    [Fact]
+    public async Task AddTreatySqliteStore_RegistersOneStoreForTheInterfaceAndTheClass()
+    {
+        using var other = new TempDatabase();
+        var builder = Host.CreateApplicationBuilder();
+        builder.Services.AddTreatySqliteStore(o => o.Path = other.Path);
+        using var host = builder.Build();
+        await host.StartAsync(Ct);
+
+        var store = host.Services.GetRequiredService<ITransactionStore>();
+        store.ShouldBeSameAs(host.Services.GetRequiredService<SqliteTransactionStore>());
+        ((SqliteTransactionStore)store).Path.ShouldBe(Path.GetFullPath(other.Path));
+        (await store.InsertAsync(NewState("di"), [], Ct)).ShouldBeNull();
+
+        await host.StopAsync(Ct);
+        await ((IAsyncDisposable)host).DisposeAsync();
+        File.Exists(other.Path).ShouldBeTrue();
+    }
+
+    [Fact]
+    public async Task AddTreatySqliteStore_InvalidOptions_FailTheHostAtStart()
+    {
+        var builder = Host.CreateApplicationBuilder();
+        builder.Services.AddTreatySqliteStore(o => o.MaxBatchSize = -1);
+        using var host = builder.Build();
+
+        await Should.ThrowAsync<OptionsValidationException>(() => host.StartAsync(Ct));
+    }
+
+    private static TransactionState NewState(string gid) =>
+        new SagaMachine().Create(
+            new TransactionSpec(gid, Protocol.Saga, "{}", [], null, null), "fp-" + gid, T0) with { Version = 1 };
+
+    private static JournalEntry Entry(string detail) => new(T0, JournalKinds.Submitted, Detail: detail);
+
+    private string Plan(string sql, params (string Name, object Value)[] parameters)
+    {
+        using var connection = _database.Connect();
+        using var command = connection.CreateCommand();
+        command.CommandText = "EXPLAIN QUERY PLAN " + sql;
+        foreach (var (name, value) in parameters)
+        {
+            command.Parameters.AddWithValue(name, value);
+        }
+
+        using var reader = command.ExecuteReader();
+        var plan = new List<string>();
+        while (reader.Read())
+        {
+            plan.Add(reader.GetString(3));
+        }
+
+        return string.Join(" | ", plan);
+    }
+}

@@ -1,0 +1,722 @@
+using System.Collections.Immutable;
+using System.Text.Json;
+using Treaty.Core.Engine;
+using Treaty.Core.Model;
+using Treaty.Core.Sagas;
+using Treaty.Core.Serialization;
+
+namespace Treaty.Testing;
+
+/// <summary>
+/// The behaviour every <see cref="ITransactionStore"/> must have. Each store subclasses this once
+/// and supplies a fresh, empty database per test.
+/// </summary>
+public abstract class StoreComplianceTests : IAsyncLifetime
+{
+    /// <summary>A fixed clock reading; stores must never consult the real clock for stored times.</summary>
+    protected static readonly DateTimeOffset T0 = new(2026, 3, 1, 12, 0, 0, TimeSpan.Zero);
+
+    private static readonly SagaMachine Machine = new();
+    private readonly CancellationTokenSource _timeout = new(TimeSpan.FromMinutes(2));
+
+    /// <summary>The store under test, initialized.</summary>
+    protected ITransactionStore Store { get; private set; } = null!;
+
+    /// <summary>Bounds every call so a hung store fails the test instead of the run.</summary>
+    protected CancellationToken Ct => _timeout.Token;
+
+    /// <summary>A store on a new, empty database. The suite calls <see cref="ITransactionStore.InitializeAsync"/>.</summary>
+    protected abstract Task<ITransactionStore> CreateStoreAsync();
+
+    /// <summary>
+    /// Disposes the store returned last and returns a new one on the same database, as a restarted
+    /// coordinator would open it. The suite calls <see cref="ITransactionStore.InitializeAsync"/>.
+    /// </summary>
+    protected abstract Task<ITransactionStore> ReopenStoreAsync();
+
+    public virtual async Task InitializeAsync()
+    {
+        Store = await CreateStoreAsync();
+        await Store.InitializeAsync(Ct);
+    }
+
+    public virtual async Task DisposeAsync()
+    {
+        if (Store is IAsyncDisposable disposable)
+        {
+            await disposable.DisposeAsync();
+        }
+
+        _timeout.Dispose();
+    }
+
+    // ---- insert ----
+
+    [Fact]
+    public async Task Initialize_CalledAgain_IsHarmless()
+    {
+        await Store.InsertAsync(NewState("init"), [], Ct);
+
+        await Store.InitializeAsync(Ct);
+
+        (await Store.GetAsync("init", Ct)).ShouldNotBeNull();
+    }
+
+    [Fact]
+    public async Task Get_UnknownGid_ReturnsNull()
+    {
+        (await Store.GetAsync("nobody", Ct)).ShouldBeNull();
+        (await Store.GetJournalAsync("nobody", Ct)).ShouldBeEmpty();
+    }
+
+    [Fact]
+    public async Task Insert_NewGid_ReturnsNullAndStateRoundTripsExactly()
+    {
+        var state = NewState("new");
+
+        var existing = await Store.InsertAsync(state, [Entry(JournalKinds.Submitted)], Ct);
+
+        existing.ShouldBeNull();
+        ShouldBeSameState(await Store.GetAsync("new", Ct), state);
+    }
+
+    [Fact]
+    public async Task Insert_EveryFieldSet_RoundTripsExactly()
+    {
+        var state = RichState("rich");
+
+        await Store.InsertAsync(state, [], Ct);
+
+        var stored = await Store.GetAsync("rich", Ct);
+        ShouldBeSameState(stored, state);
+        stored!.CreatedAt.Offset.ShouldBe(TimeSpan.FromHours(2));
+        stored.CreatedAt.ShouldBe(state.CreatedAt);
+        stored.Branches[0].Op(ProtocolNames.Action).ResultJson.ShouldBe("""{"paymentId":"p-7","note":"ünïcødé ✓"}""");
+    }
+
+    [Fact]
+    public async Task Insert_ExistingGid_ReturnsStoredStateAndWritesNothing()
+    {
+        var first = NewState("dup");
+        await Store.InsertAsync(first, [Entry(JournalKinds.Submitted)], Ct);
+        var second = NewState("dup", createdAt: T0.AddHours(1)) with { Fingerprint = "other", Stuck = true };
+
+        var existing = await Store.InsertAsync(second, [Entry(JournalKinds.Aborted), Entry(JournalKinds.Stuck)], Ct);
+
+        ShouldBeSameState(existing, first);
+        ShouldBeSameState(await Store.GetAsync("dup", Ct), first);
+        (await Store.GetJournalAsync("dup", Ct)).Select(r => r.Entry.Kind).ShouldBe([JournalKinds.Submitted]);
+    }
+
+    [Fact]
+    public async Task Insert_StoresItsJournalEntriesInOrder()
+    {
+        JournalEntry[] entries =
+        [
+            Entry(JournalKinds.Submitted),
+            Entry(JournalKinds.AttemptStarted, "pay", ProtocolNames.Action, attempt: 1),
+            Entry(JournalKinds.AttemptStarted, "ship", ProtocolNames.Action, attempt: 1),
+        ];
+
+        await Store.InsertAsync(NewState("order"), entries, Ct);
+
+        var journal = await Store.GetJournalAsync("order", Ct);
+        journal.Select(r => r.Entry).ShouldBe(entries);
+        journal.ShouldAllBe(r => r.Gid == "order");
+    }
+
+    [Fact]
+    public async Task Insert_CanceledToken_ThrowsAndWritesNothing()
+    {
+        using var canceled = new CancellationTokenSource();
+        await canceled.CancelAsync();
+
+        await Should.ThrowAsync<OperationCanceledException>(() => Store.InsertAsync(NewState("canceled"), [], canceled.Token));
+
+        (await Store.GetAsync("canceled", Ct)).ShouldBeNull();
+    }
+
+    // ---- update ----
+
+    [Fact]
+    public async Task Update_NextVersion_ReplacesStateAndAppendsJournal()
+    {
+        var v1 = NewState("upd");
+        await Store.InsertAsync(v1, [Entry(JournalKinds.Submitted)], Ct);
+        var v2 = Advance(v1, s => s with { Status = TransactionStatus.Running, NextWakeAt = null });
+
+        await Store.UpdateAsync(v2, [Entry(JournalKinds.AttemptStarted, "pay", ProtocolNames.Action, attempt: 1)], Ct);
+
+        ShouldBeSameState(await Store.GetAsync("upd", Ct), v2);
+        (await Store.GetJournalAsync("upd", Ct)).Select(r => r.Entry.Kind)
+            .ShouldBe([JournalKinds.Submitted, JournalKinds.AttemptStarted]);
+    }
+
+    [Fact]
+    public async Task Update_ManyVersionsInARow_KeepsTheLastAndTheWholeJournal()
+    {
+        var state = NewState("chain");
+        await Store.InsertAsync(state, [Entry(JournalKinds.Submitted)], Ct);
+        for (var i = 0; i < 25; i++)
+        {
+            state = Advance(state);
+            await Store.UpdateAsync(state, [Entry(JournalKinds.AttemptUnknown, attempt: i)], Ct);
+        }
+
+        var stored = await Store.GetAsync("chain", Ct);
+        stored!.Version.ShouldBe(26);
+        ShouldBeSameState(stored, state);
+        var journal = await Store.GetJournalAsync("chain", Ct);
+        journal.Count.ShouldBe(26);
+        journal.Skip(1).Select(r => r.Entry.Attempt).ShouldBe(Enumerable.Range(0, 25).Select(i => (int?)i));
+        journal.Select(r => r.Sequence).ShouldBeInOrder();
+        journal.Select(r => r.Sequence).Distinct().Count().ShouldBe(26);
+    }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(1)]
+    [InlineData(3)]
+    public async Task Update_WrongVersion_ThrowsConcurrencyConflictAndWritesNothing(long version)
+    {
+        var v1 = NewState("conflict");
+        await Store.InsertAsync(v1, [Entry(JournalKinds.Submitted)], Ct);
+        var wrong = v1 with { Version = version, Status = TransactionStatus.Aborted };
+
+        await Should.ThrowAsync<ConcurrencyConflictException>(() => Store.UpdateAsync(wrong, [Entry(JournalKinds.Aborted)], Ct));
+
+        ShouldBeSameState(await Store.GetAsync("conflict", Ct), v1);
+        (await Store.GetJournalAsync("conflict", Ct)).Count.ShouldBe(1);
+    }
+
+    [Fact]
+    public async Task Update_Missing_ThrowsConcurrencyConflictAndWritesNothing()
+    {
+        var ghost = NewState("ghost") with { Version = 2 };
+
+        await Should.ThrowAsync<ConcurrencyConflictException>(() => Store.UpdateAsync(ghost, [Entry(JournalKinds.Resumed)], Ct));
+
+        (await Store.GetAsync("ghost", Ct)).ShouldBeNull();
+        (await Store.GetJournalAsync("ghost", Ct)).ShouldBeEmpty();
+    }
+
+    [Fact]
+    public async Task Update_ReplayOfAnAppliedVersion_ThrowsConcurrencyConflict()
+    {
+        var v1 = NewState("replay");
+        await Store.InsertAsync(v1, [], Ct);
+        var v2 = Advance(v1);
+        await Store.UpdateAsync(v2, [Entry(JournalKinds.Submitted)], Ct);
+
+        await Should.ThrowAsync<ConcurrencyConflictException>(() => Store.UpdateAsync(v2, [Entry(JournalKinds.Submitted)], Ct));
+
+        (await Store.GetJournalAsync("replay", Ct)).Count.ShouldBe(1);
+    }
+
+    [Fact]
+    public async Task Writes_ToOneGid_NeverTouchAnother()
+    {
+        var a = NewState("iso-a");
+        var b = NewState("iso-b");
+        await Store.InsertAsync(a, [Entry(JournalKinds.Submitted, detail: "a")], Ct);
+        await Store.InsertAsync(b, [Entry(JournalKinds.Submitted, detail: "b")], Ct);
+
+        await Store.UpdateAsync(Advance(a, s => s with { Status = TransactionStatus.Committed }), [Entry(JournalKinds.Committed, detail: "a")], Ct);
+        await Should.ThrowAsync<ConcurrencyConflictException>(() => Store.UpdateAsync(b with { Version = 5 }, [Entry(JournalKinds.Aborted, detail: "b")], Ct));
+
+        ShouldBeSameState(await Store.GetAsync("iso-b", Ct), b);
+        (await Store.GetJournalAsync("iso-a", Ct)).ShouldAllBe(r => r.Gid == "iso-a" && r.Entry.Detail == "a");
+        (await Store.GetJournalAsync("iso-b", Ct)).Select(r => r.Entry.Detail).ShouldBe(["b"]);
+    }
+
+    [Fact]
+    public async Task Journal_EveryFieldRoundTrips()
+    {
+        var full = new JournalEntry(T0.AddTicks(1234567), JournalKinds.AttemptFailed, "pay", ProtocolNames.Compensate, 7, 503, "upstream said \"no\" ✓");
+        var bare = new JournalEntry(T0.AddMinutes(1), JournalKinds.OperatorAbort);
+
+        await Store.InsertAsync(NewState("journal"), [full, bare], Ct);
+
+        var journal = await Store.GetJournalAsync("journal", Ct);
+        journal.Select(r => r.Entry).ShouldBe([full, bare]);
+        journal[0].Entry.At.UtcTicks.ShouldBe(full.At.UtcTicks);
+    }
+
+    // ---- listing ----
+
+    [Fact]
+    public async Task List_Empty_ReturnsAnEmptyPageWithoutCursor()
+    {
+        var page = await Store.ListAsync(new TransactionQuery(), Ct);
+
+        page.Items.ShouldBeEmpty();
+        page.NextCursor.ShouldBeNull();
+    }
+
+    [Fact]
+    public async Task List_NoFilter_ReturnsNewestFirstThenGidDescending()
+    {
+        var states = await InsertAllAsync(Mixed(12));
+
+        var page = await Store.ListAsync(new TransactionQuery(Limit: 100), Ct);
+
+        page.Items.Select(s => s.Gid).ShouldBe(Expected(states, _ => true));
+        page.NextCursor.ShouldBeNull();
+    }
+
+    [Fact]
+    public async Task List_PagedWithCursors_CoversEveryItemExactlyOnceInOrder()
+    {
+        var states = await InsertAllAsync(Mixed(23));
+
+        var pages = await ListPagesAsync(new TransactionQuery(Limit: 4));
+
+        pages.Count.ShouldBe(6);
+        pages.Take(5).ShouldAllBe(p => p.Items.Count == 4 && p.NextCursor != null);
+        pages[^1].Items.Count.ShouldBe(3);
+        pages[^1].NextCursor.ShouldBeNull();
+        pages.SelectMany(p => p.Items).Select(s => s.Gid).ShouldBe(Expected(states, _ => true));
+    }
+
+    [Fact]
+    public async Task List_ExactlyFullLastPage_HasNoCursor()
+    {
+        await InsertAllAsync(Mixed(10));
+
+        var pages = await ListPagesAsync(new TransactionQuery(Limit: 5));
+
+        pages.Count.ShouldBe(2);
+        pages[1].Items.Count.ShouldBe(5);
+        pages[1].NextCursor.ShouldBeNull();
+    }
+
+    [Fact]
+    public async Task List_CursorStaysValidWhenNewerTransactionsArrive()
+    {
+        var states = await InsertAllAsync(Mixed(9));
+        var first = await Store.ListAsync(new TransactionQuery(Limit: 3), Ct);
+
+        await Store.InsertAsync(NewState("z-newest", createdAt: T0.AddDays(1)), [], Ct);
+        var rest = await ListPagesAsync(new TransactionQuery(Limit: 3, Cursor: first.NextCursor));
+
+        first.Items.Concat(rest.SelectMany(p => p.Items)).Select(s => s.Gid).ShouldBe(Expected(states, _ => true));
+    }
+
+    [Fact]
+    public async Task List_FilterByStatus_ReturnsOnlyThatStatus()
+    {
+        var states = await InsertAllAsync(Mixed(30));
+
+        var items = await ListAllAsync(new TransactionQuery(Status: TransactionStatus.Running, Limit: 2));
+
+        items.Select(s => s.Gid).ShouldBe(Expected(states, s => s.Status == TransactionStatus.Running));
+        items.ShouldNotBeEmpty();
+    }
+
+    [Fact]
+    public async Task List_FilterByProtocol_ReturnsOnlyThatProtocol()
+    {
+        var states = await InsertAllAsync(Mixed(30));
+
+        var items = await ListAllAsync(new TransactionQuery(Protocol: Protocol.Tcc, Limit: 3));
+
+        items.Select(s => s.Gid).ShouldBe(Expected(states, s => s.Spec.Protocol == Protocol.Tcc));
+        items.ShouldNotBeEmpty();
+    }
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task List_FilterByStuck_ReturnsOnlyMatching(bool stuck)
+    {
+        var states = await InsertAllAsync(Mixed(30));
+
+        var items = await ListAllAsync(new TransactionQuery(Stuck: stuck, Limit: 4));
+
+        items.Select(s => s.Gid).ShouldBe(Expected(states, s => s.Stuck == stuck));
+        items.ShouldNotBeEmpty();
+    }
+
+    [Fact]
+    public async Task List_Since_IncludesCreatedAtTheInstantAndIsTickExact()
+    {
+        var states = await InsertAllAsync(Mixed(20));
+        var pivot = states[7].CreatedAt;
+
+        var atPivot = await ListAllAsync(new TransactionQuery(Since: pivot, Limit: 5));
+        var justAfter = await ListAllAsync(new TransactionQuery(Since: pivot.AddTicks(1), Limit: 5));
+
+        atPivot.Select(s => s.Gid).ShouldBe(Expected(states, s => s.CreatedAt >= pivot));
+        justAfter.Select(s => s.Gid).ShouldBe(Expected(states, s => s.CreatedAt > pivot));
+        atPivot.Count.ShouldBeGreaterThan(justAfter.Count);
+    }
+
+    [Fact]
+    public async Task List_Since_ComparesInstantsNotLocalTimes()
+    {
+        var states = await InsertAllAsync(Mixed(20));
+        var pivot = states[5].CreatedAt.ToOffset(TimeSpan.FromHours(-7));
+
+        var items = await ListAllAsync(new TransactionQuery(Since: pivot, Limit: 50));
+
+        items.Select(s => s.Gid).ShouldBe(Expected(states, s => s.CreatedAt >= pivot));
+    }
+
+    [Fact]
+    public async Task List_CombinedFilters_PageThroughTheIntersection()
+    {
+        var states = await InsertAllAsync(Mixed(60));
+        var since = T0.AddMinutes(10);
+
+        var items = await ListAllAsync(new TransactionQuery(TransactionStatus.Aborting, Protocol.Saga, true, since, Limit: 1));
+
+        items.Select(s => s.Gid).ShouldBe(Expected(states, s =>
+            s.Status == TransactionStatus.Aborting && s.Spec.Protocol == Protocol.Saga && s.Stuck && s.CreatedAt >= since));
+        items.ShouldNotBeEmpty();
+    }
+
+    [Fact]
+    public async Task List_ReflectsUpdatedStatus()
+    {
+        var state = NewState("moves");
+        await Store.InsertAsync(state, [], Ct);
+        await Store.UpdateAsync(Advance(state, s => s with { Status = TransactionStatus.Committed, NextWakeAt = null }), [], Ct);
+
+        (await Store.ListAsync(new TransactionQuery(Status: TransactionStatus.Pending), Ct)).Items.ShouldBeEmpty();
+        (await Store.ListAsync(new TransactionQuery(Status: TransactionStatus.Committed), Ct)).Items.Select(s => s.Version).ShouldBe([2L]);
+    }
+
+    [Theory]
+    [InlineData(0, 1)]
+    [InlineData(-5, 1)]
+    [InlineData(501, 500)]
+    [InlineData(int.MaxValue, 500)]
+    public async Task List_Limit_IsClampedBetween1And500(int limit, int expected)
+    {
+        await InsertAllAsync(Enumerable.Range(0, 501).Select(i => NewState($"c{i:D4}", createdAt: T0.AddSeconds(i))).ToList());
+
+        var page = await Store.ListAsync(new TransactionQuery(Limit: limit), Ct);
+
+        page.Items.Count.ShouldBe(expected);
+        page.NextCursor.ShouldNotBeNull();
+    }
+
+    [Theory]
+    [InlineData("not a cursor!")]
+    [InlineData("bm9wZQ")]
+    public async Task List_MalformedCursor_ThrowsArgumentException(string cursor)
+    {
+        await Should.ThrowAsync<ArgumentException>(() => Store.ListAsync(new TransactionQuery(Cursor: cursor), Ct));
+    }
+
+    // ---- due work ----
+
+    [Fact]
+    public async Task ListDue_ReturnsNonTerminalDueOrUnset_ExcludesTerminalAndFuture()
+    {
+        await InsertAllAsync(DueFixture());
+
+        var due = await Store.ListDueAsync(T0, 100, Ct);
+
+        due.ShouldBe(["null-wake", "prepared-past", "past", "exactly-now"], ignoreOrder: true);
+    }
+
+    [Fact]
+    public async Task ListDue_OrdersUnsetWakeFirstThenEarliest()
+    {
+        await InsertAllAsync(DueFixture());
+
+        var due = await Store.ListDueAsync(T0, 100, Ct);
+
+        due.ShouldBe(["null-wake", "prepared-past", "past", "exactly-now"]);
+    }
+
+    [Fact]
+    public async Task ListDue_Limit_TakesTheEarliest()
+    {
+        await InsertAllAsync(DueFixture());
+
+        (await Store.ListDueAsync(T0, 2, Ct)).ShouldBe(["null-wake", "prepared-past"]);
+        (await Store.ListDueAsync(T0.AddHours(1), 5, Ct)).ShouldBe(["null-wake", "prepared-past", "past", "exactly-now", "future"]);
+    }
+
+    [Fact]
+    public async Task ListDue_FollowsUpdates()
+    {
+        var states = await InsertAllAsync(DueFixture());
+        var past = states.Single(s => s.Gid == "past");
+        var future = states.Single(s => s.Gid == "future");
+
+        await Store.UpdateAsync(Advance(past, s => s with { Status = TransactionStatus.Committed, NextWakeAt = null }), [], Ct);
+        await Store.UpdateAsync(Advance(future, s => s with { NextWakeAt = T0.AddSeconds(-30) }), [], Ct);
+
+        (await Store.ListDueAsync(T0, 100, Ct)).ShouldBe(["null-wake", "future", "prepared-past", "exactly-now"]);
+    }
+
+    // ---- concurrency ----
+
+    [Fact]
+    public async Task Insert_200InParallel_AllSucceedAndAreReadable()
+    {
+        var states = Enumerable.Range(0, 200).Select(i => NewState($"par{i:D3}", createdAt: T0.AddMilliseconds(i))).ToList();
+
+        var results = await Task.WhenAll(states.Select(s => Task.Run(() => Store.InsertAsync(s, [Entry(JournalKinds.Submitted, detail: s.Gid)], Ct))));
+
+        results.ShouldAllBe(r => r == null);
+        foreach (var state in states)
+        {
+            ShouldBeSameState(await Store.GetAsync(state.Gid, Ct), state);
+            (await Store.GetJournalAsync(state.Gid, Ct)).Single().Entry.Detail.ShouldBe(state.Gid);
+        }
+
+        (await ListAllAsync(new TransactionQuery(Limit: 500))).Count.ShouldBe(200);
+    }
+
+    [Fact]
+    public async Task Update_200InParallel_AllSucceedAndAreReadable()
+    {
+        var states = await InsertAllAsync(Enumerable.Range(0, 200).Select(i => NewState($"pu{i:D3}")).ToList());
+        var next = states.Select(s => Advance(s, x => x with { Status = TransactionStatus.Running, Reason = "r-" + x.Gid })).ToList();
+
+        await Task.WhenAll(next.Select(s => Task.Run(() => Store.UpdateAsync(s, [Entry(JournalKinds.AttemptStarted, detail: s.Gid)], Ct))));
+
+        foreach (var state in next)
+        {
+            ShouldBeSameState(await Store.GetAsync(state.Gid, Ct), state);
+            (await Store.GetJournalAsync(state.Gid, Ct)).Single().Entry.Detail.ShouldBe(state.Gid);
+        }
+    }
+
+    [Fact]
+    public async Task Update_ChainsOnManyGidsInParallel_EachEndsAtItsLastVersionWithItsWholeJournal()
+    {
+        var states = await InsertAllAsync(Enumerable.Range(0, 40).Select(i => NewState($"ch{i:D2}")).ToList());
+
+        var finals = await Task.WhenAll(states.Select(s => Task.Run(async () =>
+        {
+            var current = s;
+            for (var step = 0; step < 10; step++)
+            {
+                current = Advance(current);
+                await Store.UpdateAsync(current, [Entry(JournalKinds.AttemptUnknown, attempt: step)], Ct);
+            }
+
+            return current;
+        })));
+
+        foreach (var final in finals)
+        {
+            ShouldBeSameState(await Store.GetAsync(final.Gid, Ct), final);
+            (await Store.GetJournalAsync(final.Gid, Ct)).Select(r => r.Entry.Attempt).ShouldBe(Enumerable.Range(0, 10).Select(i => (int?)i));
+        }
+    }
+
+    [Fact]
+    public async Task Update_RacingWritersOnOneVersion_ExactlyOneWins()
+    {
+        var v1 = NewState("race");
+        await Store.InsertAsync(v1, [], Ct);
+        var contenders = Enumerable.Range(0, 20).Select(i => Advance(v1, s => s with { Reason = $"writer {i}" })).ToList();
+
+        var outcomes = await Task.WhenAll(contenders.Select(c => Task.Run(async () =>
+        {
+            try
+            {
+                await Store.UpdateAsync(c, [Entry(JournalKinds.OperatorRetry, detail: c.Reason)], Ct);
+                return c;
+            }
+            catch (ConcurrencyConflictException)
+            {
+                return null;
+            }
+        })));
+
+        var winner = outcomes.Where(o => o != null).ShouldHaveSingleItem();
+        ShouldBeSameState(await Store.GetAsync("race", Ct), winner);
+        (await Store.GetJournalAsync("race", Ct)).Select(r => r.Entry.Detail).ShouldBe([winner!.Reason]);
+    }
+
+    [Fact]
+    public async Task Insert_RacingOnOneGid_ExactlyOneInsertsAndTheOthersSeeIt()
+    {
+        var contenders = Enumerable.Range(0, 20).Select(i => NewState("same") with { Fingerprint = $"fp-{i}" }).ToList();
+
+        var results = await Task.WhenAll(contenders.Select(c => Task.Run(() => Store.InsertAsync(c, [Entry(JournalKinds.Submitted, detail: c.Fingerprint)], Ct))));
+
+        results.Count(r => r is null).ShouldBe(1);
+        var winner = contenders[Array.FindIndex(results, r => r is null)];
+        results.Where(r => r is not null).ShouldAllBe(r => r!.Fingerprint == winner.Fingerprint);
+        ShouldBeSameState(await Store.GetAsync("same", Ct), winner);
+        (await Store.GetJournalAsync("same", Ct)).Select(r => r.Entry.Detail).ShouldBe([winner.Fingerprint]);
+    }
+
+    // ---- durability ----
+
+    [Fact]
+    public async Task Reopen_KeepsEveryAcknowledgedWrite()
+    {
+        var a = RichState("durable-a");
+        var b = NewState("durable-b", createdAt: T0.AddMinutes(1));
+        await Store.InsertAsync(a, [Entry(JournalKinds.Submitted)], Ct);
+        await Store.InsertAsync(b, [Entry(JournalKinds.Submitted)], Ct);
+        var a2 = Advance(a, s => s with { Status = TransactionStatus.Aborted, NextWakeAt = null, Stuck = false });
+        await Store.UpdateAsync(a2, [Entry(JournalKinds.Aborted, detail: "done")], Ct);
+        var journalBefore = await Store.GetJournalAsync("durable-a", Ct);
+
+        Store = await ReopenStoreAsync();
+        await Store.InitializeAsync(Ct);
+
+        ShouldBeSameState(await Store.GetAsync("durable-a", Ct), a2);
+        ShouldBeSameState(await Store.GetAsync("durable-b", Ct), b);
+        (await Store.GetJournalAsync("durable-a", Ct)).ShouldBe(journalBefore);
+        (await Store.ListDueAsync(T0.AddDays(1), 10, Ct)).ShouldBe(["durable-b"]);
+        (await Store.ListAsync(new TransactionQuery(), Ct)).Items.Select(s => s.Gid).ShouldBe(["durable-b", "durable-a"]);
+    }
+
+    [Fact]
+    public async Task Reopen_ContinuesVersionsAndJournalSequences()
+    {
+        var v1 = NewState("continue");
+        await Store.InsertAsync(v1, [Entry(JournalKinds.Submitted)], Ct);
+
+        Store = await ReopenStoreAsync();
+        await Store.InitializeAsync(Ct);
+        var v2 = Advance(v1);
+        await Store.UpdateAsync(v2, [Entry(JournalKinds.Resumed)], Ct);
+
+        await Should.ThrowAsync<ConcurrencyConflictException>(() => Store.UpdateAsync(v2, [], Ct));
+        var journal = await Store.GetJournalAsync("continue", Ct);
+        journal.Select(r => r.Entry.Kind).ShouldBe([JournalKinds.Submitted, JournalKinds.Resumed]);
+        journal[1].Sequence.ShouldBeGreaterThan(journal[0].Sequence);
+    }
+
+    // ---- helpers ----
+
+    /// <summary>A fresh saga state with two branches, as the engine first inserts it (version 1).</summary>
+    protected static TransactionState NewState(string gid, DateTimeOffset? createdAt = null, Protocol protocol = Protocol.Saga) =>
+        Machine.Create(NewSpec(gid, protocol), "fp-" + gid, createdAt ?? T0) with { Version = 1 };
+
+    protected static TransactionSpec NewSpec(string gid, Protocol protocol = Protocol.Saga) => new(
+        gid,
+        protocol,
+        """{"orderId":42,"items":[{"sku":"book","qty":2}]}""",
+        [Branch("pay", []), Branch("ship", ["pay"])],
+        TimeoutMs: 60_000,
+        Retry: new RetryPolicy(3, 100, 1_000));
+
+    /// <summary>The next version of <paramref name="state"/>, as one persisted decision makes it.</summary>
+    protected static TransactionState Advance(TransactionState state, Func<TransactionState, TransactionState>? change = null) =>
+        (change?.Invoke(state) ?? state) with { Version = state.Version + 1, UpdatedAt = state.UpdatedAt.AddSeconds(1) };
+
+    protected static JournalEntry Entry(string kind, string? branch = null, string? op = null, int? attempt = null, string? detail = null) =>
+        new(T0, kind, branch, op, attempt, null, detail);
+
+    /// <summary>States compare by their stored JSON: ImmutableArray equality is by reference.</summary>
+    protected static void ShouldBeSameState(TransactionState? actual, TransactionState? expected)
+    {
+        actual.ShouldNotBeNull();
+        expected.ShouldNotBeNull();
+        Json(actual).ShouldBe(Json(expected));
+        actual.Version.ShouldBe(expected.Version);
+    }
+
+    protected static string Json(TransactionState state) => JsonSerializer.Serialize(state, TreatyJsonContext.Default.TransactionState);
+
+    /// <summary>A state with every optional field set, a non-UTC offset and sub-millisecond times.</summary>
+    protected static TransactionState RichState(string gid)
+    {
+        var created = new DateTimeOffset(2026, 3, 1, 14, 0, 0, TimeSpan.FromHours(2)).AddTicks(1_234_567);
+        var state = NewState(gid, createdAt: created);
+        var paid = new OpState(ProtocolNames.Action, OpStatus.Succeeded, 2, 0, null, 200, "timeout on the first try",
+            created.AddSeconds(1), created.AddSeconds(2), created.AddSeconds(2).AddTicks(3), """{"paymentId":"p-7","note":"ünïcødé ✓"}""");
+        var refunding = new OpState(ProtocolNames.Compensate, OpStatus.Waiting, 4, 1, created.AddMinutes(3), 503, "busy",
+            created.AddSeconds(5), created.AddSeconds(40), null, null);
+        var branches = state.Branches.SetItem(0, state.Branches[0].With(paid).With(refunding));
+        return state with
+        {
+            Status = TransactionStatus.Aborting,
+            Stuck = true,
+            Reason = "ship failed: \"out of stock\"",
+            UpdatedAt = created.AddMinutes(1),
+            NextWakeAt = created.AddMinutes(3),
+            Branches = branches,
+            Version = 7,
+        };
+    }
+
+    private static BranchSpec Branch(string name, ImmutableArray<string> dependsOn) => new(
+        name,
+        ImmutableSortedDictionary.CreateRange(StringComparer.Ordinal,
+        [
+            KeyValuePair.Create(ProtocolNames.Action, $"http://svc/{name}/action"),
+            KeyValuePair.Create(ProtocolNames.Compensate, $"http://svc/{name}/compensate"),
+        ]),
+        dependsOn,
+        Pivot: false,
+        TimeoutMs: 5_000,
+        Retry: null);
+
+    /// <summary>
+    /// <paramref name="count"/> states with every status, two protocols, both stuck flags, and
+    /// groups of up to three sharing one creation time (so gid breaks ties).
+    /// </summary>
+    protected static List<TransactionState> Mixed(int count)
+    {
+        var statuses = Enum.GetValues<TransactionStatus>();
+        return Enumerable.Range(0, count).Select(i =>
+            NewState($"m{i:D3}", createdAt: T0.AddMinutes(i / 3), protocol: i % 4 == 0 ? Protocol.Tcc : Protocol.Saga) with
+            {
+                Status = statuses[i % statuses.Length],
+                Stuck = i % 5 == 1,
+            }).ToList();
+    }
+
+    /// <summary>Non-terminal ones due at various times, plus terminal and future ones.</summary>
+    protected static List<TransactionState> DueFixture() =>
+    [
+        NewState("past") with { Status = TransactionStatus.Running, NextWakeAt = T0.AddSeconds(-1) },
+        NewState("prepared-past") with { Status = TransactionStatus.Prepared, NextWakeAt = T0.AddSeconds(-2) },
+        NewState("exactly-now") with { Status = TransactionStatus.Aborting, NextWakeAt = T0 },
+        NewState("null-wake") with { Status = TransactionStatus.Running, NextWakeAt = null },
+        NewState("future") with { Status = TransactionStatus.Running, NextWakeAt = T0.AddTicks(1) },
+        NewState("committed") with { Status = TransactionStatus.Committed, NextWakeAt = null },
+        NewState("aborted-past") with { Status = TransactionStatus.Aborted, NextWakeAt = T0.AddSeconds(-5) },
+    ];
+
+    /// <summary>Gids of the states matching <paramref name="filter"/> in listing order: newest first, then gid descending.</summary>
+    protected static List<string> Expected(IEnumerable<TransactionState> states, Func<TransactionState, bool> filter) =>
+        states.Where(filter)
+            .OrderByDescending(s => s.CreatedAt.UtcTicks)
+            .ThenByDescending(s => s.Gid, StringComparer.Ordinal)
+            .Select(s => s.Gid)
+            .ToList();
+
+    protected async Task<List<TransactionState>> InsertAllAsync(List<TransactionState> states)
+    {
+        var results = await Task.WhenAll(states.Select(s => Store.InsertAsync(s, [], Ct)));
+        results.ShouldAllBe(r => r == null);
+        return states;
+    }
+
+    /// <summary>Every page of a listing, following cursors; fails on a loop.</summary>
+    protected async Task<List<TransactionPage>> ListPagesAsync(TransactionQuery query)
+    {
+        var pages = new List<TransactionPage>();
+        var cursor = query.Cursor;
+        do
+        {
+            var page = await Store.ListAsync(query with { Cursor = cursor }, Ct);
+            pages.Add(page);
+            cursor = page.NextCursor;
+            pages.Count.ShouldBeLessThan(10_000, "the cursors never ended");
+        }
+        while (cursor is not null);
+
+        var gids = pages.SelectMany(p => p.Items).Select(s => s.Gid).ToList();
+        gids.Distinct(StringComparer.Ordinal).Count().ShouldBe(gids.Count, "an item appeared on two pages");
+        return pages;
+    }
+
+    protected async Task<List<TransactionState>> ListAllAsync(TransactionQuery query) =>
+        (await ListPagesAsync(query)).SelectMany(p => p.Items).ToList();
+}

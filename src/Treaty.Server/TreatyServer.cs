@@ -50,9 +50,7 @@ public static class TreatyServer
         services.AddSingleton(options);
         services.TryAddSingletonTimeProvider();
         services.AddSingleton<IRandomSource>(_ => new SeededRandomSource(Random.Shared.Next()));
-        services.AddSingleton<ITransactionStore>(sp => new SqliteTransactionStore(
-            new SqliteStoreOptions { Path = Path.Combine(options.DataDir, "treaty.db") },
-            sp.GetRequiredService<ILogger<SqliteTransactionStore>>()));
+        services.AddTreatySqliteStore(store => store.Path = Path.Combine(options.DataDir, "treaty.db"));
         services.AddSingleton<IBranchInvoker, HttpBranchInvoker>();
         // Every protocol is registered explicitly.
         services.AddSingleton<IProtocolMachine, SagaMachine>();

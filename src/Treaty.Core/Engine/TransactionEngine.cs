@@ -49,6 +49,7 @@ public sealed partial class TransactionEngine : IAsyncDisposable
     private readonly FrozenDictionary<Protocol, IProtocolMachine> _machines;
     private readonly ConcurrentDictionary<string, Runner> _active = new(StringComparer.Ordinal);
     private readonly CancellationTokenSource _stopping = new();
+    private int _disposed;
 
     public TransactionEngine(
         ITransactionStore store,
@@ -208,6 +209,11 @@ public sealed partial class TransactionEngine : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
+        if (Interlocked.Exchange(ref _disposed, 1) == 1)
+        {
+            return;
+        }
+
         await _stopping.CancelAsync();
         foreach (var runner in _active.Values)
         {

@@ -1,4 +1,6 @@
 using System.Collections.Immutable;
+using System.Text.Json.Serialization;
+using Treaty.Core.Serialization;
 
 namespace Treaty.Core.Model;
 
@@ -12,7 +14,7 @@ namespace Treaty.Core.Model;
 public sealed record TransactionSpec(
     string Gid,
     Protocol Protocol,
-    string PayloadJson,
+    [property: JsonConverter(typeof(RawJsonConverter))] string PayloadJson,
     ImmutableArray<BranchSpec> Branches,
     long? TimeoutMs,
     RetryPolicy? Retry);

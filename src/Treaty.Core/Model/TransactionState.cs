@@ -1,4 +1,6 @@
 using System.Collections.Immutable;
+using System.Text.Json.Serialization;
+using Treaty.Core.Serialization;
 
 namespace Treaty.Core.Model;
 
@@ -108,12 +110,13 @@ public sealed record OpState(
     DateTimeOffset? FirstAttemptAt,
     DateTimeOffset? LastAttemptAt,
     DateTimeOffset? FinishedAt,
-    string? ResultJson)
+    [property: JsonConverter(typeof(RawJsonConverter))] string? ResultJson)
 {
     public static OpState New(string op) =>
         new(op, OpStatus.NotStarted, 0, 0, null, null, null, null, null, null, null);
 
     /// <summary>Attempts made since the budget last restarted.</summary>
+    [JsonIgnore]
     public int AttemptsInBudget => Attempts - BudgetBase;
 }
 
@@ -157,8 +160,8 @@ public sealed record BranchState(string Name, ImmutableArray<OpState> Ops)
 /// <param name="CreatedAt">Submission time.</param>
 /// <param name="UpdatedAt">Time of the last decision.</param>
 /// <param name="Deadline">Submission time plus the transaction timeout, if one was set.</param>
-/// <param name="NextWakeAt">When the engine must look at it again (a retry or the deadline);
-/// null when terminal or waiting only for answers in flight.</param>
+/// <param name="NextWakeAt">When the engine must look at it again (a retry, the deadline, or the
+/// watchdog of a call in flight); null only when terminal.</param>
 /// <param name="Branches">Per-branch progress, in the order of <see cref="TransactionSpec.Branches"/>.</param>
 /// <param name="Version">Incremented by every persisted decision (optimistic concurrency).</param>
 public sealed record TransactionState(
@@ -174,7 +177,9 @@ public sealed record TransactionState(
     ImmutableArray<BranchState> Branches,
     long Version)
 {
+    [JsonIgnore]
     public string Gid => Spec.Gid;
 
+    [JsonIgnore]
     public bool IsTerminal => Status.IsTerminal();
 }

@@ -149,6 +149,7 @@ public sealed class SagaMachine : IProtocolMachine
         private readonly DateTimeOffset _now = context.Now;
         private TransactionStatus _status = state.Status;
         private string? _reason = state.Reason;
+        private string? _stuckDetail;
 
         private TransactionSpec Spec => state.Spec;
 
@@ -325,7 +326,9 @@ public sealed class SagaMachine : IProtocolMachine
                     LastStatusCode = statusCode,
                     LastError = error,
                 };
-                _reason = $"{spec.Name}.{op.Op} failed {op.Attempts} times, last: {error}";
+                _stuckDetail = $"{spec.Name}.{op.Op} failed {op.Attempts} times, last: {error}";
+                // While aborting, keep why it aborted in front: it is restored when the abort completes.
+                _reason = _status == TransactionStatus.Aborting ? $"{AbortReason(_reason)}{StuckMarker}{_stuckDetail}" : _stuckDetail;
             }
 
             _branches[index] = _branches[index].With(next);
@@ -468,6 +471,7 @@ public sealed class SagaMachine : IProtocolMachine
             if (!pending)
             {
                 _status = TransactionStatus.Aborted;
+                _reason = AbortReason(_reason);
                 _journal.Add(new(_now, JournalKinds.Aborted, Detail: _reason));
                 _commands.Add(new Finish(TransactionStatus.Aborted));
             }
@@ -550,6 +554,13 @@ public sealed class SagaMachine : IProtocolMachine
                 var policy = PolicyOf(spec);
                 foreach (var op in branches[i].Ops)
                 {
+                    if (op.Status == OpStatus.InFlight)
+                    {
+                        // Whatever the phase (an action still in flight when the saga began to abort
+                        // included): were its answer lost, only the watchdog would look at it again.
+                        wake = Min(wake, Watchdog(i, op));
+                    }
+
                     var relevant = _status switch
                     {
                         TransactionStatus.Running => op.Op == ProtocolNames.Action,
@@ -571,7 +582,9 @@ public sealed class SagaMachine : IProtocolMachine
                     }
                     else if (op.Status == OpStatus.InFlight)
                     {
-                        wake = Min(wake, Watchdog(i, op));
+                        // A retry past the budget is still stuck while it is on its way: otherwise the
+                        // flag would flicker and the alert fire again on every capped retry.
+                        stuck |= op.AttemptsInBudget > policy.MaxAttempts;
                     }
                 }
             }
@@ -589,8 +602,9 @@ public sealed class SagaMachine : IProtocolMachine
 
             if (stuck && !state.Stuck)
             {
-                _journal.Add(new(_now, JournalKinds.Stuck, Detail: _reason));
-                _commands.Add(new Alert("stuck", $"Transaction {Spec.Gid} is stuck: {_reason}"));
+                var detail = _stuckDetail ?? _reason;
+                _journal.Add(new(_now, JournalKinds.Stuck, Detail: detail));
+                _commands.Add(new Alert("stuck", $"Transaction {Spec.Gid} is stuck: {detail}"));
             }
 
             if (_journal.Count == 0 && _commands.Count == 0 && _status == state.Status && stuck == state.Stuck
@@ -609,6 +623,14 @@ public sealed class SagaMachine : IProtocolMachine
                 Branches = branches,
             };
             return new Decision(next, [.. _commands], [.. _journal]);
+        }
+
+        private const string StuckMarker = " — stuck: ";
+
+        private static string? AbortReason(string? reason)
+        {
+            var at = reason?.IndexOf(StuckMarker, StringComparison.Ordinal) ?? -1;
+            return at >= 0 ? reason![..at] : reason;
         }
 
         private bool BranchesUnchanged()

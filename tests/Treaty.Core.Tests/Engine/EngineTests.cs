@@ -1,0 +1,387 @@
+using Microsoft.Extensions.Logging.Abstractions;
+using Treaty.Core.Engine;
+using Treaty.Core.Model;
+using Treaty.Core.Sagas;
+using Treaty.Core.Tests.Support;
+using Treaty.Testing;
+using static Treaty.Core.Tests.Support.SagaSpecs;
+
+namespace Treaty.Core.Tests.Engine;
+
+public sealed class EngineTests : IAsyncLifetime
+{
+    /// <summary>How long a test waits for something the engine does on another thread.</summary>
+    public static readonly TimeSpan Timeout = TimeSpan.FromSeconds(10);
+
+    private const string Action = ProtocolNames.Action;
+    private const string Compensate = ProtocolNames.Compensate;
+
+    private readonly Timeline _timeline = new();
+    private readonly ManualTimeProvider _time = new(T0);
+    private readonly InMemoryTransactionStore _store;
+    private readonly ScriptedBranchInvoker _invoker;
+    private readonly RecordingObserver _observer = new();
+    private readonly List<TransactionEngine> _engines = [];
+    private readonly TransactionEngine _engine;
+
+    public EngineTests()
+    {
+        _store = new InMemoryTransactionStore(_timeline);
+        _invoker = new ScriptedBranchInvoker(_store, _timeline);
+        _engine = NewEngine();
+    }
+
+    // A test that hangs is cut off instead of stalling the run.
+    private readonly CancellationTokenSource _testTimeout = new(TimeSpan.FromSeconds(30));
+
+    private CancellationToken Ct => _testTimeout.Token;
+
+    private TransactionEngine NewEngine()
+    {
+        var engine = new TransactionEngine(
+            _store, _invoker, [new SagaMachine()], _time, new FixedRandom(0.5), NullLogger<TransactionEngine>.Instance, _observer);
+        _engines.Add(engine);
+        return engine;
+    }
+
+    public Task InitializeAsync() => Task.CompletedTask;
+
+    public async Task DisposeAsync()
+    {
+        foreach (var engine in _engines)
+        {
+            await engine.DisposeAsync();
+        }
+
+        _testTimeout.Dispose();
+    }
+
+    private static TransactionSpec Checkout(RetryPolicy? retry = null) => Sequential(retry, "order", "payment");
+
+    private async Task<PendingCall> ExpectCallAsync(string name)
+    {
+        var call = await _invoker.NextCallAsync();
+        call.Name.ShouldBe(name);
+        return call;
+    }
+
+    private static void ShouldHaveBeenDurableBeforeTheCall(PendingCall call)
+    {
+        // Write-ahead: the decision that asked for this call was stored before the call was made.
+        var durable = call.DurableAtInvoke.ShouldNotBeNull();
+        var index = durable.Spec.Branches.Select(b => b.Name).ToList().IndexOf(call.Call.Branch);
+        var op = durable.Branches[index].Op(call.Call.Op);
+        op.Status.ShouldBe(OpStatus.InFlight);
+        op.Attempts.ShouldBe(call.Call.Attempt);
+    }
+
+    private async Task WaitUntilAsync(Func<bool> condition)
+    {
+        var deadline = TimeProvider.System.GetTimestamp();
+        while (!condition())
+        {
+            TimeProvider.System.GetElapsedTime(deadline).ShouldBeLessThan(Timeout, "the condition never held");
+            await Task.Delay(TimeSpan.FromMilliseconds(2), TimeProvider.System, Ct);
+        }
+    }
+
+    [Fact]
+    public async Task SubmitAsync_NewGid_StoresTheTransactionBeforeTheFirstInvoke()
+    {
+        var result = await _engine.SubmitAsync(Checkout(), "fp-1", Ct);
+
+        result.Status.ShouldBe(SubmitStatus.Created);
+        result.State.Version.ShouldBe(1);
+        result.State.Status.ShouldBe(TransactionStatus.Running);
+        var call = await ExpectCallAsync("order.action#1");
+        _timeline.IndexOf("insert v1").ShouldBeLessThan(_timeline.IndexOf("invoke order.action#1"));
+        ShouldHaveBeenDurableBeforeTheCall(call);
+        call.Call.Gid.ShouldBe("tx-1");
+        call.Call.Url.ShouldBe("http://svc.test/order/action");
+        call.Call.IdempotencyKey.ShouldBe("tx-1/order/action");
+        call.Call.PayloadJson.ShouldBe("""{"order":42}""");
+        _store.Peek("tx-1").ShouldNotBeNull().Fingerprint.ShouldBe("fp-1");
+        (await _store.GetJournalAsync("tx-1", Ct)).Select(r => r.Entry.Kind).ShouldContain(JournalKinds.Submitted);
+    }
+
+    [Fact]
+    public async Task Engine_EveryDecisionWithAnInvoke_IsPersistedBeforeTheInvokerIsCalled()
+    {
+        await _engine.SubmitAsync(Checkout(), "fp-1", Ct);
+        var order = await ExpectCallAsync("order.action#1");
+
+        // Hold the next write: nothing may be called while it is not durable.
+        var writing = new TaskCompletionSource<TransactionState>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        _store.BeforeUpdate = async state =>
+        {
+            writing.TrySetResult(state);
+            await release.Task;
+        };
+        order.Succeed();
+        var pendingWrite = await writing.Task.WaitAsync(Timeout, Ct);
+        pendingWrite.Branches[1].Op(Action).Status.ShouldBe(OpStatus.InFlight);
+        _invoker.Received.Count.ShouldBe(1);
+        _invoker.HasWaitingCall.ShouldBeFalse();
+
+        _store.BeforeUpdate = null;
+        release.SetResult();
+        var payment = await ExpectCallAsync("payment.action#1");
+
+        ShouldHaveBeenDurableBeforeTheCall(payment);
+        payment.DurableAtInvoke!.Version.ShouldBe(2);
+        _timeline.IndexOf("update v2").ShouldBeLessThan(_timeline.IndexOf("invoke payment.action#1"));
+    }
+
+    [Fact]
+    public async Task WaitAsync_ReturnsTheTerminalState()
+    {
+        await _engine.SubmitAsync(Checkout(), "fp-1", Ct);
+        var waiting = _engine.WaitAsync("tx-1", TimeSpan.FromMinutes(1), Ct);
+        waiting.IsCompleted.ShouldBeFalse();
+
+        (await ExpectCallAsync("order.action#1")).Succeed();
+        (await ExpectCallAsync("payment.action#1")).Succeed();
+        var terminal = (await waiting.WaitAsync(Timeout, Ct)).ShouldNotBeNull();
+
+        terminal.Status.ShouldBe(TransactionStatus.Committed);
+        terminal.Version.ShouldBe(3);
+        _store.Peek("tx-1").ShouldBe(terminal);
+        _observer.FinishedStates.ShouldHaveSingleItem().Status.ShouldBe(TransactionStatus.Committed);
+        await WaitUntilAsync(() => _engine.ActiveCount == 0);
+        (await _engine.WaitAsync("tx-1", TimeSpan.FromMinutes(1), Ct)).ShouldBe(terminal); // from the store
+    }
+
+    [Fact]
+    public async Task WaitAsync_TimeoutPasses_ReturnsTheLatestState()
+    {
+        await _engine.SubmitAsync(Checkout(), "fp-1", Ct);
+        await ExpectCallAsync("order.action#1");
+        var waiting = _engine.WaitAsync("tx-1", TimeSpan.FromSeconds(5), Ct);
+
+        _time.Advance(TimeSpan.FromSeconds(5));
+        var latest = (await waiting.WaitAsync(Timeout, Ct)).ShouldNotBeNull();
+
+        latest.Status.ShouldBe(TransactionStatus.Running);
+    }
+
+    [Fact]
+    public async Task WaitAsync_UnknownGid_ReturnsNull() =>
+        (await _engine.WaitAsync("nope", TimeSpan.FromSeconds(1), Ct)).ShouldBeNull();
+
+    [Fact]
+    public async Task SubmitAsync_SameGidSameFingerprint_ReturnsExistingWithoutStartingAgain()
+    {
+        await _engine.SubmitAsync(Checkout(), "fp-1", Ct);
+        await ExpectCallAsync("order.action#1");
+
+        var again = await _engine.SubmitAsync(Checkout(), "fp-1", Ct);
+
+        again.Status.ShouldBe(SubmitStatus.Existing);
+        again.State.Gid.ShouldBe("tx-1");
+        _store.Inserts.ShouldBe(1);
+        _invoker.Received.Count.ShouldBe(1);
+    }
+
+    [Fact]
+    public async Task SubmitAsync_SameGidDifferentFingerprint_ReturnsConflict()
+    {
+        await _engine.SubmitAsync(Checkout(), "fp-1", Ct);
+
+        var conflict = await _engine.SubmitAsync(Sequential("other"), "fp-2", Ct);
+
+        conflict.Status.ShouldBe(SubmitStatus.Conflict);
+        conflict.State.Fingerprint.ShouldBe("fp-1");
+        _store.Inserts.ShouldBe(1);
+    }
+
+    [Fact]
+    public async Task SubmitAsync_GidOnlyInTheStore_ReturnsExistingOrConflict()
+    {
+        await _engine.SubmitAsync(Checkout(), "fp-1", Ct);
+        var other = NewEngine(); // another coordinator instance: nothing in memory
+
+        (await other.SubmitAsync(Checkout(), "fp-1", Ct)).Status.ShouldBe(SubmitStatus.Existing);
+        (await other.SubmitAsync(Checkout(), "fp-2", Ct)).Status.ShouldBe(SubmitStatus.Conflict);
+        other.ActiveCount.ShouldBe(0);
+        _store.Inserts.ShouldBe(1);
+    }
+
+    [Fact]
+    public async Task Engine_StoreUpdateFails_DoesNotInvokeAndUnloadsThenResumeContinuesFromTheDurableState()
+    {
+        await _engine.SubmitAsync(Checkout(), "fp-1", Ct);
+        var order = await ExpectCallAsync("order.action#1");
+        var failed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        _store.BeforeUpdate = _ =>
+        {
+            failed.TrySetResult();
+            throw new IOException("disk full");
+        };
+
+        order.Succeed();
+        await failed.Task.WaitAsync(Timeout, Ct);
+        await WaitUntilAsync(() => _engine.ActiveCount == 0);
+
+        _invoker.Received.Select(c => c.Name).ShouldBe(["order.action#1"]); // payment was never called
+        var durable = _store.Peek("tx-1").ShouldNotBeNull();
+        durable.Version.ShouldBe(1);
+        durable.Branches[0].Op(Action).Status.ShouldBe(OpStatus.InFlight); // the success was never stored
+
+        _store.BeforeUpdate = null;
+        await _engine.ResumeAsync("tx-1", Ct);
+
+        // The durable state says order's call is in flight with an unknown outcome: retry it after the backoff.
+        var resumed = _store.Peek("tx-1").ShouldNotBeNull();
+        resumed.Branches[0].Op(Action).Status.ShouldBe(OpStatus.Waiting);
+        _invoker.HasWaitingCall.ShouldBeFalse();
+        _time.Advance(Backoff.Delay(1, RetryPolicy.Default, 0.5));
+        var retry = await ExpectCallAsync("order.action#2");
+        ShouldHaveBeenDurableBeforeTheCall(retry);
+        retry.Succeed();
+        (await ExpectCallAsync("payment.action#1")).Succeed();
+
+        (await _engine.WaitAsync("tx-1", TimeSpan.FromMinutes(1), Ct)).ShouldNotBeNull().Status.ShouldBe(TransactionStatus.Committed);
+    }
+
+    [Fact]
+    public async Task ResumeAsync_OnAnotherEngineAfterACrash_RetriesTheCallsThatWereInFlight()
+    {
+        await _engine.SubmitAsync(Checkout(), "fp-1", Ct);
+        await ExpectCallAsync("order.action#1");
+        // The coordinator dies with the call in flight. (Disposed here and not again at the end:
+        // TransactionEngine.DisposeAsync throws when called twice.)
+        _engines.Remove(_engine);
+        await _engine.DisposeAsync();
+
+        var recovered = NewEngine();
+        await recovered.ResumeAsync("tx-1", Ct);
+        recovered.ActiveCount.ShouldBe(1);
+        (await _store.GetJournalAsync("tx-1", Ct)).Select(r => r.Entry.Kind).ShouldContain(JournalKinds.Resumed);
+        _time.Advance(TimeSpan.FromSeconds(1));
+
+        (await ExpectCallAsync("order.action#2")).Succeed();
+        (await ExpectCallAsync("payment.action#1")).Succeed();
+        (await recovered.WaitAsync("tx-1", TimeSpan.FromMinutes(1), Ct)).ShouldNotBeNull().Status.ShouldBe(TransactionStatus.Committed);
+    }
+
+    [Fact]
+    public async Task ResumeAsync_UnknownOrTerminal_DoesNothing()
+    {
+        await _engine.ResumeAsync("nope", Ct);
+        _engine.ActiveCount.ShouldBe(0);
+
+        await _engine.SubmitAsync(Sequential("order"), "fp-1", Ct);
+        (await ExpectCallAsync("order.action#1")).Succeed();
+        await _store.WaitForAsync("tx-1", s => s.IsTerminal);
+        await WaitUntilAsync(() => _engine.ActiveCount == 0);
+
+        await _engine.ResumeAsync("tx-1", Ct);
+        _engine.ActiveCount.ShouldBe(0);
+    }
+
+    [Fact]
+    public async Task RetryAsync_StuckCompensation_IsAcceptedAndInvokesAtOnce()
+    {
+        await _engine.SubmitAsync(Checkout(new RetryPolicy(1, 100, 60_000)), "fp-1", Ct);
+        (await ExpectCallAsync("order.action#1")).Succeed();
+        (await ExpectCallAsync("payment.action#1")).Fail();
+        (await ExpectCallAsync("order.compensate#1")).Unknown();
+        var stuck = await _store.WaitForAsync("tx-1", s => s.Stuck);
+        stuck.Status.ShouldBe(TransactionStatus.Aborting);
+        await WaitUntilAsync(() => !_observer.Alerts.IsEmpty);
+        _observer.Alerts.ShouldHaveSingleItem().Kind.ShouldBe("stuck");
+
+        var result = await _engine.RetryAsync("tx-1", "alice", Ct);
+
+        result.Status.ShouldBe(AdminStatus.Accepted);
+        var state = result.State.ShouldNotBeNull();
+        state.Stuck.ShouldBeFalse();
+        state.Branches[0].Op(Compensate).Status.ShouldBe(OpStatus.InFlight);
+        var retry = await ExpectCallAsync("order.compensate#2"); // no clock advance needed
+        ShouldHaveBeenDurableBeforeTheCall(retry);
+        retry.Succeed();
+        (await _engine.WaitAsync("tx-1", TimeSpan.FromMinutes(1), Ct)).ShouldNotBeNull().Status.ShouldBe(TransactionStatus.Aborted);
+        (await _store.GetJournalAsync("tx-1", Ct)).ShouldContain(r => r.Entry.Kind == JournalKinds.OperatorRetry && r.Entry.Detail == "by alice");
+    }
+
+    [Fact]
+    public async Task RetryAsync_TransactionNotLoaded_ResumesItAndIsAccepted()
+    {
+        await _engine.SubmitAsync(Checkout(), "fp-1", Ct);
+        await ExpectCallAsync("order.action#1");
+        var other = NewEngine();
+
+        var result = await other.RetryAsync("tx-1", "alice", Ct);
+
+        result.Status.ShouldBe(AdminStatus.Accepted);
+        other.ActiveCount.ShouldBe(1);
+        // Resumed made the in-flight call a waiting retry; the operator's retry starts it at once.
+        await ExpectCallAsync("order.action#2");
+    }
+
+    [Fact]
+    public async Task RetryAsync_UnknownGid_IsNotFound()
+    {
+        var result = await _engine.RetryAsync("nope", "alice", Ct);
+
+        result.Status.ShouldBe(AdminStatus.NotFound);
+        result.State.ShouldBeNull();
+    }
+
+    [Fact]
+    public async Task AdminActions_TerminalTransaction_AreRefused()
+    {
+        await _engine.SubmitAsync(Sequential("order"), "fp-1", Ct);
+        (await ExpectCallAsync("order.action#1")).Succeed();
+        var terminal = await _store.WaitForAsync("tx-1", s => s.IsTerminal);
+        await WaitUntilAsync(() => _engine.ActiveCount == 0);
+
+        var retry = await _engine.RetryAsync("tx-1", "alice", Ct);
+        var abort = await _engine.AbortAsync("tx-1", "alice", "too late", Ct);
+
+        retry.Status.ShouldBe(AdminStatus.Refused);
+        abort.Status.ShouldBe(AdminStatus.Refused);
+        abort.State.ShouldBe(terminal);
+        _store.Peek("tx-1").ShouldBe(terminal);
+    }
+
+    [Fact]
+    public async Task AbortAsync_BeforePivot_IsAcceptedAndCompensates()
+    {
+        var spec = Saga([Branch("order"), Branch("charge", ["order"], pivot: true)]);
+        await _engine.SubmitAsync(spec, "fp-1", Ct);
+        var order = await ExpectCallAsync("order.action#1");
+
+        var result = await _engine.AbortAsync("tx-1", "alice", "customer called", Ct);
+
+        result.Status.ShouldBe(AdminStatus.Accepted);
+        result.State.ShouldNotBeNull().Status.ShouldBe(TransactionStatus.Aborting);
+        _store.Peek("tx-1").ShouldNotBeNull().Status.ShouldBe(TransactionStatus.Aborting);
+        order.Succeed();
+        (await ExpectCallAsync("order.compensate#1")).Succeed();
+        var done = (await _engine.WaitAsync("tx-1", TimeSpan.FromMinutes(1), Ct)).ShouldNotBeNull();
+        done.Status.ShouldBe(TransactionStatus.Aborted);
+        done.Branches[1].Op(Action).Attempts.ShouldBe(0);
+    }
+
+    [Fact]
+    public async Task AbortAsync_AfterPivotStarted_IsRefusedAndChangesNothing()
+    {
+        var spec = Saga([Branch("order"), Branch("charge", ["order"], pivot: true)]);
+        await _engine.SubmitAsync(spec, "fp-1", Ct);
+        (await ExpectCallAsync("order.action#1")).Succeed();
+        await ExpectCallAsync("charge.action#1");
+        var before = _store.Peek("tx-1").ShouldNotBeNull();
+
+        var result = await _engine.AbortAsync("tx-1", "alice", null, Ct);
+
+        result.Status.ShouldBe(AdminStatus.Refused);
+        result.State.ShouldNotBeNull().Status.ShouldBe(TransactionStatus.Running);
+        _store.Peek("tx-1").ShouldBeSameAs(before);
+    }
+
+    [Fact]
+    public async Task AbortAsync_UnknownGid_IsNotFound() =>
+        (await _engine.AbortAsync("nope", "alice", null, Ct)).Status.ShouldBe(AdminStatus.NotFound);
+}

@@ -1,0 +1,246 @@
+using System.Collections.Concurrent;
+using System.Threading.Channels;
+using Treaty.Core.Engine;
+using Treaty.Core.Model;
+
+namespace Treaty.Core.Tests.Engine;
+
+/// <summary>One ordered record of what the store wrote and what the invoker was asked, across threads.</summary>
+internal sealed class Timeline
+{
+    private readonly ConcurrentQueue<string> _entries = new();
+
+    public void Add(string entry) => _entries.Enqueue(entry);
+
+    public IReadOnlyList<string> Entries => [.. _entries];
+
+    public int IndexOf(string entry)
+    {
+        var entries = Entries;
+        for (var i = 0; i < entries.Count; i++)
+        {
+            if (entries[i] == entry)
+            {
+                return i;
+            }
+        }
+
+        throw new InvalidOperationException($"'{entry}' is not in the timeline: {string.Join(" | ", entries)}");
+    }
+}
+
+/// <summary>An in-memory <see cref="ITransactionStore"/> with hooks to delay or fail writes.</summary>
+internal sealed class InMemoryTransactionStore(Timeline timeline) : ITransactionStore
+{
+    private readonly Lock _lock = new();
+    private readonly Dictionary<string, TransactionState> _states = new(StringComparer.Ordinal);
+    private readonly List<JournalRecord> _journal = [];
+    private readonly List<(string Gid, Func<TransactionState, bool> Predicate, TaskCompletionSource<TransactionState> Done)> _waiters = [];
+    private long _sequence;
+
+    /// <summary>Runs before every update is applied: may wait (to hold the write) or throw (to fail it).</summary>
+    public Func<TransactionState, Task>? BeforeUpdate { get; set; }
+
+    public int Inserts { get; private set; }
+
+    public int Updates { get; private set; }
+
+    public Task InitializeAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+    public Task<TransactionState?> InsertAsync(TransactionState state, IReadOnlyList<JournalEntry> journal, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            if (_states.TryGetValue(state.Gid, out var existing))
+            {
+                return Task.FromResult<TransactionState?>(existing);
+            }
+
+            Inserts++;
+            Write(state, journal);
+            timeline.Add($"insert v{state.Version}");
+        }
+
+        Notify(state);
+        return Task.FromResult<TransactionState?>(null);
+    }
+
+    public async Task UpdateAsync(TransactionState state, IReadOnlyList<JournalEntry> journal, CancellationToken cancellationToken)
+    {
+        if (BeforeUpdate is { } hook)
+        {
+            await hook(state);
+        }
+
+        lock (_lock)
+        {
+            if (!_states.TryGetValue(state.Gid, out var stored) || stored.Version != state.Version - 1)
+            {
+                throw new ConcurrencyConflictException($"{state.Gid}: stored v{stored?.Version}, writing v{state.Version}");
+            }
+
+            Updates++;
+            Write(state, journal);
+            timeline.Add($"update v{state.Version}");
+        }
+
+        Notify(state);
+    }
+
+    public Task<TransactionState?> GetAsync(string gid, CancellationToken cancellationToken) => Task.FromResult(Peek(gid));
+
+    /// <summary>The durable state right now.</summary>
+    public TransactionState? Peek(string gid)
+    {
+        lock (_lock)
+        {
+            return _states.GetValueOrDefault(gid);
+        }
+    }
+
+    public Task<IReadOnlyList<JournalRecord>> GetJournalAsync(string gid, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            return Task.FromResult<IReadOnlyList<JournalRecord>>([.. _journal.Where(r => r.Gid == gid)]);
+        }
+    }
+
+    public Task<TransactionPage> ListAsync(TransactionQuery query, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            var items = _states.Values
+                .Where(s => (query.Status is null || s.Status == query.Status)
+                    && (query.Protocol is null || s.Spec.Protocol == query.Protocol)
+                    && (query.Stuck is null || s.Stuck == query.Stuck)
+                    && (query.Since is null || s.CreatedAt >= query.Since))
+                .OrderByDescending(s => s.CreatedAt)
+                .Take(query.Limit)
+                .ToList();
+            return Task.FromResult(new TransactionPage(items, null));
+        }
+    }
+
+    public Task<IReadOnlyList<string>> ListDueAsync(DateTimeOffset dueBy, int limit, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            return Task.FromResult<IReadOnlyList<string>>([.. _states.Values
+                .Where(s => !s.IsTerminal && (s.NextWakeAt is null || s.NextWakeAt <= dueBy))
+                .OrderBy(s => s.NextWakeAt)
+                .Take(limit)
+                .Select(s => s.Gid)]);
+        }
+    }
+
+    /// <summary>Completes when the durable state of <paramref name="gid"/> satisfies <paramref name="predicate"/>.</summary>
+    public Task<TransactionState> WaitForAsync(string gid, Func<TransactionState, bool> predicate)
+    {
+        lock (_lock)
+        {
+            if (_states.TryGetValue(gid, out var state) && predicate(state))
+            {
+                return Task.FromResult(state);
+            }
+
+            var done = new TaskCompletionSource<TransactionState>(TaskCreationOptions.RunContinuationsAsynchronously);
+            _waiters.Add((gid, predicate, done));
+            return done.Task.WaitAsync(EngineTests.Timeout);
+        }
+    }
+
+    private void Write(TransactionState state, IReadOnlyList<JournalEntry> journal)
+    {
+        _states[state.Gid] = state;
+        foreach (var entry in journal)
+        {
+            _journal.Add(new JournalRecord(++_sequence, state.Gid, entry));
+        }
+    }
+
+    private void Notify(TransactionState state)
+    {
+        List<TaskCompletionSource<TransactionState>> ready = [];
+        lock (_lock)
+        {
+            for (var i = _waiters.Count - 1; i >= 0; i--)
+            {
+                if (_waiters[i].Gid == state.Gid && _waiters[i].Predicate(state))
+                {
+                    ready.Add(_waiters[i].Done);
+                    _waiters.RemoveAt(i);
+                }
+            }
+        }
+
+        foreach (var done in ready)
+        {
+            done.TrySetResult(state);
+        }
+    }
+}
+
+/// <summary>A call the test answers by hand.</summary>
+internal sealed class PendingCall(BranchCall call, TransactionState? durable)
+{
+    private readonly TaskCompletionSource<BranchOutcome> _outcome = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    public BranchCall Call { get; } = call;
+
+    /// <summary>What the store held when the invoker was called.</summary>
+    public TransactionState? DurableAtInvoke { get; } = durable;
+
+    public Task<BranchOutcome> Outcome => _outcome.Task;
+
+    public string Name => $"{Call.Branch}.{Call.Op}#{Call.Attempt}";
+
+    public void Succeed() => _outcome.TrySetResult(BranchOutcome.Success(200, """{"done":true}"""));
+
+    public void Fail() => _outcome.TrySetResult(BranchOutcome.Failure(409, "declined"));
+
+    public void Unknown() => _outcome.TrySetResult(BranchOutcome.Unknown(503, "unavailable"));
+}
+
+/// <summary>A branch invoker whose calls wait until the test answers them.</summary>
+internal sealed class ScriptedBranchInvoker(InMemoryTransactionStore store, Timeline timeline) : IBranchInvoker
+{
+    private readonly Channel<PendingCall> _calls = Channel.CreateUnbounded<PendingCall>();
+    private readonly ConcurrentQueue<PendingCall> _received = new();
+
+    public IReadOnlyList<PendingCall> Received => [.. _received];
+
+    public Task<BranchOutcome> InvokeAsync(BranchCall call, CancellationToken cancellationToken)
+    {
+        var pending = new PendingCall(call, store.Peek(call.Gid));
+        timeline.Add($"invoke {pending.Name}");
+        _received.Enqueue(pending);
+        _calls.Writer.TryWrite(pending);
+        return pending.Outcome.WaitAsync(cancellationToken);
+    }
+
+    /// <summary>The next call the engine makes (in the order it made them).</summary>
+    public async Task<PendingCall> NextCallAsync() => await _calls.Reader.ReadAsync().AsTask().WaitAsync(EngineTests.Timeout);
+
+    public bool HasWaitingCall => _calls.Reader.Count > 0;
+}
+
+/// <summary>Records what the engine reports.</summary>
+internal sealed class RecordingObserver : IEngineObserver
+{
+    public ConcurrentQueue<Alert> Alerts { get; } = new();
+
+    public ConcurrentQueue<TransactionState> FinishedStates { get; } = new();
+
+    public void Submitted(TransactionState state)
+    {
+    }
+
+    public void BranchCalled(TransactionState state, BranchCall call, BranchOutcome outcome, TimeSpan duration)
+    {
+    }
+
+    public void Finished(TransactionState state) => FinishedStates.Enqueue(state);
+
+    public void Alert(TransactionState state, Alert alert) => Alerts.Enqueue(alert);
+}

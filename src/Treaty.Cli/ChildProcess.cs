@@ -137,6 +137,23 @@ internal sealed class ChildProcess : IDisposable
         throw new TimeoutException($"{Name} was not healthy at {url} within {timeout.TotalSeconds:0} s:\n{Output}");
     }
 
+    /// <summary>Waits for the process to exit; returns its exit code, or null (after killing it) on timeout.</summary>
+    public async Task<int?> WaitForExitAsync(TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        using var limit = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        limit.CancelAfter(timeout);
+        try
+        {
+            await _process.WaitForExitAsync(limit.Token);
+            return _process.ExitCode;
+        }
+        catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+        {
+            Kill();
+            return null;
+        }
+    }
+
     /// <summary>SIGKILL, by process id: no shutdown hooks, no flushing. Like a power cut for the process.</summary>
     public void Kill()
     {

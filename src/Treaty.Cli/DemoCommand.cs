@@ -64,7 +64,7 @@ internal static class DemoCommand
                 }
 
                 results.Add(result);
-                console.MarkupLineInterpolated($"{(result.Passed ? "[green]✓[/]" : "[red]✗[/]")} {name}: {result.Outcome} in {result.Duration.TotalMilliseconds:0} ms");
+                console.MarkupLine((result.Passed ? "[green]✓[/] " : "[red]✗[/] ") + Markup.Escape($"{name}: {result.Outcome} in {result.Duration.TotalMilliseconds:0} ms"));
                 if (name == "participant 503 twice" && result.Gid is not null)
                 {
                     console.MarkupLineInterpolated($"[grey]$ treaty tx show {result.Gid}[/]");

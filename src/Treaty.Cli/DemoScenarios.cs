@@ -89,7 +89,7 @@ internal sealed class DemoScenarios(DemoEnvironment env, Func<string, Task>? sho
         var before = await WalletAsync("bob", ct);
         var stockBefore = await StockAsync("book", ct);
         // Hold the inventory step in flight long enough to kill the coordinator under it.
-        await env.SetFaultAsync(env.InventoryUrl, "/saga/inventory/reserve", failTimes: 0, status: 200, delayMs: 3000, ct);
+        await env.SetFaultAsync(env.InventoryUrl, "/saga/inventory/reserve", failTimes: 0, status: 503, delayMs: 3000, ct);
         var (orderId, gid) = await CheckoutAsync("bob", [("book", 1)], ct);
         var inFlight = await PollAsync(gid, tx => OpStatus(tx, "inventory", "action") == "in-flight", ct);
         var killedPid = env.CoordinatorPid;
@@ -188,7 +188,7 @@ internal sealed class DemoScenarios(DemoEnvironment env, Func<string, Task>? sho
     public async Task<IReadOnlyList<Check>> InvariantsAsync(CancellationToken ct)
     {
         var checks = new List<Check>();
-        var orders = (await env.GetJsonAsync(env.OrderUrl + "/orders", ct)).AsArray();
+        var orders = (await env.GetJsonAsync(env.OrderUrl + "/orders", ct))["orders"]!.AsArray();
         var confirmed = orders.Where(o => Str(o, "status") == "CONFIRMED").ToList();
         var balances = 0m;
         var held = 0m;
@@ -206,7 +206,7 @@ internal sealed class DemoScenarios(DemoEnvironment env, Func<string, Task>? sho
         {
             var stock = await StockAsync(sku, ct);
             checks.Add(Expect($"{sku}: available + reserved = {initial}", stock.Available + stock.Reserved, initial));
-            var soldQty = confirmed.SelectMany(o => o["items"]!.AsArray()).Where(i => Str(i, "sku") == sku).Sum(i => i!["qty"]!.GetValue<int>());
+            var soldQty = confirmed.SelectMany(o => o!["items"]!.AsArray()).Where(i => Str(i, "sku") == sku).Sum(i => i!["qty"]!.GetValue<int>());
             checks.Add(Expect($"{sku}: reserved = quantity of confirmed orders", stock.Reserved, soldQty));
         }
 

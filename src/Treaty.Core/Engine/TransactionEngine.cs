@@ -320,6 +320,8 @@ public sealed partial class TransactionEngine : IAsyncDisposable
             var decision = _machine.Decide(_state, @event, new DecisionContext(now, _engine._random));
             if (!decision.Changed(_state))
             {
+                // Nothing to do yet (say, a timer that fired a hair early): wait for the same time again.
+                Schedule(_state.NextWakeAt);
                 return true;
             }
 
@@ -384,11 +386,10 @@ public sealed partial class TransactionEngine : IAsyncDisposable
                 return;
             }
 
+            // System timers truncate to whole milliseconds and could fire just before the due time:
+            // round up. (A wake-up that still comes early finds nothing due and re-arms.)
             var due = at - _engine._time.GetUtcNow();
-            if (due < TimeSpan.Zero)
-            {
-                due = TimeSpan.Zero;
-            }
+            due = due <= TimeSpan.Zero ? TimeSpan.Zero : TimeSpan.FromMilliseconds(Math.Ceiling(due.TotalMilliseconds));
 
             // ITimer limits due times to about 49 days; a longer wait is re-armed when it fires.
             var max = TimeSpan.FromDays(30);

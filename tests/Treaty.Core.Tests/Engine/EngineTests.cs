@@ -384,4 +384,47 @@ public sealed class EngineTests : IAsyncLifetime
     [Fact]
     public async Task AbortAsync_UnknownGid_IsNotFound() =>
         (await _engine.AbortAsync("nope", "alice", null, Ct)).Status.ShouldBe(AdminStatus.NotFound);
+
+    [Fact]
+    public async Task Engine_TimerFiresBeforeTheRetryIsDue_RearmsAndStillRetries()
+    {
+        // Found by the demo: a system timer fired a fraction of a millisecond early, the decision
+        // changed nothing, and the timer was never armed again: the retry never happened.
+        var early = new EarlyTimeProvider(_time, TimeSpan.FromMilliseconds(5));
+        await using var engine = new TransactionEngine(
+            _store, _invoker, [new SagaMachine()], early, new FixedRandom(0.5), NullLogger<TransactionEngine>.Instance, _observer);
+        await engine.SubmitAsync(Checkout(), "fp-1", Ct);
+        (await ExpectCallAsync("order.action#1")).Unknown();
+        await WaitUntilAsync(() => _store.Peek("tx-1")?.Branches[0].Op(Action).Status == OpStatus.Waiting);
+
+        var delay = Backoff.Delay(1, RetryPolicy.Default, 0.5);
+        _time.Advance(delay - TimeSpan.FromMilliseconds(5)); // the early wake-up: nothing is due yet
+        _invoker.HasWaitingCall.ShouldBeFalse();
+        _time.Advance(TimeSpan.FromMilliseconds(5));        // the re-armed timer: now it is
+
+        (await ExpectCallAsync("order.action#2")).Succeed();
+        (await ExpectCallAsync("payment.action#1")).Succeed();
+        (await engine.WaitAsync("tx-1", TimeSpan.FromMinutes(1), Ct)).ShouldNotBeNull().Status.ShouldBe(TransactionStatus.Committed);
+    }
+
+    /// <summary>A clock whose timers fire <paramref name="early"/> before they are due (as coarse system timers can).</summary>
+    private sealed class EarlyTimeProvider(ManualTimeProvider inner, TimeSpan early) : TimeProvider
+    {
+        public override DateTimeOffset GetUtcNow() => inner.GetUtcNow();
+
+        public override ITimer CreateTimer(TimerCallback callback, object? state, TimeSpan dueTime, TimeSpan period) =>
+            new EarlyTimer(inner.CreateTimer(callback, state, Shift(dueTime), period), early);
+
+        private TimeSpan Shift(TimeSpan due) => due == global::System.Threading.Timeout.InfiniteTimeSpan || due <= early ? due : due - early;
+
+        private sealed class EarlyTimer(ITimer timer, TimeSpan early) : ITimer
+        {
+            public bool Change(TimeSpan dueTime, TimeSpan period) =>
+                timer.Change(dueTime == global::System.Threading.Timeout.InfiniteTimeSpan || dueTime <= early ? dueTime : dueTime - early, period);
+
+            public void Dispose() => timer.Dispose();
+
+            public ValueTask DisposeAsync() => timer.DisposeAsync();
+        }
+    }
 }

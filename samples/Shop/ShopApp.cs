@@ -1,0 +1,123 @@
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Diagnostics;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.Logging;
+using Shop.Infrastructure;
+using Shop.Inventory;
+using Shop.Order;
+using Shop.Payment;
+using Treaty.Client;
+
+namespace Shop;
+
+/// <summary>
+/// Builds one Shop service (Order, Payment or Inventory) as an ASP.NET Core app, to run as its own
+/// process (<c>Program.cs</c>) or in-process next to others (tests, <c>treaty demo</c>).
+/// </summary>
+public static class ShopApp
+{
+    /// <summary>The largest request body accepted (1 MiB).</summary>
+    public const long MaxRequestBodyBytes = 1024 * 1024;
+
+    /// <summary>
+    /// Builds the service described by <paramref name="options"/>: creates and seeds its SQLite
+    /// database on first start, binds only <see cref="ShopOptions.Urls"/>. Start it with
+    /// <c>RunAsync</c>/<c>StartAsync</c>; dispose it to release the database file.
+    /// </summary>
+    /// <exception cref="ArgumentException">The options are invalid.</exception>
+    public static WebApplication Build(ShopOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        options.Validate();
+        var dataDir = Path.GetFullPath(options.DataDir);
+        Directory.CreateDirectory(dataDir);
+
+        var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions
+        {
+            ApplicationName = typeof(ShopApp).Assembly.GetName().Name,
+            // Not the working directory: no stray appsettings.json can rebind the service.
+            ContentRootPath = AppContext.BaseDirectory,
+        });
+        builder.WebHost.UseUrls(options.Urls);
+        builder.WebHost.ConfigureKestrel(kestrel => kestrel.Limits.MaxRequestBodySize = MaxRequestBodyBytes);
+        builder.Logging.SetMinimumLevel(options.MinimumLogLevel);
+        builder.Logging.AddFilter("Microsoft.AspNetCore", LogLevel.Warning);
+
+        builder.Services.AddProblemDetails();
+        builder.Services.ConfigureHttpJsonOptions(json =>
+        {
+            json.SerializerOptions.TypeInfoResolverChain.Insert(0, ShopJsonContext.Web);
+            json.SerializerOptions.Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping;
+        });
+        builder.Services.AddSingleton(options);
+        builder.Services.AddSingleton(options.TimeProvider);
+        builder.Services.AddSingleton<FaultRegistry>();
+
+        var (fileName, schema, seed) = options.Service switch
+        {
+            ShopService.Order => ("order.db", OrderStore.Schema, (Action<Microsoft.Data.Sqlite.SqliteConnection, Microsoft.Data.Sqlite.SqliteTransaction>)((_, _) => { })),
+            ShopService.Payment => ("payment.db", PaymentService.Schema, PaymentService.Seed),
+            ShopService.Inventory => ("inventory.db", InventoryService.Schema, InventoryService.Seed),
+            _ => throw new ArgumentOutOfRangeException(nameof(options), options.Service, "Unknown service."),
+        };
+        var database = new ShopDatabase(Path.Combine(dataDir, fileName));
+        try
+        {
+            database.Initialize(schema, seed);
+        }
+        catch
+        {
+            database.Dispose();
+            throw;
+        }
+
+        // Registered through a factory so the container disposes it (releasing the file) on shutdown.
+        builder.Services.AddSingleton(_ => database);
+        if (options.Service == ShopService.Order)
+        {
+            builder.Services.AddSingleton(_ => new TreatyClient(new Uri(options.CoordinatorUrl!)));
+            builder.Services.AddSingleton<OrderSaga>();
+            builder.Services.AddSingleton<OrderService>();
+            builder.Services.AddHostedService<OrderResubmitter>();
+        }
+
+        var app = builder.Build();
+        app.UseExceptionHandler(new ExceptionHandlerOptions
+        {
+            // A body over the size limit, a bad request line: the client's fault, not a 500.
+            StatusCodeSelector = e => e is BadHttpRequestException bad ? bad.StatusCode : StatusCodes.Status500InternalServerError,
+        });
+        app.UseStatusCodePages();
+        if (options.EnableFaults)
+        {
+            app.UseFaults();
+        }
+
+        var name = options.Service.ToString().ToLowerInvariant();
+        app.MapGet("/healthz", async (CancellationToken ct) =>
+        {
+            await database.ReadAsync(async connection =>
+            {
+                await using var ping = Sql.Command(connection, null, "SELECT 1");
+                return await ping.ExecuteScalarAsync(ct);
+            }, ct);
+            return Results.Json(new HealthView("ok", name), ShopJsonContext.Web.HealthView);
+        });
+
+        switch (options.Service)
+        {
+            case ShopService.Order:
+                OrderService.Map(app);
+                break;
+            case ShopService.Payment:
+                PaymentService.Map(app, database);
+                break;
+            case ShopService.Inventory:
+                InventoryService.Map(app, database);
+                break;
+        }
+
+        return app;
+    }
+}

@@ -1,0 +1,155 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+
+namespace Shop;
+
+// The JSON shapes of the three services. Request bodies have nullable members so that a missing
+// field is reported by name (400) rather than failing deserialization.
+
+/// <summary>Body of <c>POST /checkout</c>.</summary>
+internal sealed class CheckoutRequest
+{
+    public string? CustomerId { get; set; }
+
+    public List<CheckoutItem?>? Items { get; set; }
+
+    public string? Protocol { get; set; }
+}
+
+internal sealed class CheckoutItem
+{
+    public string? Sku { get; set; }
+
+    public int? Qty { get; set; }
+}
+
+/// <summary>What the idempotency fingerprint covers: the request as understood, not its whitespace.</summary>
+internal sealed record CheckoutFingerprint(string CustomerId, IReadOnlyList<OrderItem> Items, string Protocol);
+
+internal sealed record CheckoutResponse(string OrderId, string Gid, string Status);
+
+internal sealed record OrderItem(string Sku, int Qty);
+
+internal sealed record OrderView(
+    string OrderId,
+    string Gid,
+    string CustomerId,
+    decimal Amount,
+    IReadOnlyList<OrderItem> Items,
+    string Status,
+    string? Reason,
+    DateTimeOffset CreatedAt,
+    DateTimeOffset UpdatedAt);
+
+internal sealed record OrderListView(IReadOnlyList<OrderView> Orders);
+
+/// <summary>The saga's payload, given to every branch: <c>{orderId, customerId, items, amount}</c>.</summary>
+internal sealed class SagaPayload
+{
+    public string? OrderId { get; set; }
+
+    public string? CustomerId { get; set; }
+
+    public List<OrderItem?>? Items { get; set; }
+
+    public decimal? Amount { get; set; }
+}
+
+/// <summary>Body of a branch call (the branch call contract).</summary>
+internal sealed class BranchCallBody
+{
+    public string? Gid { get; set; }
+
+    public string? Branch { get; set; }
+
+    public string? Op { get; set; }
+
+    public JsonElement? Payload { get; set; }
+}
+
+/// <summary>2xx answer of a branch call that did nothing on purpose (a late action, a null compensation).</summary>
+internal sealed record BranchSkipped(string Gid, string Branch, string Op, bool Skipped, string Reason);
+
+internal sealed record OrderBranchResult(string OrderId, string Status, string? Reason);
+
+internal sealed record WalletView(string CustomerId, decimal Balance, decimal Held, decimal Limit);
+
+internal sealed record WalletListView(IReadOnlyList<WalletView> Wallets);
+
+internal sealed record LedgerEntryView(long Id, string Gid, string Kind, decimal Amount, DateTimeOffset At);
+
+internal sealed record LedgerView(string CustomerId, IReadOnlyList<LedgerEntryView> Entries);
+
+/// <summary>Result of a payment branch: <c>outcome</c> is debited, refunded, already-debited, nothing-to-refund or already-refunded.</summary>
+internal sealed record PaymentResult(string Gid, string CustomerId, decimal Amount, decimal Balance, string Outcome);
+
+internal sealed record StockView(string Sku, int Initial, int Available, int Reserved);
+
+internal sealed record StockListView(IReadOnlyList<StockView> Items);
+
+internal sealed record ReservationView(string Gid, string Sku, int Qty, bool Released, DateTimeOffset At, DateTimeOffset? ReleasedAt);
+
+internal sealed record ReservationListView(string Sku, IReadOnlyList<ReservationView> Reservations);
+
+/// <summary>Result of an inventory branch: <c>outcome</c> is reserved, already-reserved, released or nothing-to-release.</summary>
+internal sealed record InventoryResult(string Gid, string Outcome, IReadOnlyList<OrderItem> Items);
+
+/// <summary>Body of <c>POST /_faults</c>.</summary>
+internal sealed class FaultRuleRequest
+{
+    public string? Path { get; set; }
+
+    public int? FailTimes { get; set; }
+
+    public int? Status { get; set; }
+
+    public int? DelayMs { get; set; }
+}
+
+internal sealed record FaultRuleView(string Path, int FailTimes, int Status, int DelayMs);
+
+internal sealed record FaultRulesView(IReadOnlyList<FaultRuleView> Rules);
+
+internal sealed record CallCountView(string Path, long Calls, long Applied);
+
+internal sealed record CallCountsView(IReadOnlyList<CallCountView> Paths);
+
+internal sealed record HealthView(string Status, string Service);
+
+/// <summary>Source-generated JSON of the Shop services (Web defaults: camelCase).</summary>
+[JsonSourceGenerationOptions(JsonSerializerDefaults.Web)]
+[JsonSerializable(typeof(CheckoutRequest))]
+[JsonSerializable(typeof(CheckoutFingerprint))]
+[JsonSerializable(typeof(CheckoutResponse))]
+[JsonSerializable(typeof(List<OrderItem>))]
+[JsonSerializable(typeof(OrderView))]
+[JsonSerializable(typeof(OrderListView))]
+[JsonSerializable(typeof(SagaPayload))]
+[JsonSerializable(typeof(BranchCallBody))]
+[JsonSerializable(typeof(BranchSkipped))]
+[JsonSerializable(typeof(OrderBranchResult))]
+[JsonSerializable(typeof(WalletView))]
+[JsonSerializable(typeof(WalletListView))]
+[JsonSerializable(typeof(LedgerView))]
+[JsonSerializable(typeof(PaymentResult))]
+[JsonSerializable(typeof(StockView))]
+[JsonSerializable(typeof(StockListView))]
+[JsonSerializable(typeof(ReservationListView))]
+[JsonSerializable(typeof(InventoryResult))]
+[JsonSerializable(typeof(FaultRuleRequest))]
+[JsonSerializable(typeof(FaultRulesView))]
+[JsonSerializable(typeof(CallCountView))]
+[JsonSerializable(typeof(CallCountsView))]
+[JsonSerializable(typeof(HealthView))]
+internal sealed partial class ShopJsonContext : JsonSerializerContext
+{
+    /// <summary>
+    /// The context the services use: Web defaults (camelCase), but HTML-sensitive characters
+    /// (' + &lt; &gt; &amp;) are written as they are rather than as \uXXXX escapes. These are JSON APIs,
+    /// never embedded in HTML, and their bodies are read by people with curl.
+    /// </summary>
+    public static ShopJsonContext Web { get; } = new(new JsonSerializerOptions(JsonSerializerDefaults.Web)
+    {
+        Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
+    });
+}

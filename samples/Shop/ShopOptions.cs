@@ -1,0 +1,173 @@
+using Microsoft.Extensions.Logging;
+
+namespace Shop;
+
+/// <summary>Which of the three Shop services a process (or an in-process host) runs.</summary>
+public enum ShopService
+{
+    /// <summary>Checkout and orders; starts the transactions.</summary>
+    Order,
+    /// <summary>Customer wallets.</summary>
+    Payment,
+    /// <summary>Stock.</summary>
+    Inventory,
+}
+
+/// <summary>How to start one Shop service.</summary>
+public sealed class ShopOptions
+{
+    /// <summary>The service to run.</summary>
+    public required ShopService Service { get; init; }
+
+    /// <summary>The URLs to bind, separated by ';' (e.g. <c>http://127.0.0.1:5001</c>); nothing else is bound.</summary>
+    public required string Urls { get; init; }
+
+    /// <summary>The directory of the service's SQLite database (created when missing).</summary>
+    public required string DataDir { get; init; }
+
+    /// <summary>The Treaty coordinator (Order service only; required there).</summary>
+    public string? CoordinatorUrl { get; init; }
+
+    /// <summary>The Payment service, as the coordinator should call it (Order service only; required there).</summary>
+    public string? PaymentUrl { get; init; }
+
+    /// <summary>The Inventory service, as the coordinator should call it (Order service only; required there).</summary>
+    public string? InventoryUrl { get; init; }
+
+    /// <summary>
+    /// This service's address as the coordinator should call it back (Order service). Default: the
+    /// first address the server bound, so <c>http://127.0.0.1:0</c> works too.
+    /// </summary>
+    public string? PublicUrl { get; init; }
+
+    /// <summary>Exposes <c>/_faults</c> (fault injection and call counters) for tests and the demo.</summary>
+    public bool EnableFaults { get; init; }
+
+    /// <summary>The clock (tests may pass a manual one).</summary>
+    public TimeProvider TimeProvider { get; init; } = TimeProvider.System;
+
+    /// <summary>The minimum level of the console log.</summary>
+    public LogLevel MinimumLogLevel { get; init; } = LogLevel.Information;
+
+    /// <summary>The command line usage.</summary>
+    public const string Usage =
+        "usage: Shop --service order|payment|inventory --urls URL --data-dir DIR " +
+        "[--coordinator URL --payment URL --inventory URL] [--public-url URL] [--faults]";
+
+    /// <summary>Reads the command line (<c>--name value</c> or <c>--name=value</c>).</summary>
+    /// <exception cref="ArgumentException">An unknown, missing or malformed argument; the message says which.</exception>
+    public static ShopOptions Parse(IReadOnlyList<string> args)
+    {
+        ArgumentNullException.ThrowIfNull(args);
+        var values = new Dictionary<string, string>(StringComparer.Ordinal);
+        var faults = false;
+        for (var i = 0; i < args.Count; i++)
+        {
+            var arg = args[i];
+            if (arg == "--faults")
+            {
+                faults = true;
+                continue;
+            }
+
+            string name;
+            string value;
+            var equals = arg.IndexOf('=', StringComparison.Ordinal);
+            if (arg.StartsWith("--", StringComparison.Ordinal) && equals > 0)
+            {
+                name = arg[2..equals];
+                value = arg[(equals + 1)..];
+            }
+            else if (arg.StartsWith("--", StringComparison.Ordinal) && i + 1 < args.Count)
+            {
+                name = arg[2..];
+                value = args[++i];
+            }
+            else
+            {
+                throw new ArgumentException($"Unexpected argument '{arg}'.");
+            }
+
+            if (name is not ("service" or "urls" or "data-dir" or "coordinator" or "payment" or "inventory" or "public-url"))
+            {
+                throw new ArgumentException($"Unknown option '--{name}'.");
+            }
+
+            values[name] = value;
+        }
+
+        if (!values.TryGetValue("service", out var serviceText))
+        {
+            throw new ArgumentException("--service is required.");
+        }
+
+        var service = serviceText switch
+        {
+            "order" => ShopService.Order,
+            "payment" => ShopService.Payment,
+            "inventory" => ShopService.Inventory,
+            _ => throw new ArgumentException($"--service must be order, payment or inventory, not '{serviceText}'."),
+        };
+
+        var options = new ShopOptions
+        {
+            Service = service,
+            Urls = values.GetValueOrDefault("urls") ?? throw new ArgumentException("--urls is required."),
+            DataDir = values.GetValueOrDefault("data-dir") ?? throw new ArgumentException("--data-dir is required."),
+            CoordinatorUrl = values.GetValueOrDefault("coordinator"),
+            PaymentUrl = values.GetValueOrDefault("payment"),
+            InventoryUrl = values.GetValueOrDefault("inventory"),
+            PublicUrl = values.GetValueOrDefault("public-url"),
+            EnableFaults = faults,
+        };
+        options.Validate();
+        return options;
+    }
+
+    /// <summary>Checks the options at start, so a misconfigured service fails before it serves anything.</summary>
+    /// <exception cref="ArgumentException">What is wrong.</exception>
+    public void Validate()
+    {
+        if (string.IsNullOrWhiteSpace(Urls))
+        {
+            throw new ArgumentException("Urls is required.");
+        }
+
+        foreach (var url in Urls.Split(';', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            RequireHttpUrl(url, "--urls");
+        }
+
+        if (string.IsNullOrWhiteSpace(DataDir))
+        {
+            throw new ArgumentException("DataDir is required.");
+        }
+
+        if (PublicUrl is not null)
+        {
+            RequireHttpUrl(PublicUrl, "--public-url");
+        }
+
+        if (Service == ShopService.Order)
+        {
+            RequireHttpUrl(CoordinatorUrl, "--coordinator");
+            RequireHttpUrl(PaymentUrl, "--payment");
+            RequireHttpUrl(InventoryUrl, "--inventory");
+        }
+    }
+
+    private static void RequireHttpUrl(string? url, string option)
+    {
+        if (string.IsNullOrWhiteSpace(url))
+        {
+            throw new ArgumentException($"{option} is required.");
+        }
+
+        // Kestrel accepts wildcard hosts ("http://*:5000", "http://+:5000") that Uri does not parse.
+        var parsable = url.Replace("://*", "://localhost", StringComparison.Ordinal).Replace("://+", "://localhost", StringComparison.Ordinal);
+        if (!Uri.TryCreate(parsable, UriKind.Absolute, out var uri) || (uri.Scheme != Uri.UriSchemeHttp && uri.Scheme != Uri.UriSchemeHttps))
+        {
+            throw new ArgumentException($"{option} must be an absolute http(s) URL, not '{url}'.");
+        }
+    }
+}

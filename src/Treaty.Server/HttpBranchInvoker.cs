@@ -40,7 +40,10 @@ internal sealed partial class HttpBranchInvoker : IBranchInvoker, IDisposable
 
     public async Task<BranchOutcome> InvokeAsync(BranchCall call, CancellationToken cancellationToken)
     {
-        using var activity = TreatyTelemetry.Source.StartActivity("treaty.branch " + call.Op, ActivityKind.Client);
+        // Every call of one transaction shares one trace id (derived from the gid), so a trace
+        // follows the whole order across its participants, retries and coordinator restarts.
+        var trace = TraceOf(call.Gid);
+        using var activity = TreatyTelemetry.Source.StartActivity("treaty.branch " + call.Op, ActivityKind.Client, trace);
         activity?.SetTag("treaty.gid", call.Gid);
         activity?.SetTag("treaty.branch", call.Branch);
         activity?.SetTag("treaty.op", call.Op);
@@ -60,6 +63,11 @@ internal sealed partial class HttpBranchInvoker : IBranchInvoker, IDisposable
             request.Headers.Add("Treaty-Attempt", call.Attempt.ToString(System.Globalization.CultureInfo.InvariantCulture));
             request.Headers.Add("Idempotency-Key", call.IdempotencyKey);
             request.Headers.Accept.Add(new MediaTypeWithQualityHeaderValue("application/json"));
+            if (activity is null)
+            {
+                // No listener sampled a span: still pass the trace context on.
+                request.Headers.TryAddWithoutValidation("traceparent", $"00-{trace.TraceId.ToHexString()}-{ActivitySpanId.CreateRandom().ToHexString()}-01");
+            }
 
             using var response = await _http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, linked.Token);
             var status = (int)response.StatusCode;
@@ -88,6 +96,16 @@ internal sealed partial class HttpBranchInvoker : IBranchInvoker, IDisposable
         {
             return BranchOutcome.Unknown(null, ex.Message);
         }
+    }
+
+    internal static ActivityContext TraceOf(string gid)
+    {
+        Span<byte> hash = stackalloc byte[32];
+        System.Security.Cryptography.SHA256.HashData(Encoding.UTF8.GetBytes(gid), hash);
+        return new ActivityContext(
+            ActivityTraceId.CreateFromBytes(hash[..16]),
+            ActivitySpanId.CreateFromBytes(hash.Slice(16, 8)),
+            ActivityTraceFlags.Recorded);
     }
 
     private static byte[] Envelope(BranchCall call)

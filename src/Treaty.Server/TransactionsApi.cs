@@ -225,8 +225,9 @@ public static class TransactionsApi
         {
             page = await store.ListAsync(new TransactionQuery(status, protocol, stuck, since, limit, cursor), cancellationToken);
         }
-        catch (FormatException)
+        catch (Exception ex) when (cursor is not null && ex is FormatException or ArgumentException)
         {
+            // Stores reject a cursor they did not issue (the SQLite store with ArgumentException).
             return Problems.Field(context, "cursor", "Not a cursor this server issued.");
         }
 

@@ -1,0 +1,176 @@
+using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.Logging;
+using Treaty.Client;
+
+namespace Treaty.Server.Tests.Support;
+
+/// <summary>A real coordinator (Kestrel, engine, SQLite file in a temp dir) started in this process.</summary>
+public sealed class InProcessCoordinator : IAsyncDisposable
+{
+    private readonly WebApplication _app;
+
+    private InProcessCoordinator(WebApplication app, TempDir dataDir)
+    {
+        _app = app;
+        DataDir = dataDir;
+    }
+
+    public TempDir DataDir { get; }
+
+    public Uri BaseAddress { get; private set; } = null!;
+
+    /// <summary>Raw HTTP to the coordinator, for status codes, headers and odd bodies.</summary>
+    public HttpClient Http { get; private set; } = null!;
+
+    /// <summary>The SDK, for the natural path.</summary>
+    public TreatyClient Client { get; private set; } = null!;
+
+    public static async Task<InProcessCoordinator> StartAsync(TimeSpan? recoveryInterval = null, Action<WebApplicationBuilder>? configure = null)
+    {
+        var dataDir = new TempDir("treaty-server-tests");
+        try
+        {
+            var options = new TreatyServerOptions
+            {
+                // Port 0: Kestrel binds a free port itself, so parallel test classes never race for one.
+                Urls = "http://127.0.0.1:0",
+                DataDir = dataDir.Path,
+                RecoveryInterval = recoveryInterval ?? TimeSpan.FromMilliseconds(250),
+            };
+            var app = TreatyServer.CreateApp(options, b =>
+            {
+                b.Logging.SetMinimumLevel(LogLevel.Warning);
+                configure?.Invoke(b);
+            });
+            var coordinator = new InProcessCoordinator(app, dataDir);
+            try
+            {
+                await app.StartAsync();
+                coordinator.BaseAddress = new Uri(app.Urls.Single());
+                coordinator.Http = new HttpClient { BaseAddress = coordinator.BaseAddress, Timeout = TimeSpan.FromSeconds(60) };
+                coordinator.Client = new TreatyClient(coordinator.Http);
+                return coordinator;
+            }
+            catch
+            {
+                await coordinator.DisposeAsync();
+                throw;
+            }
+        }
+        catch
+        {
+            dataDir.Dispose();
+            throw;
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        try
+        {
+            Client?.Dispose();
+            Http?.Dispose();
+            using var stopTimeout = new CancellationTokenSource(TimeSpan.FromSeconds(10));
+            try
+            {
+                await _app.StopAsync(stopTimeout.Token);
+            }
+            finally
+            {
+                await _app.DisposeAsync();
+            }
+        }
+        finally
+        {
+            DataDir.Dispose();
+        }
+    }
+}
+
+/// <summary>A fresh directory under the temp dir, deleted on dispose.</summary>
+public sealed class TempDir : IDisposable
+{
+    public TempDir(string prefix)
+    {
+        Path = System.IO.Path.Combine(System.IO.Path.GetTempPath(), $"{prefix}-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(Path);
+    }
+
+    public string Path { get; }
+
+    public void Dispose()
+    {
+        for (var attempt = 0; attempt < 5; attempt++)
+        {
+            try
+            {
+                if (Directory.Exists(Path))
+                {
+                    Directory.Delete(Path, recursive: true);
+                }
+
+                return;
+            }
+            catch (IOException) when (attempt < 4)
+            {
+                Thread.Sleep(100 * (attempt + 1)); // a file may still be closing
+            }
+            catch (UnauthorizedAccessException) when (attempt < 4)
+            {
+                Thread.Sleep(100 * (attempt + 1));
+            }
+        }
+    }
+}
+
+/// <summary>A participant and an in-process coordinator, shared by the tests of one class.</summary>
+public sealed class ServerFixture : IAsyncLifetime
+{
+    public Participant Participant { get; private set; } = null!;
+
+    public InProcessCoordinator Coordinator { get; private set; } = null!;
+
+    public HttpClient Http => Coordinator.Http;
+
+    public TreatyClient Client => Coordinator.Client;
+
+    public async Task InitializeAsync()
+    {
+        Participant = await Participant.StartAsync();
+        Coordinator = await InProcessCoordinator.StartAsync();
+    }
+
+    public async Task DisposeAsync()
+    {
+        try
+        {
+            if (Coordinator is not null)
+            {
+                await Coordinator.DisposeAsync();
+            }
+        }
+        finally
+        {
+            if (Participant is not null)
+            {
+                await Participant.DisposeAsync();
+            }
+        }
+    }
+}
+
+/// <summary>A participant alone (the coordinators are child processes the tests start).</summary>
+public sealed class ParticipantFixture : IAsyncLifetime
+{
+    public Participant Participant { get; private set; } = null!;
+
+    public async Task InitializeAsync() => Participant = await Participant.StartAsync();
+
+    public async Task DisposeAsync()
+    {
+        if (Participant is not null)
+        {
+            await Participant.DisposeAsync();
+        }
+    }
+}

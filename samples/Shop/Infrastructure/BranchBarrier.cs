@@ -75,6 +75,25 @@ internal static class BranchBarrier
         return (new BranchCall(gid!, branch!, op!, body.Payload ?? default), null);
     }
 
+    /// <summary>Reads the branch call from the request and runs it through the barrier; counts applied effects for /_faults.</summary>
+    public static async Task<IResult> HandleAsync(
+        HttpContext http,
+        ShopDatabase database,
+        BranchDirection direction,
+        Func<BranchContext, Task<BranchEffect>> handler,
+        TimeProvider timeProvider,
+        FaultRegistry faults)
+    {
+        var (call, error) = await ReadAsync(http.Request, http.RequestAborted);
+        if (call is null)
+        {
+            return error!;
+        }
+
+        var path = http.Request.Path.Value!;
+        return await RunAsync(database, call, direction, timeProvider, handler, () => faults.MarkApplied(path), http.RequestAborted);
+    }
+
     /// <summary>
     /// Runs <paramref name="handler"/> once per (gid, branch, op) and records its answer with its effect.
     /// </summary>

@@ -100,25 +100,12 @@ internal static class InventoryService
         });
 
         app.MapPost("/saga/inventory/reserve", Endpoints.Handler(http =>
-            HandleAsync(http, database, BranchDirection.Forward, ReserveAsync, timeProvider, faults)));
+            BranchBarrier.HandleAsync(http, database, BranchDirection.Forward, ReserveAsync, timeProvider, faults)));
 
         app.MapPost("/saga/inventory/release", Endpoints.Handler(http =>
-            HandleAsync(http, database, BranchDirection.Backward, ReleaseAsync, timeProvider, faults)));
+            BranchBarrier.HandleAsync(http, database, BranchDirection.Backward, ReleaseAsync, timeProvider, faults)));
     }
 
-    private static async Task<IResult> HandleAsync(
-        HttpContext http, ShopDatabase database, BranchDirection direction,
-        Func<BranchContext, Task<BranchEffect>> handler, TimeProvider timeProvider, FaultRegistry faults)
-    {
-        var (call, error) = await BranchBarrier.ReadAsync(http.Request, http.RequestAborted);
-        if (call is null)
-        {
-            return error!;
-        }
-
-        var path = http.Request.Path.Value!;
-        return await BranchBarrier.RunAsync(database, call, direction, timeProvider, handler, () => faults.MarkApplied(path), http.RequestAborted);
-    }
 
     private static async Task<BranchEffect> ReserveAsync(BranchContext context)
     {

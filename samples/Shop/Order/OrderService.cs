@@ -165,17 +165,8 @@ internal sealed partial class OrderService(ShopDatabase database, OrderSaga saga
             : Results.Json(row.ToView(), ShopJsonContext.Web.OrderView);
     }
 
-    private async Task<IResult> BranchAsync(HttpContext http, BranchDirection direction, Func<BranchContext, Task<BranchEffect>> handler)
-    {
-        var (call, error) = await BranchBarrier.ReadAsync(http.Request, http.RequestAborted);
-        if (call is null)
-        {
-            return error!;
-        }
-
-        var path = http.Request.Path.Value!;
-        return await BranchBarrier.RunAsync(database, call, direction, timeProvider, handler, () => faults.MarkApplied(path), http.RequestAborted);
-    }
+    private Task<IResult> BranchAsync(HttpContext http, BranchDirection direction, Func<BranchContext, Task<BranchEffect>> handler) =>
+        BranchBarrier.HandleAsync(http, database, direction, handler, timeProvider, faults);
 
     /// <summary>
     /// The order step: the order exists PENDING. Checkout stored it already; a saga submitted by

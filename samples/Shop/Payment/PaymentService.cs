@@ -96,25 +96,12 @@ internal static class PaymentService
         });
 
         app.MapPost("/saga/payment/reserve", Endpoints.Handler(http =>
-            HandleAsync(http, database, BranchDirection.Forward, ReserveAsync, timeProvider, faults)));
+            BranchBarrier.HandleAsync(http, database, BranchDirection.Forward, ReserveAsync, timeProvider, faults)));
 
         app.MapPost("/saga/payment/refund", Endpoints.Handler(http =>
-            HandleAsync(http, database, BranchDirection.Backward, RefundAsync, timeProvider, faults)));
+            BranchBarrier.HandleAsync(http, database, BranchDirection.Backward, RefundAsync, timeProvider, faults)));
     }
 
-    private static async Task<IResult> HandleAsync(
-        HttpContext http, ShopDatabase database, BranchDirection direction,
-        Func<BranchContext, Task<BranchEffect>> handler, TimeProvider timeProvider, FaultRegistry faults)
-    {
-        var (call, error) = await BranchBarrier.ReadAsync(http.Request, http.RequestAborted);
-        if (call is null)
-        {
-            return error!;
-        }
-
-        var path = http.Request.Path.Value!;
-        return await BranchBarrier.RunAsync(database, call, direction, timeProvider, handler, () => faults.MarkApplied(path), http.RequestAborted);
-    }
 
     private static async Task<BranchEffect> ReserveAsync(BranchContext context)
     {

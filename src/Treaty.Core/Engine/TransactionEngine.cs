@@ -69,6 +69,13 @@ public sealed partial class TransactionEngine : IAsyncDisposable
         _machines = machines.ToFrozenDictionary(m => m.Protocol);
     }
 
+    /// <summary>
+    /// Test seam for the deterministic simulation only: when set, the engine executes a decision's
+    /// branch calls before the decision is durable, breaking write-ahead on purpose. Never set in
+    /// production code.
+    /// </summary>
+    internal bool UnsafeActBeforePersist { get; init; }
+
     /// <summary>Transactions currently held in memory.</summary>
     public int ActiveCount => _active.Count;
 
@@ -326,6 +333,14 @@ public sealed partial class TransactionEngine : IAsyncDisposable
             }
 
             var next = decision.Next with { Version = _state.Version + 1 };
+            if (_engine.UnsafeActBeforePersist)
+            {
+                // The known-bad variant the simulation must catch: act first, persist afterwards.
+                Volatile.Write(ref _state, next);
+                Execute(next, decision.Commands.Where(c => c is InvokeBranch).ToList());
+                decision = decision with { Commands = [.. decision.Commands.Where(c => c is not InvokeBranch)] };
+            }
+
             try
             {
                 await _engine._store.UpdateAsync(next, decision.Journal, _engine._stopping.Token);

@@ -37,7 +37,7 @@ internal static class DemoCommand
                 console.MarkupLineInterpolated($"  {process.Name,-12} pid {process.Id}");
             }
 
-            var client = new Treaty.Client.TreatyClient(new Uri(env.CoordinatorUrl));
+            using var client = new Treaty.Client.TreatyClient(new Uri(env.CoordinatorUrl));
             var scenarios = new DemoScenarios(
                 env,
                 showStuck: async _ =>

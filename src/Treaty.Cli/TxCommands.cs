@@ -51,7 +51,7 @@ internal static class TxCommands
             return 2;
         }
 
-        var client = new TreatyClient(uri);
+        using var client = new TreatyClient(uri);
         try
         {
             return await action(client);

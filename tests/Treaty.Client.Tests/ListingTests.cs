@@ -1,3 +1,4 @@
+using Treaty.Testing;
 using Treaty.Client.Tests.Support;
 using Treaty.Core.Contracts;
 
@@ -8,7 +9,7 @@ public sealed class ListingTests : IAsyncLifetime
 {
     private readonly List<string> _gids = [];
     private TinyParticipant _participant = null!;
-    private Coordinator _coordinator = null!;
+    private InProcessCoordinator _coordinator = null!;
     private TreatyClient _client = null!;
 
     public async Task InitializeAsync()
@@ -16,7 +17,7 @@ public sealed class ListingTests : IAsyncLifetime
         try
         {
             _participant = await TinyParticipant.StartAsync();
-            _coordinator = await Coordinator.StartAsync();
+            _coordinator = await InProcessCoordinator.StartAsync(prefix: "treaty-client-tests");
             _client = new TreatyClient(_coordinator.BaseAddress);
             for (var i = 0; i < 5; i++)
             {

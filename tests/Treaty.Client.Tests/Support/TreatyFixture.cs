@@ -1,9 +1,10 @@
+using Treaty.Testing;
 namespace Treaty.Client.Tests.Support;
 
 /// <summary>A coordinator, a participant and a client, shared by the tests of one class.</summary>
 public sealed class TreatyFixture : IAsyncLifetime
 {
-    public Coordinator Coordinator { get; private set; } = null!;
+    public InProcessCoordinator Coordinator { get; private set; } = null!;
 
     public TinyParticipant Participant { get; private set; } = null!;
 
@@ -14,7 +15,7 @@ public sealed class TreatyFixture : IAsyncLifetime
         try
         {
             Participant = await TinyParticipant.StartAsync();
-            Coordinator = await Coordinator.StartAsync();
+            Coordinator = await InProcessCoordinator.StartAsync(prefix: "treaty-client-tests");
             Client = new TreatyClient(Coordinator.BaseAddress);
         }
         catch

@@ -1,8 +1,9 @@
 using Microsoft.AspNetCore.Builder;
 using Microsoft.Extensions.Logging;
 using Treaty.Client;
+using Treaty.Server;
 
-namespace Treaty.Server.Tests.Support;
+namespace Treaty.Testing;
 
 /// <summary>A real coordinator (Kestrel, engine, SQLite file in a temp dir) started in this process.</summary>
 public sealed class InProcessCoordinator : IAsyncDisposable
@@ -25,9 +26,9 @@ public sealed class InProcessCoordinator : IAsyncDisposable
     /// <summary>The SDK, for the natural path.</summary>
     public TreatyClient Client { get; private set; } = null!;
 
-    public static async Task<InProcessCoordinator> StartAsync(TimeSpan? recoveryInterval = null, Action<WebApplicationBuilder>? configure = null)
+    public static async Task<InProcessCoordinator> StartAsync(TimeSpan? recoveryInterval = null, Action<WebApplicationBuilder>? configure = null, string prefix = "treaty-tests")
     {
-        var dataDir = new TempDir("treaty-server-tests");
+        var dataDir = new TempDir(prefix);
         try
         {
             var options = new TreatyServerOptions
@@ -119,58 +120,6 @@ public sealed class TempDir : IDisposable
             {
                 Thread.Sleep(100 * (attempt + 1));
             }
-        }
-    }
-}
-
-/// <summary>A participant and an in-process coordinator, shared by the tests of one class.</summary>
-public sealed class ServerFixture : IAsyncLifetime
-{
-    public Participant Participant { get; private set; } = null!;
-
-    public InProcessCoordinator Coordinator { get; private set; } = null!;
-
-    public HttpClient Http => Coordinator.Http;
-
-    public TreatyClient Client => Coordinator.Client;
-
-    public async Task InitializeAsync()
-    {
-        Participant = await Participant.StartAsync();
-        Coordinator = await InProcessCoordinator.StartAsync();
-    }
-
-    public async Task DisposeAsync()
-    {
-        try
-        {
-            if (Coordinator is not null)
-            {
-                await Coordinator.DisposeAsync();
-            }
-        }
-        finally
-        {
-            if (Participant is not null)
-            {
-                await Participant.DisposeAsync();
-            }
-        }
-    }
-}
-
-/// <summary>A participant alone (the coordinators are child processes the tests start).</summary>
-public sealed class ParticipantFixture : IAsyncLifetime
-{
-    public Participant Participant { get; private set; } = null!;
-
-    public async Task InitializeAsync() => Participant = await Participant.StartAsync();
-
-    public async Task DisposeAsync()
-    {
-        if (Participant is not null)
-        {
-            await Participant.DisposeAsync();
         }
     }
 }

@@ -133,26 +133,42 @@ internal sealed partial class HttpBranchInvoker : IBranchInvoker, IDisposable
             return null;
         }
 
+        // Pooled: most answers are small and often chunked (no length), and this runs for every call.
         await using var stream = await response.Content.ReadAsStreamAsync(cancellationToken);
-        var buffer = new byte[Math.Min(_maxResultBytes, (int?)response.Content.Headers.ContentLength ?? _maxResultBytes) + 1];
-        var read = 0;
-        while (read < buffer.Length)
+        var buffer = ArrayPool<byte>.Shared.Rent(Math.Min(_maxResultBytes + 1, 4096));
+        try
         {
-            var n = await stream.ReadAsync(buffer.AsMemory(read), cancellationToken);
-            if (n == 0)
+            var read = 0;
+            while (true)
             {
-                break;
+                if (read == buffer.Length)
+                {
+                    if (buffer.Length > _maxResultBytes)
+                    {
+                        return null; // too large to keep; the outcome still counts.
+                    }
+
+                    var larger = ArrayPool<byte>.Shared.Rent(Math.Min(buffer.Length * 2, _maxResultBytes + 1));
+                    buffer.AsSpan(0, read).CopyTo(larger);
+                    ArrayPool<byte>.Shared.Return(buffer);
+                    buffer = larger;
+                }
+
+                var n = await stream.ReadAsync(buffer.AsMemory(read), cancellationToken);
+                if (n == 0)
+                {
+                    break;
+                }
+
+                read += n;
             }
 
-            read += n;
+            return read == 0 || read > _maxResultBytes ? null : Encoding.UTF8.GetString(buffer, 0, read);
         }
-
-        if (read > _maxResultBytes)
+        finally
         {
-            return null; // too large to keep; the outcome still counts.
+            ArrayPool<byte>.Shared.Return(buffer);
         }
-
-        return read == 0 ? null : Encoding.UTF8.GetString(buffer, 0, read);
     }
 
     /// <summary>The body if it is JSON, else null (a success with a non-JSON body has no result).</summary>

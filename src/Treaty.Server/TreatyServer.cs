@@ -26,6 +26,8 @@ public static class TreatyServer
             k.Limits.MaxRequestBodySize = options.MaxRequestBodyBytes;
             k.AddServerHeader = false;
         });
+        // Per-request lines from the framework would drown the coordinator's own log under load.
+        builder.Logging.AddFilter("Microsoft.AspNetCore", LogLevel.Warning);
         builder.Services.AddTreatyServer(options);
         configure?.Invoke(builder);
 

@@ -111,6 +111,7 @@ public sealed partial class TransactionEngine : IAsyncDisposable
         var runner = new Runner(this, machine, first);
         if (!_active.TryAdd(spec.Gid, runner))
         {
+            runner.Dispose();
             // Only the inserter reaches here for a gid, so a runner can exist only if recovery
             // loaded the row in between; it drives the transaction and we leave it to it.
             return new SubmitResult(SubmitStatus.Created, first);

@@ -1,0 +1,199 @@
+using System.Globalization;
+using Treaty.Core.Engine;
+using Treaty.Core.Model;
+
+namespace Treaty.Simulation.Harness;
+
+/// <summary>What happens to one write at its fsync.</summary>
+internal enum WriteFate
+{
+    /// <summary>It becomes durable and the writer carries on.</summary>
+    Durable,
+    /// <summary>The coordinator crashes just before it becomes durable: the write is lost.</summary>
+    CrashBefore,
+    /// <summary>It becomes durable, then the coordinator crashes before it can act on it.</summary>
+    CrashAfter,
+    /// <summary>The database reports an error and nothing was written (a busy database, a dropped connection).</summary>
+    FailNotDurable,
+    /// <summary>The database reports an error although the commit went through (an ambiguous commit).</summary>
+    FailButDurable,
+}
+
+/// <summary>
+/// An in-memory store that models durability: a write becomes durable at a completion event a small
+/// random fsync delay later, in the writing coordinator's node. If that node crashed meanwhile the
+/// event never runs and the write is lost. Reads see durable data only.
+/// </summary>
+internal sealed class SimStore(SimScheduler scheduler, Random random, Func<WriteFate> fate, Action<string> crash) : ITransactionStore
+{
+    private readonly Dictionary<string, TransactionState> _durable = new(StringComparer.Ordinal);
+    private readonly List<JournalRecord> _journal = [];
+    private long _sequence;
+
+    public int TerminalCount { get; private set; }
+
+    public int Writes { get; private set; }
+
+    public int LostWrites { get; private set; }
+
+    public int WriteErrors { get; private set; }
+
+    public TransactionState? Peek(string gid) => _durable.GetValueOrDefault(gid);
+
+    public Task InitializeAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+    public Task<TransactionState?> InsertAsync(TransactionState state, IReadOnlyList<JournalEntry> journal, CancellationToken cancellationToken)
+    {
+        var done = new TaskCompletionSource<TransactionState?>(TaskCreationOptions.RunContinuationsAsynchronously);
+        Fsync(state, journal, () =>
+        {
+            if (_durable.TryGetValue(state.Gid, out var existing))
+            {
+                done.TrySetResult(existing);
+                return false;
+            }
+
+            return true;
+        }, () => done.TrySetResult(null), ex => done.TrySetException(ex));
+        return done.Task;
+    }
+
+    public Task UpdateAsync(TransactionState state, IReadOnlyList<JournalEntry> journal, CancellationToken cancellationToken)
+    {
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        Fsync(state, journal, () =>
+        {
+            if (!_durable.TryGetValue(state.Gid, out var stored) || stored.Version != state.Version - 1)
+            {
+                done.TrySetException(new ConcurrencyConflictException($"{state.Gid}: stored v{stored?.Version}, writing v{state.Version}"));
+                return false;
+            }
+
+            return true;
+        }, () => done.TrySetResult(), ex => done.TrySetException(ex));
+        return done.Task;
+    }
+
+    private void Fsync(TransactionState state, IReadOnlyList<JournalEntry> journal, Func<bool> check, Action completed, Action<Exception> failed)
+    {
+        var node = SimNode.Here;
+        var delay = TimeSpan.FromMicroseconds(100 + random.Next(3_000));
+        scheduler.At(node, delay, () =>
+        {
+            if (!check())
+            {
+                return;
+            }
+
+            var what = fate();
+            if (what == WriteFate.CrashBefore)
+            {
+                LostWrites++;
+                Trace(node, $"write LOST {state.Gid} v{state.Version} ({state.Status.ToWire()})");
+                crash("at a durable-write boundary, before the write");
+                return;
+            }
+
+            if (what == WriteFate.FailNotDurable)
+            {
+                WriteErrors++;
+                Trace(node, $"write FAILED {state.Gid} v{state.Version} (not durable)");
+                failed(new IOException("simulated database error"));
+                return;
+            }
+
+            Write(node, state, journal);
+            if (what == WriteFate.FailButDurable)
+            {
+                WriteErrors++;
+                Trace(node, $"write reported FAILED {state.Gid} v{state.Version} (but durable)");
+                failed(new IOException("simulated ambiguous commit"));
+                return;
+            }
+
+            if (what == WriteFate.CrashAfter)
+            {
+                crash("at a durable-write boundary, after the write");
+                return;
+            }
+
+            completed();
+        });
+    }
+
+    private void Write(SimNode node, TransactionState state, IReadOnlyList<JournalEntry> journal)
+    {
+        if (_durable.TryGetValue(state.Gid, out var before) && before.IsTerminal)
+        {
+            TerminalCount--;
+        }
+
+        _durable[state.Gid] = state;
+        if (state.IsTerminal)
+        {
+            TerminalCount++;
+        }
+
+        Writes++;
+        var entries = new List<string>(journal.Count);
+        foreach (var entry in journal)
+        {
+            _journal.Add(new JournalRecord(++_sequence, state.Gid, entry));
+            entries.Add(Describe(entry));
+        }
+
+        Trace(node, $"durable {state.Gid} v{state.Version} {state.Status.ToWire()}{(state.Stuck ? " STUCK" : "")}: {string.Join("; ", entries)}");
+    }
+
+    private static string Describe(JournalEntry e)
+    {
+        var text = e.Kind;
+        if (e.Branch is not null)
+        {
+            text += $" {e.Branch}.{e.Op}#{e.Attempt}";
+        }
+
+        if (e.StatusCode is { } code)
+        {
+            text += " " + code.ToString(CultureInfo.InvariantCulture);
+        }
+
+        if (e.Detail is not null)
+        {
+            text += $" ({e.Detail})";
+        }
+
+        return text;
+    }
+
+    private void Trace(SimNode node, string text) => scheduler.Trace.Add(scheduler, node.Name, text);
+
+    public Task<TransactionState?> GetAsync(string gid, CancellationToken cancellationToken) => Task.FromResult(Peek(gid));
+
+    public Task<IReadOnlyList<JournalRecord>> GetJournalAsync(string gid, CancellationToken cancellationToken) =>
+        Task.FromResult<IReadOnlyList<JournalRecord>>([.. _journal.Where(r => r.Gid == gid)]);
+
+    public Task<TransactionPage> ListAsync(TransactionQuery query, CancellationToken cancellationToken)
+    {
+        var items = _durable.Values
+            .Where(s => (query.Status is null || s.Status == query.Status)
+                && (query.Protocol is null || s.Spec.Protocol == query.Protocol)
+                && (query.Stuck is null || s.Stuck == query.Stuck)
+                && (query.Since is null || s.CreatedAt >= query.Since))
+            .OrderByDescending(s => s.CreatedAt)
+            .ThenBy(s => s.Gid, StringComparer.Ordinal)
+            .Take(query.Limit)
+            .ToList();
+        return Task.FromResult(new TransactionPage(items, null));
+    }
+
+    public Task<IReadOnlyList<string>> ListDueAsync(DateTimeOffset dueBy, int limit, CancellationToken cancellationToken) =>
+        Task.FromResult<IReadOnlyList<string>>([.. _durable.Values
+            .Where(s => !s.IsTerminal && (s.NextWakeAt is null || s.NextWakeAt <= dueBy))
+            .OrderBy(s => s.NextWakeAt)
+            .ThenBy(s => s.Gid, StringComparer.Ordinal)
+            .Take(limit)
+            .Select(s => s.Gid)]);
+
+    public IEnumerable<TransactionState> All => _durable.Values;
+}

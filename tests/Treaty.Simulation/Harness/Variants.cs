@@ -1,0 +1,62 @@
+using System.Collections.Immutable;
+using Treaty.Core.Engine;
+using Treaty.Core.Model;
+
+namespace Treaty.Simulation.Harness;
+
+/// <summary>
+/// Known-bad variant: a saga machine that, for one branch, marks a compensation succeeded without
+/// ever calling it. The simulation must report an atomicity violation.
+/// </summary>
+internal sealed class SkipCompensationMachine(IProtocolMachine inner, string branch) : IProtocolMachine
+{
+    public Protocol Protocol => inner.Protocol;
+
+    public ImmutableArray<string> Operations => inner.Operations;
+
+    public IEnumerable<ValidationError> Validate(TransactionSpec spec) => inner.Validate(spec);
+
+    public TransactionState Create(TransactionSpec spec, string fingerprint, DateTimeOffset now) => inner.Create(spec, fingerprint, now);
+
+    public bool CanAbort(TransactionState state) => inner.CanAbort(state);
+
+    public Decision Decide(TransactionState state, TransactionEvent @event, DecisionContext context)
+    {
+        var decision = inner.Decide(state, @event, context);
+        var skipped = decision.Commands.OfType<InvokeBranch>()
+            .FirstOrDefault(c => c.BranchName == branch && c.Op == ProtocolNames.Compensate);
+        if (skipped is null)
+        {
+            return decision;
+        }
+
+        var faked = inner.Decide(decision.Next, new BranchCompleted(skipped.Branch, skipped.Op, skipped.Attempt, BranchOutcome.Success(200, "{}")), context);
+        return new Decision(
+            faked.Next,
+            [.. decision.Commands.Where(c => !ReferenceEquals(c, skipped)), .. faked.Commands],
+            [.. decision.Journal, .. faked.Journal]);
+    }
+}
+
+/// <summary>Traces what the engine reports.</summary>
+internal sealed class TraceObserver(SimScheduler scheduler) : IEngineObserver
+{
+    public void Submitted(TransactionState state)
+    {
+    }
+
+    public void BranchCalled(TransactionState state, BranchCall call, BranchOutcome outcome, TimeSpan duration)
+    {
+    }
+
+    public void Finished(TransactionState state) =>
+        scheduler.Trace.Add(scheduler, SimNode.Here.Name, $"finished {state.Gid} {state.Status.ToWire()} {state.Reason}");
+
+    public int StuckAlerts { get; private set; }
+
+    public void Alert(TransactionState state, Alert alert)
+    {
+        StuckAlerts++;
+        scheduler.Trace.Add(scheduler, SimNode.Here.Name, $"ALERT {alert.Kind}: {alert.Message}");
+    }
+}

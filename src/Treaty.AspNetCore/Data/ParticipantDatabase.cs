@@ -1,0 +1,181 @@
+using System.Data;
+using System.Data.Common;
+using Microsoft.Data.Sqlite;
+using Npgsql;
+
+namespace Treaty.AspNetCore.Data;
+
+/// <summary>The SQL dialect of a participant's database.</summary>
+public enum SqlDialect
+{
+    Sqlite,
+    PostgreSql,
+}
+
+/// <summary>
+/// The participant's own database, as the kit sees it: it opens local transactions in which the
+/// kit's records (idempotency keys, barrier rows, semantic locks) are written together with the
+/// handler's own writes, so a crash leaves both or neither.
+/// </summary>
+public abstract class ParticipantDatabase
+{
+    /// <summary>Which SQL the kit speaks to it.</summary>
+    public abstract SqlDialect Dialect { get; }
+
+    /// <summary>Opens a connection and begins a local transaction that serializes conflicting writers.</summary>
+    public abstract ValueTask<ParticipantTransaction> BeginAsync(CancellationToken cancellationToken);
+
+    /// <summary>Runs <paramref name="sql"/> (the kit's DDL, idempotent) in its own transaction.</summary>
+    public async Task ExecuteDdlAsync(string sql, CancellationToken cancellationToken)
+    {
+        await using var transaction = await BeginAsync(cancellationToken);
+        await using var command = transaction.CreateCommand(sql);
+        await command.ExecuteNonQueryAsync(cancellationToken);
+        await transaction.CommitAsync(cancellationToken);
+    }
+}
+
+/// <summary>One local transaction on the participant's database. Disposing without committing rolls back.</summary>
+public sealed class ParticipantTransaction : IAsyncDisposable
+{
+    private bool _completed;
+
+    internal ParticipantTransaction(DbConnection connection, DbTransaction transaction, SqlDialect dialect)
+    {
+        Connection = connection;
+        Transaction = transaction;
+        Dialect = dialect;
+    }
+
+    /// <summary>The open connection; use it (with <see cref="Transaction"/>) for the handler's own writes.</summary>
+    public DbConnection Connection { get; }
+
+    /// <summary>The local transaction.</summary>
+    public DbTransaction Transaction { get; }
+
+    public SqlDialect Dialect { get; }
+
+    /// <summary>A command bound to this transaction; parameters are written <c>@name</c> in the SQL (both providers accept that form).</summary>
+    public DbCommand CreateCommand(string sql, params (string Name, object? Value)[] parameters)
+    {
+        var command = Connection.CreateCommand();
+        command.Transaction = Transaction;
+        command.CommandText = sql;
+        foreach (var (name, value) in parameters)
+        {
+            var parameter = command.CreateParameter();
+            parameter.ParameterName = name;
+            parameter.Value = value ?? DBNull.Value;
+            command.Parameters.Add(parameter);
+        }
+
+        return command;
+    }
+
+    public async Task CommitAsync(CancellationToken cancellationToken)
+    {
+        await Transaction.CommitAsync(cancellationToken);
+        _completed = true;
+    }
+
+    public async Task RollbackAsync(CancellationToken cancellationToken)
+    {
+        if (!_completed)
+        {
+            _completed = true;
+            await Transaction.RollbackAsync(cancellationToken);
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        try
+        {
+            if (!_completed)
+            {
+                _completed = true;
+                try
+                {
+                    await Transaction.RollbackAsync(CancellationToken.None);
+                }
+                catch (DbException)
+                {
+                    // the connection broke; the server rolls back on its own.
+                }
+                catch (InvalidOperationException)
+                {
+                    // already completed by the provider
+                }
+            }
+        }
+        finally
+        {
+            await Transaction.DisposeAsync();
+            await Connection.DisposeAsync();
+        }
+    }
+}
+
+/// <summary>A participant database in one SQLite file (WAL, synchronous=FULL; writers serialized by BEGIN IMMEDIATE).</summary>
+public sealed class SqliteParticipantDatabase : ParticipantDatabase
+{
+    private readonly string _connectionString;
+
+    public SqliteParticipantDatabase(string path)
+    {
+        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!);
+        _connectionString = new SqliteConnectionStringBuilder
+        {
+            DataSource = path,
+            Pooling = true,
+            DefaultTimeout = 30,
+        }.ToString();
+    }
+
+    public override SqlDialect Dialect => SqlDialect.Sqlite;
+
+    public override async ValueTask<ParticipantTransaction> BeginAsync(CancellationToken cancellationToken)
+    {
+        var connection = new SqliteConnection(_connectionString);
+        try
+        {
+            await connection.OpenAsync(cancellationToken);
+            await using (var pragma = connection.CreateCommand())
+            {
+                pragma.CommandText = "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=30000;";
+                await pragma.ExecuteNonQueryAsync(cancellationToken);
+            }
+
+            // deferred: false → BEGIN IMMEDIATE: the write lock is taken up front, so a
+            // check-then-write inside the transaction cannot race another writer.
+            var transaction = connection.BeginTransaction(deferred: false);
+            return new ParticipantTransaction(connection, transaction, SqlDialect.Sqlite);
+        }
+        catch
+        {
+            await connection.DisposeAsync();
+            throw;
+        }
+    }
+}
+
+/// <summary>A participant database on PostgreSQL (Npgsql). Transactions are READ COMMITTED; the kit locks its own rows.</summary>
+public sealed class PostgreSqlParticipantDatabase(NpgsqlDataSource dataSource) : ParticipantDatabase
+{
+    public override SqlDialect Dialect => SqlDialect.PostgreSql;
+
+    public override async ValueTask<ParticipantTransaction> BeginAsync(CancellationToken cancellationToken)
+    {
+        var connection = await dataSource.OpenConnectionAsync(cancellationToken);
+        try
+        {
+            var transaction = await connection.BeginTransactionAsync(IsolationLevel.ReadCommitted, cancellationToken);
+            return new ParticipantTransaction(connection, transaction, SqlDialect.PostgreSql);
+        }
+        catch
+        {
+            await connection.DisposeAsync();
+            throw;
+        }
+    }
+}

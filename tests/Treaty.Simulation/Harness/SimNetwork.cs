@@ -23,8 +23,39 @@ internal sealed class FaultPlan
 
     public double WriteError { get; init; }
 
+    /// <summary>The chance that a timer fires early or late (for the whole run: real timers are never exact).</summary>
+    public double TimerSkew { get; init; }
+
+    /// <summary>A participant operation that fails from some moment of the fault phase until the operator lifts it; null in most seeds.</summary>
+    public PermanentFault? Permanent { get; init; }
+
     public override string ToString() => string.Create(CultureInfo.InvariantCulture,
-        $"dropReq={DropRequest:0.00} dropReply={DropReply:0.00} dup={Duplicate:0.00} delay={Delay:0.00} 503={Unavailable:0.00} crashAtWrite={CrashAtWrite:0.000} writeError={WriteError:0.000}");
+        $"dropReq={DropRequest:0.00} dropReply={DropReply:0.00} dup={Duplicate:0.00} delay={Delay:0.00} 503={Unavailable:0.00} crashAtWrite={CrashAtWrite:0.000} writeError={WriteError:0.000} timerSkew={TimerSkew:0.00}{(Permanent is null ? "" : $" permanent=[{Permanent.Description}]")}");
+}
+
+/// <summary>
+/// A fault that does not go away by itself: some operations of one participant (for one customer,
+/// or all of them) answer 503 from <see cref="Active"/> on, after the fault phase too, until the
+/// operator lifts it. A transaction that needs one of them can only end up stuck (its
+/// compensation, or an action at or past the pivot, is never abandoned) or aborted.
+/// </summary>
+internal sealed class PermanentFault(string description, string? customer, params (string Branch, string Op)[] ops)
+{
+    /// <summary>The error the engine records for every call the fault answers.</summary>
+    public const string Error = "unavailable for good (injected permanent fault)";
+
+    public string Description { get; } = description;
+
+    /// <summary>Only this customer's checkouts, or everyone's when null.</summary>
+    public string? Customer { get; } = customer;
+
+    public bool Active { get; set; }
+
+    public IReadOnlyList<(string Branch, string Op)> Ops { get; } = ops;
+
+    /// <summary>Whether the fault could ever answer a call of this transaction's branch operation.</summary>
+    public bool Covers(Checkout checkout, string branch, string op) =>
+        (Customer is null || checkout.Customer == Customer) && Ops.Contains((branch, op));
 }
 
 /// <summary>A participant service and its current incarnation. Its tables survive a crash; queued work does not.</summary>
@@ -54,9 +85,16 @@ internal sealed class ParticipantHost(SimScheduler scheduler, ShopService servic
 /// <summary>
 /// Carries branch calls from a coordinator incarnation to a participant and the answers back, with
 /// random latency and, during the fault phase, lost, duplicated and delayed (reordered) messages
-/// and 503s. An answer goes to the incarnation that asked: if it crashed, the answer is dropped.
+/// and 503s, and the 503s of a <see cref="PermanentFault"/> while it lasts. An answer goes to the
+/// incarnation that asked: if it crashed, the answer is dropped.
 /// </summary>
-internal sealed class SimNetwork(SimScheduler scheduler, Random random, FaultPlan faults, SimNode wire, IReadOnlyDictionary<string, ParticipantHost> hosts)
+internal sealed class SimNetwork(
+    SimScheduler scheduler,
+    Random random,
+    FaultPlan faults,
+    SimNode wire,
+    IReadOnlyDictionary<string, ParticipantHost> hosts,
+    IReadOnlyDictionary<string, Checkout> checkouts)
 {
     public long LastDeliveryTicks { get; private set; }
 
@@ -92,6 +130,13 @@ internal sealed class SimNetwork(SimScheduler scheduler, Random random, FaultPla
         {
             Trace(wire, $"{id} refused: {service} is down");
             Reply(from, id, BranchOutcome.Unknown(null, $"connection refused by {service}"), onReply);
+            return;
+        }
+
+        if (faults.Permanent is { Active: true } permanent && permanent.Covers(checkouts[call.Gid], call.Branch, call.Op))
+        {
+            Trace(host.Node, $"{id} 503 {PermanentFault.Error}");
+            Reply(from, id, BranchOutcome.Unknown(503, PermanentFault.Error), onReply);
             return;
         }
 

@@ -32,6 +32,12 @@ internal sealed class SimStore(SimScheduler scheduler, Random random, Func<Write
 
     public int TerminalCount { get; private set; }
 
+    /// <summary>Durable transactions whose stored state says they are stuck (waiting for an operator).</summary>
+    public int StuckCount { get; private set; }
+
+    /// <summary>Transactions stored at all.</summary>
+    public int Count => _durable.Count;
+
     public int Writes { get; private set; }
 
     public int LostWrites { get; private set; }
@@ -123,16 +129,15 @@ internal sealed class SimStore(SimScheduler scheduler, Random random, Func<Write
 
     private void Write(SimNode node, TransactionState state, IReadOnlyList<JournalEntry> journal)
     {
-        if (_durable.TryGetValue(state.Gid, out var before) && before.IsTerminal)
+        if (_durable.TryGetValue(state.Gid, out var before))
         {
-            TerminalCount--;
+            TerminalCount -= before.IsTerminal ? 1 : 0;
+            StuckCount -= before.Stuck ? 1 : 0;
         }
 
         _durable[state.Gid] = state;
-        if (state.IsTerminal)
-        {
-            TerminalCount++;
-        }
+        TerminalCount += state.IsTerminal ? 1 : 0;
+        StuckCount += state.Stuck ? 1 : 0;
 
         Writes++;
         var entries = new List<string>(journal.Count);

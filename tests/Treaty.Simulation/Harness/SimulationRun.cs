@@ -13,16 +13,36 @@ internal sealed record SimOptions(
     bool ActBeforePersist = false,
     bool SkipCompensation = false,
     bool NoHangingPrevention = false,
+    bool LoseEarlyWakeUp = false,
     bool KeepFullTrace = false);
 
 /// <summary>What happened in a run, to show the sweep's fault coverage.</summary>
-internal sealed record SimStats(int Transactions, int Committed, int Aborted, int CoordinatorCrashes, int LostWrites, int WriteErrors, int StuckAlerts, int OperatorAbortsAccepted)
+internal sealed record SimStats(
+    int Transactions,
+    int Committed,
+    int Aborted,
+    int CoordinatorCrashes,
+    int LostWrites,
+    int WriteErrors,
+    int StuckAlerts,
+    int OperatorAbortsAccepted,
+    int TimersEarly,
+    int TimersLate,
+    int ClockPauses,
+    int ClockStepsForward,
+    int ClockStepsBack,
+    int PermanentFaults,
+    int StuckByPermanentFault,
+    int RetriedAfterLift)
 {
     public static SimStats operator +(SimStats a, SimStats b) => new(
         a.Transactions + b.Transactions, a.Committed + b.Committed, a.Aborted + b.Aborted, a.CoordinatorCrashes + b.CoordinatorCrashes,
-        a.LostWrites + b.LostWrites, a.WriteErrors + b.WriteErrors, a.StuckAlerts + b.StuckAlerts, a.OperatorAbortsAccepted + b.OperatorAbortsAccepted);
+        a.LostWrites + b.LostWrites, a.WriteErrors + b.WriteErrors, a.StuckAlerts + b.StuckAlerts, a.OperatorAbortsAccepted + b.OperatorAbortsAccepted,
+        a.TimersEarly + b.TimersEarly, a.TimersLate + b.TimersLate, a.ClockPauses + b.ClockPauses, a.ClockStepsForward + b.ClockStepsForward,
+        a.ClockStepsBack + b.ClockStepsBack, a.PermanentFaults + b.PermanentFaults, a.StuckByPermanentFault + b.StuckByPermanentFault,
+        a.RetriedAfterLift + b.RetriedAfterLift);
 
-    public static SimStats Zero { get; } = new(0, 0, 0, 0, 0, 0, 0, 0);
+    public static SimStats Zero { get; } = new(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
 }
 
 /// <summary>The verdict of one run.</summary>
@@ -65,6 +85,12 @@ internal sealed class SimulationRun
 
     private readonly SimOptions _options;
     private readonly Random _random;
+
+    /// <summary>
+    /// A second stream for the faults added after the first generator (timer skew, wall-clock steps,
+    /// permanent faults), so that adding them did not reshuffle every other draw of a seed.
+    /// </summary>
+    private readonly Random _chaos;
     private readonly SimScheduler _scheduler;
     private readonly SimTimeProvider _time;
     private readonly FaultPlan _faults;
@@ -89,6 +115,11 @@ internal sealed class SimulationRun
     private TransactionEngine _engine;
     private readonly TraceObserver _observer;
     private int _operatorAborts;
+    private int _clockPauses;
+    private int _clockStepsForward;
+    private int _clockStepsBack;
+    private int _stuckByPermanentFault;
+    private int _retriedAfterLift;
     private int _generation;
     private int _crashes;
     private int _maxCrashes;
@@ -98,13 +129,15 @@ internal sealed class SimulationRun
     {
         _options = options;
         _random = new Random(options.Seed);
+        _chaos = new Random(unchecked((options.Seed * 7919) + 104_729));
         _scheduler = new SimScheduler(new SimTrace(options.KeepFullTrace));
-        _time = new SimTimeProvider(_scheduler);
         _control = new SimNode(_scheduler, "sim");
         _client = new SimNode(_scheduler, "client");
         _engineRandom = new SeededRandomSource(options.Seed);
         _observer = new TraceObserver(_scheduler);
-        _machine = options.SkipCompensation ? new SkipCompensationMachine(new SagaMachine(), Payment) : new SagaMachine();
+        _machine = options.SkipCompensation ? new SkipCompensationMachine(new SagaMachine(), Payment)
+            : options.LoseEarlyWakeUp ? new LoseEarlyWakeUpMachine(new SagaMachine())
+            : new SagaMachine();
 
         var intensity = _random.NextDouble();
         double Rate(double max) => intensity * _random.NextDouble() * max;
@@ -117,7 +150,10 @@ internal sealed class SimulationRun
             Unavailable = Rate(0.2),
             CrashAtWrite = _random.Next(4) == 0 ? 0 : Rate(0.08),
             WriteError = _random.Next(3) == 0 ? Rate(0.05) : 0,
+            TimerSkew = _chaos.Next(3) == 0 ? 0 : _chaos.NextDouble() * 0.3,
+            Permanent = _chaos.Next(10) == 0 ? PickPermanentFault() : null,
         };
+        _time = new SimTimeProvider(_scheduler, new TimerSkew(new Random(unchecked((options.Seed * 31) + 7)), _faults.TimerSkew));
         _maxCrashes = _random.Next(0, 8);
 
         var hanging = !options.NoHangingPrevention;
@@ -130,7 +166,7 @@ internal sealed class SimulationRun
         }
 
         _store = new SimStore(_scheduler, _random, Fate, CrashCoordinator);
-        _network = new SimNetwork(_scheduler, _random, _faults, new SimNode(_scheduler, "net"), _hosts);
+        _network = new SimNetwork(_scheduler, _random, _faults, new SimNode(_scheduler, "net"), _hosts, _checkouts);
         _invoker = new SimBranchInvoker(_scheduler, _time, _network);
         (_coordinatorNode, _engine) = NewCoordinator();
     }
@@ -153,17 +189,44 @@ internal sealed class SimulationRun
         });
         _scheduler.At(_client, TimeSpan.FromSeconds(1), ResubmitUnacked);
 
+        var permanent = _faults.Permanent;
         var horizon = _faultEndTicks + TimeSpan.FromHours(12).Ticks;
+        bool Quiet() => _store.TerminalCount == _specs.Count && _scheduler.NowTicks > _network.LastDeliveryTicks;
         var stopped = _scheduler.RunUntil(
-            () => _scheduler.NowTicks >= horizon
-                || (!_faults.Active && _store.TerminalCount == _specs.Count && _scheduler.NowTicks > _network.LastDeliveryTicks),
-            maxEvents: 3_000_000);
+            () => _scheduler.NowTicks >= horizon || (!_faults.Active && (permanent is null ? Quiet() : SettledUnderPermanentFault())),
+            maxEvents: EventBudget);
+        if (permanent is not null && stopped && _scheduler.NowTicks < horizon && _scheduler.Executed < EventBudget)
+        {
+            // What an operator does: repair the participant, then retry what was stuck on it.
+            var stuck = _specs.Select(s => s.Gid).Where(g => _store.Peek(g) is { IsTerminal: false }).ToList();
+            _stuckByPermanentFault = stuck.Count;
+            permanent.Active = false;
+            Trace(_control, $"settled under the permanent fault: {stuck.Count} stuck ({string.Join(",", stuck)}); the operator lifts it and retries them");
+            foreach (var gid in stuck)
+            {
+                RetryAfterLift(gid);
+            }
+
+            horizon = _scheduler.NowTicks + TimeSpan.FromHours(12).Ticks;
+            stopped = _scheduler.RunUntil(() => _scheduler.NowTicks >= horizon || Quiet(), maxEvents: EventBudget);
+        }
+        else if (permanent is not null)
+        {
+            foreach (var spec in _specs)
+            {
+                if (_store.Peek(spec.Gid) is { IsTerminal: false } state && !Attributable(state))
+                {
+                    _violations.Add($"{spec.Gid}: liveness — still {state.Status.ToWire()}{(state.Stuck ? " (stuck)" : "")} under the permanent fault [{permanent.Description}] but not for it: {state.Reason}");
+                }
+            }
+        }
+
         if (!stopped)
         {
             _violations.Add("harness: the event queue ran dry before quiescence");
         }
 
-        if (_scheduler.Executed >= 3_000_000)
+        if (_scheduler.Executed >= EventBudget)
         {
             _violations.Add("liveness: event budget exhausted (a livelock?)");
         }
@@ -174,8 +237,125 @@ internal sealed class SimulationRun
         var summary = string.Create(CultureInfo.InvariantCulture,
             $"virtual time {SimScheduler.Format(_scheduler.NowTicks)}s, {_scheduler.Executed} events, {_specs.Count} transactions ({committed} committed, {aborted} aborted), {_crashes} coordinator crashes, {_store.LostWrites} lost writes, {_network.Messages} calls; faults {_faults}");
         Trace(_control, "end: " + summary);
-        var stats = new SimStats(_specs.Count, committed, aborted, _crashes, _store.LostWrites, _store.WriteErrors, _observer.StuckAlerts, _operatorAborts);
+        var stats = new SimStats(
+            _specs.Count, committed, aborted, _crashes, _store.LostWrites, _store.WriteErrors, _observer.StuckAlerts, _operatorAborts,
+            _time.Skew.Early, _time.Skew.Late, _clockPauses, _clockStepsForward, _clockStepsBack,
+            permanent is null ? 0 : 1, _stuckByPermanentFault, _retriedAfterLift);
         return new SimResult(_options.Seed, _violations, summary, _scheduler.Trace.Tail(), _scheduler.Trace.All, _scheduler.Trace.Hash, _scheduler.Executed, stats);
+    }
+
+    private const long EventBudget = 3_000_000;
+
+    /// <summary>
+    /// A permanent fault for this seed: one operation of one participant answers 503 from some
+    /// moment on, for one customer or for everyone. Compensations and the pivot are never
+    /// abandoned, so these leave transactions stuck.
+    /// </summary>
+    private PermanentFault PickPermanentFault()
+    {
+        const string Compensate = ProtocolNames.Compensate;
+        const string Forward = ProtocolNames.Action;
+        var customer = PaymentService.Customers[_chaos.Next(PaymentService.Customers.Length)].Customer;
+        return _chaos.Next(6) switch
+        {
+            0 => new PermanentFault($"payment.refund of {customer}", customer, (Payment, Compensate)),
+            1 => new PermanentFault("payment down for good", null, (Payment, Forward), (Payment, Compensate)),
+            2 => new PermanentFault("inventory.release", null, (Inventory, Compensate)),
+            3 => new PermanentFault($"order.confirm of {customer}", customer, (Confirm, Forward)),
+            4 => new PermanentFault($"order.cancel of {customer}", customer, (Order, Compensate)),
+            _ => new PermanentFault("inventory down for good", null, (Inventory, Forward), (Inventory, Compensate)),
+        };
+    }
+
+    /// <summary>
+    /// Under a permanent fault, once the transient faults stopped: every transaction is stored, and
+    /// terminal or stuck because of the permanent fault.
+    /// </summary>
+    private bool SettledUnderPermanentFault()
+    {
+        if (_store.Count != _specs.Count || _store.TerminalCount + _store.StuckCount != _specs.Count)
+        {
+            return false;
+        }
+
+        foreach (var spec in _specs)
+        {
+            if (_store.Peek(spec.Gid) is { IsTerminal: false } state && !Attributable(state))
+            {
+                return false;
+            }
+        }
+
+        return true;
+    }
+
+    /// <summary>
+    /// A non-terminal transaction is excused only when its stored state is stuck, every operation it
+    /// still waits for (actions while running, compensations while aborting) is one the permanent
+    /// fault answers, and its stuck reason names such an operation and the fault's error.
+    /// </summary>
+    private bool Attributable(TransactionState state)
+    {
+        if (_faults.Permanent is not { } permanent || !state.Stuck)
+        {
+            return false;
+        }
+
+        var phase = state.Status switch
+        {
+            TransactionStatus.Running => ProtocolNames.Action,
+            TransactionStatus.Aborting => ProtocolNames.Compensate,
+            _ => null,
+        };
+        var checkout = _checkouts[state.Gid];
+        var waiting = 0;
+        var named = false;
+        foreach (var branch in state.Branches)
+        {
+            foreach (var op in branch.Ops)
+            {
+                if (op.Op != phase || op.Status is not (OpStatus.Waiting or OpStatus.InFlight))
+                {
+                    continue;
+                }
+
+                waiting++;
+                if (!permanent.Covers(checkout, branch.Name, op.Op))
+                {
+                    return false;
+                }
+
+                named |= state.Reason?.Contains($"{branch.Name}.{op.Op} failed", StringComparison.Ordinal) == true;
+            }
+        }
+
+        return waiting > 0 && named && state.Reason!.Contains(PermanentFault.Error, StringComparison.Ordinal);
+    }
+
+    /// <summary>The operator's retry of a transaction that was stuck on the lifted fault (waits for a live coordinator).</summary>
+    private void RetryAfterLift(string gid)
+    {
+        var node = _coordinatorNode;
+        var engine = _engine;
+        if (!node.Alive)
+        {
+            _scheduler.At(_control, TimeSpan.FromMilliseconds(100), () => RetryAfterLift(gid));
+            return;
+        }
+
+        _scheduler.At(node, TimeSpan.Zero, () => Spawn(async () =>
+        {
+            var result = await engine.RetryAsync(gid, "sim-operator", CancellationToken.None);
+            Trace(node, $"operator retry {gid} after the fault was lifted: {result.Status}");
+            if (result.Status == AdminStatus.Accepted)
+            {
+                _retriedAfterLift++;
+            }
+            else if (result.State is not { IsTerminal: true })
+            {
+                _violations.Add($"{gid}: the operator's retry after the fault was lifted was {result.Status} although it is {result.State?.Status.ToWire() ?? "missing"}");
+            }
+        }));
     }
 
     private (SimNode, TransactionEngine) NewCoordinator()
@@ -396,12 +576,42 @@ internal sealed class SimulationRun
             for (var i = 1 + _random.Next(2); i > 0; i--)
             {
                 var by = TimeSpan.FromMilliseconds(500 + _random.Next(30_000));
+                var kind = _chaos.Next(3);
                 _scheduler.At(_control, InFaultPhase(), () =>
                 {
-                    _scheduler.Jump(by);
-                    Trace(_control, $"CLOCK JUMP +{by.TotalSeconds:0.000}s");
+                    switch (kind)
+                    {
+                        case 0:
+                            // The whole machine stalls (a paused VM): both clocks leap, every timer is late.
+                            _clockPauses++;
+                            _scheduler.Jump(by);
+                            Trace(_control, $"CLOCK JUMP +{by.TotalSeconds:0.000}s");
+                            break;
+                        case 1:
+                            // NTP steps the wall clock forward: deadlines and retries fall due at once.
+                            _clockStepsForward++;
+                            _time.StepWallClock(by);
+                            Trace(_control, $"CLOCK STEP +{by.TotalSeconds:0.000}s (wall clock only)");
+                            break;
+                        default:
+                            // NTP sets the wall clock back: timers still fire on time, but what they
+                            // wake finds nothing due yet and must wait for the wall clock to catch up.
+                            _clockStepsBack++;
+                            _time.StepWallClock(-by);
+                            Trace(_control, $"CLOCK STEP -{by.TotalSeconds:0.000}s (wall clock only)");
+                            break;
+                    }
                 });
             }
+        }
+
+        if (_faults.Permanent is { } permanent)
+        {
+            _scheduler.At(_control, TimeSpan.FromTicks((long)(_chaos.NextDouble() * _faultEndTicks)), () =>
+            {
+                permanent.Active = true;
+                Trace(_control, $"PERMANENT FAULT from now on: {permanent.Description} answers 503");
+            });
         }
 
         for (var i = _random.Next(7); i > 0; i--)
@@ -561,7 +771,7 @@ internal sealed class SimulationRun
 
                 break;
             default:
-                _violations.Add($"{gid}: liveness — still {state.Status.ToWire()}{(state.Stuck ? " (stuck)" : "")} after the faults stopped: {state.Reason}");
+                _violations.Add($"{gid}: liveness — still {state.Status.ToWire()}{(state.Stuck ? " (stuck)" : "")} after the faults stopped{(_faults.Permanent is null ? "" : " and the permanent fault was lifted")}: {state.Reason}");
                 break;
         }
     }

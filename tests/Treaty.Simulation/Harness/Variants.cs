@@ -38,6 +38,35 @@ internal sealed class SkipCompensationMachine(IProtocolMachine inner, string bra
     }
 }
 
+/// <summary>
+/// Known-bad variant: the engine bug where a timer that fired a hair before the operation was due
+/// changed nothing and was never re-armed, so the retry never happened (until a coordinator
+/// restart). The engine now re-arms on a no-op decision; this machine brings the bug back from
+/// outside Treaty.Core: on such an early wake-up it answers a decision whose only change is that
+/// nothing is due any more, so the engine persists it and disarms the timer. The simulation must
+/// report a liveness violation.
+/// </summary>
+internal sealed class LoseEarlyWakeUpMachine(IProtocolMachine inner) : IProtocolMachine
+{
+    public Protocol Protocol => inner.Protocol;
+
+    public ImmutableArray<string> Operations => inner.Operations;
+
+    public IEnumerable<ValidationError> Validate(TransactionSpec spec) => inner.Validate(spec);
+
+    public TransactionState Create(TransactionSpec spec, string fingerprint, DateTimeOffset now) => inner.Create(spec, fingerprint, now);
+
+    public bool CanAbort(TransactionState state) => inner.CanAbort(state);
+
+    public Decision Decide(TransactionState state, TransactionEvent @event, DecisionContext context)
+    {
+        var decision = inner.Decide(state, @event, context);
+        return @event is TimerFired && !decision.Changed(state) && state.NextWakeAt > context.Now
+            ? new Decision(state with { NextWakeAt = null }, [], [])
+            : decision;
+    }
+}
+
 /// <summary>Traces what the engine reports.</summary>
 internal sealed class TraceObserver(SimScheduler scheduler) : IEngineObserver
 {

@@ -10,10 +10,20 @@ internal static class ServeCommand
     {
         var urls = new Option<string>("--urls") { Description = "Where to listen", DefaultValueFactory = _ => TreatyServerDefaults.Urls };
         var dataDir = new Option<string>("--data-dir") { Description = "Directory of the SQLite database", DefaultValueFactory = _ => TreatyServerDefaults.DataDir };
-        var command = new Command("serve", "Run the coordinator (HTTP API, engine, recovery) on the embedded SQLite store") { urls, dataDir };
+        var callbackSecret = new Option<string?>("--callback-secret")
+        {
+            Description = $"Sign every branch call (Treaty-Signature) with this secret, at least {TreatyServerDefaults.MinCallbackSecretLength} characters; " +
+                $"{CallbackSecretVariable} does the same without showing the secret in the process list",
+        };
+        var command = new Command("serve", "Run the coordinator (HTTP API, engine, recovery) on the embedded SQLite store") { urls, dataDir, callbackSecret };
         command.SetAction(async (parse, cancellationToken) =>
         {
-            var options = new TreatyServerOptions { Urls = parse.GetValue(urls)!, DataDir = parse.GetValue(dataDir)! };
+            var options = new TreatyServerOptions
+            {
+                Urls = parse.GetValue(urls)!,
+                DataDir = parse.GetValue(dataDir)!,
+                CallbackSecret = ResolveCallbackSecret(parse.GetValue(callbackSecret), Environment.GetEnvironmentVariable(CallbackSecretVariable)),
+            };
             try
             {
                 options.Validate();
@@ -30,4 +40,11 @@ internal static class ServeCommand
         });
         return command;
     }
+
+    /// <summary>The environment variable read when <c>--callback-secret</c> is not given.</summary>
+    internal const string CallbackSecretVariable = "TREATY_CALLBACK_SECRET";
+
+    /// <summary>The flag wins over the environment; an empty value means "no secret".</summary>
+    internal static string? ResolveCallbackSecret(string? flag, string? environment) =>
+        !string.IsNullOrEmpty(flag) ? flag : string.IsNullOrEmpty(environment) ? null : environment;
 }

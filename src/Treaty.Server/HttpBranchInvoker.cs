@@ -5,6 +5,7 @@ using System.Text;
 using System.Text.Json;
 using Treaty.Core.Engine;
 using Treaty.Core.Model;
+using Treaty.Core.Security;
 
 namespace Treaty.Server;
 
@@ -19,6 +20,7 @@ internal sealed partial class HttpBranchInvoker : IBranchInvoker, IDisposable
     private readonly HttpClient _http;
     private readonly TimeProvider _time;
     private readonly int _maxResultBytes;
+    private readonly byte[]? _callbackSecret;
     private readonly ILogger _logger;
 
     public HttpBranchInvoker(TreatyServerOptions options, TimeProvider time, ILogger<HttpBranchInvoker> logger)
@@ -26,6 +28,7 @@ internal sealed partial class HttpBranchInvoker : IBranchInvoker, IDisposable
         _time = time;
         _logger = logger;
         _maxResultBytes = options.MaxBranchResultBytes;
+        _callbackSecret = options.CallbackSecret is { } secret ? Encoding.UTF8.GetBytes(secret) : null;
         var handler = new SocketsHttpHandler
         {
             MaxConnectionsPerServer = options.MaxConnectionsPerParticipant,
@@ -53,10 +56,18 @@ internal sealed partial class HttpBranchInvoker : IBranchInvoker, IDisposable
         using var linked = CancellationTokenSource.CreateLinkedTokenSource(timeout.Token, cancellationToken);
         try
         {
+            var envelope = Envelope(call);
             using var request = new HttpRequestMessage(HttpMethod.Post, call.Url)
             {
-                Content = new ByteArrayContent(Envelope(call)) { Headers = { ContentType = JsonContentType } },
+                Content = new ByteArrayContent(envelope) { Headers = { ContentType = JsonContentType } },
             };
+            if (_callbackSecret is not null)
+            {
+                // Over the exact bytes sent, at the time of this attempt: every retry carries a fresh
+                // timestamp (and its own attempt number in the body), so it stays inside the window.
+                request.Headers.TryAddWithoutValidation(CallbackSignature.HeaderName, CallbackSignature.Sign(_callbackSecret, envelope, _time.GetUtcNow()));
+            }
+
             request.Headers.Add("Treaty-Gid", call.Gid);
             request.Headers.Add("Treaty-Branch", call.Branch);
             request.Headers.Add("Treaty-Op", call.Op);

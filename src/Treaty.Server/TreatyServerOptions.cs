@@ -24,6 +24,17 @@ public sealed class TreatyServerOptions
     /// <summary>Connections per participant host kept by the branch invoker.</summary>
     public int MaxConnectionsPerParticipant { get; set; } = TreatyServerDefaults.MaxConnectionsPerParticipant;
 
+    /// <summary>
+    /// Shared secret for signing branch calls (<c>Treaty-Signature</c>, HMAC-SHA256 over the UTF-8
+    /// bytes of this string); null signs nothing. At least
+    /// <see cref="TreatyServerDefaults.MinCallbackSecretLength"/> characters when set. Never logged.
+    /// </summary>
+    /// <remarks>
+    /// Rotation: let every participant accept the old and the new secret, switch this to the new
+    /// one, then drop the old one from the participants.
+    /// </remarks>
+    public string? CallbackSecret { get; set; }
+
     /// <summary>Validates the settings; throws with every problem named.</summary>
     public void Validate()
     {
@@ -58,6 +69,12 @@ public sealed class TreatyServerOptions
             problems.Add("MaxConnectionsPerParticipant must be at least 1.");
         }
 
+        // The message names the rule, never the value: the secret must not reach a log.
+        if (CallbackSecret is not null && (CallbackSecret.Length < TreatyServerDefaults.MinCallbackSecretLength || string.IsNullOrWhiteSpace(CallbackSecret)))
+        {
+            problems.Add($"CallbackSecret must be at least {TreatyServerDefaults.MinCallbackSecretLength} characters when set.");
+        }
+
         if (problems.Count > 0)
         {
             throw new ArgumentException("Invalid Treaty server options: " + string.Join(" ", problems));
@@ -73,6 +90,8 @@ public static class TreatyServerDefaults
     public const long MaxRequestBodyBytes = 1024 * 1024;
     public const int MaxBranchResultBytes = 64 * 1024;
     public const int MaxConnectionsPerParticipant = 256;
+    /// <summary>Shortest accepted <see cref="TreatyServerOptions.CallbackSecret"/>.</summary>
+    public const int MinCallbackSecretLength = 16;
     public static readonly TimeSpan RecoveryInterval = TimeSpan.FromSeconds(1);
     public static readonly TimeSpan MaxWait = TimeSpan.FromSeconds(60);
 }

@@ -26,7 +26,15 @@ public sealed class InProcessCoordinator : IAsyncDisposable
     /// <summary>The SDK, for the natural path.</summary>
     public TreatyClient Client { get; private set; } = null!;
 
-    public static async Task<InProcessCoordinator> StartAsync(TimeSpan? recoveryInterval = null, Action<WebApplicationBuilder>? configure = null, string prefix = "treaty-tests")
+    /// <param name="recoveryInterval">How often recovery scans (250 ms by default, to keep tests quick).</param>
+    /// <param name="configure">Last say over the host builder.</param>
+    /// <param name="prefix">Prefix of the temp data dir.</param>
+    /// <param name="configureOptions">Changes the server options (e.g. a callback secret) before they are validated.</param>
+    public static async Task<InProcessCoordinator> StartAsync(
+        TimeSpan? recoveryInterval = null,
+        Action<WebApplicationBuilder>? configure = null,
+        string prefix = "treaty-tests",
+        Action<TreatyServerOptions>? configureOptions = null)
     {
         var dataDir = new TempDir(prefix);
         try
@@ -38,6 +46,7 @@ public sealed class InProcessCoordinator : IAsyncDisposable
                 DataDir = dataDir.Path,
                 RecoveryInterval = recoveryInterval ?? TimeSpan.FromMilliseconds(250),
             };
+            configureOptions?.Invoke(options);
             var app = TreatyServer.CreateApp(options, b =>
             {
                 b.Logging.SetMinimumLevel(LogLevel.Warning);

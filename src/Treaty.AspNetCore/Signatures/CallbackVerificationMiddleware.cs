@@ -80,6 +80,6 @@ internal sealed partial class CallbackVerificationMiddleware(RequestDelegate nex
         _ => "mismatch",
     };
 
-    [LoggerMessage(EventId = 4101, Level = LogLevel.Warning, Message = "Rejected a branch call to {Path} (gid {Gid}): signature {Reason}")]
+    [LoggerMessage(EventId = 4301, Level = LogLevel.Warning, Message = "Rejected a branch call to {Path} (gid {Gid}): signature {Reason}")]
     private static partial void LogRejected(ILogger logger, string path, string gid, string reason);
 }

@@ -1,0 +1,102 @@
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Routing;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+using Treaty.Core.Contracts;
+
+namespace Treaty.AspNetCore.Barrier;
+
+/// <summary>Maps coordinator-facing branch endpoints behind the branch barrier.</summary>
+public static class BarrierEndpointRouteBuilderExtensions
+{
+    /// <summary>
+    /// Maps <c>POST <paramref name="pattern"/></c> as a branch endpoint. Each call: the envelope
+    /// (<c>{gid, branch, op, payload}</c>, or the <c>Treaty-Gid</c>/<c>Treaty-Branch</c>/<c>Treaty-Op</c>
+    /// headers) is read — malformed → 400 problem+json naming the fields —; a local transaction is
+    /// opened on the registered <see cref="Data.ParticipantDatabase"/>; and then:
+    /// <list type="bullet">
+    /// <item>a duplicate (gid, branch, op) gets the first recorded answer, status and body, and
+    /// <paramref name="handler"/> does not run;</item>
+    /// <item>a compensation (compensate, cancel, rollback, abort) whose forward op never took effect
+    /// here is recorded and answered 200 without running <paramref name="handler"/>
+    /// ("null compensation");</item>
+    /// <item>a forward op (action, try, prepare, canCommit, preCommit) arriving after its
+    /// compensation is recorded and answered 409 <see cref="TreatyBarrier.AlreadyCompensatedType"/>
+    /// without running <paramref name="handler"/> (no "hanging" reservation);</item>
+    /// <item>otherwise <paramref name="handler"/> runs inside the transaction and its answer is
+    /// recorded with its writes in one commit (a definitive failure rolls back the writes but keeps
+    /// the answer); an exception rolls everything back and answers 500, so a retry runs again.</item>
+    /// </list>
+    /// The forward op and the compensation of one (gid, branch) never run concurrently. Requires
+    /// <see cref="BarrierServiceCollectionExtensions.AddTreatyBarrier"/>.
+    /// </summary>
+    public static IEndpointConventionBuilder MapTreatyBranch(this IEndpointRouteBuilder endpoints, string pattern, BranchHandler handler)
+    {
+        ArgumentNullException.ThrowIfNull(endpoints);
+        ArgumentException.ThrowIfNullOrWhiteSpace(pattern);
+        ArgumentNullException.ThrowIfNull(handler);
+        var barrier = endpoints.ServiceProvider.GetService<BranchBarrier>()
+            ?? throw new InvalidOperationException("MapTreatyBranch needs services.AddTreatyBarrier() and a registered ParticipantDatabase.");
+        var logger = endpoints.ServiceProvider.GetRequiredService<ILoggerFactory>().CreateLogger(typeof(BranchBarrier));
+        return endpoints.MapPost(pattern, http => HandleAsync(http, barrier, handler, logger));
+    }
+
+    private static async Task HandleAsync(HttpContext http, BranchBarrier barrier, BranchHandler handler, ILogger logger)
+    {
+        var cancellationToken = http.RequestAborted;
+        var (call, errors) = await BranchCallReader.ReadAsync(http.Request, cancellationToken);
+        if (call is null)
+        {
+            BarrierLog.Malformed(logger, http.Request.Path, string.Join(", ", errors!.Keys));
+            await WriteAsync(http, 400, "application/problem+json", ProblemJson.Write(
+                400,
+                ProblemTypes.Validation,
+                "Malformed branch call",
+                "The branch call is invalid: " + string.Join(", ", errors.Keys) + ".",
+                errors), outcome: null, cancellationToken);
+            return;
+        }
+
+        BarrierAnswer answer;
+        try
+        {
+            answer = await barrier.ExecuteAsync(
+                call,
+                (transaction, token) => handler(new BranchContext(call, transaction, http), token),
+                cancellationToken);
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            // The coordinator hung up; it will retry, and nothing was recorded.
+            return;
+        }
+#pragma warning disable CA1031 // Any failure of the handler or the database is "unknown" to the coordinator: 500, retry.
+        catch (Exception exception)
+#pragma warning restore CA1031
+        {
+            BarrierLog.HandlerFailed(logger, exception, call.Gid, call.Branch, call.Op);
+            await WriteAsync(http, 500, "application/problem+json", ProblemJson.Write(
+                500,
+                ProblemTypes.Internal,
+                "Branch failed",
+                "The branch failed and nothing was recorded; retry the same call.",
+                extensions: [new("gid", call.Gid), new("branch", call.Branch), new("op", call.Op)]), outcome: null, cancellationToken);
+            return;
+        }
+
+        await WriteAsync(http, answer.Result.StatusCode, answer.Result.ContentType, answer.Result.Body, TreatyBarrier.HeaderValue(answer.Decision), cancellationToken);
+    }
+
+    private static async Task WriteAsync(HttpContext http, int status, string contentType, string body, string? outcome, CancellationToken cancellationToken)
+    {
+        http.Response.StatusCode = status;
+        http.Response.ContentType = contentType;
+        if (outcome is not null)
+        {
+            http.Response.Headers[TreatyBarrier.OutcomeHeader] = outcome;
+        }
+
+        await http.Response.WriteAsync(body, cancellationToken);
+    }
+}

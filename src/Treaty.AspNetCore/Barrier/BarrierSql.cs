@@ -1,0 +1,70 @@
+using System.Buffers.Binary;
+using System.Security.Cryptography;
+using System.Text;
+using Treaty.AspNetCore.Data;
+
+namespace Treaty.AspNetCore.Barrier;
+
+/// <summary>The barrier table and its statements, per dialect.</summary>
+internal static class BarrierSql
+{
+    public const string Table = "treaty_barrier";
+
+    // One row per (gid, branch, op): the first answer, replayed to every duplicate. The primary key
+    // also backs up the (gid, branch) lock: two first deliveries can never both be recorded.
+    public const string SqliteSchema = """
+        CREATE TABLE IF NOT EXISTS treaty_barrier (
+            gid TEXT NOT NULL,
+            branch TEXT NOT NULL,
+            op TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            status_code INTEGER NOT NULL,
+            body TEXT NOT NULL,
+            recorded_at TEXT NOT NULL,
+            PRIMARY KEY (gid, branch, op)
+        )
+        """;
+
+    public const string PostgreSqlSchema = """
+        CREATE TABLE IF NOT EXISTS treaty_barrier (
+            gid text NOT NULL,
+            branch text NOT NULL,
+            op text NOT NULL,
+            outcome text NOT NULL,
+            status_code integer NOT NULL,
+            body text NOT NULL,
+            recorded_at timestamptz NOT NULL,
+            PRIMARY KEY (gid, branch, op)
+        )
+        """;
+
+    public const string SelectBranch =
+        "SELECT op, outcome, status_code, body FROM treaty_barrier WHERE gid = @gid AND branch = @branch";
+
+    public const string Insert = """
+        INSERT INTO treaty_barrier (gid, branch, op, outcome, status_code, body, recorded_at)
+        VALUES (@gid, @branch, @op, @outcome, @status_code, @body, @recorded_at)
+        """;
+
+    // READ COMMITTED lets two transactions read "no rows" for one (gid, branch) at once; a
+    // transaction-scoped advisory lock on the pair makes the second wait until the first commits,
+    // and its next statement then sees the first one's rows. A hash collision only serializes two
+    // unrelated pairs; it never merges their rows.
+    public const string PostgreSqlLock = "SELECT pg_advisory_xact_lock(@key)";
+
+    public static string Schema(SqlDialect dialect) => dialect switch
+    {
+        SqlDialect.Sqlite => SqliteSchema,
+        SqlDialect.PostgreSql => PostgreSqlSchema,
+        _ => throw new ArgumentOutOfRangeException(nameof(dialect), dialect, null),
+    };
+
+    /// <summary>The advisory lock key of a (gid, branch): the first 8 bytes of a SHA-256 of both, length-prefixed so no two pairs share an input.</summary>
+    public static long LockKey(string gid, string branch)
+    {
+        var input = Encoding.UTF8.GetBytes($"treaty-barrier\n{gid.Length}\n{gid}\n{branch}");
+        Span<byte> hash = stackalloc byte[SHA256.HashSizeInBytes];
+        SHA256.HashData(input, hash);
+        return BinaryPrimitives.ReadInt64BigEndian(hash);
+    }
+}

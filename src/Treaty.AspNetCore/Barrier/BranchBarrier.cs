@@ -1,0 +1,130 @@
+using System.Text.Json;
+using Microsoft.Extensions.Logging;
+using Treaty.AspNetCore.Data;
+
+namespace Treaty.AspNetCore.Barrier;
+
+/// <summary>What the barrier answered and why.</summary>
+internal sealed record BarrierAnswer(BarrierDecision Decision, BranchResult Result);
+
+/// <summary>
+/// Runs branch calls through the barrier table of the participant's database: a local transaction
+/// per call, the (gid, branch) locked, the recorded rows read, <see cref="BarrierRules.Decide"/>
+/// asked, and then either the stored answer replayed or the call recorded, with the handler's
+/// writes when the handler runs, in one commit.
+/// </summary>
+internal sealed class BranchBarrier(ParticipantDatabase database, TimeProvider timeProvider, ILogger<BranchBarrier> logger)
+{
+    /// <summary>Type of the 409 answered to a forward op that arrives after its compensation.</summary>
+    public const string AlreadyCompensatedType = "https://treaty.dev/problems/branch-already-compensated";
+
+    private const string HandlerSavepoint = "treaty_branch_handler";
+
+    public ParticipantDatabase Database => database;
+
+    /// <summary>
+    /// Executes <paramref name="call"/>. Exceptions of <paramref name="handler"/> propagate after the
+    /// transaction has been rolled back: nothing is recorded, so the coordinator's retry runs again.
+    /// </summary>
+    public async Task<BarrierAnswer> ExecuteAsync(
+        BranchCall call,
+        Func<ParticipantTransaction, CancellationToken, Task<BranchResult>> handler,
+        CancellationToken cancellationToken)
+    {
+        await using var transaction = await database.BeginAsync(cancellationToken);
+        if (transaction.Dialect == SqlDialect.PostgreSql)
+        {
+            // SQLite needs nothing: BEGIN IMMEDIATE already holds the database's write lock.
+            await using var lockCommand = transaction.CreateCommand(BarrierSql.PostgreSqlLock, ("key", BarrierSql.LockKey(call.Gid, call.Branch)));
+            await lockCommand.ExecuteNonQueryAsync(cancellationToken);
+        }
+
+        var existing = new List<BarrierRecord>();
+        BranchResult? stored = null;
+        await using (var select = transaction.CreateCommand(BarrierSql.SelectBranch, ("gid", call.Gid), ("branch", call.Branch)))
+        await using (var reader = await select.ExecuteReaderAsync(cancellationToken))
+        {
+            while (await reader.ReadAsync(cancellationToken))
+            {
+                var op = reader.GetString(0);
+                existing.Add(new BarrierRecord(op, BarrierRules.FromColumn(reader.GetString(1))));
+                if (string.Equals(op, call.Op, StringComparison.Ordinal))
+                {
+                    stored = BranchResult.Stored(reader.GetInt32(2), reader.GetString(3));
+                }
+            }
+        }
+
+        var decision = BarrierRules.Decide(existing, call.Op);
+        BranchResult result;
+        switch (decision)
+        {
+            case BarrierDecision.ReplayStored:
+                BarrierLog.Replayed(logger, call.Gid, call.Branch, call.Op, stored!.StatusCode);
+                return new BarrierAnswer(decision, stored);
+
+            case BarrierDecision.NullCompensation:
+                BarrierLog.NullCompensation(logger, call.Gid, call.Branch, call.Op);
+                result = BranchResult.Stored(200, NullCompensationBody(call));
+                break;
+
+            case BarrierDecision.SkipHanging:
+                BarrierLog.SkippedHanging(logger, call.Gid, call.Branch, call.Op);
+                result = BranchResult.Stored(409, ProblemJson.Write(
+                    409,
+                    AlreadyCompensatedType,
+                    "Branch already compensated",
+                    $"The '{BarrierRules.CompensationOf(call.Op)}' of this branch arrived first; this '{call.Op}' was not applied and never will be.",
+                    extensions: [new("gid", call.Gid), new("branch", call.Branch), new("op", call.Op)]));
+                break;
+
+            default:
+                // A definitive failure promises "nothing was applied": the savepoint undoes whatever
+                // the handler wrote before deciding to refuse (and clears an aborted PostgreSQL
+                // transaction if a statement of the handler failed), and the row is still recorded.
+                await transaction.Transaction.SaveAsync(HandlerSavepoint, cancellationToken);
+                result = await handler(transaction, cancellationToken);
+                if (!result.IsSuccess)
+                {
+                    await transaction.Transaction.RollbackAsync(HandlerSavepoint, cancellationToken);
+                }
+
+                break;
+        }
+
+        await using (var insert = transaction.CreateCommand(
+            BarrierSql.Insert,
+            ("gid", call.Gid),
+            ("branch", call.Branch),
+            ("op", call.Op),
+            ("outcome", BarrierRules.ToColumn(BarrierRules.OutcomeOf(decision, result.StatusCode))),
+            ("status_code", result.StatusCode),
+            ("body", result.Body),
+            ("recorded_at", timeProvider.GetUtcNow())))
+        {
+            await insert.ExecuteNonQueryAsync(cancellationToken);
+        }
+
+        await transaction.CommitAsync(cancellationToken);
+        BarrierLog.Recorded(logger, call.Gid, call.Branch, call.Op, decision, result.StatusCode);
+        return new BarrierAnswer(decision, result);
+    }
+
+    private static string NullCompensationBody(BranchCall call)
+    {
+        using var buffer = new MemoryStream();
+        using (var writer = new Utf8JsonWriter(buffer))
+        {
+            writer.WriteStartObject();
+            writer.WriteString("gid", call.Gid);
+            writer.WriteString("branch", call.Branch);
+            writer.WriteString("op", call.Op);
+            writer.WriteString("outcome", "null-compensation");
+            writer.WriteBoolean("applied", false);
+            writer.WriteString("reason", "Nothing to undo: the forward operation of this branch never took effect here.");
+            writer.WriteEndObject();
+        }
+
+        return System.Text.Encoding.UTF8.GetString(buffer.GetBuffer(), 0, (int)buffer.Length);
+    }
+}

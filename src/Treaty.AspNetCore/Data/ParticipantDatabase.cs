@@ -38,13 +38,16 @@ public abstract class ParticipantDatabase
 /// <summary>One local transaction on the participant's database. Disposing without committing rolls back.</summary>
 public sealed class ParticipantTransaction : IAsyncDisposable
 {
+    private readonly Action? _onDisposed;
     private bool _completed;
+    private bool _disposed;
 
-    internal ParticipantTransaction(DbConnection connection, DbTransaction transaction, SqlDialect dialect)
+    internal ParticipantTransaction(DbConnection connection, DbTransaction transaction, SqlDialect dialect, Action? onDisposed = null)
     {
         Connection = connection;
         Transaction = transaction;
         Dialect = dialect;
+        _onDisposed = onDisposed;
     }
 
     /// <summary>The open connection; use it (with <see cref="Transaction"/>) for the handler's own writes.</summary>
@@ -89,6 +92,12 @@ public sealed class ParticipantTransaction : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
+        if (_disposed)
+        {
+            return;
+        }
+
+        _disposed = true;
         try
         {
             if (!_completed)
@@ -110,8 +119,15 @@ public sealed class ParticipantTransaction : IAsyncDisposable
         }
         finally
         {
-            await Transaction.DisposeAsync();
-            await Connection.DisposeAsync();
+            try
+            {
+                await Transaction.DisposeAsync();
+                await Connection.DisposeAsync();
+            }
+            finally
+            {
+                _onDisposed?.Invoke();
+            }
         }
     }
 }
@@ -119,7 +135,14 @@ public sealed class ParticipantTransaction : IAsyncDisposable
 /// <summary>A participant database in one SQLite file (WAL, synchronous=FULL; writers serialized by BEGIN IMMEDIATE).</summary>
 public sealed class SqliteParticipantDatabase : ParticipantDatabase
 {
+    private static readonly TimeSpan WriterWait = TimeSpan.FromSeconds(30);
     private readonly string _connectionString;
+
+    // SQLite has one writer at a time, and a connection waiting for the write lock (BEGIN
+    // IMMEDIATE) blocks its thread while the transaction holding it awaits I/O: a burst of requests
+    // would starve the thread pool. Transactions of this process take turns here first, waiting
+    // asynchronously; the turn ends when the transaction is disposed.
+    private readonly SemaphoreSlim _writer = new(1, 1);
 
     public SqliteParticipantDatabase(string path)
     {
@@ -136,7 +159,22 @@ public sealed class SqliteParticipantDatabase : ParticipantDatabase
 
     public override async ValueTask<ParticipantTransaction> BeginAsync(CancellationToken cancellationToken)
     {
-        var connection = new SqliteConnection(_connectionString);
+        if (!await _writer.WaitAsync(WriterWait, cancellationToken))
+        {
+            throw new TimeoutException($"Waited {WriterWait.TotalSeconds} s for the SQLite participant database's write turn.");
+        }
+
+        SqliteConnection connection;
+        try
+        {
+            connection = new SqliteConnection(_connectionString);
+        }
+        catch
+        {
+            _writer.Release();
+            throw;
+        }
+
         try
         {
             await connection.OpenAsync(cancellationToken);
@@ -149,11 +187,12 @@ public sealed class SqliteParticipantDatabase : ParticipantDatabase
             // deferred: false → BEGIN IMMEDIATE: the write lock is taken up front, so a
             // check-then-write inside the transaction cannot race another writer.
             var transaction = connection.BeginTransaction(deferred: false);
-            return new ParticipantTransaction(connection, transaction, SqlDialect.Sqlite);
+            return new ParticipantTransaction(connection, transaction, SqlDialect.Sqlite, () => _writer.Release());
         }
         catch
         {
             await connection.DisposeAsync();
+            _writer.Release();
             throw;
         }
     }

@@ -7,6 +7,11 @@ using Shop.Infrastructure;
 using Shop.Inventory;
 using Shop.Order;
 using Shop.Payment;
+using Treaty.AspNetCore.Barrier;
+using Treaty.AspNetCore.Data;
+using Treaty.AspNetCore.Idempotency;
+using Treaty.AspNetCore.SemanticLocks;
+using Treaty.AspNetCore.Signatures;
 using Treaty.Client;
 
 namespace Shop;
@@ -74,12 +79,19 @@ public static class ShopApp
 
         // Registered through a factory so the container disposes it (releasing the file) on shutdown.
         builder.Services.AddSingleton(_ => database);
+        // The participant kit, on the same file: its records share the Shop's transactions.
+        builder.Services.AddSingleton<ParticipantDatabase>(database.Participant);
+        builder.Services.AddTreatyBarrier();
+        builder.Services.AddTreatySemanticLocks();
+        builder.Services.AddTreatyCallbackVerification(verification => verification.Secret = options.CallbackSecret);
         if (options.Service == ShopService.Order)
         {
+            builder.Services.AddTreatyIdempotency();
             builder.Services.AddSingleton(_ => new TreatyClient(new Uri(options.CoordinatorUrl!)));
             builder.Services.AddSingleton<OrderSaga>();
             builder.Services.AddSingleton<OrderService>();
-            builder.Services.AddHostedService<OrderResubmitter>();
+            builder.Services.AddSingleton<OrderOutbox>();
+            builder.Services.AddHostedService(provider => provider.GetRequiredService<OrderOutbox>());
         }
 
         var app = builder.Build();
@@ -92,6 +104,15 @@ public static class ShopApp
         if (options.EnableFaults)
         {
             app.UseFaults();
+        }
+
+        // Branch endpoints (RequireTreatySignature) answer 401 to a call whose signature does not
+        // verify, when the service has a callback secret; nothing runs for it.
+        app.UseTreatyCallbackVerification();
+        if (options.Service == ShopService.Order)
+        {
+            app.Use(OrderService.AbortReasonMiddleware);
+            app.UseTreatyIdempotency();
         }
 
         var name = options.Service.ToString().ToLowerInvariant();

@@ -23,9 +23,6 @@ internal sealed class CheckoutItem
     public int? Qty { get; set; }
 }
 
-/// <summary>What the idempotency fingerprint covers: the request as understood, not its whitespace.</summary>
-internal sealed record CheckoutFingerprint(string CustomerId, IReadOnlyList<OrderItem> Items, string Protocol);
-
 internal sealed record CheckoutResponse(string OrderId, string Gid, string Status);
 
 internal sealed record OrderItem(string Sku, int Qty);
@@ -39,7 +36,9 @@ internal sealed record OrderView(
     string Status,
     string? Reason,
     DateTimeOffset CreatedAt,
-    DateTimeOffset UpdatedAt);
+    DateTimeOffset UpdatedAt,
+    bool Processing,
+    string? ProcessingGid);
 
 internal sealed record OrderListView(IReadOnlyList<OrderView> Orders);
 
@@ -53,18 +52,6 @@ internal sealed class SagaPayload
     public List<OrderItem?>? Items { get; set; }
 
     public decimal? Amount { get; set; }
-}
-
-/// <summary>Body of a branch call (the branch call contract).</summary>
-internal sealed class BranchCallBody
-{
-    public string? Gid { get; set; }
-
-    public string? Branch { get; set; }
-
-    public string? Op { get; set; }
-
-    public JsonElement? Payload { get; set; }
 }
 
 /// <summary>2xx answer of a branch call that did nothing on purpose (a late action, a null compensation).</summary>
@@ -83,7 +70,12 @@ internal sealed record LedgerView(string CustomerId, IReadOnlyList<LedgerEntryVi
 /// <summary>Result of a payment branch: <c>outcome</c> is debited, refunded, already-debited, nothing-to-refund or already-refunded.</summary>
 internal sealed record PaymentResult(string Gid, string CustomerId, decimal Amount, decimal Balance, string Outcome);
 
-internal sealed record StockView(string Sku, int Initial, int Available, int Reserved);
+/// <summary>
+/// A SKU's stock: <c>available + reserved == initial</c>; <c>inFlight</c> is the part of
+/// <c>reserved</c> held by reservations whose saga has not ended (PROCESSING, under a semantic lock),
+/// the rest is sold.
+/// </summary>
+internal sealed record StockView(string Sku, int Initial, int Available, int Reserved, int InFlight = 0);
 
 internal sealed record StockListView(IReadOnlyList<StockView> Items);
 
@@ -104,9 +96,12 @@ internal sealed class FaultRuleRequest
     public int? Status { get; set; }
 
     public int? DelayMs { get; set; }
+
+    /// <summary>Only for <c>/checkout</c>: the next checkout that stores an order kills the process after the commit, before its answer.</summary>
+    public bool? KillAfterCommit { get; set; }
 }
 
-internal sealed record FaultRuleView(string Path, int FailTimes, int Status, int DelayMs);
+internal sealed record FaultRuleView(string Path, int FailTimes, int Status, int DelayMs, bool KillAfterCommit = false);
 
 internal sealed record FaultRulesView(IReadOnlyList<FaultRuleView> Rules);
 
@@ -119,13 +114,11 @@ internal sealed record HealthView(string Status, string Service);
 /// <summary>Source-generated JSON of the Shop services (Web defaults: camelCase).</summary>
 [JsonSourceGenerationOptions(JsonSerializerDefaults.Web)]
 [JsonSerializable(typeof(CheckoutRequest))]
-[JsonSerializable(typeof(CheckoutFingerprint))]
 [JsonSerializable(typeof(CheckoutResponse))]
 [JsonSerializable(typeof(List<OrderItem>))]
 [JsonSerializable(typeof(OrderView))]
 [JsonSerializable(typeof(OrderListView))]
 [JsonSerializable(typeof(SagaPayload))]
-[JsonSerializable(typeof(BranchCallBody))]
 [JsonSerializable(typeof(BranchSkipped))]
 [JsonSerializable(typeof(OrderBranchResult))]
 [JsonSerializable(typeof(WalletView))]

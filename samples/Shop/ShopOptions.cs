@@ -40,6 +40,13 @@ public sealed class ShopOptions
     /// </summary>
     public string? PublicUrl { get; init; }
 
+    /// <summary>
+    /// The secret the coordinator signs branch calls with (<c>treaty serve --callback-secret</c>);
+    /// when set, every branch endpoint requires a valid <c>Treaty-Signature</c> (401 otherwise).
+    /// At least 16 characters. Never logged.
+    /// </summary>
+    public string? CallbackSecret { get; init; }
+
     /// <summary>Exposes <c>/_faults</c> (fault injection and call counters) for tests and the demo.</summary>
     public bool EnableFaults { get; init; }
 
@@ -52,11 +59,22 @@ public sealed class ShopOptions
     /// <summary>The command line usage.</summary>
     public const string Usage =
         "usage: Shop --service order|payment|inventory --urls URL --data-dir DIR " +
-        "[--coordinator URL --payment URL --inventory URL] [--public-url URL] [--faults]";
+        "[--coordinator URL --payment URL --inventory URL] [--public-url URL] [--callback-secret SECRET] [--faults]";
+
+    /// <summary>The environment variable read when <c>--callback-secret</c> is not given (keeps the secret out of the process list).</summary>
+    public const string CallbackSecretVariable = "TREATY_CALLBACK_SECRET";
+
+    /// <summary>Shortest accepted callback secret (the coordinator enforces the same).</summary>
+    public const int MinCallbackSecretLength = 16;
 
     /// <summary>Reads the command line (<c>--name value</c> or <c>--name=value</c>).</summary>
     /// <exception cref="ArgumentException">An unknown, missing or malformed argument; the message says which.</exception>
-    public static ShopOptions Parse(IReadOnlyList<string> args)
+    public static ShopOptions Parse(IReadOnlyList<string> args) =>
+        Parse(args, Environment.GetEnvironmentVariable(CallbackSecretVariable));
+
+    /// <summary>Reads the command line; <paramref name="secretFromEnvironment"/> is used when <c>--callback-secret</c> is not given.</summary>
+    /// <exception cref="ArgumentException">An unknown, missing or malformed argument; the message says which.</exception>
+    public static ShopOptions Parse(IReadOnlyList<string> args, string? secretFromEnvironment)
     {
         ArgumentNullException.ThrowIfNull(args);
         var values = new Dictionary<string, string>(StringComparer.Ordinal);
@@ -88,7 +106,7 @@ public sealed class ShopOptions
                 throw new ArgumentException($"Unexpected argument '{arg}'.");
             }
 
-            if (name is not ("service" or "urls" or "data-dir" or "coordinator" or "payment" or "inventory" or "public-url"))
+            if (name is not ("service" or "urls" or "data-dir" or "coordinator" or "payment" or "inventory" or "public-url" or "callback-secret"))
             {
                 throw new ArgumentException($"Unknown option '--{name}'.");
             }
@@ -118,6 +136,9 @@ public sealed class ShopOptions
             PaymentUrl = values.GetValueOrDefault("payment"),
             InventoryUrl = values.GetValueOrDefault("inventory"),
             PublicUrl = values.GetValueOrDefault("public-url"),
+            CallbackSecret = values.GetValueOrDefault("callback-secret") is { Length: > 0 } flag
+                ? flag
+                : string.IsNullOrEmpty(secretFromEnvironment) ? null : secretFromEnvironment,
             EnableFaults = faults,
         };
         options.Validate();
@@ -146,6 +167,12 @@ public sealed class ShopOptions
         if (PublicUrl is not null)
         {
             RequireHttpUrl(PublicUrl, "--public-url");
+        }
+
+        if (CallbackSecret is not null && (CallbackSecret.Length < MinCallbackSecretLength || string.IsNullOrWhiteSpace(CallbackSecret)))
+        {
+            // The message never shows the secret.
+            throw new ArgumentException($"--callback-secret must be at least {MinCallbackSecretLength} characters.");
         }
 
         if (Service == ShopService.Order)

@@ -6,7 +6,10 @@ namespace Treaty.Cli;
 /// <summary>
 /// The coordinator and the three Shop services, each a real child process with its own database
 /// directory and loopback port. The coordinator can be killed (SIGKILL) and restarted on the same
-/// data directory.
+/// data directory. Every branch call is signed: one secret, generated per run, is given to the
+/// coordinator and to the three services (through <c>TREATY_CALLBACK_SECRET</c>, the environment
+/// form of <c>--callback-secret</c>, so it never shows in the process list), and the services
+/// answer 401 to a branch call whose <c>Treaty-Signature</c> does not verify.
 /// </summary>
 internal sealed class DemoEnvironment : IAsyncDisposable
 {
@@ -23,7 +26,14 @@ internal sealed class DemoEnvironment : IAsyncDisposable
         PaymentUrl = $"http://127.0.0.1:{ChildProcess.FreePort()}";
         InventoryUrl = $"http://127.0.0.1:{ChildProcess.FreePort()}";
         Http = new HttpClient { Timeout = TimeSpan.FromSeconds(30) };
+        CallbackSecret = Convert.ToHexStringLower(System.Security.Cryptography.RandomNumberGenerator.GetBytes(24));
     }
+
+    /// <summary>The environment variable both <c>treaty serve</c> and the Shop read as their callback secret.</summary>
+    public const string CallbackSecretVariable = "TREATY_CALLBACK_SECRET";
+
+    /// <summary>The secret the coordinator signs branch calls with and the services verify.</summary>
+    public string CallbackSecret { get; }
 
     public string Root { get; }
 
@@ -54,14 +64,9 @@ internal sealed class DemoEnvironment : IAsyncDisposable
                 throw new FileNotFoundException("The Shop sample was not built next to the CLI.", shopDll);
             }
 
-            foreach (var (service, url) in new[] { ("payment", environment.PaymentUrl), ("inventory", environment.InventoryUrl), ("order", environment.OrderUrl) })
+            foreach (var service in new[] { "payment", "inventory", "order" })
             {
-                environment._shops.Add(ChildProcess.StartDotnet(service, shopDll,
-                [
-                    "--service", service, "--urls", url, "--data-dir", Path.Combine(root, service),
-                    "--coordinator", environment.CoordinatorUrl, "--payment", environment.PaymentUrl,
-                    "--inventory", environment.InventoryUrl, "--faults",
-                ]));
+                environment._shops.Add(environment.StartShop(service));
             }
 
             await environment.StartCoordinatorAsync(cancellationToken);
@@ -82,8 +87,37 @@ internal sealed class DemoEnvironment : IAsyncDisposable
     public async Task StartCoordinatorAsync(CancellationToken cancellationToken)
     {
         _coordinator?.Dispose();
-        _coordinator = ChildProcess.StartSelf("coordinator", ["serve", "--urls", CoordinatorUrl, "--data-dir", Path.Combine(Root, "coordinator")]);
+        _coordinator = ChildProcess.StartDotnet("coordinator", typeof(ChildProcess).Assembly.Location,
+            ["serve", "--urls", CoordinatorUrl, "--data-dir", Path.Combine(Root, "coordinator")],
+            new Dictionary<string, string> { [CallbackSecretVariable] = CallbackSecret });
         await _coordinator.WaitHealthyAsync(Http, CoordinatorUrl + "/healthz", TimeSpan.FromSeconds(60), cancellationToken);
+    }
+
+    /// <summary>The Order service's process.</summary>
+    public ChildProcess Order => _shops.First(s => s.Name == "order");
+
+    /// <summary>Starts the Order service again on the same data directory and port (after it died); waits until it is healthy.</summary>
+    public async Task RestartOrderAsync(CancellationToken cancellationToken)
+    {
+        var old = Order;
+        old.Dispose(); // SIGKILL by pid if it still runs
+        _shops.Remove(old);
+        var order = StartShop("order");
+        _shops.Add(order);
+        await order.WaitHealthyAsync(Http, OrderUrl + "/healthz", TimeSpan.FromSeconds(60), cancellationToken);
+    }
+
+    private ChildProcess StartShop(string service)
+    {
+        var shopDll = Path.Combine(AppContext.BaseDirectory, "Shop.dll");
+        var url = service switch { "payment" => PaymentUrl, "inventory" => InventoryUrl, _ => OrderUrl };
+        return ChildProcess.StartDotnet(service, shopDll,
+            [
+                "--service", service, "--urls", url, "--data-dir", Path.Combine(Root, service),
+                "--coordinator", CoordinatorUrl, "--payment", PaymentUrl,
+                "--inventory", InventoryUrl, "--faults",
+            ],
+            new Dictionary<string, string> { [CallbackSecretVariable] = CallbackSecret });
     }
 
     /// <summary>SIGKILL the coordinator: no graceful shutdown, whatever was in flight stays in flight.</summary>
@@ -101,10 +135,15 @@ internal sealed class DemoEnvironment : IAsyncDisposable
         return JsonNode.Parse(text) ?? throw new InvalidOperationException($"GET {url} answered no JSON");
     }
 
-    public async Task SetFaultAsync(string serviceUrl, string path, int failTimes, int status, int delayMs, CancellationToken cancellationToken)
+    public async Task SetFaultAsync(string serviceUrl, string path, int failTimes, int status, int delayMs, CancellationToken cancellationToken, bool killAfterCommit = false)
     {
-        using var response = await Http.PostAsJsonAsync(serviceUrl + "/_faults",
-            new JsonObject { ["path"] = path, ["failTimes"] = failTimes, ["status"] = status, ["delayMs"] = delayMs }, cancellationToken);
+        var rule = new JsonObject { ["path"] = path, ["failTimes"] = failTimes, ["status"] = status, ["delayMs"] = delayMs };
+        if (killAfterCommit)
+        {
+            rule["killAfterCommit"] = true;
+        }
+
+        using var response = await Http.PostAsJsonAsync(serviceUrl + "/_faults", rule, cancellationToken);
         response.EnsureSuccessStatusCode();
     }
 

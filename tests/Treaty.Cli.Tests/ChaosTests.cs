@@ -265,8 +265,8 @@ public sealed partial class ChaosTests(ITestOutputHelper output)
     }
 
     /// <summary>
-    /// POST /checkout until it is accepted (202), retrying with the same key after 503 or a connection
-    /// error. Returns the order id, or null (a violation) if the order service answered anything else.
+    /// POST /checkout until it is accepted (202), retrying with the same key after 503, 409 in-flight
+    /// (the kit's answer while the same key runs) or a connection error. Returns the order id, or null (a violation) if the order service answered anything else.
     /// </summary>
     private async Task<string?> CheckoutAsync(DemoEnvironment env, string key, JsonObject body, LoadStats load, CancellationToken ct, bool expectReplay = false)
     {
@@ -305,6 +305,13 @@ public sealed partial class ChaosTests(ITestOutputHelper output)
                 if (response.StatusCode == HttpStatusCode.ServiceUnavailable)
                 {
                     Interlocked.Increment(ref load.Unavailable);
+                    continue;
+                }
+
+                if (response.StatusCode == HttpStatusCode.Conflict && text.Contains("idempotency-key-in-flight", StringComparison.Ordinal))
+                {
+                    // The same key is still running (a double click): its answer is replayed once stored.
+                    Interlocked.Increment(ref load.InFlight);
                     continue;
                 }
 
@@ -673,6 +680,7 @@ public sealed partial class ChaosTests(ITestOutputHelper output)
         public int Retries;
         public int Unavailable;
         public int ConnectionErrors;
+        public int InFlight;
         public int Replays;
         public int ConcurrentDuplicates;
 
@@ -684,6 +692,6 @@ public sealed partial class ChaosTests(ITestOutputHelper output)
 
         public string Summary() =>
             $"{Orders.Count} checkouts accepted ({Checkouts} checkout calls incl. {Replays} replays and {ConcurrentDuplicates} double clicks), " +
-            $"{Retries} retries after {Unavailable} × 503 and {ConnectionErrors} connection errors";
+            $"{Retries} retries after {Unavailable} × 503, {InFlight} × 409 in flight and {ConnectionErrors} connection errors";
     }
 }

@@ -1,12 +1,15 @@
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Mvc;
+using Treaty.AspNetCore.Barrier;
 
 namespace Shop.Infrastructure;
 
 /// <summary>
 /// Fault rules and call counters for tests and the demo. A rule fails the next N calls of a path
-/// with a status before the handler runs (so nothing is applied), and/or delays the handler.
+/// with a status before the handler runs (so nothing is applied), and/or delays the handler; on
+/// <c>/checkout</c> the delay holds the answer after the kit's commit instead, and
+/// <c>killAfterCommit</c> kills the process (Environment.FailFast) between the commit and the answer.
 /// Counters say how often a path was called and how often a call changed data.
 /// </summary>
 internal sealed class FaultRegistry
@@ -47,8 +50,11 @@ internal sealed class FaultRegistry
         }
     }
 
-    /// <summary>Counts a call and decides its fate: how long to delay it and whether to fail it (with which status).</summary>
-    public (TimeSpan Delay, int? FailWith) OnCall(string path)
+    /// <summary>
+    /// Counts a call and decides its fate: how long to delay it, whether to fail it (with which
+    /// status), and whether a kill-after-commit rule is armed for it.
+    /// </summary>
+    public (TimeSpan Delay, int? FailWith, bool KillAfterCommit) OnCall(string path)
     {
         lock (_lock)
         {
@@ -56,7 +62,13 @@ internal sealed class FaultRegistry
             _counts[path] = (calls + 1, applied);
             if (!_rules.TryGetValue(path, out var rule))
             {
-                return (TimeSpan.Zero, null);
+                return (TimeSpan.Zero, null, false);
+            }
+
+            if (rule.KillAfterCommit)
+            {
+                // Disarmed by TryKill when it fires; a call that commits nothing leaves it armed.
+                return (TimeSpan.FromMilliseconds(rule.DelayMs), null, true);
             }
 
             int? failWith = null;
@@ -78,7 +90,16 @@ internal sealed class FaultRegistry
                 _rules[path] = rule;
             }
 
-            return (TimeSpan.FromMilliseconds(rule.DelayMs), failWith);
+            return (TimeSpan.FromMilliseconds(rule.DelayMs), failWith, false);
+        }
+    }
+
+    /// <summary>Disarms the kill-after-commit rule of <paramref name="path"/>; true when it was armed (then the caller dies).</summary>
+    public bool TryKill(string path)
+    {
+        lock (_lock)
+        {
+            return _rules.TryGetValue(path, out var rule) && rule.KillAfterCommit && _rules.Remove(path);
         }
     }
 
@@ -114,6 +135,12 @@ internal static class FaultEndpoints
 {
     public const string Prefix = "/_faults";
 
+    /// <summary>The checkout path, whose rules act after the kit's commit.</summary>
+    public const string CheckoutPath = "/checkout";
+
+    /// <summary>Set by the checkout handler when it stored a new order (in the kit's transaction).</summary>
+    public const string CheckoutCommittedItem = "shop.checkout.created";
+
     public static void UseFaults(this WebApplication app)
     {
         var registry = app.Services.GetRequiredService<FaultRegistry>();
@@ -127,7 +154,37 @@ internal static class FaultEndpoints
                 return;
             }
 
-            var (delay, failWith) = registry.OnCall(path);
+            var (delay, failWith, killAfterCommit) = registry.OnCall(path);
+            var afterCommit = path.Equals(CheckoutPath, StringComparison.OrdinalIgnoreCase);
+            if (killAfterCommit || (afterCommit && delay > TimeSpan.Zero))
+            {
+                // POST /checkout runs behind the kit's Idempotency-Key middleware, which buffers
+                // the handler's answer, commits it with the handler's writes, and only then writes
+                // it to the client: the response starts after the commit. So a rule on /checkout
+                // acts there, after the commit, and only when this request's handler really stored
+                // an order (not on a replay, a 409 or a 400): the work is done, the answer is late
+                // (delayMs) or never arrives (killAfterCommit).
+                var pause = delay;
+                context.Response.OnStarting(async () =>
+                {
+                    if (!context.Items.ContainsKey(CheckoutCommittedItem) || context.Response.StatusCode != StatusCodes.Status202Accepted)
+                    {
+                        return;
+                    }
+
+                    if (killAfterCommit && registry.TryKill(path))
+                    {
+                        Environment.FailFast($"Injected fault: killed after the commit of {path}, before the response.");
+                    }
+
+                    if (pause > TimeSpan.Zero)
+                    {
+                        await Task.Delay(pause, timeProvider, CancellationToken.None);
+                    }
+                });
+                delay = TimeSpan.Zero;
+            }
+
             if (delay > TimeSpan.Zero)
             {
                 // Not cancelled when the caller goes away: like a real slow service, the call still
@@ -153,7 +210,21 @@ internal static class FaultEndpoints
                 return;
             }
 
-            await next(context);
+            try
+            {
+                await next(context);
+            }
+            finally
+            {
+                // "Applied" means a branch handler changed data AND the barrier committed it: the
+                // kit sets its outcome header only after the commit, and the handler marks the
+                // request only when it wrote an effect.
+                if (context.Items.ContainsKey(Branches.AppliedItem)
+                    && string.Equals(context.Response.Headers[TreatyBarrier.OutcomeHeader].ToString(), "executed", StringComparison.Ordinal))
+                {
+                    registry.MarkApplied(path);
+                }
+            }
         });
 
         app.MapPost(Prefix, async (HttpContext context) =>
@@ -185,12 +256,18 @@ internal static class FaultEndpoints
                 errors["delayMs"] = ["delayMs must be between 0 and 600000."];
             }
 
+            if (request.KillAfterCommit == true && !string.Equals(request.Path, CheckoutPath, StringComparison.OrdinalIgnoreCase))
+            {
+                errors["killAfterCommit"] = [$"killAfterCommit applies to {CheckoutPath} only."];
+            }
+
             if (errors.Count > 0)
             {
                 return Problems.Validation(errors);
             }
 
-            var rule = new FaultRuleView(request.Path!, request.FailTimes ?? 0, request.Status ?? StatusCodes.Status503ServiceUnavailable, request.DelayMs ?? 0);
+            var rule = new FaultRuleView(request.Path!, request.FailTimes ?? 0, request.Status ?? StatusCodes.Status503ServiceUnavailable, request.DelayMs ?? 0,
+                request.KillAfterCommit ?? false);
             registry.Set(rule);
             return Results.Json(new FaultRulesView(registry.Rules()), ShopJsonContext.Web.FaultRulesView);
         });

@@ -6,17 +6,6 @@ using Treaty.Core.Serialization;
 
 namespace Shop.Infrastructure;
 
-/// <summary>Treaty's wire types with the Shop's relaxed escaping.</summary>
-internal static class ProblemJson
-{
-    private static readonly TreatyJsonContext Context = new(new JsonSerializerOptions(TreatyJsonContext.Default.Options)
-    {
-        Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
-    });
-
-    public static JsonTypeInfo<ProblemView> ProblemView => Context.ProblemView;
-}
-
 /// <summary>Problem+json answers of the Shop services, with stable <c>type</c> URIs.</summary>
 internal static class Problems
 {
@@ -30,9 +19,6 @@ internal static class Problems
     public const string OutOfStock = Base + "out-of-stock";
     public const string UnknownSku = Base + "unknown-sku";
     public const string OrderState = Base + "order-state";
-    public const string IdempotencyKeyReused = Base + "idempotency-key-reused";
-    public const string CoordinatorUnavailable = Base + "coordinator-unavailable";
-    public const string CoordinatorRejected = Base + "coordinator-rejected";
     public const string InjectedFault = Base + "injected-fault";
 
     public static IResult Validation(string field, string message) =>
@@ -47,14 +33,6 @@ internal static class Problems
 
     public static IResult Of(int status, string type, string title, string? detail) =>
         Results.Problem(detail, statusCode: status, title: title, type: type);
-
-    /// <summary>A problem body as text, for answers that are stored and replayed (branch results, idempotent checkouts).</summary>
-    public static string Json(int status, string type, string title, string? detail, IReadOnlyDictionary<string, string[]>? errors = null) =>
-        JsonSerializer.Serialize(new ProblemView(type, title, status, detail, null, errors), ProblemJson.ProblemView);
-
-    /// <summary>Replays a stored answer byte for byte.</summary>
-    public static IResult Stored(int status, string body) =>
-        Results.Text(body, status >= 400 ? ContentType : "application/json", System.Text.Encoding.UTF8, status);
 }
 
 /// <summary>Reads JSON request bodies with source-generated metadata, turning every bad body into a problem.</summary>

@@ -1,15 +1,17 @@
 using Microsoft.Data.Sqlite;
+using Treaty.AspNetCore.Data;
 
 namespace Shop.Infrastructure;
 
 /// <summary>
-/// One service's SQLite file (WAL). Writes go through one gate: a sample service has no need for
-/// concurrent writers, and serializing them here avoids SQLITE_BUSY entirely; reads run in parallel.
+/// One service's SQLite file (WAL). Every write goes through the participant kit's
+/// <see cref="SqliteParticipantDatabase"/>, whose write turn the kit's own transactions
+/// (idempotency records, branch barrier, semantic locks) take too: one writer at a time, waited for
+/// asynchronously, never SQLITE_BUSY. Reads use their own connections and run in parallel.
 /// </summary>
 internal sealed class ShopDatabase : IDisposable
 {
     private readonly string _connectionString;
-    private readonly SemaphoreSlim _writeGate = new(1, 1);
 
     public ShopDatabase(string path)
     {
@@ -21,11 +23,15 @@ internal sealed class ShopDatabase : IDisposable
             Pooling = true,
             DefaultTimeout = 30,
         }.ToString();
+        Participant = new SqliteParticipantDatabase(path);
     }
 
     public string Path { get; }
 
-    /// <summary>Creates the schema and seeds it, in one transaction; safe on every start.</summary>
+    /// <summary>The kit's view of this file: the transactions of the barrier, the idempotency keys and the Shop's own writes.</summary>
+    public SqliteParticipantDatabase Participant { get; }
+
+    /// <summary>Creates the Shop's schema and seeds it, in one transaction; safe on every start (before anything else uses the file).</summary>
     public void Initialize(string schemaSql, Action<SqliteConnection, SqliteTransaction> seed)
     {
         using var connection = new SqliteConnection(_connectionString);
@@ -41,7 +47,7 @@ internal sealed class ShopDatabase : IDisposable
         using (var schema = connection.CreateCommand())
         {
             schema.Transaction = transaction;
-            schema.CommandText = schemaSql + BranchBarrier.Schema;
+            schema.CommandText = schemaSql;
             schema.ExecuteNonQuery();
         }
 
@@ -56,9 +62,7 @@ internal sealed class ShopDatabase : IDisposable
         {
             await connection.OpenAsync(cancellationToken);
             using var pragma = connection.CreateCommand();
-            // FULL: a branch result we answered 2xx for must survive a crash of the machine too,
-            // or the coordinator and this database would disagree about what was applied.
-            pragma.CommandText = "PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000;";
+            pragma.CommandText = "PRAGMA busy_timeout=10000;";
             await pragma.ExecuteNonQueryAsync(cancellationToken);
             return connection;
         }
@@ -69,22 +73,15 @@ internal sealed class ShopDatabase : IDisposable
         }
     }
 
-    /// <summary>Runs <paramref name="work"/> in one write transaction (BEGIN IMMEDIATE), committed when it returns.</summary>
+    /// <summary>Runs <paramref name="work"/> in one write transaction of the kit (BEGIN IMMEDIATE, synchronous=FULL), committed when it returns.</summary>
+    /// <remarks>Never call this from inside a kit transaction (an idempotent handler, a branch handler): it would wait for the turn that transaction holds.</remarks>
     public async Task<T> WriteAsync<T>(Func<SqliteConnection, SqliteTransaction, Task<T>> work, CancellationToken cancellationToken)
     {
-        await _writeGate.WaitAsync(cancellationToken);
-        try
-        {
-            await using var connection = await OpenAsync(cancellationToken);
-            await using var transaction = (SqliteTransaction)await connection.BeginTransactionAsync(cancellationToken);
-            var result = await work(connection, transaction);
-            await transaction.CommitAsync(cancellationToken);
-            return result;
-        }
-        finally
-        {
-            _writeGate.Release();
-        }
+        await using var transaction = await Participant.BeginAsync(cancellationToken);
+        var (connection, sqlite) = ShopTransaction.Of(transaction);
+        var result = await work(connection, sqlite);
+        await transaction.CommitAsync(cancellationToken);
+        return result;
     }
 
     public async Task<T> ReadAsync<T>(Func<SqliteConnection, Task<T>> work, CancellationToken cancellationToken)
@@ -96,10 +93,15 @@ internal sealed class ShopDatabase : IDisposable
     /// <summary>Releases the pooled connections, so the file can be deleted or reopened elsewhere.</summary>
     public void Dispose()
     {
-        using var connection = new SqliteConnection(_connectionString);
-        SqliteConnection.ClearPool(connection);
-        _writeGate.Dispose();
+        SqliteConnection.ClearAllPools();
     }
+}
+
+/// <summary>The SQLite connection and transaction under a kit transaction, for the Shop's own <see cref="Sql"/> helpers.</summary>
+internal static class ShopTransaction
+{
+    public static (SqliteConnection Connection, SqliteTransaction Transaction) Of(ParticipantTransaction transaction) =>
+        ((SqliteConnection)transaction.Connection, (SqliteTransaction)transaction.Transaction);
 }
 
 /// <summary>Parameterized commands, never string formatting.</summary>

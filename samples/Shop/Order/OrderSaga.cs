@@ -49,6 +49,8 @@ internal sealed partial class OrderSaga(ShopOptions options, TreatyClient client
             .Step("inventory", action: $"{inventory}/saga/inventory/reserve", compensate: $"{inventory}/saga/inventory/release")
             // The point of no return: once the order is confirmed the saga only moves forward.
             .Step("confirm", action: $"{self}/saga/order/confirm", pivot: true)
+            // After the pivot: the stock reservation becomes a sale (its semantic lock is dropped).
+            .Step("stock", action: $"{inventory}/saga/inventory/commit")
             .Build();
     }
 
@@ -116,54 +118,110 @@ internal sealed partial class OrderSaga(ShopOptions options, TreatyClient client
 }
 
 /// <summary>
-/// Submits again the sagas of orders whose checkout could not reach the coordinator, so an order
-/// never stays PENDING because its client gave up retrying.
+/// The outbox of checkouts. A checkout stores its order with <c>submit_state = 'unsent'</c> in the
+/// kit's transaction (with the stored 202), and nothing else: no network call while it holds the
+/// SQLite write turn. Once that transaction has committed and the answer is out, the checkout pokes
+/// this loop (<see cref="Poke"/>), which submits every unsent order to the coordinator and records
+/// the outcome; it also runs every <see cref="Period"/>, so an order whose poke was lost (the
+/// process died after the commit, the coordinator was down) is submitted later. Submitting is
+/// idempotent on the gid (<c>checkout-{orderId}</c>), so a submit repeated after a crash is harmless.
+/// The same loop reconciles accepted orders left PENDING whose saga the coordinator says aborted
+/// (a compensation of the order step that the barrier answered as a null compensation never
+/// reaches the handler): they become CANCELLED and their semantic lock is dropped.
 /// </summary>
-internal sealed partial class OrderResubmitter(ShopDatabase database, OrderSaga saga, OrderService service, TimeProvider timeProvider, ILogger<OrderResubmitter> logger)
+internal sealed partial class OrderOutbox(ShopDatabase database, OrderSaga saga, OrderService service, TimeProvider timeProvider, ILogger<OrderOutbox> logger)
     : BackgroundService
 {
-    private static readonly TimeSpan Period = TimeSpan.FromSeconds(5);
+    private static readonly TimeSpan Period = TimeSpan.FromSeconds(2);
 
-    // Leave a fresh order to its own checkout request, which is still submitting it.
-    private static readonly TimeSpan MinimumAge = TimeSpan.FromSeconds(10);
+    // How long an accepted order may stay PENDING untouched before the coordinator is asked about it.
+    private static readonly TimeSpan StaleAfter = TimeSpan.FromSeconds(20);
+
+    private readonly System.Threading.Channels.Channel<bool> _pokes = System.Threading.Channels.Channel.CreateBounded<bool>(
+        new System.Threading.Channels.BoundedChannelOptions(1) { FullMode = System.Threading.Channels.BoundedChannelFullMode.DropWrite });
+
+    /// <summary>Asks for a submit round now (after a checkout committed).</summary>
+    public void Poke() => _pokes.Writer.TryWrite(true);
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
-        using var timer = new PeriodicTimer(Period, timeProvider);
-        try
+        while (!stoppingToken.IsCancellationRequested)
         {
-            while (await timer.WaitForNextTickAsync(stoppingToken))
+            try
             {
-                try
-                {
-                    await ResubmitAsync(stoppingToken);
-                }
-                catch (Microsoft.Data.Sqlite.SqliteException e)
-                {
-                    LogFailed(e); // try again on the next tick
-                }
+                await SubmitUnsentAsync(stoppingToken);
+                await ReconcileAsync(stoppingToken);
             }
-        }
-        catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
-        {
-            // shutting down
+            catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
+            {
+                return;
+            }
+            catch (Exception e) when (e is Microsoft.Data.Sqlite.SqliteException or TimeoutException or InvalidOperationException)
+            {
+                LogFailed(e); // try again on the next round
+            }
+
+            using var timeout = new CancellationTokenSource(Period, timeProvider);
+            using var wake = CancellationTokenSource.CreateLinkedTokenSource(stoppingToken, timeout.Token);
+            try
+            {
+                await _pokes.Reader.ReadAsync(wake.Token);
+            }
+            catch (OperationCanceledException) when (!stoppingToken.IsCancellationRequested)
+            {
+                // the period passed
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
         }
     }
 
-    private async Task ResubmitAsync(CancellationToken cancellationToken)
+    private async Task SubmitUnsentAsync(CancellationToken cancellationToken)
     {
-        var unsent = await database.ReadAsync(c => OrderStore.UnsentAsync(c, timeProvider.GetUtcNow() - MinimumAge, cancellationToken), cancellationToken);
-        foreach (var order in unsent)
+        while (true)
         {
-            var (outcome, detail) = await saga.SubmitAsync(order, cancellationToken);
-            await service.RecordSubmitAsync(order, outcome, detail, cancellationToken);
-            if (outcome == SubmitOutcome.Unavailable)
+            var unsent = await database.ReadAsync(c => OrderStore.UnsentAsync(c, timeProvider.GetUtcNow(), cancellationToken), cancellationToken);
+            if (unsent.Count == 0)
             {
-                return; // the coordinator is down: the rest on the next tick
+                return;
+            }
+
+            foreach (var order in unsent)
+            {
+                var (outcome, detail) = await saga.SubmitAsync(order, cancellationToken);
+                await service.RecordSubmitAsync(order, outcome, detail, cancellationToken);
+                if (outcome == SubmitOutcome.Unavailable)
+                {
+                    return; // the coordinator is down: the rest on the next round
+                }
             }
         }
     }
 
-    [LoggerMessage(EventId = 3, Level = LogLevel.Error, Message = "Resubmitting unsent orders failed")]
+    private async Task ReconcileAsync(CancellationToken cancellationToken)
+    {
+        var stale = await database.ReadAsync(c => OrderStore.StalePendingAsync(c, timeProvider.GetUtcNow() - StaleAfter, 20, cancellationToken), cancellationToken);
+        foreach (var order in stale)
+        {
+            TransactionView? view;
+            try
+            {
+                view = await saga.Client.GetAsync(order.Gid, cancellationToken);
+            }
+            catch (Exception e) when (e is HttpRequestException or Treaty.Client.TreatyApiException or System.Text.Json.JsonException)
+            {
+                return; // the coordinator is unreachable: next round
+            }
+
+            if (view is { Status: "aborted" })
+            {
+                await service.CancelStaleAsync(order, string.IsNullOrEmpty(view.Reason) ? "the transaction was aborted" : view.Reason, cancellationToken);
+            }
+        }
+    }
+
+    [LoggerMessage(EventId = 3, Level = LogLevel.Error, Message = "The checkout outbox round failed")]
     private partial void LogFailed(Exception exception);
 }

@@ -3,20 +3,30 @@ using System.Text.Json;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using Shop.Infrastructure;
+using Treaty.AspNetCore.Barrier;
+using Treaty.AspNetCore.Idempotency;
+using Treaty.AspNetCore.SemanticLocks;
 using Treaty.Core.Contracts;
 
 namespace Shop.Order;
 
 /// <summary>
-/// Checkout and orders. A checkout stores the order (PENDING) and its idempotency record in one
-/// SQLite transaction, then submits the saga <c>order → payment → inventory → confirm</c>
-/// (confirm is the pivot). The order's branch endpoints move it to CONFIRMED or CANCELLED.
+/// Checkout and orders, on the participant kit. <c>POST /checkout</c> requires an
+/// <c>Idempotency-Key</c> (the kit answers 400 without one, replays a completed checkout with
+/// <c>Idempotent-Replayed: true</c>, and answers 409 for a key reused with another body or still in
+/// flight). The handler writes, in the kit's transaction that also stores its 202: the order
+/// (PENDING, outbox mark <c>unsent</c>) and its semantic lock <c>order/{id}</c> for the saga's gid.
+/// The saga <c>order → payment → inventory → confirm (pivot) → stock</c> is submitted after that
+/// commit by the <see cref="OrderOutbox"/>. The order's branch endpoints (behind the kit's barrier)
+/// move it to CONFIRMED or CANCELLED and drop the lock; while the lock is held, readers see
+/// <c>processing: true</c>.
 /// </summary>
-internal sealed partial class OrderService(ShopDatabase database, OrderSaga saga, FaultRegistry faults, TimeProvider timeProvider, ILogger<OrderService> logger)
+internal sealed partial class OrderService(ShopDatabase database, OrderSaga saga, SemanticLockManager locks, TimeProvider timeProvider, ILogger<OrderService> logger)
 {
-    public const string IdempotencyKeyHeader = "Idempotency-Key";
+    /// <summary>Set by <see cref="AbortReasonMiddleware"/> for the cancel handler: fetched before the kit's transaction.</summary>
+    private const string AbortReasonItem = "shop.order.abort-reason";
+    private const string CancelPath = "/saga/order/cancel";
 
-    private const int MaxKeyLength = 255;
     private const int MaxCustomerIdLength = 64;
     private const int MaxItems = 20;
     private const int MaxQty = 1000;
@@ -25,28 +35,39 @@ internal sealed partial class OrderService(ShopDatabase database, OrderSaga saga
     public static void Map(WebApplication app)
     {
         var service = app.Services.GetRequiredService<OrderService>();
-        app.MapPost("/checkout", Endpoints.Handler(service.CheckoutAsync));
+        var outbox = app.Services.GetRequiredService<OrderOutbox>();
+        app.MapPost("/checkout", Endpoints.Handler(http => service.CheckoutAsync(http, outbox))).WithIdempotencyKey(required: true);
         app.MapGet("/orders", service.ListAsync);
         app.MapGet("/orders/{id}", service.GetAsync);
-        app.MapPost("/saga/order/create", Endpoints.Handler(http => service.BranchAsync(http, BranchDirection.Forward, service.CreateAsync)));
-        app.MapPost("/saga/order/cancel", Endpoints.Handler(service.CancelAsync));
-        app.MapPost("/saga/order/confirm", Endpoints.Handler(http => service.BranchAsync(http, BranchDirection.Forward, service.ConfirmAsync)));
+        app.MapBranch("/saga/order/create", service.CreateAsync);
+        app.MapBranch(CancelPath, service.CancelAsync);
+        app.MapBranch("/saga/order/confirm", service.ConfirmAsync);
     }
 
-    private async Task<IResult> CheckoutAsync(HttpContext http)
+    /// <summary>
+    /// Asks the coordinator why a transaction aborted before the cancel's branch handler runs: the
+    /// handler runs inside the kit's transaction, which holds the SQLite write turn, and must not
+    /// wait on the network. Runs after signature verification.
+    /// </summary>
+    public static async Task AbortReasonMiddleware(HttpContext http, RequestDelegate next)
     {
-        var ct = http.RequestAborted;
-        var key = http.Request.Headers[IdempotencyKeyHeader].ToString();
-        if (string.IsNullOrWhiteSpace(key))
+        if (HttpMethods.IsPost(http.Request.Method)
+            && string.Equals(http.Request.Path.Value, CancelPath, StringComparison.OrdinalIgnoreCase)
+            && http.Request.Headers["Treaty-Gid"].ToString() is { Length: > 0 and <= 256 } gid)
         {
-            return Problems.Validation(IdempotencyKeyHeader, "The Idempotency-Key header is required: a unique value per checkout, reused when retrying it.");
+            var service = http.RequestServices.GetRequiredService<OrderService>();
+            http.Items[AbortReasonItem] = await service.AbortReasonAsync(gid, http.RequestAborted);
         }
 
-        if (key.Length > MaxKeyLength)
-        {
-            return Problems.Validation(IdempotencyKeyHeader, $"The Idempotency-Key header is at most {MaxKeyLength} characters.");
-        }
+        await next(http);
+    }
 
+    private async Task<IResult> CheckoutAsync(HttpContext http, OrderOutbox outbox)
+    {
+        // The kit's transaction: the order written here commits with the stored answer, or not at all.
+        var transaction = http.GetParticipantTransaction()
+            ?? throw new InvalidOperationException("POST /checkout runs behind the Idempotency-Key middleware.");
+        var ct = http.RequestAborted; // the kit's: only the host's shutdown cancels it
         var (request, error) = await JsonBody.ReadAsync(http.Request, ShopJsonContext.Web.CheckoutRequest, ct);
         if (request is null)
         {
@@ -59,68 +80,25 @@ internal sealed partial class OrderService(ShopDatabase database, OrderSaga saga
             return Problems.Validation(errors);
         }
 
-        var fingerprint = Convert.ToHexStringLower(SHA256.HashData(
-            JsonSerializer.SerializeToUtf8Bytes(checkout.Fingerprint, ShopJsonContext.Web.CheckoutFingerprint)));
         var now = timeProvider.GetUtcNow();
-        var (record, order, created) = await database.WriteAsync<(IdempotencyRecord Record, OrderRow? Order, bool Created)>(async (connection, transaction) =>
-        {
-            if (await OrderStore.FindKeyAsync(connection, transaction, key, ct) is { } existing)
-            {
-                return (existing, await OrderStore.FindAsync(connection, transaction, existing.OrderId, ct), false);
-            }
+        var orderId = NewOrderId();
+        var order = new OrderRow(orderId, OrderSaga.GidOf(orderId), checkout.CustomerId, checkout.AmountCents, checkout.Items,
+            OrderStatus.Pending, null, SubmitState.Unsent, now, now);
+        var (connection, sqlite) = ShopTransaction.Of(transaction);
+        await OrderStore.InsertAsync(connection, sqlite, order, ct);
+        // PENDING until its saga confirms or cancels it: readers see it as processing.
+        await locks.TryAcquireAsync(transaction, OrderStore.LockOf(orderId), order.Gid, ct);
 
-            var orderId = NewOrderId();
-            var row = new OrderRow(orderId, OrderSaga.GidOf(orderId), checkout.CustomerId, checkout.AmountCents, checkout.Items,
-                OrderStatus.Pending, null, SubmitState.Unsent, now, now);
-            var body = JsonSerializer.Serialize(new CheckoutResponse(orderId, row.Gid, OrderStatus.Processing), ShopJsonContext.Web.CheckoutResponse);
-            var stored = new IdempotencyRecord(key, fingerprint, orderId, StatusCodes.Status202Accepted, body);
-            // The order and the key commit together: a retry finds both or neither.
-            await OrderStore.InsertAsync(connection, transaction, row, ct);
-            await OrderStore.InsertKeyAsync(connection, transaction, stored, now, ct);
-            return (stored, row, true);
-        }, ct);
-
-        if (record.Fingerprint != fingerprint)
+        http.Items[FaultEndpoints.CheckoutCommittedItem] = orderId;
+        // After the kit's commit and the answer: submit now (the outbox's loop would, a moment later).
+        http.Response.OnCompleted(() =>
         {
-            return Problems.Of(StatusCodes.Status409Conflict, Problems.IdempotencyKeyReused, "Idempotency key reused",
-                "This Idempotency-Key was used for a different checkout; use a new key for a new checkout.");
-        }
-
-        if (order is null)
-        {
-            throw new InvalidOperationException($"The idempotency record of key '{key}' names a missing order.");
-        }
-
-        if (!created)
-        {
-            http.Response.Headers["Idempotent-Replayed"] = "true";
-        }
-
-        if (order.SubmitState == SubmitState.Unsent)
-        {
-            // First attempt, or a retry after the coordinator could not be reached: (re)submit.
-            var (outcome, detail) = await saga.SubmitAsync(order, ct);
-            await RecordSubmitAsync(order, outcome, detail, ct);
-            switch (outcome)
-            {
-                case SubmitOutcome.Unavailable:
-                    http.Response.Headers.RetryAfter = "1";
-                    return Problems.Of(StatusCodes.Status503ServiceUnavailable, Problems.CoordinatorUnavailable, "Coordinator unavailable",
-                        $"Order {order.OrderId} is stored but its transaction could not be started yet ({detail}). " +
-                        "Retry with the same Idempotency-Key; the order service also retries by itself.");
-                case SubmitOutcome.Rejected:
-                    return Problems.Stored(StatusCodes.Status502BadGateway, RejectedBody(order, detail));
-                default:
-                    break;
-            }
-        }
-        else if (order.SubmitState == SubmitState.Rejected)
-        {
-            return Problems.Stored(record.StatusCode, record.Body);
-        }
-
-        http.Response.Headers.Location = "/orders/" + Uri.EscapeDataString(order.OrderId);
-        return Problems.Stored(record.StatusCode, record.Body);
+            outbox.Poke();
+            return Task.CompletedTask;
+        });
+        http.Response.Headers.Location = "/orders/" + Uri.EscapeDataString(orderId);
+        return Results.Json(new CheckoutResponse(orderId, order.Gid, OrderStatus.Processing), ShopJsonContext.Web.CheckoutResponse,
+            statusCode: StatusCodes.Status202Accepted);
     }
 
     /// <summary>Stores how a submit ended: accepted, or rejected for good (the order is cancelled).</summary>
@@ -140,16 +118,34 @@ internal sealed partial class OrderService(ShopDatabase database, OrderSaga saga
             {
                 await OrderStore.SetStatusAsync(connection, transaction, order.OrderId, OrderStatus.Cancelled,
                     "the coordinator rejected the transaction: " + detail, now, ct);
-                await OrderStore.SetKeyResponseAsync(connection, transaction, order.OrderId, StatusCodes.Status502BadGateway, RejectedBody(order, detail), ct);
+                await ReleaseLockAsync(connection, transaction, order, ct);
             }
 
             return changed;
         }, ct);
     }
 
-    private static string RejectedBody(OrderRow order, string? detail) =>
-        Problems.Json(StatusCodes.Status502BadGateway, Problems.CoordinatorRejected, "Coordinator rejected the transaction",
-            $"Order {order.OrderId} was cancelled: {detail}");
+    /// <summary>An accepted order left PENDING although its saga aborted: CANCELLED, lock dropped.</summary>
+    public async Task CancelStaleAsync(OrderRow order, string reason, CancellationToken ct)
+    {
+        var now = timeProvider.GetUtcNow();
+        await database.WriteAsync(async (connection, transaction) =>
+        {
+            var current = await OrderStore.FindAsync(connection, transaction, order.OrderId, ct);
+            if (current?.Status != OrderStatus.Pending)
+            {
+                return 0;
+            }
+
+            await OrderStore.SetStatusAsync(connection, transaction, order.OrderId, OrderStatus.Cancelled, reason, now, ct);
+            await ReleaseLockAsync(connection, transaction, order, ct);
+            return 1;
+        }, ct);
+    }
+
+    private static Task<int> ReleaseLockAsync(Microsoft.Data.Sqlite.SqliteConnection connection, Microsoft.Data.Sqlite.SqliteTransaction transaction, OrderRow order, CancellationToken ct) =>
+        Sql.ExecuteAsync(connection, transaction, "DELETE FROM treaty_semantic_locks WHERE resource = $resource AND gid = $gid", ct,
+            ("$resource", OrderStore.LockOf(order.OrderId)), ("$gid", order.Gid));
 
     private async Task<IResult> ListAsync(string? status, CancellationToken ct)
     {
@@ -165,97 +161,102 @@ internal sealed partial class OrderService(ShopDatabase database, OrderSaga saga
             : Results.Json(row.ToView(), ShopJsonContext.Web.OrderView);
     }
 
-    private Task<IResult> BranchAsync(HttpContext http, BranchDirection direction, Func<BranchContext, Task<BranchEffect>> handler) =>
-        BranchBarrier.HandleAsync(http, database, direction, handler, timeProvider, faults);
-
     /// <summary>
-    /// The order step: the order exists PENDING. Checkout stored it already; a saga submitted by
-    /// someone else creates it here from the payload.
+    /// The order step: the order exists PENDING under its saga's lock. Checkout stored it already;
+    /// a saga submitted by someone else creates it here from the payload.
     /// </summary>
-    private async Task<BranchEffect> CreateAsync(BranchContext context)
+    private async Task<BranchResult> CreateAsync(BranchContext context, CancellationToken ct)
     {
-        var (connection, transaction, ct) = (context.Connection, context.Transaction, context.CancellationToken);
-        if (await OrderStore.FindByGidAsync(connection, transaction, context.Call.Gid, ct) is { } existing)
+        var (connection, transaction) = ShopTransaction.Of(context.Transaction);
+        if (await OrderStore.FindByGidAsync(connection, transaction, context.Gid, ct) is { } existing)
         {
-            return existing.Status == OrderStatus.Cancelled
-                ? BranchBarrier.Fail(StatusCodes.Status409Conflict, Problems.OrderState, "Order cancelled", $"Order {existing.OrderId} is cancelled.")
-                : BranchBarrier.Ok(new OrderBranchResult(existing.OrderId, existing.Status, existing.Reason), ShopJsonContext.Web.OrderBranchResult, applied: true);
+            if (existing.Status == OrderStatus.Cancelled)
+            {
+                return context.Fail(StatusCodes.Status409Conflict, Problems.OrderState, "Order cancelled", $"Order {existing.OrderId} is cancelled.");
+            }
+
+            if (existing.Status == OrderStatus.Pending
+                && !(await locks.TryAcquireAsync(context.Transaction, OrderStore.LockOf(existing.OrderId), context.Gid, ct)).Acquired)
+            {
+                return context.Fail(StatusCodes.Status409Conflict, Problems.OrderState, "Order in flight",
+                    $"Order {existing.OrderId} is held by another transaction.");
+            }
+
+            return context.Ok(new OrderBranchResult(existing.OrderId, existing.Status, existing.Reason), ShopJsonContext.Web.OrderBranchResult);
         }
 
-        var (payload, invalid) = ReadPayload(context.Call);
+        var (payload, errors) = ReadPayload(context.Payload);
         if (payload is null)
         {
-            return invalid!;
+            return Branches.Invalid(context, errors!);
         }
 
         if (await OrderStore.FindAsync(connection, transaction, payload.OrderId, ct) is not null)
         {
-            return BranchBarrier.Fail(StatusCodes.Status409Conflict, Problems.OrderState, "Order exists",
+            return context.Fail(StatusCodes.Status409Conflict, Problems.OrderState, "Order exists",
                 $"Order {payload.OrderId} belongs to another transaction.");
         }
 
-        await OrderStore.InsertAsync(connection, transaction, payload with { Gid = context.Call.Gid, CreatedAt = context.Now, UpdatedAt = context.Now }, ct);
-        return BranchBarrier.Ok(new OrderBranchResult(payload.OrderId, OrderStatus.Pending, null), ShopJsonContext.Web.OrderBranchResult, applied: true);
+        var now = timeProvider.GetUtcNow();
+        await OrderStore.InsertAsync(connection, transaction, payload with { Gid = context.Gid, CreatedAt = now, UpdatedAt = now }, ct);
+        await locks.TryAcquireAsync(context.Transaction, OrderStore.LockOf(payload.OrderId), context.Gid, ct);
+        Branches.MarkApplied(context);
+        return context.Ok(new OrderBranchResult(payload.OrderId, OrderStatus.Pending, null), ShopJsonContext.Web.OrderBranchResult);
     }
 
-    /// <summary>The compensation of the order step: CANCELLED, with the transaction's reason.</summary>
-    private async Task<IResult> CancelAsync(HttpContext http)
+    /// <summary>
+    /// The compensation of the order step: CANCELLED, with the transaction's reason, lock dropped.
+    /// The kit runs it only when the create step took effect here; a compensation without it is a
+    /// null compensation the kit answers itself, and the outbox's reconciliation cancels such an
+    /// order once the coordinator reports the saga aborted.
+    /// </summary>
+    private async Task<BranchResult> CancelAsync(BranchContext context, CancellationToken ct)
     {
-        var (call, error) = await BranchBarrier.ReadAsync(http.Request, http.RequestAborted);
-        if (call is null)
-        {
-            return error!;
-        }
-
-        // Asked before the local transaction, so no database lock is held over a network call.
-        var reason = await AbortReasonAsync(call.Gid, http.RequestAborted);
-        var path = http.Request.Path.Value!;
-        return await BranchBarrier.RunAsync(database, call, BranchDirection.Backward, timeProvider, async context =>
-        {
-            var (connection, transaction, ct) = (context.Connection, context.Transaction, context.CancellationToken);
-            var order = await OrderStore.FindByGidAsync(connection, transaction, context.Call.Gid, ct);
-            if (order is null)
-            {
-                return BranchBarrier.Skipped(context.Call, "nothing to cancel: there is no order for this transaction");
-            }
-
-            if (order.Status == OrderStatus.Cancelled)
-            {
-                return BranchBarrier.Ok(new OrderBranchResult(order.OrderId, order.Status, order.Reason), ShopJsonContext.Web.OrderBranchResult, applied: false);
-            }
-
-            // Cancelled even when the create step never ran here (a null compensation): checkout
-            // stored the order PENDING, and the transaction has ended without it, so leaving it
-            // PENDING would be a lie. The barrier keeps a late create from reviving it.
-            await OrderStore.SetStatusAsync(connection, transaction, order.OrderId, OrderStatus.Cancelled, reason, context.Now, ct);
-            return BranchBarrier.Ok(new OrderBranchResult(order.OrderId, OrderStatus.Cancelled, reason), ShopJsonContext.Web.OrderBranchResult, applied: true);
-        }, () => faults.MarkApplied(path), http.RequestAborted);
-    }
-
-    /// <summary>The pivot: PENDING becomes CONFIRMED; money and stock taken by the earlier steps are now a sale.</summary>
-    private async Task<BranchEffect> ConfirmAsync(BranchContext context)
-    {
-        var (connection, transaction, ct) = (context.Connection, context.Transaction, context.CancellationToken);
-        var order = await OrderStore.FindByGidAsync(connection, transaction, context.Call.Gid, ct);
+        var reason = context.HttpContext.Items[AbortReasonItem] as string ?? "the transaction was aborted";
+        var (connection, transaction) = ShopTransaction.Of(context.Transaction);
+        var order = await OrderStore.FindByGidAsync(connection, transaction, context.Gid, ct);
         if (order is null)
         {
-            return BranchBarrier.Fail(StatusCodes.Status409Conflict, Problems.OrderState, "No order", "There is no order for this transaction.");
+            return Branches.Skipped(context, "nothing to cancel: there is no order for this transaction");
+        }
+
+        await locks.ReleaseAsync(context.Transaction, OrderStore.LockOf(order.OrderId), context.Gid, ct);
+        if (order.Status == OrderStatus.Cancelled)
+        {
+            return context.Ok(new OrderBranchResult(order.OrderId, order.Status, order.Reason), ShopJsonContext.Web.OrderBranchResult);
+        }
+
+        await OrderStore.SetStatusAsync(connection, transaction, order.OrderId, OrderStatus.Cancelled, reason, timeProvider.GetUtcNow(), ct);
+        Branches.MarkApplied(context);
+        return context.Ok(new OrderBranchResult(order.OrderId, OrderStatus.Cancelled, reason), ShopJsonContext.Web.OrderBranchResult);
+    }
+
+    /// <summary>The pivot: PENDING becomes CONFIRMED and leaves PROCESSING; money and stock taken by the earlier steps are now a sale.</summary>
+    private async Task<BranchResult> ConfirmAsync(BranchContext context, CancellationToken ct)
+    {
+        var (connection, transaction) = ShopTransaction.Of(context.Transaction);
+        var order = await OrderStore.FindByGidAsync(connection, transaction, context.Gid, ct);
+        if (order is null)
+        {
+            return context.Fail(StatusCodes.Status409Conflict, Problems.OrderState, "No order", "There is no order for this transaction.");
         }
 
         switch (order.Status)
         {
             case OrderStatus.Cancelled:
-                return BranchBarrier.Fail(StatusCodes.Status409Conflict, Problems.OrderState, "Order cancelled", $"Order {order.OrderId} is cancelled.");
+                return context.Fail(StatusCodes.Status409Conflict, Problems.OrderState, "Order cancelled", $"Order {order.OrderId} is cancelled.");
             case OrderStatus.Confirmed:
-                return BranchBarrier.Ok(new OrderBranchResult(order.OrderId, order.Status, null), ShopJsonContext.Web.OrderBranchResult, applied: false);
+                return context.Ok(new OrderBranchResult(order.OrderId, order.Status, null), ShopJsonContext.Web.OrderBranchResult);
             default:
-                await OrderStore.SetStatusAsync(connection, transaction, order.OrderId, OrderStatus.Confirmed, null, context.Now, ct);
-                return BranchBarrier.Ok(new OrderBranchResult(order.OrderId, OrderStatus.Confirmed, null), ShopJsonContext.Web.OrderBranchResult, applied: true);
+                await OrderStore.SetStatusAsync(connection, transaction, order.OrderId, OrderStatus.Confirmed, null, timeProvider.GetUtcNow(), ct);
+                await locks.ReleaseAsync(context.Transaction, OrderStore.LockOf(order.OrderId), context.Gid, ct);
+                Branches.MarkApplied(context);
+                return context.Ok(new OrderBranchResult(order.OrderId, OrderStatus.Confirmed, null), ShopJsonContext.Web.OrderBranchResult);
         }
     }
 
     /// <summary>Why the transaction aborted, as the coordinator says; a generic reason when it cannot be asked.</summary>
-    private async Task<string> AbortReasonAsync(string gid, CancellationToken ct)
+    public async Task<string> AbortReasonAsync(string gid, CancellationToken ct)
     {
         const string fallback = "the transaction was aborted";
         using var timeout = new CancellationTokenSource(ReasonLookupTimeout, timeProvider);
@@ -273,13 +274,13 @@ internal sealed partial class OrderService(ShopDatabase database, OrderSaga saga
         }
     }
 
-    private static (OrderRow? Order, BranchEffect? Invalid) ReadPayload(BranchCall call)
+    private static (OrderRow? Order, Dictionary<string, string[]>? Errors) ReadPayload(JsonElement payloadJson)
     {
         var errors = new Dictionary<string, string[]>(StringComparer.Ordinal);
         SagaPayload? payload = null;
         try
         {
-            payload = call.Payload.ValueKind == JsonValueKind.Object ? call.Payload.Deserialize(ShopJsonContext.Web.SagaPayload) : null;
+            payload = payloadJson.ValueKind == JsonValueKind.Object ? payloadJson.Deserialize(ShopJsonContext.Web.SagaPayload) : null;
         }
         catch (JsonException)
         {
@@ -289,7 +290,7 @@ internal sealed partial class OrderService(ShopDatabase database, OrderSaga saga
         if (payload is null)
         {
             errors["payload"] = ["The payload must be an object with orderId, customerId, items and amount."];
-            return (null, BranchBarrier.Invalid(errors));
+            return (null, errors);
         }
 
         if (string.IsNullOrEmpty(payload.OrderId) || payload.OrderId.Length > 64)
@@ -315,14 +316,14 @@ internal sealed partial class OrderService(ShopDatabase database, OrderSaga saga
 
         if (errors.Count > 0)
         {
-            return (null, BranchBarrier.Invalid(errors));
+            return (null, errors);
         }
 
         return (new OrderRow(payload.OrderId!, "", payload.CustomerId!, cents, [.. payload.Items!.Select(i => i!)],
             OrderStatus.Pending, null, SubmitState.Accepted, default, default), null);
     }
 
-    private sealed record ValidCheckout(string CustomerId, IReadOnlyList<OrderItem> Items, long AmountCents, CheckoutFingerprint Fingerprint);
+    private sealed record ValidCheckout(string CustomerId, IReadOnlyList<OrderItem> Items, long AmountCents);
 
     private static (ValidCheckout? Checkout, Dictionary<string, string[]> Errors) Validate(CheckoutRequest request)
     {
@@ -388,7 +389,7 @@ internal sealed partial class OrderService(ShopDatabase database, OrderSaga saga
             return (null, errors);
         }
 
-        return (new ValidCheckout(request.CustomerId!, items, amount, new CheckoutFingerprint(request.CustomerId!, items, protocol)), errors);
+        return (new ValidCheckout(request.CustomerId!, items, amount), errors);
     }
 
     private static string NewOrderId() => "ord-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(8));

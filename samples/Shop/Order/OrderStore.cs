@@ -35,13 +35,17 @@ internal sealed record OrderRow(
     string? Reason,
     string SubmitState,
     DateTimeOffset CreatedAt,
-    DateTimeOffset UpdatedAt)
+    DateTimeOffset UpdatedAt,
+    string? ProcessingGid = null)
 {
-    public OrderView ToView() => new(OrderId, Gid, CustomerId, Money.FromCents(AmountCents), Items, Status, Reason, CreatedAt, UpdatedAt);
+    /// <summary>
+    /// The view: a PENDING order whose semantic lock <c>order/{id}</c> is held shows
+    /// <c>processing: true</c> (and the gid holding it): its saga is still deciding, so the
+    /// money and stock it shows are not final.
+    /// </summary>
+    public OrderView ToView() => new(OrderId, Gid, CustomerId, Money.FromCents(AmountCents), Items, Status, Reason, CreatedAt, UpdatedAt,
+        ProcessingGid is not null, ProcessingGid);
 }
-
-/// <summary>The stored idempotency record of a checkout: the first answer, replayed for the same key.</summary>
-internal sealed record IdempotencyRecord(string Key, string Fingerprint, string OrderId, int StatusCode, string Body);
 
 internal static class OrderStore
 {
@@ -59,17 +63,17 @@ internal static class OrderStore
             updated_at TEXT NOT NULL
         );
         CREATE INDEX IF NOT EXISTS orders_unsent ON orders (created_at) WHERE submit_state = 'unsent';
-        CREATE TABLE IF NOT EXISTS idempotency_keys (
-            key TEXT PRIMARY KEY,
-            fingerprint TEXT NOT NULL,
-            order_id TEXT NOT NULL REFERENCES orders (order_id),
-            status_code INTEGER NOT NULL,
-            body TEXT NOT NULL,
-            created_at TEXT NOT NULL
-        );
+        CREATE INDEX IF NOT EXISTS orders_pending ON orders (updated_at) WHERE status = 'PENDING';
         """;
 
     private const string Columns = "order_id, gid, customer_id, amount_cents, items_json, status, reason, submit_state, created_at, updated_at";
+
+    // The order's semantic lock (treaty_semantic_locks, created by the kit at start), read with the row.
+    private const string SelectColumns = Columns +
+        ", (SELECT l.gid FROM treaty_semantic_locks l WHERE l.resource = 'order/' || orders.order_id) AS processing_gid";
+
+    /// <summary>The semantic lock of an order, held by its saga's gid from checkout until confirm or cancel.</summary>
+    public static string LockOf(string orderId) => "order/" + orderId;
 
     public static async Task InsertAsync(SqliteConnection connection, SqliteTransaction transaction, OrderRow order, CancellationToken ct) =>
         await Sql.ExecuteAsync(connection, transaction,
@@ -79,15 +83,15 @@ internal static class OrderStore
             ("$status", order.Status), ("$reason", order.Reason), ("$submit", order.SubmitState), ("$at", Sql.Timestamp(order.CreatedAt)));
 
     public static Task<OrderRow?> FindAsync(SqliteConnection connection, SqliteTransaction? transaction, string orderId, CancellationToken ct) =>
-        FirstAsync(connection, transaction, $"SELECT {Columns} FROM orders WHERE order_id = $key", orderId, ct);
+        FirstAsync(connection, transaction, $"SELECT {SelectColumns} FROM orders WHERE order_id = $key", orderId, ct);
 
     public static Task<OrderRow?> FindByGidAsync(SqliteConnection connection, SqliteTransaction? transaction, string gid, CancellationToken ct) =>
-        FirstAsync(connection, transaction, $"SELECT {Columns} FROM orders WHERE gid = $key", gid, ct);
+        FirstAsync(connection, transaction, $"SELECT {SelectColumns} FROM orders WHERE gid = $key", gid, ct);
 
     public static async Task<List<OrderRow>> ListAsync(SqliteConnection connection, string? status, CancellationToken ct)
     {
         await using var command = Sql.Command(connection, null,
-            $"SELECT {Columns} FROM orders WHERE $status IS NULL OR status = $status ORDER BY created_at, order_id", ("$status", status));
+            $"SELECT {SelectColumns} FROM orders WHERE $status IS NULL OR status = $status ORDER BY created_at, order_id", ("$status", status));
         return await ReadAsync(command, ct);
     }
 
@@ -95,8 +99,17 @@ internal static class OrderStore
     public static async Task<List<OrderRow>> UnsentAsync(SqliteConnection connection, DateTimeOffset before, CancellationToken ct)
     {
         await using var command = Sql.Command(connection, null,
-            $"SELECT {Columns} FROM orders WHERE submit_state = 'unsent' AND created_at < $before ORDER BY created_at LIMIT 100",
+            $"SELECT {SelectColumns} FROM orders WHERE submit_state = 'unsent' AND created_at <= $before ORDER BY created_at LIMIT 100",
             ("$before", Sql.Timestamp(before)));
+        return await ReadAsync(command, ct);
+    }
+
+    /// <summary>Accepted orders still PENDING, untouched since before <paramref name="before"/>: their saga may have ended without telling this service.</summary>
+    public static async Task<List<OrderRow>> StalePendingAsync(SqliteConnection connection, DateTimeOffset before, int limit, CancellationToken ct)
+    {
+        await using var command = Sql.Command(connection, null,
+            $"SELECT {SelectColumns} FROM orders WHERE status = 'PENDING' AND submit_state = 'accepted' AND updated_at < $before ORDER BY updated_at LIMIT $limit",
+            ("$before", Sql.Timestamp(before)), ("$limit", limit));
         return await ReadAsync(command, ct);
     }
 
@@ -109,28 +122,6 @@ internal static class OrderStore
         Sql.ExecuteAsync(connection, transaction,
             "UPDATE orders SET submit_state = $state, updated_at = $at WHERE order_id = $id AND submit_state = 'unsent'", ct,
             ("$state", state), ("$at", Sql.Timestamp(now)), ("$id", orderId));
-
-    public static async Task<IdempotencyRecord?> FindKeyAsync(SqliteConnection connection, SqliteTransaction transaction, string key, CancellationToken ct)
-    {
-        await using var command = Sql.Command(connection, transaction,
-            "SELECT key, fingerprint, order_id, status_code, body FROM idempotency_keys WHERE key = $key", ("$key", key));
-        await using var reader = await command.ExecuteReaderAsync(ct);
-        return await reader.ReadAsync(ct)
-            ? new IdempotencyRecord(reader.GetString(0), reader.GetString(1), reader.GetString(2), reader.GetInt32(3), reader.GetString(4))
-            : null;
-    }
-
-    public static Task<int> InsertKeyAsync(SqliteConnection connection, SqliteTransaction transaction, IdempotencyRecord record, DateTimeOffset now, CancellationToken ct) =>
-        Sql.ExecuteAsync(connection, transaction,
-            "INSERT INTO idempotency_keys (key, fingerprint, order_id, status_code, body, created_at) VALUES ($key, $fp, $order, $status, $body, $at)", ct,
-            ("$key", record.Key), ("$fp", record.Fingerprint), ("$order", record.OrderId), ("$status", record.StatusCode),
-            ("$body", record.Body), ("$at", Sql.Timestamp(now)));
-
-    /// <summary>Replaces the stored answer of every key of an order (after the coordinator refused its saga).</summary>
-    public static Task<int> SetKeyResponseAsync(SqliteConnection connection, SqliteTransaction transaction, string orderId, int status, string body, CancellationToken ct) =>
-        Sql.ExecuteAsync(connection, transaction,
-            "UPDATE idempotency_keys SET status_code = $status, body = $body WHERE order_id = $order", ct,
-            ("$status", status), ("$body", body), ("$order", orderId));
 
     private static async Task<OrderRow?> FirstAsync(SqliteConnection connection, SqliteTransaction? transaction, string sql, string key, CancellationToken ct)
     {
@@ -149,7 +140,8 @@ internal static class OrderStore
             rows.Add(new OrderRow(
                 reader.GetString(0), reader.GetString(1), reader.GetString(2), reader.GetInt64(3), items,
                 reader.GetString(5), reader.IsDBNull(6) ? null : reader.GetString(6), reader.GetString(7),
-                Sql.ParseTimestamp(reader.GetString(8)), Sql.ParseTimestamp(reader.GetString(9))));
+                Sql.ParseTimestamp(reader.GetString(8)), Sql.ParseTimestamp(reader.GetString(9)),
+                reader.IsDBNull(10) ? null : reader.GetString(10)));
         }
 
         return rows;

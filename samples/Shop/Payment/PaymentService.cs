@@ -3,6 +3,7 @@ using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Data.Sqlite;
 using Shop.Infrastructure;
+using Treaty.AspNetCore.Barrier;
 
 namespace Shop.Payment;
 
@@ -10,7 +11,8 @@ namespace Shop.Payment;
 /// The customer wallets. A saga's payment step debits the wallet at once (the money is taken, not
 /// held; <c>held</c> stays 0 for sagas) and its compensation refunds exactly that debit.
 /// The ledger has at most one debit and one refund per gid (a UNIQUE constraint), so money moves at
-/// most once per transaction whatever the branch barrier sees.
+/// most once per transaction whatever the branch barrier sees. Both branch endpoints run behind the
+/// participant kit's barrier (duplicates replayed, null compensations, no hanging debit).
 /// </summary>
 internal static class PaymentService
 {
@@ -48,7 +50,6 @@ internal static class PaymentService
     public static void Map(WebApplication app, ShopDatabase database)
     {
         var timeProvider = app.Services.GetRequiredService<TimeProvider>();
-        var faults = app.Services.GetRequiredService<FaultRegistry>();
 
         app.MapGet("/wallets", async (CancellationToken ct) =>
         {
@@ -95,70 +96,71 @@ internal static class PaymentService
                 : Results.Json(ledger, ShopJsonContext.Web.LedgerView);
         });
 
-        app.MapPost("/saga/payment/reserve", Endpoints.Handler(http =>
-            BranchBarrier.HandleAsync(http, database, BranchDirection.Forward, ReserveAsync, timeProvider, faults)));
-
-        app.MapPost("/saga/payment/refund", Endpoints.Handler(http =>
-            BranchBarrier.HandleAsync(http, database, BranchDirection.Backward, RefundAsync, timeProvider, faults)));
+        // Behind the kit's barrier: a refund whose debit never took effect here is a null
+        // compensation answered by the kit; a debit arriving after its refund gets 409.
+        app.MapBranch("/saga/payment/reserve", (context, ct) => ReserveAsync(context, timeProvider.GetUtcNow(), ct));
+        app.MapBranch("/saga/payment/refund", (context, ct) => RefundAsync(context, timeProvider.GetUtcNow(), ct));
     }
 
 
-    private static async Task<BranchEffect> ReserveAsync(BranchContext context)
+    private static async Task<BranchResult> ReserveAsync(BranchContext context, DateTimeOffset now, CancellationToken ct)
     {
-        var (customerId, cents, invalid) = ReadPayload(context.Call);
-        if (invalid is not null)
+        var (customerId, cents, errors) = ReadPayload(context.Payload);
+        if (errors is not null)
         {
-            return invalid;
+            return Branches.Invalid(context, errors);
         }
 
-        var (connection, transaction, ct) = (context.Connection, context.Transaction, context.CancellationToken);
+        var (connection, transaction) = ShopTransaction.Of(context.Transaction);
         var wallet = await FindWalletAsync(connection, transaction, customerId, ct);
         if (wallet is null)
         {
-            return BranchBarrier.Fail(StatusCodes.Status422UnprocessableEntity, Problems.UnknownCustomer, "Unknown customer",
+            return context.Fail(StatusCodes.Status422UnprocessableEntity, Problems.UnknownCustomer, "Unknown customer",
                 $"There is no wallet for customer '{customerId}'.");
         }
 
-        if (await LedgerAmountAsync(connection, transaction, context.Call.Gid, "debit", ct) is { } debited)
+        if (await LedgerAmountAsync(connection, transaction, context.Gid, "debit", ct) is { } debited)
         {
             // Debited already under another branch name: never take the money twice for one gid.
-            return Result(context, customerId, debited, "already-debited", applied: false, wallet);
+            return Result(context, customerId, debited, "already-debited", wallet);
         }
 
         var amount = Money.FromCents(cents);
         if (amount > wallet.Limit)
         {
-            return BranchBarrier.Fail(StatusCodes.Status422UnprocessableEntity, Problems.OverLimit, "Over the per-order limit",
+            return context.Fail(StatusCodes.Status422UnprocessableEntity, Problems.OverLimit, "Over the per-order limit",
                 $"The amount {amount} exceeds the per-order limit {wallet.Limit} of customer '{customerId}'.");
         }
 
         if (amount > wallet.Balance)
         {
-            return BranchBarrier.Fail(StatusCodes.Status422UnprocessableEntity, Problems.InsufficientFunds, "Insufficient funds",
+            return context.Fail(StatusCodes.Status422UnprocessableEntity, Problems.InsufficientFunds, "Insufficient funds",
                 $"The balance {wallet.Balance} of customer '{customerId}' does not cover {amount}.");
         }
 
         await Sql.ExecuteAsync(connection, transaction,
             "UPDATE wallets SET balance_cents = balance_cents - $amount WHERE customer_id = $id", ct,
             ("$amount", cents), ("$id", customerId));
-        await InsertLedgerAsync(context, customerId, "debit", cents);
-        return Result(context, customerId, cents, "debited", applied: true, wallet with { Balance = wallet.Balance - amount });
+        await InsertLedgerAsync(connection, transaction, context.Gid, now, customerId, "debit", cents, ct);
+        Branches.MarkApplied(context);
+        return Result(context, customerId, cents, "debited", wallet with { Balance = wallet.Balance - amount });
     }
 
-    private static async Task<BranchEffect> RefundAsync(BranchContext context)
+    private static async Task<BranchResult> RefundAsync(BranchContext context, DateTimeOffset now, CancellationToken ct)
     {
-        var (connection, transaction, ct) = (context.Connection, context.Transaction, context.CancellationToken);
+        var (connection, transaction) = ShopTransaction.Of(context.Transaction);
         // The ledger, not the payload, says what to give back: exactly what this gid took, once.
         await using var find = Sql.Command(connection, transaction,
-            "SELECT customer_id, amount_cents FROM ledger WHERE gid = $gid AND kind = 'debit'", ("$gid", context.Call.Gid));
+            "SELECT customer_id, amount_cents FROM ledger WHERE gid = $gid AND kind = 'debit'", ("$gid", context.Gid));
         string customerId;
         long cents;
         await using (var reader = await find.ExecuteReaderAsync(ct))
         {
             if (!await reader.ReadAsync(ct))
             {
-                // A null compensation: the debit never happened (declined, or never arrived).
-                return BranchBarrier.Skipped(context.Call, "nothing to refund: this transaction debited nothing");
+                // The barrier answers a refund whose debit never took effect without calling us; this
+                // is the same answer for a debit recorded under another branch name of the gid.
+                return Branches.Skipped(context, "nothing to refund: this transaction debited nothing");
             }
 
             customerId = reader.GetString(0);
@@ -166,26 +168,27 @@ internal static class PaymentService
         }
 
         var wallet = (await FindWalletAsync(connection, transaction, customerId, ct))!;
-        if (await LedgerAmountAsync(connection, transaction, context.Call.Gid, "refund", ct) is not null)
+        if (await LedgerAmountAsync(connection, transaction, context.Gid, "refund", ct) is not null)
         {
-            return Result(context, customerId, cents, "already-refunded", applied: false, wallet);
+            return Result(context, customerId, cents, "already-refunded", wallet);
         }
 
         await Sql.ExecuteAsync(connection, transaction,
             "UPDATE wallets SET balance_cents = balance_cents + $amount WHERE customer_id = $id", ct,
             ("$amount", cents), ("$id", customerId));
-        await InsertLedgerAsync(context, customerId, "refund", cents);
-        return Result(context, customerId, cents, "refunded", applied: true, wallet with { Balance = wallet.Balance + Money.FromCents(cents) });
+        await InsertLedgerAsync(connection, transaction, context.Gid, now, customerId, "refund", cents, ct);
+        Branches.MarkApplied(context);
+        return Result(context, customerId, cents, "refunded", wallet with { Balance = wallet.Balance + Money.FromCents(cents) });
     }
 
-    private static (string CustomerId, long Cents, BranchEffect? Invalid) ReadPayload(BranchCall call)
+    private static (string CustomerId, long Cents, Dictionary<string, string[]>? Errors) ReadPayload(JsonElement payloadJson)
     {
         var errors = new Dictionary<string, string[]>(StringComparer.Ordinal);
         SagaPayload? payload = null;
         try
         {
-            payload = call.Payload.ValueKind == System.Text.Json.JsonValueKind.Object
-                ? call.Payload.Deserialize(ShopJsonContext.Web.SagaPayload)
+            payload = payloadJson.ValueKind == System.Text.Json.JsonValueKind.Object
+                ? payloadJson.Deserialize(ShopJsonContext.Web.SagaPayload)
                 : null;
         }
         catch (System.Text.Json.JsonException)
@@ -196,7 +199,7 @@ internal static class PaymentService
         if (payload is null)
         {
             errors["payload"] = ["The payload must be an object with customerId and amount."];
-            return ("", 0, BranchBarrier.Invalid(errors));
+            return ("", 0, errors);
         }
 
         if (string.IsNullOrEmpty(payload.CustomerId))
@@ -210,18 +213,17 @@ internal static class PaymentService
             errors["payload.amount"] = ["amount must be a positive number with at most two decimals."];
         }
 
-        return errors.Count > 0 ? ("", 0, BranchBarrier.Invalid(errors)) : (payload.CustomerId!, cents, null);
+        return errors.Count > 0 ? ("", 0, errors) : (payload.CustomerId!, cents, null);
     }
 
-    private static BranchEffect Result(BranchContext context, string customerId, long cents, string outcome, bool applied, WalletView wallet) =>
-        BranchBarrier.Ok(new PaymentResult(context.Call.Gid, customerId, Money.FromCents(cents), wallet.Balance, outcome),
-            ShopJsonContext.Web.PaymentResult, applied);
+    private static BranchResult Result(BranchContext context, string customerId, long cents, string outcome, WalletView wallet) =>
+        context.Ok(new PaymentResult(context.Gid, customerId, Money.FromCents(cents), wallet.Balance, outcome), ShopJsonContext.Web.PaymentResult);
 
-    private static Task<int> InsertLedgerAsync(BranchContext context, string customerId, string kind, long cents) =>
-        Sql.ExecuteAsync(context.Connection, context.Transaction,
+    private static Task<int> InsertLedgerAsync(SqliteConnection connection, SqliteTransaction transaction, string gid, DateTimeOffset now, string customerId, string kind, long cents, CancellationToken ct) =>
+        Sql.ExecuteAsync(connection, transaction,
             "INSERT INTO ledger (gid, customer_id, kind, amount_cents, at) VALUES ($gid, $id, $kind, $amount, $at)",
-            context.CancellationToken,
-            ("$gid", context.Call.Gid), ("$id", customerId), ("$kind", kind), ("$amount", cents), ("$at", Sql.Timestamp(context.Now)));
+            ct,
+            ("$gid", gid), ("$id", customerId), ("$kind", kind), ("$amount", cents), ("$at", Sql.Timestamp(now)));
 
     private static async Task<long?> LedgerAmountAsync(SqliteConnection connection, SqliteTransaction transaction, string gid, string kind, CancellationToken ct)
     {

@@ -1,0 +1,35 @@
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Routing;
+using Treaty.AspNetCore.Barrier;
+using Treaty.AspNetCore.Signatures;
+using Treaty.Core.Contracts;
+
+namespace Shop.Infrastructure;
+
+/// <summary>
+/// The Shop's branch endpoints on the participant kit: every one goes through the kit's branch
+/// barrier (<see cref="BarrierEndpointRouteBuilderExtensions.MapTreatyBranch"/>: duplicates
+/// replayed, null compensations and late actions answered without running the handler) and, when
+/// the service has a callback secret, requires the coordinator's <c>Treaty-Signature</c>.
+/// </summary>
+internal static class Branches
+{
+    /// <summary>Set by a handler that changed business data; counted by <c>/_faults/calls</c> once the barrier committed it.</summary>
+    public const string AppliedItem = "shop.branch.applied";
+
+    public static IEndpointConventionBuilder MapBranch(this IEndpointRouteBuilder app, string pattern, BranchHandler handler) =>
+        app.MapTreatyBranch(pattern, handler).RequireTreatySignature();
+
+    /// <summary>Says that this call really applied an effect (a debit, a reservation, a status change).</summary>
+    public static void MarkApplied(BranchContext context) => context.HttpContext.Items[AppliedItem] = true;
+
+    /// <summary>A payload that does not fit: a definitive 400 naming the fields (nothing applied).</summary>
+    public static BranchResult Invalid(BranchContext context, IReadOnlyDictionary<string, string[]> errors) =>
+        context.Fail(StatusCodes.Status400BadRequest, ProblemTypes.Validation, "Invalid payload",
+            "The transaction payload is invalid: " + string.Join(", ", errors.Keys) + ".");
+
+    /// <summary>A 200 that says nothing was done, and why.</summary>
+    public static BranchResult Skipped(BranchContext context, string reason) =>
+        context.Ok(new BranchSkipped(context.Gid, context.Branch, context.Op, true, reason), ShopJsonContext.Web.BranchSkipped);
+}

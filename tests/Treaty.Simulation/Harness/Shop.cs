@@ -1,4 +1,5 @@
 using System.Globalization;
+using Treaty.AspNetCore.Barrier;
 
 namespace Treaty.Simulation.Harness;
 
@@ -41,12 +42,12 @@ internal sealed class EffectLedger
     }
 }
 
-/// <summary>The durable state of one Shop service: its business tables and its barrier.</summary>
-internal abstract class ShopService(string name, bool hangingPrevention, EffectLedger ledger, IReadOnlyDictionary<string, Checkout> checkouts)
+/// <summary>The durable state of one Shop service: its business tables and its barrier rows.</summary>
+internal abstract class ShopService(string name, SimBarrier barrier, EffectLedger ledger, IReadOnlyDictionary<string, Checkout> checkouts)
 {
     public string Name { get; } = name;
 
-    protected BranchBarrier Barrier { get; } = new(hangingPrevention);
+    public SimBarrier Barrier { get; } = barrier;
 
     protected EffectLedger Ledger { get; } = ledger;
 
@@ -55,16 +56,20 @@ internal abstract class ShopService(string name, bool hangingPrevention, EffectL
     /// <summary>Anything a correct coordinator could never make the service see.</summary>
     public List<string> Anomalies { get; } = [];
 
-    /// <summary>Applies one call atomically (one scheduler event = one local transaction).</summary>
-    public abstract ParticipantReply Handle(string gid, string branch, string op, out string note);
+    /// <summary>
+    /// Applies one call atomically (one scheduler event = one local transaction): <paramref name="wireOp"/>
+    /// is the op the coordinator sent (action, compensate), <paramref name="op"/> the endpoint it was sent to.
+    /// </summary>
+    public abstract ParticipantReply Handle(string gid, string branch, string wireOp, string op, out string note);
 
-    protected ParticipantReply Forward(string gid, string branch, string op, string compensateOp, Func<Checkout, (ParticipantReply, bool)> body, out string note)
+    protected ParticipantReply Forward(string gid, string branch, string wireOp, Func<Checkout, (ParticipantReply, bool)> body, out string note)
     {
-        var checkout = Checkouts[gid];
-        var counts = Ledger.Of(gid, branch);
-        return Barrier.Action(gid, branch, op, compensateOp, () =>
+        var applied = false;
+        var reply = Barrier.Execute(gid, branch, wireOp, () =>
         {
-            var (reply, applied) = body(checkout);
+            var checkout = Checkouts[gid];
+            var counts = Ledger.Of(gid, branch);
+            (var answer, applied) = body(checkout);
             if (applied)
             {
                 counts.Applied++;
@@ -78,22 +83,31 @@ internal abstract class ShopService(string name, bool hangingPrevention, EffectL
                 counts.Declined++;
             }
 
-            return (reply, applied);
-        }, out note);
-    }
-
-    protected ParticipantReply Backward(string gid, string branch, string op, string actionOp, Func<Checkout, ParticipantReply> undo, out string note)
-    {
-        var checkout = Checkouts[gid];
-        var counts = Ledger.Of(gid, branch);
-        var reply = Barrier.Compensate(gid, branch, op, actionOp, () =>
-        {
-            counts.Compensated++;
-            return undo(checkout);
-        }, out note);
-        Compensations.Add((gid, branch));
+            return answer;
+        }, out var decision);
+        note = Note(decision, applied ? "applied" : "declined");
         return reply;
     }
+
+    protected ParticipantReply Backward(string gid, string branch, string wireOp, Func<Checkout, ParticipantReply> undo, out string note)
+    {
+        var reply = Barrier.Execute(gid, branch, wireOp, () =>
+        {
+            Ledger.Of(gid, branch).Compensated++;
+            return undo(Checkouts[gid]);
+        }, out var decision);
+        Compensations.Add((gid, branch));
+        note = Note(decision, "compensated");
+        return reply;
+    }
+
+    private static string Note(BarrierDecision decision, string ran) => decision switch
+    {
+        BarrierDecision.ReplayStored => "duplicate: first answer replayed",
+        BarrierDecision.NullCompensation => "null compensation",
+        BarrierDecision.SkipHanging => "hanging action refused (already compensated)",
+        _ => ran,
+    };
 
     /// <summary>Compensation calls that reached this service, applied or not (to spot hanging actions).</summary>
     private HashSet<(string Gid, string Branch)> Compensations { get; } = [];
@@ -107,17 +121,23 @@ internal enum OrderStatus
 }
 
 /// <summary>Order: create (PENDING), cancel, confirm (the pivot).</summary>
-internal sealed class OrderService(bool hangingPrevention, EffectLedger ledger, IReadOnlyDictionary<string, Checkout> checkouts)
-    : ShopService("order", hangingPrevention, ledger, checkouts)
+internal sealed class OrderService(SimBarrier barrier, EffectLedger ledger, IReadOnlyDictionary<string, Checkout> checkouts)
+    : ShopService("order", barrier, ledger, checkouts)
 {
     public Dictionary<string, OrderStatus> Orders { get; } = new(StringComparer.Ordinal);
 
-    public override ParticipantReply Handle(string gid, string branch, string op, out string note)
+    /// <summary>The idempotency records of <c>POST /checkout</c>, by key (the kit's table).</summary>
+    public Dictionary<string, IdempotencyRow> IdempotencyKeys { get; } = new(StringComparer.Ordinal);
+
+    /// <summary>Orders placed by a checkout, committed with its stored response: order id (= gid) → idempotency key.</summary>
+    public Dictionary<string, string> Placed { get; } = new(StringComparer.Ordinal);
+
+    public override ParticipantReply Handle(string gid, string branch, string wireOp, string op, out string note)
     {
         switch (op)
         {
             case "create":
-                return Forward(gid, branch, op, "cancel", c =>
+                return Forward(gid, branch, wireOp, c =>
                 {
                     if (Orders.ContainsKey(gid))
                     {
@@ -128,7 +148,7 @@ internal sealed class OrderService(bool hangingPrevention, EffectLedger ledger, 
                     return (ParticipantReply.Ok($$"""{"orderId":"{{gid}}","status":"PENDING"}"""), true);
                 }, out note);
             case "cancel":
-                return Backward(gid, branch, op, "create", c =>
+                return Backward(gid, branch, wireOp, c =>
                 {
                     if (Orders.GetValueOrDefault(gid) == OrderStatus.Confirmed)
                     {
@@ -139,7 +159,7 @@ internal sealed class OrderService(bool hangingPrevention, EffectLedger ledger, 
                     return ParticipantReply.Ok("""{"status":"CANCELLED"}""");
                 }, out note);
             case "confirm":
-                return Forward(gid, branch, op, "unconfirm", c =>
+                return Forward(gid, branch, wireOp, c =>
                 {
                     if (!Orders.TryGetValue(gid, out var status) || status != OrderStatus.Pending)
                     {
@@ -159,8 +179,8 @@ internal sealed class OrderService(bool hangingPrevention, EffectLedger ledger, 
 /// <summary>Payment: the customer wallets. Reserve debits or declines; refund credits back.</summary>
 internal sealed class PaymentService : ShopService
 {
-    public PaymentService(bool hangingPrevention, EffectLedger ledger, IReadOnlyDictionary<string, Checkout> checkouts)
-        : base("payment", hangingPrevention, ledger, checkouts)
+    public PaymentService(SimBarrier barrier, EffectLedger ledger, IReadOnlyDictionary<string, Checkout> checkouts)
+        : base("payment", barrier, ledger, checkouts)
     {
         foreach (var (customer, balance, limit) in Customers)
         {
@@ -182,12 +202,12 @@ internal sealed class PaymentService : ShopService
 
     public Dictionary<string, long> Limits { get; } = new(StringComparer.Ordinal);
 
-    public override ParticipantReply Handle(string gid, string branch, string op, out string note)
+    public override ParticipantReply Handle(string gid, string branch, string wireOp, string op, out string note)
     {
         switch (op)
         {
             case "reserve":
-                return Forward(gid, branch, op, "refund", c =>
+                return Forward(gid, branch, wireOp, c =>
                 {
                     if (c.AmountCents > Limits[c.Customer])
                     {
@@ -203,7 +223,7 @@ internal sealed class PaymentService : ShopService
                     return (ParticipantReply.Ok("""{"charged":true}"""), true);
                 }, out note);
             case "refund":
-                return Backward(gid, branch, op, "reserve", c =>
+                return Backward(gid, branch, wireOp, c =>
                 {
                     Balances[c.Customer] += c.AmountCents;
                     return ParticipantReply.Ok("""{"refunded":true}""");
@@ -218,8 +238,8 @@ internal sealed class PaymentService : ShopService
 /// <summary>Inventory: stock per SKU. Reserve moves stock to reserved or fails; release moves it back.</summary>
 internal sealed class InventoryService : ShopService
 {
-    public InventoryService(bool hangingPrevention, EffectLedger ledger, IReadOnlyDictionary<string, Checkout> checkouts)
-        : base("inventory", hangingPrevention, ledger, checkouts)
+    public InventoryService(SimBarrier barrier, EffectLedger ledger, IReadOnlyDictionary<string, Checkout> checkouts)
+        : base("inventory", barrier, ledger, checkouts)
     {
         foreach (var (sku, _, stock) in Catalogue)
         {
@@ -240,12 +260,12 @@ internal sealed class InventoryService : ShopService
 
     public Dictionary<string, int> Reserved { get; } = new(StringComparer.Ordinal);
 
-    public override ParticipantReply Handle(string gid, string branch, string op, out string note)
+    public override ParticipantReply Handle(string gid, string branch, string wireOp, string op, out string note)
     {
         switch (op)
         {
             case "reserve":
-                return Forward(gid, branch, op, "release", c =>
+                return Forward(gid, branch, wireOp, c =>
                 {
                     foreach (var (sku, qty) in c.Items)
                     {
@@ -264,7 +284,7 @@ internal sealed class InventoryService : ShopService
                     return (ParticipantReply.Ok("""{"reserved":true}"""), true);
                 }, out note);
             case "release":
-                return Backward(gid, branch, op, "reserve", c =>
+                return Backward(gid, branch, wireOp, c =>
                 {
                     foreach (var (sku, qty) in c.Items)
                     {

@@ -98,6 +98,9 @@ internal sealed class SimNetwork(
 {
     public long LastDeliveryTicks { get; private set; }
 
+    /// <summary>The node that carries messages (arrivals run here, then go to whoever is up).</summary>
+    public SimNode Wire => wire;
+
     public int Messages { get; private set; }
 
     public void Request(SimNode from, BranchCall call, string id, Action<BranchOutcome> onReply)
@@ -151,7 +154,7 @@ internal sealed class SimNetwork(
         var node = host.Node;
         Schedule(node, TimeSpan.FromMicroseconds(random.Next(2_000)), () =>
         {
-            var answer = host.Service.Handle(call.Gid, call.Branch, op, out var note);
+            var answer = host.Service.Handle(call.Gid, call.Branch, call.Op, op, out var note);
             Trace(node, $"{id} {call.Branch}.{op} -> {answer.Status.ToString(CultureInfo.InvariantCulture)} {note}");
             var outcome = BranchOutcome.Classify(answer.Status) switch
             {
@@ -184,6 +187,9 @@ internal sealed class SimNetwork(
 
         return latency;
     }
+
+    /// <summary>Delivers a message of another protocol (the Shop's HTTP API) on the same wire, so quiescence waits for it.</summary>
+    public void Deliver(SimNode node, TimeSpan delay, Action action) => Schedule(node, delay, action);
 
     private void Schedule(SimNode node, TimeSpan delay, Action action)
     {

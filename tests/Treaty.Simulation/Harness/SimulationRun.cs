@@ -14,6 +14,7 @@ internal sealed record SimOptions(
     bool SkipCompensation = false,
     bool NoHangingPrevention = false,
     bool LoseEarlyWakeUp = false,
+    bool GidPerAttempt = false,
     bool KeepFullTrace = false);
 
 /// <summary>What happened in a run, to show the sweep's fault coverage.</summary>
@@ -33,16 +34,25 @@ internal sealed record SimStats(
     int ClockStepsBack,
     int PermanentFaults,
     int StuckByPermanentFault,
-    int RetriedAfterLift)
+    int RetriedAfterLift,
+    int NullCompensations,
+    int HangingRefused,
+    int BarrierReplays,
+    CheckoutStats Checkout)
 {
     public static SimStats operator +(SimStats a, SimStats b) => new(
         a.Transactions + b.Transactions, a.Committed + b.Committed, a.Aborted + b.Aborted, a.CoordinatorCrashes + b.CoordinatorCrashes,
         a.LostWrites + b.LostWrites, a.WriteErrors + b.WriteErrors, a.StuckAlerts + b.StuckAlerts, a.OperatorAbortsAccepted + b.OperatorAbortsAccepted,
         a.TimersEarly + b.TimersEarly, a.TimersLate + b.TimersLate, a.ClockPauses + b.ClockPauses, a.ClockStepsForward + b.ClockStepsForward,
         a.ClockStepsBack + b.ClockStepsBack, a.PermanentFaults + b.PermanentFaults, a.StuckByPermanentFault + b.StuckByPermanentFault,
-        a.RetriedAfterLift + b.RetriedAfterLift);
+        a.RetriedAfterLift + b.RetriedAfterLift, a.NullCompensations + b.NullCompensations, a.HangingRefused + b.HangingRefused,
+        a.BarrierReplays + b.BarrierReplays,
+        new CheckoutStats(
+            a.Checkout.Requests + b.Checkout.Requests, a.Checkout.HandlerRuns + b.Checkout.HandlerRuns, a.Checkout.Replays + b.Checkout.Replays,
+            a.Checkout.InFlight + b.Checkout.InFlight, a.Checkout.TakeOvers + b.Checkout.TakeOvers, a.Checkout.Released + b.Checkout.Released,
+            a.Checkout.ClaimsLost + b.Checkout.ClaimsLost, a.Checkout.Mismatches + b.Checkout.Mismatches, a.Checkout.CrashesInCheckout + b.Checkout.CrashesInCheckout));
 
-    public static SimStats Zero { get; } = new(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+    public static SimStats Zero { get; } = new(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, new CheckoutStats(0, 0, 0, 0, 0, 0, 0, 0, 0));
 }
 
 /// <summary>The verdict of one run.</summary>
@@ -71,7 +81,7 @@ internal sealed record SimResult(
 
 /// <summary>
 /// One simulated world: the real <see cref="TransactionEngine"/> with <see cref="SagaMachine"/>,
-/// driven by a client submitting Shop checkouts, under the faults this seed picks; then the faults
+/// driven by clients sending Shop checkouts (with an idempotency key) to the Order participant, under the faults this seed picks; then the faults
 /// stop, time runs on until every transaction is terminal, and the invariants are checked.
 /// Everything is a pure function of the seed.
 /// </summary>
@@ -102,8 +112,11 @@ internal sealed class SimulationRun
     private readonly EffectLedger _ledger = new();
     private readonly Dictionary<string, Checkout> _checkouts = new(StringComparer.Ordinal);
     private readonly List<TransactionSpec> _specs = [];
-    private readonly HashSet<string> _acked = new(StringComparer.Ordinal);
-    private readonly HashSet<string> _sent = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, TransactionSpec> _specsByGid = new(StringComparer.Ordinal);
+
+    /// <summary>Every gid a saga was built for, in order (more than the checkouts only in the gid-per-attempt variant).</summary>
+    private readonly List<string> _gids = [];
+    private readonly CheckoutDesk _desk;
     private readonly SimNetwork _network;
     private readonly SimBranchInvoker _invoker;
     private readonly IRandomSource _engineRandom;
@@ -156,10 +169,10 @@ internal sealed class SimulationRun
         _time = new SimTimeProvider(_scheduler, new TimerSkew(new Random(unchecked((options.Seed * 31) + 7)), _faults.TimerSkew));
         _maxCrashes = _random.Next(0, 8);
 
-        var hanging = !options.NoHangingPrevention;
-        _orders = new OrderService(hanging, _ledger, _checkouts);
-        _payments = new PaymentService(hanging, _ledger, _checkouts);
-        _inventory = new InventoryService(hanging, _ledger, _checkouts);
+        SimBarrier Barrier() => new(options.NoHangingPrevention ? SimBarrier.WithoutHangingPrevention : null);
+        _orders = new OrderService(Barrier(), _ledger, _checkouts);
+        _payments = new PaymentService(Barrier(), _ledger, _checkouts);
+        _inventory = new InventoryService(Barrier(), _ledger, _checkouts);
         foreach (ShopService service in new ShopService[] { _orders, _payments, _inventory })
         {
             _hosts[service.Name] = new ParticipantHost(_scheduler, service);
@@ -169,6 +182,10 @@ internal sealed class SimulationRun
         _network = new SimNetwork(_scheduler, _random, _faults, new SimNode(_scheduler, "net"), _hosts, _checkouts);
         _invoker = new SimBranchInvoker(_scheduler, _time, _network);
         (_coordinatorNode, _engine) = NewCoordinator();
+        // The checkout path draws from a stream of its own too.
+        _desk = new CheckoutDesk(
+            _scheduler, _time, _faults, new Random(unchecked((options.Seed * 4099) + 17)), _network, _hosts[Order], _client, _control,
+            () => (_coordinatorNode, _engine), SpecFor, Spawn, _violations, options.GidPerAttempt);
     }
 
     public static SimResult Execute(SimOptions options) => new SimulationRun(options).Run();
@@ -179,7 +196,7 @@ internal sealed class SimulationRun
         _faultEndTicks = TimeSpan.FromSeconds(faultSeconds).Ticks;
         BuildWorkload();
         ScheduleFaults();
-        Trace(_control, $"seed {_options.Seed}: {_specs.Count} checkouts, faults for {faultSeconds}s: {_faults}, max coordinator crashes {_maxCrashes}");
+        Trace(_control, $"seed {_options.Seed}: {_specs.Count} checkouts, faults for {faultSeconds}s: {_faults}, max coordinator crashes {_maxCrashes}, checkout {_desk}");
 
         StartRecovery(_coordinatorNode, _engine);
         _scheduler.At(_control, TimeSpan.FromTicks(_faultEndTicks), () =>
@@ -187,18 +204,17 @@ internal sealed class SimulationRun
             _faults.Active = false;
             Trace(_control, "faults stop; time runs on until quiescence");
         });
-        _scheduler.At(_client, TimeSpan.FromSeconds(1), ResubmitUnacked);
 
         var permanent = _faults.Permanent;
         var horizon = _faultEndTicks + TimeSpan.FromHours(12).Ticks;
-        bool Quiet() => _store.TerminalCount == _specs.Count && _scheduler.NowTicks > _network.LastDeliveryTicks;
+        bool Quiet() => _scheduler.NowTicks > _network.LastDeliveryTicks && _store.TerminalCount == _store.Count && _desk.AllAnswered && !_desk.Busy;
         var stopped = _scheduler.RunUntil(
             () => _scheduler.NowTicks >= horizon || (!_faults.Active && (permanent is null ? Quiet() : SettledUnderPermanentFault())),
             maxEvents: EventBudget);
         if (permanent is not null && stopped && _scheduler.NowTicks < horizon && _scheduler.Executed < EventBudget)
         {
             // What an operator does: repair the participant, then retry what was stuck on it.
-            var stuck = _specs.Select(s => s.Gid).Where(g => _store.Peek(g) is { IsTerminal: false }).ToList();
+            var stuck = _store.All.Where(s => !s.IsTerminal).Select(s => s.Gid).ToList();
             _stuckByPermanentFault = stuck.Count;
             permanent.Active = false;
             Trace(_control, $"settled under the permanent fault: {stuck.Count} stuck ({string.Join(",", stuck)}); the operator lifts it and retries them");
@@ -212,11 +228,11 @@ internal sealed class SimulationRun
         }
         else if (permanent is not null)
         {
-            foreach (var spec in _specs)
+            foreach (var state in _store.All)
             {
-                if (_store.Peek(spec.Gid) is { IsTerminal: false } state && !Attributable(state))
+                if (!state.IsTerminal && !Attributable(state))
                 {
-                    _violations.Add($"{spec.Gid}: liveness — still {state.Status.ToWire()}{(state.Stuck ? " (stuck)" : "")} under the permanent fault [{permanent.Description}] but not for it: {state.Reason}");
+                    _violations.Add($"{state.Gid}: liveness — still {state.Status.ToWire()}{(state.Stuck ? " (stuck)" : "")} under the permanent fault [{permanent.Description}] but not for it: {state.Reason}");
                 }
             }
         }
@@ -240,7 +256,9 @@ internal sealed class SimulationRun
         var stats = new SimStats(
             _specs.Count, committed, aborted, _crashes, _store.LostWrites, _store.WriteErrors, _observer.StuckAlerts, _operatorAborts,
             _time.Skew.Early, _time.Skew.Late, _clockPauses, _clockStepsForward, _clockStepsBack,
-            permanent is null ? 0 : 1, _stuckByPermanentFault, _retriedAfterLift);
+            permanent is null ? 0 : 1, _stuckByPermanentFault, _retriedAfterLift,
+            _hosts.Values.Sum(h => h.Service.Barrier.NullCompensations), _hosts.Values.Sum(h => h.Service.Barrier.SkippedHanging),
+            _hosts.Values.Sum(h => h.Service.Barrier.Replayed), _desk.Stats);
         return new SimResult(_options.Seed, _violations, summary, _scheduler.Trace.Tail(), _scheduler.Trace.All, _scheduler.Trace.Hash, _scheduler.Executed, stats);
     }
 
@@ -273,14 +291,14 @@ internal sealed class SimulationRun
     /// </summary>
     private bool SettledUnderPermanentFault()
     {
-        if (_store.Count != _specs.Count || _store.TerminalCount + _store.StuckCount != _specs.Count)
+        if (_store.TerminalCount + _store.StuckCount != _store.Count || !_desk.AllAnswered || _desk.Busy)
         {
             return false;
         }
 
-        foreach (var spec in _specs)
+        foreach (var state in _store.All)
         {
-            if (_store.Peek(spec.Gid) is { IsTerminal: false } state && !Attributable(state))
+            if (!state.IsTerminal && !Attributable(state))
             {
                 return false;
             }
@@ -462,15 +480,32 @@ internal sealed class SimulationRun
             long? txTimeout = _random.Next(4) == 0 ? 100 + _random.Next(5_000) : null;
             var spec = new TransactionSpec(gid, Protocol.Saga, checkout.PayloadJson, branches, txTimeout, retry);
             _specs.Add(spec);
+            _specsByGid[gid] = spec;
+            _gids.Add(gid);
 
+            // The gid is derived from the key: key k3 is the checkout whose saga is tx3.
             var at = TimeSpan.FromMilliseconds(_random.Next(3_000));
-            _scheduler.At(_client, at, () =>
-            {
-                _sent.Add(gid);
-                Trace(_client, $"submit {gid}: {customer} {amount / 100.0:0.00} [{string.Join(",", items.Select(it => $"{it.Sku}x{it.Qty}"))}]{(dag ? " dag" : "")} timeout={txTimeout?.ToString(CultureInfo.InvariantCulture) ?? "-"} retry={retry.MaxAttempts}/{retry.InitialDelayMs}/{retry.MaxDelayMs}");
-                Submit(spec);
-            });
+            _desk.Start($"k{i + 1}", "POST /checkout " + checkout.PayloadJson, gid, at,
+                $"{gid} {customer} {amount / 100.0:0.00} [{string.Join(",", items.Select(it => $"{it.Sku}x{it.Qty}"))}]{(dag ? " dag" : "")} timeout={txTimeout?.ToString(CultureInfo.InvariantCulture) ?? "-"} retry={retry.MaxAttempts}/{retry.InitialDelayMs}/{retry.MaxDelayMs}");
         }
+    }
+
+    /// <summary>The saga a checkout handler submits for checkout <paramref name="canonical"/> under <paramref name="gid"/>.</summary>
+    private TransactionSpec SpecFor(string canonical, string gid)
+    {
+        var spec = _specsByGid[canonical];
+        if (gid == canonical)
+        {
+            return spec;
+        }
+
+        if (!_checkouts.ContainsKey(gid))
+        {
+            _checkouts[gid] = _checkouts[canonical] with { Gid = gid };
+            _gids.Add(gid);
+        }
+
+        return spec with { Gid = gid };
     }
 
     private static BranchSpec Branch(string name, string action, string? compensate, string[] dependsOn, bool pivot, long? timeoutMs, RetryPolicy? retry)
@@ -483,61 +518,6 @@ internal sealed class SimulationRun
         }
 
         return new BranchSpec(name, urls.ToImmutable(), [.. dependsOn], pivot, timeoutMs, retry);
-    }
-
-    /// <summary>The client sends a submit to the current coordinator; without an answer it sends it again later.</summary>
-    private void Submit(TransactionSpec spec)
-    {
-        var node = _coordinatorNode;
-        var engine = _engine;
-        if (!node.Alive)
-        {
-            return;
-        }
-
-        _scheduler.At(node, TimeSpan.FromMilliseconds(1), () => Spawn(async () =>
-        {
-            SubmitResult result;
-            try
-            {
-                result = await engine.SubmitAsync(spec, "fp-" + spec.Gid, CancellationToken.None);
-            }
-            catch (IOException ex)
-            {
-                // The client sees a 500 and submits again later (the submit is idempotent on the gid).
-                Trace(node, $"submit {spec.Gid} failed: {ex.Message}");
-                return;
-            }
-
-            if (result.Status == SubmitStatus.Conflict)
-            {
-                _violations.Add($"submit {spec.Gid}: conflict with its own definition");
-            }
-
-            _scheduler.At(_client, TimeSpan.FromMilliseconds(1), () =>
-            {
-                if (_acked.Add(spec.Gid))
-                {
-                    Trace(_client, $"submitted {spec.Gid}: {result.Status}");
-                }
-            });
-        }));
-    }
-
-    private void ResubmitUnacked()
-    {
-        if (_acked.Count == _specs.Count)
-        {
-            return;
-        }
-
-        foreach (var spec in _specs.Where(s => _sent.Contains(s.Gid) && !_acked.Contains(s.Gid)))
-        {
-            Trace(_client, $"submit {spec.Gid} again (no answer yet)");
-            Submit(spec);
-        }
-
-        _scheduler.At(_client, TimeSpan.FromSeconds(1), ResubmitUnacked);
     }
 
     private void ScheduleFaults()
@@ -686,10 +666,12 @@ internal sealed class SimulationRun
             }
         }
 
-        foreach (var spec in _specs)
+        foreach (var gid in _gids)
         {
-            CheckTransaction(spec);
+            CheckTransaction(gid);
         }
+
+        _desk.Check(_store.Peek, _ledger);
 
         // Conservation of money: wallets plus what confirmed orders were charged is what there was.
         var confirmed = _checkouts.Values.Where(c => _orders.Orders.GetValueOrDefault(c.Gid) == OrderStatus.Confirmed).ToList();
@@ -720,13 +702,12 @@ internal sealed class SimulationRun
         }
     }
 
-    private void CheckTransaction(TransactionSpec spec)
+    private void CheckTransaction(string gid)
     {
-        var gid = spec.Gid;
         var state = _store.Peek(gid);
         if (state is null)
         {
-            _violations.Add($"{gid}: never stored although the client kept submitting it");
+            // never submitted, or the submit was lost: CheckoutDesk.Check reports a 2xx without a saga
             return;
         }
 

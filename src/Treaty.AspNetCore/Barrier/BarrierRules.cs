@@ -147,6 +147,15 @@ internal static class BarrierRules
         }
     }
 
+    /// <summary>
+    /// Whether an answer is recorded (and so replayed to duplicates). A forward op's definitive
+    /// failure is: it promised that nothing was applied, and a duplicate must hear the same. A
+    /// compensation or a final op can never fail for good — the coordinator retries it — so its
+    /// 4xx is not recorded: the next attempt runs the handler again.
+    /// </summary>
+    public static bool Records(string op, BarrierOutcome outcome) =>
+        outcome != BarrierOutcome.Failed || KindOf(op) == BarrierOpKind.Forward;
+
     /// <summary>The outcome stored for a call decided as <paramref name="decision"/> that answered <paramref name="statusCode"/>.</summary>
     public static BarrierOutcome OutcomeOf(BarrierDecision decision, int statusCode) => decision switch
     {

@@ -92,12 +92,20 @@ internal sealed class BranchBarrier(ParticipantDatabase database, TimeProvider t
                 break;
         }
 
+        var outcome = BarrierRules.OutcomeOf(decision, result.StatusCode);
+        if (!BarrierRules.Records(call.Op, outcome))
+        {
+            // A refused compensation or final op: nothing recorded, nothing applied; the retry runs again.
+            await transaction.RollbackAsync(cancellationToken);
+            return new BarrierAnswer(decision, result);
+        }
+
         await using (var insert = transaction.CreateCommand(
             BarrierSql.Insert,
             ("gid", call.Gid),
             ("branch", call.Branch),
             ("op", call.Op),
-            ("outcome", BarrierRules.ToColumn(BarrierRules.OutcomeOf(decision, result.StatusCode))),
+            ("outcome", BarrierRules.ToColumn(outcome)),
             ("status_code", result.StatusCode),
             ("body", result.Body),
             ("recorded_at", timeProvider.GetUtcNow())))

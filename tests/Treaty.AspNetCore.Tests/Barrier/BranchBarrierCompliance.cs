@@ -167,6 +167,25 @@ public abstract class BranchBarrierCompliance : IAsyncLifetime
     }
 
     [Fact]
+    public async Task RefusedCompensation_IsNotRecorded_SoTheCoordinatorsRetryRunsAgain()
+    {
+        // A compensation can never fail for good: the coordinator retries it, so a 4xx must not
+        // be replayed to those retries (that would leave the transaction stuck for ever).
+        var gid = NewGid();
+        (await Host.CallAsync(gid, "action")).Status.ShouldBe(200);
+
+        var refused = await Host.CallAsync(gid, "compensate", """{"fail":true}""");
+        var retry = await Host.CallAsync(gid, "compensate");
+
+        refused.Status.ShouldBe(409);
+        retry.Status.ShouldBe(200);
+        retry.Outcome.ShouldBe("executed");
+        Host.Runs(gid, "compensate").ShouldBe(2);
+        (await Host.LedgerAsync(gid)).ShouldBe((1, 1)); // the refused run's write was rolled back
+        (await Host.CallAsync(gid, "compensate")).Outcome.ShouldBe("replayed");
+    }
+
+    [Fact]
     public async Task HandlerThrows_Returns500_RecordsNothing_AndTheRetryRuns()
     {
         var gid = NewGid();

@@ -72,7 +72,13 @@ internal sealed class SimBarrier(Func<BarrierDecision, BarrierDecision>? policy 
                 break;
         }
 
-        rows.Records.Add(new BarrierRecord(op, BarrierRules.OutcomeOf(decision, reply.Status)));
+        var outcome = BarrierRules.OutcomeOf(decision, reply.Status);
+        if (!BarrierRules.Records(op, outcome))
+        {
+            return reply; // a refused compensation or final op: not recorded, the retry runs again
+        }
+
+        rows.Records.Add(new BarrierRecord(op, outcome));
         rows.Replies.Add(reply);
         return reply;
     }

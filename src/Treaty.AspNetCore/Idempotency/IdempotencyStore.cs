@@ -80,8 +80,6 @@ internal sealed partial class IdempotencyStore(
     // pg_type); a transaction-scoped advisory lock serializes them. The number is arbitrary but fixed.
     private const long SchemaAdvisoryLock = 0x7472_6561_7479_4944;
 
-    // How long a request waits for its turn as the SQLite writer: the busy timeout SQLite itself uses.
-
     private readonly SemaphoreSlim _schemaGate = new(1, 1);
 
     private volatile bool _schemaReady;
@@ -258,13 +256,19 @@ internal sealed partial class IdempotencyStore(
     }
 
     /// <summary>Deletes up to one batch of keys that expired at <paramref name="now"/>; returns how many.</summary>
+    /// <remarks>
+    /// The outer <c>expires_at</c> condition matters on PostgreSQL: a request may re-claim an expired
+    /// key while the sweep waits for that row's lock; READ COMMITTED then re-checks the outer
+    /// conditions against the new row version (not the subquery's snapshot), so a fresh claim is
+    /// not deleted from under its request.
+    /// </remarks>
     public async Task<int> SweepBatchAsync(DateTimeOffset now, int batchSize, CancellationToken cancellationToken)
     {
         await using var transaction = await database.BeginAsync(cancellationToken);
         await using var delete = transaction.CreateCommand(
             $"""
             DELETE FROM {Table}
-            WHERE (scope, idempotency_key) IN (
+            WHERE expires_at <= @now AND (scope, idempotency_key) IN (
                 SELECT scope, idempotency_key FROM {Table} WHERE expires_at <= @now ORDER BY expires_at LIMIT @limit)
             """,
             ("now", now.ToUnixTimeMilliseconds()),

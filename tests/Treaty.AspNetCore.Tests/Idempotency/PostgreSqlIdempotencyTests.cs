@@ -25,6 +25,45 @@ public sealed class PostgreSqlIdempotencyTests(PostgresFixture postgres) : Idemp
         }
     }
 
+    [Fact]
+    public async Task Sweep_WaitingOnAKeyThatIsBeingReclaimed_DoesNotDeleteTheFreshClaim()
+    {
+        // An expired key: a new request re-claims it (an UPDATE holding the row lock) while the
+        // sweeper's DELETE, which already chose that row as expired, waits for the lock.
+        var now = App.Time.GetUtcNow();
+        await using (var seed = await App.Database.BeginAsync(CancellationToken.None))
+        {
+            await using var insert = seed.CreateCommand(
+                $"INSERT INTO {IdempotencyDefaults.TableName} (scope, idempotency_key, fingerprint, owner, created_at, locked_until, expires_at) " +
+                "VALUES ('', 'k-race', 'fp', 'old', @t, @t, @t)",
+                ("t", now.AddHours(-1).ToUnixTimeMilliseconds()));
+            await insert.ExecuteNonQueryAsync();
+            await seed.CommitAsync(CancellationToken.None);
+        }
+
+        await using var claim = await App.Database.BeginAsync(CancellationToken.None);
+        await using (var update = claim.CreateCommand(
+            $"UPDATE {IdempotencyDefaults.TableName} SET owner = 'fresh', expires_at = @expires WHERE idempotency_key = 'k-race'",
+            ("expires", now.AddHours(24).ToUnixTimeMilliseconds())))
+        {
+            (await update.ExecuteNonQueryAsync()).ShouldBe(1);
+        }
+
+        var sweep = App.Store.SweepBatchAsync(now, 100, CancellationToken.None);
+        await EventuallyAsync(async () =>
+        {
+            // the sweep is blocked on the claimed row
+            await using var probe = await _source!.OpenConnectionAsync();
+            await using var waiting = new NpgsqlCommand(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'DELETE FROM%'", probe);
+            return Convert.ToInt64(await waiting.ExecuteScalarAsync(), System.Globalization.CultureInfo.InvariantCulture) == 1;
+        });
+        await claim.CommitAsync(CancellationToken.None);
+
+        (await sweep).ShouldBe(0);
+        (await App.ScalarAsync($"SELECT count(*) FROM {IdempotencyDefaults.TableName} WHERE idempotency_key = 'k-race' AND owner = 'fresh'")).ShouldBe(1);
+    }
+
     // SQLite cannot show this one: a running handler holds SQLite's single write lock, so a second
     // request waits for it instead of seeing the key in flight.
     [Fact]

@@ -93,14 +93,22 @@ async Task<Result> MeasureAsync(string name, Func<long, CancellationToken, Task<
     await Task.Delay(TimeSpan.FromSeconds(warmup));
     Volatile.Write(ref measuring, true);
     var clock = Stopwatch.StartNew();
+    var process = Process.GetCurrentProcess();
+    var (user0, total0) = (process.UserProcessorTime, process.TotalProcessorTime);
     await Task.Delay(TimeSpan.FromSeconds(seconds));
     Volatile.Write(ref measuring, false);
     var elapsed = clock.Elapsed.TotalSeconds;
+    process.Refresh();
+    var (user, total) = (process.UserProcessorTime - user0, process.TotalProcessorTime - total0);
     await stop.CancelAsync();
     await Task.WhenAll(workers);
     var all = latencies.SelectMany(l => l).Order().ToArray();
     var result = new Result(name, all.Length / elapsed, Percentile(all, 0.50), Percentile(all, 0.99), errors);
-    Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{name}: {result.Rate:0}/s, p50 {result.P50:0.0} ms, p99 {result.P99:0.0} ms, errors {errors}"));
+    // CPU of the whole process (load generator, coordinator and participant together) per operation.
+    var cpuPerOp = all.Length == 0 ? double.NaN : total.TotalMilliseconds * 1000 / all.Length;
+    var sysShare = total.TotalMilliseconds == 0 ? 0 : 100 * (total - user).TotalMilliseconds / total.TotalMilliseconds;
+    Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+        $"{name}: {result.Rate:0}/s, p50 {result.P50:0.0} ms, p99 {result.P99:0.0} ms, errors {errors}, CPU {cpuPerOp:0} us/op ({sysShare:0}% kernel)"));
     return result;
 }
 

@@ -93,7 +93,7 @@ async Task<Result> MeasureAsync(string name, Func<long, CancellationToken, Task<
     await Task.Delay(TimeSpan.FromSeconds(warmup));
     Volatile.Write(ref measuring, true);
     var clock = Stopwatch.StartNew();
-    var process = Process.GetCurrentProcess();
+    using var process = Process.GetCurrentProcess();
     var (user0, total0) = (process.UserProcessorTime, process.TotalProcessorTime);
     await Task.Delay(TimeSpan.FromSeconds(seconds));
     Volatile.Write(ref measuring, false);

@@ -30,7 +30,7 @@ internal sealed class DemoEnvironment : IAsyncDisposable
     }
 
     /// <summary>The environment variable both <c>treaty serve</c> and the Shop read as their callback secret.</summary>
-    public const string CallbackSecretVariable = "TREATY_CALLBACK_SECRET";
+    public const string CallbackSecretVariable = ServeCommand.CallbackSecretVariable;
 
     /// <summary>The secret the coordinator signs branch calls with and the services verify.</summary>
     public string CallbackSecret { get; }

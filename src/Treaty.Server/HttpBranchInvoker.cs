@@ -59,13 +59,13 @@ internal sealed partial class HttpBranchInvoker : IBranchInvoker, IDisposable
             var envelope = Envelope(call);
             using var request = new HttpRequestMessage(HttpMethod.Post, call.Url)
             {
-                Content = new ByteArrayContent(envelope) { Headers = { ContentType = JsonContentType } },
+                Content = new ReadOnlyMemoryContent(envelope) { Headers = { ContentType = JsonContentType } },
             };
             if (_callbackSecret is not null)
             {
                 // Over the exact bytes sent, at the time of this attempt: every retry carries a fresh
                 // timestamp (and its own attempt number in the body), so it stays inside the window.
-                request.Headers.TryAddWithoutValidation(CallbackSignature.HeaderName, CallbackSignature.Sign(_callbackSecret, envelope, _time.GetUtcNow()));
+                request.Headers.TryAddWithoutValidation(CallbackSignature.HeaderName, CallbackSignature.Sign(_callbackSecret, envelope.Span, _time.GetUtcNow()));
             }
 
             request.Headers.Add("Treaty-Gid", call.Gid);
@@ -119,7 +119,7 @@ internal sealed partial class HttpBranchInvoker : IBranchInvoker, IDisposable
             ActivityTraceFlags.Recorded);
     }
 
-    private static byte[] Envelope(BranchCall call)
+    private static ReadOnlyMemory<byte> Envelope(BranchCall call)
     {
         var buffer = new ArrayBufferWriter<byte>(256 + call.PayloadJson.Length);
         using (var writer = new Utf8JsonWriter(buffer))
@@ -134,7 +134,8 @@ internal sealed partial class HttpBranchInvoker : IBranchInvoker, IDisposable
             writer.WriteEndObject();
         }
 
-        return buffer.WrittenSpan.ToArray();
+        // The written bytes themselves: copying them out would cost a payload-sized array per call.
+        return buffer.WrittenMemory;
     }
 
     private async Task<string?> ReadBodyAsync(HttpResponseMessage response, CancellationToken cancellationToken)

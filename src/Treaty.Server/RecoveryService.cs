@@ -14,6 +14,7 @@ internal sealed partial class RecoveryService(
     ILogger<RecoveryService> logger) : BackgroundService
 {
     private const int Batch = 1000;
+    private const int ResumeParallelism = 64;
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
@@ -44,14 +45,12 @@ internal sealed partial class RecoveryService(
     internal async Task<int> ResumeDueAsync(DateTimeOffset dueBy, int max, CancellationToken cancellationToken)
     {
         var gids = await store.ListDueAsync(dueBy, Math.Min(max, 100_000), cancellationToken);
-        var count = 0;
-        foreach (var gid in gids)
-        {
-            await engine.ResumeAsync(gid, cancellationToken);
-            count++;
-        }
-
-        return count;
+        // In parallel: each resume persists a decision, and concurrent writes share a group commit.
+        await Parallel.ForEachAsync(
+            gids,
+            new ParallelOptions { MaxDegreeOfParallelism = ResumeParallelism, CancellationToken = cancellationToken },
+            async (gid, ct) => await engine.ResumeAsync(gid, ct));
+        return gids.Count;
     }
 
     [LoggerMessage(EventId = 3001, Level = LogLevel.Information, Message = "Recovery: resumed {Count} unfinished transactions")]

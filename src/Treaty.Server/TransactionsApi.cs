@@ -333,7 +333,9 @@ public static class TransactionsApi
             factorMs = 1000;
         }
 
-        if (!double.TryParse(text, NumberStyles.AllowDecimalPoint, CultureInfo.InvariantCulture, out var value) || value < 0 || value > 86_400)
+        // double.TryParse accepts "NaN" whatever the styles, and TimeSpan throws on it: a 500 for a
+        // bad query string. The range check is written so that NaN fails it.
+        if (!double.TryParse(text, NumberStyles.AllowDecimalPoint, CultureInfo.InvariantCulture, out var value) || !(value is >= 0 and <= 86_400))
         {
             return false;
         }

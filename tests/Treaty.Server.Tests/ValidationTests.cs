@@ -41,6 +41,7 @@ public sealed class ValidationTests(ServerFixture fixture) : IClassFixture<Serve
         "no-content-type",
         "bad-wait",
         "wait-over-max",
+        "wait-not-a-number",
     ];
 
     [Theory]
@@ -118,6 +119,7 @@ public sealed class ValidationTests(ServerFixture fixture) : IClassFixture<Serve
             "no-content-type" => (valid.ToJsonString(), null, "", HttpStatusCode.UnsupportedMediaType, "unsupported-media-type", null),
             "bad-wait" => (valid.ToJsonString(), AppJson, "?wait=soon", HttpStatusCode.BadRequest, Validation, "wait"),
             "wait-over-max" => (valid.ToJsonString(), AppJson, "?wait=1h", HttpStatusCode.BadRequest, Validation, "wait"),
+            "wait-not-a-number" => (valid.ToJsonString(), AppJson, "?wait=NaN", HttpStatusCode.BadRequest, Validation, "wait"),
             _ => throw new ArgumentOutOfRangeException(nameof(@case), @case, null),
         };
     }

@@ -168,11 +168,15 @@ public sealed partial class TransactionEngine : IAsyncDisposable
         }
 
         var runner = new Runner(this, machine, state);
-        if (_active.TryAdd(gid, runner))
+        if (!_active.TryAdd(gid, runner))
         {
-            LogResuming(_logger, gid, state.Status.ToWire());
-            await runner.HandleAsync(new Resumed());
+            // A submit or another resume got there first and drives it; drop ours (and its timer).
+            runner.Dispose();
+            return;
         }
+
+        LogResuming(_logger, gid, state.Status.ToWire());
+        await runner.HandleAsync(new Resumed());
     }
 
     /// <summary>Operator: retry now, restarting the retry budget of waiting operations.</summary>

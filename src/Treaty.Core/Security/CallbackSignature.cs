@@ -80,11 +80,12 @@ public static class CallbackSignature
 
     private static byte[] Mac(ReadOnlySpan<byte> secret, string t, ReadOnlySpan<byte> body)
     {
-        var prefix = Encoding.ASCII.GetBytes(t + ".");
-        var message = new byte[prefix.Length + body.Length];
-        prefix.CopyTo(message, 0);
-        body.CopyTo(message.AsSpan(prefix.Length));
-        return HMACSHA256.HashData(secret, message);
+        // Incremental, so the body (up to the request limit, on every signed call) is not copied
+        // into a "<t>." + body buffer first.
+        using var hmac = IncrementalHash.CreateHMAC(HashAlgorithmName.SHA256, secret);
+        hmac.AppendData(Encoding.ASCII.GetBytes(t + "."));
+        hmac.AppendData(body);
+        return hmac.GetHashAndReset();
     }
 }
 

@@ -407,6 +407,70 @@ public sealed class EngineTests : IAsyncLifetime
         (await engine.WaitAsync("tx-1", TimeSpan.FromMinutes(1), Ct)).ShouldNotBeNull().Status.ShouldBe(TransactionStatus.Committed);
     }
 
+    [Fact]
+    public async Task ResumeAsync_AnotherRunnerWinsTheRace_DisposesTheLosersTimer()
+    {
+        // As after a restart: the transaction is in the store, nothing is in memory.
+        var machine = new SagaMachine();
+        var decision = machine.Decide(machine.Create(Checkout(), "fp-1", T0), new Submitted(), new DecisionContext(T0, new FixedRandom(0.5)));
+        (await _store.InsertAsync(decision.Next with { Version = 1 }, decision.Journal, Ct)).ShouldBeNull();
+
+        var timers = new CountingTimeProvider(_time);
+        await using var engine = new TransactionEngine(
+            _store, _invoker, [new SagaMachine()], timers, new FixedRandom(0.5), NullLogger<TransactionEngine>.Instance, _observer);
+        var held = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var reads = 0;
+        _store.BeforeGet = _ => Interlocked.Increment(ref reads) == 1 ? held.Task : Task.CompletedTask;
+
+        var loser = engine.ResumeAsync("tx-1", Ct);   // held in its read of the store
+        await WaitUntilAsync(() => Volatile.Read(ref reads) == 1);
+        await engine.ResumeAsync("tx-1", Ct);         // loads it first and drives it
+        held.SetResult();
+        await loser;                                  // finds a runner already there
+
+        engine.ActiveCount.ShouldBe(1);
+        timers.Live.ShouldBe(1, "only the runner that drives the transaction may keep a timer");
+    }
+
+    /// <summary>Counts the timers created and not yet disposed.</summary>
+    private sealed class CountingTimeProvider(ManualTimeProvider inner) : TimeProvider
+    {
+        private int _live;
+
+        public int Live => Volatile.Read(ref _live);
+
+        public override DateTimeOffset GetUtcNow() => inner.GetUtcNow();
+
+        public override ITimer CreateTimer(TimerCallback callback, object? state, TimeSpan dueTime, TimeSpan period)
+        {
+            Interlocked.Increment(ref _live);
+            return new CountedTimer(inner.CreateTimer(callback, state, dueTime, period), this);
+        }
+
+        private sealed class CountedTimer(ITimer timer, CountingTimeProvider owner) : ITimer
+        {
+            private int _disposed;
+
+            public bool Change(TimeSpan dueTime, TimeSpan period) => timer.Change(dueTime, period);
+
+            public void Dispose()
+            {
+                if (Interlocked.Exchange(ref _disposed, 1) == 0)
+                {
+                    Interlocked.Decrement(ref owner._live);
+                }
+
+                timer.Dispose();
+            }
+
+            public ValueTask DisposeAsync()
+            {
+                Dispose();
+                return ValueTask.CompletedTask;
+            }
+        }
+    }
+
     /// <summary>A clock whose timers fire <paramref name="early"/> before they are due (as coarse system timers can).</summary>
     private sealed class EarlyTimeProvider(ManualTimeProvider inner, TimeSpan early) : TimeProvider
     {

@@ -87,7 +87,18 @@ internal sealed class InMemoryTransactionStore(Timeline timeline) : ITransaction
         Notify(state);
     }
 
-    public Task<TransactionState?> GetAsync(string gid, CancellationToken cancellationToken) => Task.FromResult(Peek(gid));
+    /// <summary>Runs before every read: may wait (to hold the read).</summary>
+    public Func<string, Task>? BeforeGet { get; set; }
+
+    public async Task<TransactionState?> GetAsync(string gid, CancellationToken cancellationToken)
+    {
+        if (BeforeGet is { } hook)
+        {
+            await hook(gid);
+        }
+
+        return Peek(gid);
+    }
 
     /// <summary>The durable state right now.</summary>
     public TransactionState? Peek(string gid)

@@ -33,6 +33,32 @@ public sealed class ParticipantDatabaseTests(PostgresFixture postgres)
     }
 
     [Fact]
+    public async Task PostgreSql_DdlFromManyProcessesAtOnce_NeverRacesOnCreateTable()
+    {
+        // As two replicas of one participant starting together: each opens its own pool and runs the
+        // kit's CREATE TABLE IF NOT EXISTS. Unserialized, PostgreSQL fails some of them with a
+        // unique violation in pg_type, and the host's start with it.
+        var connectionString = await postgres.Server.CreateDatabaseAsync("pdb-ddl");
+        var sources = Enumerable.Range(0, 8).Select(_ => NpgsqlDataSource.Create(connectionString)).ToList();
+        try
+        {
+            for (var round = 0; round < 10; round++)
+            {
+                var ddl = $"CREATE TABLE IF NOT EXISTS race_{round} (x int); CREATE INDEX IF NOT EXISTS race_{round}_x ON race_{round} (x);";
+                await Task.WhenAll(sources.Select(source =>
+                    new PostgreSqlParticipantDatabase(source).ExecuteDdlAsync(ddl, CancellationToken.None)));
+            }
+        }
+        finally
+        {
+            foreach (var source in sources)
+            {
+                await source.DisposeAsync();
+            }
+        }
+    }
+
+    [Fact]
     public async Task Sqlite_UncommittedTransaction_RollsBackOnDispose()
     {
         using var dir = new TempDir("pdb-sqlite");

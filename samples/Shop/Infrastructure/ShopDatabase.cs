@@ -75,11 +75,10 @@ internal sealed class ShopDatabase : IDisposable
 
     /// <summary>Runs <paramref name="work"/> in one write transaction of the kit (BEGIN IMMEDIATE, synchronous=FULL), committed when it returns.</summary>
     /// <remarks>Never call this from inside a kit transaction (an idempotent handler, a branch handler): it would wait for the turn that transaction holds.</remarks>
-    public async Task<T> WriteAsync<T>(Func<SqliteConnection, SqliteTransaction, Task<T>> work, CancellationToken cancellationToken)
+    public async Task<T> WriteAsync<T>(Func<ParticipantTransaction, Task<T>> work, CancellationToken cancellationToken)
     {
         await using var transaction = await Participant.BeginAsync(cancellationToken);
-        var (connection, sqlite) = ShopTransaction.Of(transaction);
-        var result = await work(connection, sqlite);
+        var result = await work(transaction);
         await transaction.CommitAsync(cancellationToken);
         return result;
     }

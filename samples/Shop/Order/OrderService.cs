@@ -110,15 +110,16 @@ internal sealed partial class OrderService(ShopDatabase database, OrderSaga saga
         }
 
         var now = timeProvider.GetUtcNow();
-        await database.WriteAsync(async (connection, transaction) =>
+        await database.WriteAsync(async participant =>
         {
+            var (connection, transaction) = ShopTransaction.Of(participant);
             var changed = await OrderStore.SetSubmitStateAsync(connection, transaction, order.OrderId,
                 outcome == SubmitOutcome.Accepted ? SubmitState.Accepted : SubmitState.Rejected, now, ct);
             if (changed == 1 && outcome == SubmitOutcome.Rejected)
             {
                 await OrderStore.SetStatusAsync(connection, transaction, order.OrderId, OrderStatus.Cancelled,
                     "the coordinator rejected the transaction: " + detail, now, ct);
-                await ReleaseLockAsync(connection, transaction, order, ct);
+                await locks.ReleaseAsync(participant, OrderStore.LockOf(order.OrderId), order.Gid, ct);
             }
 
             return changed;
@@ -129,8 +130,9 @@ internal sealed partial class OrderService(ShopDatabase database, OrderSaga saga
     public async Task CancelStaleAsync(OrderRow order, string reason, CancellationToken ct)
     {
         var now = timeProvider.GetUtcNow();
-        await database.WriteAsync(async (connection, transaction) =>
+        await database.WriteAsync(async participant =>
         {
+            var (connection, transaction) = ShopTransaction.Of(participant);
             var current = await OrderStore.FindAsync(connection, transaction, order.OrderId, ct);
             if (current?.Status != OrderStatus.Pending)
             {
@@ -138,14 +140,10 @@ internal sealed partial class OrderService(ShopDatabase database, OrderSaga saga
             }
 
             await OrderStore.SetStatusAsync(connection, transaction, order.OrderId, OrderStatus.Cancelled, reason, now, ct);
-            await ReleaseLockAsync(connection, transaction, order, ct);
+            await locks.ReleaseAsync(participant, OrderStore.LockOf(order.OrderId), order.Gid, ct);
             return 1;
         }, ct);
     }
-
-    private static Task<int> ReleaseLockAsync(Microsoft.Data.Sqlite.SqliteConnection connection, Microsoft.Data.Sqlite.SqliteTransaction transaction, OrderRow order, CancellationToken ct) =>
-        Sql.ExecuteAsync(connection, transaction, "DELETE FROM treaty_semantic_locks WHERE resource = $resource AND gid = $gid", ct,
-            ("$resource", OrderStore.LockOf(order.OrderId)), ("$gid", order.Gid));
 
     private async Task<IResult> ListAsync(string? status, CancellationToken ct)
     {

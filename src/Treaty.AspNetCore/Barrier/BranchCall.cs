@@ -68,7 +68,16 @@ internal static class BranchCallReader
                 return null;
             }
 
-            fromBody = property.GetString();
+            try
+            {
+                fromBody = property.GetString();
+            }
+            catch (InvalidOperationException)
+            {
+                // a lone surrogate escape ("\ud800"): valid JSON, but no text to key the barrier on
+                errors[name] = [$"'{name}' is not valid Unicode text."];
+                return null;
+            }
         }
 
         var headerValues = headers[header];

@@ -25,10 +25,21 @@ public abstract class ParticipantDatabase
     /// <summary>Opens a connection and begins a local transaction that serializes conflicting writers.</summary>
     public abstract ValueTask<ParticipantTransaction> BeginAsync(CancellationToken cancellationToken);
 
-    /// <summary>Runs <paramref name="sql"/> (the kit's DDL, idempotent) in its own transaction.</summary>
+    // Two processes starting at once would race on CREATE TABLE IF NOT EXISTS (a unique violation in
+    // pg_type, which fails the host's start); a transaction-scoped advisory lock serializes the DDL.
+    // The number is arbitrary but fixed.
+    private const long DdlAdvisoryLock = 0x7472_6561_7479_4944;
+
+    /// <summary>Runs <paramref name="sql"/> (the kit's DDL, idempotent) in its own transaction, one process at a time.</summary>
     public async Task ExecuteDdlAsync(string sql, CancellationToken cancellationToken)
     {
         await using var transaction = await BeginAsync(cancellationToken);
+        if (Dialect == SqlDialect.PostgreSql)
+        {
+            await using var advisory = transaction.CreateCommand("SELECT pg_advisory_xact_lock(@id)", ("id", DdlAdvisoryLock));
+            await advisory.ExecuteNonQueryAsync(cancellationToken);
+        }
+
         await using var command = transaction.CreateCommand(sql);
         await command.ExecuteNonQueryAsync(cancellationToken);
         await transaction.CommitAsync(cancellationToken);

@@ -63,6 +63,11 @@ internal static class IdempotencyFingerprint
         {
             return false;
         }
+        catch (InvalidOperationException)
+        {
+            // well-formed JSON whose string escapes are not UTF-16 text (a lone "\ud800"): the raw bytes decide
+            return false;
+        }
     }
 
     private static bool IsJson(string? contentType)

@@ -91,13 +91,14 @@ internal sealed partial class IdempotencyMiddleware(
         var originalBody = context.Features.GetRequiredFeature<IHttpResponseBodyFeature>();
         var originalLifetime = context.Features.Get<IHttpRequestLifetimeFeature>();
         using var buffer = new MemoryStream();
+        var bufferedBody = new StreamResponseBodyFeature(buffer, originalBody);
         await using var scopeOfWork = new HandlerScope();
         try
         {
             // the handler's writes and the stored response commit or roll back together
             await scopeOfWork.BeginAsync(store, context.RequestAborted);
             context.Features.Set(new ParticipantTransactionFeature(scopeOfWork.Transaction));
-            context.Features.Set<IHttpResponseBodyFeature>(new StreamResponseBodyFeature(buffer, originalBody));
+            context.Features.Set<IHttpResponseBodyFeature>(bufferedBody);
 
             // Once the handler runs, it runs to the end even if the client leaves: its result is
             // stored for the client's retry. Cancelled by the request's own token, a handler (or
@@ -105,6 +106,10 @@ internal sealed partial class IdempotencyMiddleware(
             // would then be replayed. Only the host's shutdown cancels it.
             context.Features.Set<IHttpRequestLifetimeFeature>(new ShieldedRequestLifetime(originalLifetime, lifetime.ApplicationStopping));
             await next(context);
+
+            // What the handler left in the body's PipeWriter, which the server would flush at the
+            // end, belongs to the response: into the buffer before it is stored and sent.
+            await bufferedBody.CompleteAsync();
         }
         catch (Exception exception)
         {

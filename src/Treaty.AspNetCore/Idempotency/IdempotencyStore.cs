@@ -76,10 +76,6 @@ internal sealed partial class IdempotencyStore(
         CREATE INDEX IF NOT EXISTS {Table}_expires_at ON {Table} (expires_at);
         """;
 
-    // Two processes starting at once would race on CREATE TABLE IF NOT EXISTS (a unique violation in
-    // pg_type); a transaction-scoped advisory lock serializes them. The number is arbitrary but fixed.
-    private const long SchemaAdvisoryLock = 0x7472_6561_7479_4944;
-
     private readonly SemaphoreSlim _schemaGate = new(1, 1);
 
     private volatile bool _schemaReady;
@@ -102,19 +98,7 @@ internal sealed partial class IdempotencyStore(
                 return;
             }
 
-            await using var transaction = await database.BeginAsync(cancellationToken);
-            if (database.Dialect == SqlDialect.PostgreSql)
-            {
-                await using var advisory = transaction.CreateCommand("SELECT pg_advisory_xact_lock(@id)", ("id", SchemaAdvisoryLock));
-                await advisory.ExecuteNonQueryAsync(cancellationToken);
-            }
-
-            await using (var ddl = transaction.CreateCommand(database.Dialect == SqlDialect.PostgreSql ? PostgreSqlSchema : SqliteSchema))
-            {
-                await ddl.ExecuteNonQueryAsync(cancellationToken);
-            }
-
-            await transaction.CommitAsync(cancellationToken);
+            await database.ExecuteDdlAsync(database.Dialect == SqlDialect.PostgreSql ? PostgreSqlSchema : SqliteSchema, cancellationToken);
             _schemaReady = true;
         }
         finally

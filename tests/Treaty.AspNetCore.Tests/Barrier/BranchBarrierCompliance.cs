@@ -214,6 +214,7 @@ public abstract class BranchBarrierCompliance : IAsyncLifetime
     [InlineData("""{"gid":"g","branch":"b1","op":"refund","payload":{}}""", null, "op")]
     [InlineData("""{"gid":"g","branch":7,"op":"action"}""", null, "branch")]
     [InlineData("""{"gid":"g","branch":"b1","op":"action"}""", "b2", "branch")]
+    [InlineData("""{"gid":"g\ud800","branch":"b1","op":"action"}""", null, "gid")]
     public async Task MalformedEnvelope_Returns400NamingTheField(string body, string? branchHeader, string field)
     {
         var headers = branchHeader is null ? null : new Dictionary<string, string> { ["Treaty-Branch"] = branchHeader };

@@ -444,6 +444,18 @@ public abstract class IdempotencyComplianceTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task HandlerWritingThroughTheBodyPipeWithoutFlushing_GetsAndStoresItsWholeBody()
+    {
+        var first = await App.SendAsync("/pipe", "k-pipe", "{}");
+        var replay = await App.SendAsync("/pipe", "k-pipe", "{}");
+
+        first.Status.ShouldBe(201);
+        first.Text.ShouldBe("written through the pipe");
+        replay.Replayed.ShouldBeTrue();
+        replay.Body.ShouldBe(first.Body);
+    }
+
+    [Fact]
     public async Task KeyTable_CreationIsIdempotent()
     {
         await App.Store.EnsureSchemaAsync(CancellationToken.None);

@@ -161,6 +161,14 @@ public sealed class IdempotencyRulesTests
         Fingerprint("""{"b":1,"a":2}""", contentType: "application/merge-patch+json")
             .ShouldBe(Fingerprint("""{"a":2,"b":1}""", contentType: "application/merge-patch+json"));
 
+    [Fact]
+    public void Fingerprint_JsonWithALoneSurrogateEscape_DoesNotThrow()
+    {
+        // valid JSON syntax, but "\ud800" is no UTF-16 text: hashed by its raw bytes, never a 500
+        Fingerprint("""{"a":"\ud800"}""").ShouldBe(Fingerprint("""{"a":"\ud800"}"""));
+        Fingerprint("""{"\udc00":1}""").ShouldNotBe(Fingerprint("""{"\udc01":1}"""));
+    }
+
     private static string Fingerprint(string body, string method = "POST", string route = "/charges", string path = "/charges", string contentType = "application/json; charset=utf-8") =>
         IdempotencyFingerprint.Compute(method, route, path, contentType, Encoding.UTF8.GetBytes(body));
 }

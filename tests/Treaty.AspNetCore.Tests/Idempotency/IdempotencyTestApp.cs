@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Net.Http.Headers;
 using System.Security.Claims;
 using System.Text;
@@ -182,6 +183,14 @@ internal sealed class IdempotencyTestApp : IAsyncDisposable
         app.MapPost("/orders/{id}", (string id) => Results.Ok(new { id })).WithIdempotencyKey(required: true);
         app.MapPost("/optional", (HttpContext context) => Results.Text(context.GetParticipantTransaction() is null ? "no transaction" : "in a transaction"))
             .WithIdempotencyKey();
+        app.MapPost("/pipe", (HttpContext context) =>
+        {
+            // written to the body's PipeWriter and left for the server to flush, as ASP.NET Core allows
+            context.Response.StatusCode = 201;
+            context.Response.ContentType = "text/plain";
+            context.Response.BodyWriter.Write("written through the pipe"u8);
+            return Task.CompletedTask;
+        }).WithIdempotencyKey(required: true);
         app.MapPost("/plain", (HttpContext context) => Results.Text(context.GetParticipantTransaction() is null ? "no transaction" : "in a transaction"));
         app.MapControllers();
 

@@ -24,7 +24,8 @@ internal static class DemoCommand
             env = await console.Status().StartAsync("Starting the coordinator and the Shop services…",
                 _ => DemoEnvironment.StartAsync(dataDir, cancellationToken));
         }
-        catch (Exception ex) when (ex is InvalidOperationException or TimeoutException or FileNotFoundException or HttpRequestException)
+        catch (Exception ex) when (ex is InvalidOperationException or TimeoutException or FileNotFoundException or HttpRequestException
+            || (ex is OperationCanceledException && !cancellationToken.IsCancellationRequested))
         {
             console.MarkupLineInterpolated($"[red]Could not start the demo:[/] {ex.Message}");
             return 1;

@@ -11,25 +11,7 @@ public sealed class ParticipantDatabaseTests(PostgresFixture postgres)
     public async Task PostgreSql_UncommittedTransaction_RollsBackOnDispose()
     {
         await using var source = NpgsqlDataSource.Create(await postgres.Server.CreateDatabaseAsync("pdb"));
-        var database = new PostgreSqlParticipantDatabase(source);
-        await database.ExecuteDdlAsync("CREATE TABLE IF NOT EXISTS t (x int)", CancellationToken.None);
-
-        await using (var tx = await database.BeginAsync(CancellationToken.None))
-        {
-            await using var insert = tx.CreateCommand("INSERT INTO t VALUES (@x)", ("x", 1));
-            await insert.ExecuteNonQueryAsync();
-        }
-
-        await using (var tx = await database.BeginAsync(CancellationToken.None))
-        {
-            await using var insert = tx.CreateCommand("INSERT INTO t VALUES (@x)", ("x", 2));
-            await insert.ExecuteNonQueryAsync();
-            await tx.CommitAsync(CancellationToken.None);
-        }
-
-        await using var read = await database.BeginAsync(CancellationToken.None);
-        await using var count = read.CreateCommand("SELECT coalesce(sum(x), 0) FROM t");
-        Convert.ToInt64(await count.ExecuteScalarAsync()).ShouldBe(2);
+        await ShouldRollBackOnDisposeAsync(new PostgreSqlParticipantDatabase(source));
     }
 
     [Fact]
@@ -62,7 +44,13 @@ public sealed class ParticipantDatabaseTests(PostgresFixture postgres)
     public async Task Sqlite_UncommittedTransaction_RollsBackOnDispose()
     {
         using var dir = new TempDir("pdb-sqlite");
-        var database = new SqliteParticipantDatabase(Path.Combine(dir.Path, "p.db"));
+        await ShouldRollBackOnDisposeAsync(new SqliteParticipantDatabase(Path.Combine(dir.Path, "p.db")));
+        Microsoft.Data.Sqlite.SqliteConnection.ClearAllPools();
+    }
+
+    /// <summary>An uncommitted transaction leaves nothing behind; a committed one does.</summary>
+    private static async Task ShouldRollBackOnDisposeAsync(ParticipantDatabase database)
+    {
         await database.ExecuteDdlAsync("CREATE TABLE IF NOT EXISTS t (x int)", CancellationToken.None);
 
         await using (var tx = await database.BeginAsync(CancellationToken.None))
@@ -81,6 +69,5 @@ public sealed class ParticipantDatabaseTests(PostgresFixture postgres)
         await using var read = await database.BeginAsync(CancellationToken.None);
         await using var count = read.CreateCommand("SELECT coalesce(sum(x), 0) FROM t");
         Convert.ToInt64(await count.ExecuteScalarAsync()).ShouldBe(2);
-        Microsoft.Data.Sqlite.SqliteConnection.ClearAllPools();
     }
 }

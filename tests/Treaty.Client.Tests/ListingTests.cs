@@ -8,22 +8,22 @@ namespace Treaty.Client.Tests;
 public sealed class ListingTests : IAsyncLifetime
 {
     private readonly List<string> _gids = [];
-    private TinyParticipant _participant = null!;
-    private InProcessCoordinator _coordinator = null!;
-    private TreatyClient _client = null!;
+    private readonly TreatyFixture _fixture = new();
+
+    private TreatyClient Client => _fixture.Client;
+
+    private TinyParticipant Participant => _fixture.Participant;
 
     public async Task InitializeAsync()
     {
+        await _fixture.InitializeAsync();
         try
         {
-            _participant = await TinyParticipant.StartAsync();
-            _coordinator = await InProcessCoordinator.StartAsync(prefix: "treaty-client-tests");
-            _client = new TreatyClient(_coordinator.BaseAddress);
             for (var i = 0; i < 5; i++)
             {
                 var gid = TreatyFixture.NewGid($"list{i}");
                 _gids.Add(gid);
-                await _client.Saga(gid).Step("s1", _participant.Ok, _participant.Ok).SubmitAsync(TimeSpan.FromSeconds(10));
+                await Client.Saga(gid).Step("s1", Participant.Ok, Participant.Ok).SubmitAsync(TimeSpan.FromSeconds(10));
             }
         }
         catch
@@ -33,36 +33,16 @@ public sealed class ListingTests : IAsyncLifetime
         }
     }
 
-    /// <summary>Idempotent: it also runs when <see cref="InitializeAsync"/> fails.</summary>
-    public async Task DisposeAsync()
-    {
-        var (client, coordinator, participant) = (_client, _coordinator, _participant);
-        (_client, _coordinator, _participant) = (null!, null!, null!);
-        client?.Dispose();
-        try
-        {
-            if (coordinator is not null)
-            {
-                await coordinator.DisposeAsync();
-            }
-        }
-        finally
-        {
-            if (participant is not null)
-            {
-                await participant.DisposeAsync();
-            }
-        }
-    }
+    public Task DisposeAsync() => _fixture.DisposeAsync();
 
     [Fact]
     public async Task ListAsync_WithLimit2_ReturnsTwoItemsAndACursorToTheNextPage()
     {
-        var first = await _client.ListAsync(new TransactionListQuery { Limit = 2 });
+        var first = await Client.ListAsync(new TransactionListQuery { Limit = 2 });
 
         first.Items.Count.ShouldBe(2);
         first.NextCursor.ShouldNotBeNullOrEmpty();
-        var second = await _client.ListAsync(new TransactionListQuery { Limit = 2, Cursor = first.NextCursor });
+        var second = await Client.ListAsync(new TransactionListQuery { Limit = 2, Cursor = first.NextCursor });
         second.Items.Count.ShouldBe(2);
         second.Items.Select(i => i.Gid).ShouldNotContain(g => first.Items.Any(f => f.Gid == g));
     }
@@ -71,7 +51,7 @@ public sealed class ListingTests : IAsyncLifetime
     public async Task ListAllAsync_WithLimit2OverFiveTransactions_YieldsEachOnce()
     {
         var seen = new List<TransactionSummaryView>();
-        await foreach (var item in _client.ListAllAsync(new TransactionListQuery { Limit = 2 }))
+        await foreach (var item in Client.ListAllAsync(new TransactionListQuery { Limit = 2 }))
         {
             seen.Add(item);
         }
@@ -84,10 +64,10 @@ public sealed class ListingTests : IAsyncLifetime
     public async Task ListAllAsync_WithStatusFilter_YieldsOnlyMatches()
     {
         var aborted = TreatyFixture.NewGid("list-aborted");
-        await _client.Saga(aborted).Step("s1", _participant.Conflict, _participant.Ok).SubmitAsync(TimeSpan.FromSeconds(10));
+        await Client.Saga(aborted).Step("s1", Participant.Conflict, Participant.Ok).SubmitAsync(TimeSpan.FromSeconds(10));
 
         var seen = new List<string>();
-        await foreach (var item in _client.ListAllAsync(new TransactionListQuery { Status = "aborted", Limit = 2 }))
+        await foreach (var item in Client.ListAllAsync(new TransactionListQuery { Status = "aborted", Limit = 2 }))
         {
             seen.Add(item.Gid);
         }
@@ -103,7 +83,7 @@ public sealed class ListingTests : IAsyncLifetime
 
         await Assert.ThrowsAnyAsync<OperationCanceledException>(async () =>
         {
-            await foreach (var _ in _client.ListAllAsync(new TransactionListQuery { Limit = 2 }, cancelled.Token))
+            await foreach (var _ in Client.ListAllAsync(new TransactionListQuery { Limit = 2 }, cancelled.Token))
             {
             }
         });

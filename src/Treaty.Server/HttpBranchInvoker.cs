@@ -48,7 +48,11 @@ internal sealed partial class HttpBranchInvoker : IBranchInvoker, IDisposable
         var trace = TraceOf(call.Gid);
         using var activity = TreatyTelemetry.Source.StartActivity("treaty.branch " + call.Op, ActivityKind.Client, trace);
         activity?.SetTag("treaty.gid", call.Gid);
-        activity?.SetTag("treaty.branch", call.Branch);
+        if (call.Branch is not null)
+        {
+            activity?.SetTag("treaty.branch", call.Branch);
+        }
+
         activity?.SetTag("treaty.op", call.Op);
         activity?.SetTag("treaty.attempt", call.Attempt);
 
@@ -69,7 +73,11 @@ internal sealed partial class HttpBranchInvoker : IBranchInvoker, IDisposable
             }
 
             request.Headers.Add("Treaty-Gid", call.Gid);
-            request.Headers.Add("Treaty-Branch", call.Branch);
+            if (call.Branch is not null)
+            {
+                request.Headers.Add("Treaty-Branch", call.Branch);
+            }
+
             request.Headers.Add("Treaty-Op", call.Op);
             request.Headers.Add("Treaty-Attempt", call.Attempt.ToString(System.Globalization.CultureInfo.InvariantCulture));
             request.Headers.Add("Idempotency-Key", call.IdempotencyKey);
@@ -100,7 +108,7 @@ internal sealed partial class HttpBranchInvoker : IBranchInvoker, IDisposable
         }
         catch (HttpRequestException ex)
         {
-            LogCallFailed(_logger, call.Gid, call.Branch, call.Op, ex.Message);
+            LogCallFailed(_logger, call.Gid, call.Branch ?? "-", call.Op, ex.Message);
             return BranchOutcome.Unknown(null, ex.Message);
         }
         catch (IOException ex)
@@ -126,7 +134,11 @@ internal sealed partial class HttpBranchInvoker : IBranchInvoker, IDisposable
         {
             writer.WriteStartObject();
             writer.WriteString("gid", call.Gid);
-            writer.WriteString("branch", call.Branch);
+            if (call.Branch is not null)
+            {
+                writer.WriteString("branch", call.Branch);
+            }
+
             writer.WriteString("op", call.Op);
             writer.WriteNumber("attempt", call.Attempt);
             writer.WritePropertyName("payload");

@@ -118,7 +118,7 @@ public static class TransactionsApi
 
         var location = $"/api/v1/transactions/{Uri.EscapeDataString(state.Gid)}";
         context.Response.Headers.Location = location;
-        return Results.Json(WireMapper.ToView(state), TreatyJsonContext.Default.TransactionView,
+        return Results.Json(View(engine, state), TreatyJsonContext.Default.TransactionView,
             statusCode: state.IsTerminal ? StatusCodes.Status200OK : StatusCodes.Status202Accepted);
     }
 
@@ -131,7 +131,7 @@ public static class TransactionsApi
         var state = RequestParser.IsValidGid(gid) ? await engine.GetAsync(gid, cancellationToken) : null;
         return state is null
             ? Problems.NotFound(context, gid)
-            : Results.Json(WireMapper.ToView(state), TreatyJsonContext.Default.TransactionView);
+            : Results.Json(View(engine, state), TreatyJsonContext.Default.TransactionView);
     }
 
     private static async Task<IResult> GetEventsAsync(string gid, HttpContext context, TransactionEngine engine, ITransactionStore store, CancellationToken cancellationToken)
@@ -242,7 +242,7 @@ public static class TransactionsApi
         }
 
         var result = await engine.RetryAsync(gid, Actor(context), cancellationToken);
-        return AdminResponse(context, gid, result, "It is already finished.");
+        return AdminResponse(context, engine, gid, result, "It is already finished.");
     }
 
     private static async Task<IResult> AbortAsync(string gid, HttpContext context, TransactionEngine engine, CancellationToken cancellationToken)
@@ -272,15 +272,19 @@ public static class TransactionsApi
         }
 
         var result = await engine.AbortAsync(gid, Actor(context), reason, cancellationToken);
-        return AdminResponse(context, gid, result, "It is finished, or it has passed its point of no return (the pivot has started).");
+        return AdminResponse(context, engine, gid, result, "It is finished, or it has passed its point of no return (the pivot has started).");
     }
 
-    private static IResult AdminResponse(HttpContext context, string gid, AdminResult result, string refusal) => result.Status switch
+    private static TransactionView View(TransactionEngine engine, TransactionState state) =>
+        WireMapper.ToView(state, engine.MachineFor(state.Spec.Protocol)
+            ?? throw new InvalidOperationException($"Transaction {state.Gid} uses protocol {state.Spec.Protocol.ToWire()}, which this coordinator does not run."));
+
+    private static IResult AdminResponse(HttpContext context, TransactionEngine engine, string gid, AdminResult result, string refusal) => result.Status switch
     {
         AdminStatus.NotFound => Problems.NotFound(context, gid),
         AdminStatus.Refused => Problems.Create(StatusCodes.Status409Conflict, ProblemTypes.InvalidState, "Not possible in this state",
             $"Transaction '{gid}' is {result.State?.Status.ToWire()}. {refusal}", context),
-        _ => Results.Json(WireMapper.ToView(result.State!), TreatyJsonContext.Default.TransactionView),
+        _ => Results.Json(View(engine, result.State!), TreatyJsonContext.Default.TransactionView),
     };
 
     private static string Actor(HttpContext context)

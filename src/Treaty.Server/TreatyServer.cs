@@ -4,7 +4,7 @@ using Microsoft.AspNetCore.Http.Json;
 using Treaty.Core.Contracts;
 using Treaty.Core.Engine;
 using Treaty.Core.Model;
-using Treaty.Core.Sagas;
+using Treaty.Core.Protocols;
 using Treaty.Core.Serialization;
 using Treaty.Storage.Sqlite;
 

@@ -33,7 +33,11 @@ public sealed class OperatorTests(ServerFixture fixture) : IClassFixture<ServerF
 
         var stuck = await Api.WaitUntilAsync(_http, gid, v => v.Stuck, "stuck");
         stuck.Status.ShouldBe("aborting");
-        stuck.Reason.ShouldNotBeNull().ShouldContain("s1.compensate");
+        var cause = stuck.StuckOn.ShouldNotBeNull();
+        (cause.Branch, cause.Op, cause.Attempts, cause.LastStatusCode).ShouldBe(("s1", "compensate", 2, 503));
+        stuck.Reason.ShouldNotBeNull().ShouldContain("s2.action failed"); // why it aborts, apart from why it is stuck
+        stuck.Phase.ShouldBe("compensate");
+        stuck.Decision.ShouldBe("abort");
         stuck.Op("s1", "compensate").Attempts.ShouldBe(2);
         stuck.Op("s1", "compensate").Status.ShouldBe("waiting");
         stuck.Op("s1", "compensate").LastStatusCode.ShouldBe(503);

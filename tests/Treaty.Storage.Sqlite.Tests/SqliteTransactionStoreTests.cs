@@ -5,7 +5,7 @@ using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Options;
 using Treaty.Core.Engine;
 using Treaty.Core.Model;
-using Treaty.Core.Sagas;
+using Treaty.Core.Protocols;
 
 namespace Treaty.Storage.Sqlite.Tests;
 

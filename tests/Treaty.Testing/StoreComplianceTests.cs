@@ -2,7 +2,7 @@ using System.Collections.Immutable;
 using System.Text.Json;
 using Treaty.Core.Engine;
 using Treaty.Core.Model;
-using Treaty.Core.Sagas;
+using Treaty.Core.Protocols;
 using Treaty.Core.Serialization;
 
 namespace Treaty.Testing;
@@ -99,7 +99,7 @@ public abstract class StoreComplianceTests : IAsyncLifetime
     {
         var first = NewState("dup");
         await Store.InsertAsync(first, [Entry(JournalKinds.Submitted)], Ct);
-        var second = NewState("dup", createdAt: T0.AddHours(1)) with { Fingerprint = "other", Stuck = true };
+        var second = NewState("dup", createdAt: T0.AddHours(1)) with { Fingerprint = "other", StuckOn = SomeStuckCause };
 
         var existing = await Store.InsertAsync(second, [Entry(JournalKinds.Aborted), Entry(JournalKinds.Stuck)], Ct);
 
@@ -559,7 +559,7 @@ public abstract class StoreComplianceTests : IAsyncLifetime
         var b = NewState("durable-b", createdAt: T0.AddMinutes(1));
         await Store.InsertAsync(a, [Entry(JournalKinds.Submitted)], Ct);
         await Store.InsertAsync(b, [Entry(JournalKinds.Submitted)], Ct);
-        var a2 = Advance(a, s => s with { Status = TransactionStatus.Aborted, NextWakeAt = null, Stuck = false });
+        var a2 = Advance(a, s => s with { Status = TransactionStatus.Aborted, NextWakeAt = null, StuckOn = null });
         await Store.UpdateAsync(a2, [Entry(JournalKinds.Aborted, detail: "done")], Ct);
         var journalBefore = await Store.GetJournalAsync("durable-a", Ct);
 
@@ -620,6 +620,9 @@ public abstract class StoreComplianceTests : IAsyncLifetime
         actual.Version.ShouldBe(expected.Version);
     }
 
+    /// <summary>Any stuck cause, for states that only need the flag.</summary>
+    protected static StuckCause SomeStuckCause { get; } = new("pay", ProtocolNames.Compensate, 5, null, "timeout");
+
     protected static string Json(TransactionState state) => JsonSerializer.Serialize(state, TreatyJsonContext.Default.TransactionState);
 
     /// <summary>A state with every optional field set, a non-UTC offset and sub-millisecond times.</summary>
@@ -635,7 +638,9 @@ public abstract class StoreComplianceTests : IAsyncLifetime
         return state with
         {
             Status = TransactionStatus.Aborting,
-            Stuck = true,
+            Phase = ProtocolNames.Compensate,
+            Outcome = TransactionOutcome.Abort,
+            StuckOn = new StuckCause("pay", ProtocolNames.Compensate, 4, 503, "busy ✓"),
             Reason = "ship failed: \"out of stock\"",
             UpdatedAt = created.AddMinutes(1),
             NextWakeAt = created.AddMinutes(3),
@@ -667,7 +672,7 @@ public abstract class StoreComplianceTests : IAsyncLifetime
             NewState($"m{i:D3}", createdAt: T0.AddMinutes(i / 3), protocol: i % 4 == 0 ? Protocol.Tcc : Protocol.Saga) with
             {
                 Status = statuses[i % statuses.Length],
-                Stuck = i % 5 == 1,
+                StuckOn = i % 5 == 1 ? SomeStuckCause : null,
             }).ToList();
     }
 

@@ -67,12 +67,13 @@ public static class RequestParser
         }
 
         var branches = ParseBranches(request.Branches, machine, errors);
+        var urls = ParseTransactionUrls(request, machine, errors);
         if (errors.Count > 0 || machine is null)
         {
             return new ParsedRequest(null, null, errors, unsupported);
         }
 
-        var spec = new TransactionSpec(gid, machine.Protocol, payload, branches, request.TimeoutMs, retry);
+        var spec = new TransactionSpec(gid, machine.Protocol, payload, branches, request.TimeoutMs, retry) { Urls = urls };
         errors.AddRange(machine.Validate(spec));
         if (errors.Count > 0)
         {
@@ -137,9 +138,9 @@ public static class RequestParser
                     continue;
                 }
 
-                if (machine is not null && !machine.Operations.Contains(op))
+                if (machine is not null && !machine.Shape.BranchOperations.Contains(op))
                 {
-                    errors.Add(new($"{field}.{op}", $"A {machine.Protocol.ToWire()} branch has no '{op}' operation; it has {string.Join(", ", machine.Operations)}."));
+                    errors.Add(new($"{field}.{op}", $"A {machine.Protocol.ToWire()} branch has no '{op}' operation; it has {string.Join(", ", machine.Shape.BranchOperations)}."));
                 }
                 else if (!IsValidUrl(url))
                 {
@@ -154,7 +155,12 @@ public static class RequestParser
             ImmutableArray<string> dependsOn;
             if (request.DependsOn is null)
             {
-                dependsOn = previous is null ? [] : [previous];
+                dependsOn = previous is null || machine?.Shape.DependsOn != DependsOnDefault.PreviousBranch ? [] : [previous];
+            }
+            else if (machine is { Shape.AllowsDependsOn: false })
+            {
+                errors.Add(new($"{field}.dependsOn", $"A {machine.Protocol.ToWire()} transaction runs every branch at once; dependsOn does not apply."));
+                dependsOn = [];
             }
             else
             {
@@ -198,6 +204,33 @@ public static class RequestParser
         }
 
         return result.ToImmutable();
+    }
+
+    private static ImmutableSortedDictionary<string, string>? ParseTransactionUrls(SubmitTransactionRequest request, IProtocolMachine? machine, List<ValidationError> errors)
+    {
+        var urls = ImmutableSortedDictionary.CreateBuilder<string, string>(StringComparer.Ordinal);
+        foreach (var (op, url) in request.OperationUrls())
+        {
+            if (url is null)
+            {
+                continue;
+            }
+
+            if (machine is not null && !machine.Shape.TransactionOperations.Contains(op))
+            {
+                errors.Add(new(op, $"A {machine.Protocol.ToWire()} transaction has no '{op}' operation."));
+            }
+            else if (!IsValidUrl(url))
+            {
+                errors.Add(new(op, "Must be an absolute http or https URL."));
+            }
+            else
+            {
+                urls[op] = url;
+            }
+        }
+
+        return urls.Count == 0 ? null : urls.ToImmutable();
     }
 
     private static RetryPolicy? ParseRetry(RetryPolicyRequest? request, string field, List<ValidationError> errors)

@@ -4,10 +4,10 @@ using Treaty.Core.Model;
 
 namespace Treaty.Core.Contracts;
 
-/// <summary>Maps stored state to the API's views.</summary>
+/// <summary>Maps stored state to the API's views; the protocol's machine says how a branch reads.</summary>
 public static class WireMapper
 {
-    public static TransactionView ToView(TransactionState state) => new(
+    public static TransactionView ToView(TransactionState state, IProtocolMachine machine) => new(
         state.Gid,
         state.Spec.Protocol.ToWire(),
         state.Status.ToWire(),
@@ -18,7 +18,13 @@ public static class WireMapper
         state.Deadline,
         state.NextWakeAt,
         Parse(state.Spec.PayloadJson) ?? default,
-        [.. state.Branches.Select((b, i) => ToView(state.Spec.Branches[i], b))]);
+        [.. state.Branches.Select((b, i) => ToView(state, i, machine))])
+    {
+        Phase = state.Phase,
+        Decision = state.Outcome?.ToWire(),
+        StuckOn = state.StuckOn is { } s ? new StuckView(s.Branch, s.Op, s.Attempts, s.LastStatusCode, s.LastError) : null,
+        Ops = state.Ops.IsEmpty ? null : Operations(state.Ops, state.Spec.UrlOf),
+    };
 
     public static TransactionSummaryView ToSummary(TransactionState state) => new(
         state.Gid,
@@ -28,7 +34,10 @@ public static class WireMapper
         state.Reason,
         state.CreatedAt,
         state.UpdatedAt,
-        state.Branches.Length);
+        state.Branches.Length)
+    {
+        Phase = state.Phase,
+    };
 
     public static EventView ToView(JournalRecord record) => new(
         record.Sequence,
@@ -40,48 +49,32 @@ public static class WireMapper
         record.Entry.StatusCode,
         record.Entry.Detail);
 
-    private static BranchView ToView(BranchSpec spec, BranchState state)
+    private static BranchView ToView(TransactionState state, int index, IProtocolMachine machine)
     {
-        var ops = new Dictionary<string, OperationView>(StringComparer.Ordinal);
-        foreach (var op in state.Ops)
+        var spec = state.Spec.Branches[index];
+        var reading = machine.ReadBranch(state, index);
+        return new BranchView(spec.Name, reading.Status, spec.DependsOn, spec.Pivot, Operations(state.Branches[index].Ops, spec.UrlOf))
         {
-            if (spec.UrlOf(op.Op) is not { } url)
+            Vote = reading.Vote,
+        };
+    }
+
+    private static Dictionary<string, OperationView> Operations(IEnumerable<OpState> ops, Func<string, string?> urlOf)
+    {
+        var views = new Dictionary<string, OperationView>(StringComparer.Ordinal);
+        foreach (var op in ops)
+        {
+            if (urlOf(op.Op) is not { } url)
             {
                 continue;
             }
 
-            ops[op.Op] = new OperationView(
+            views[op.Op] = new OperationView(
                 url, op.Status.ToWire(), op.Attempts, op.LastStatusCode, op.LastError,
                 op.FirstAttemptAt, op.LastAttemptAt, op.FinishedAt, op.NextAttemptAt, Parse(op.ResultJson));
         }
 
-        return new BranchView(spec.Name, BranchStatus(state), spec.DependsOn, spec.Pivot, ops);
-    }
-
-    /// <summary>One word for a branch: pending, running, succeeded, failed, compensating, compensated.</summary>
-    public static string BranchStatus(BranchState state)
-    {
-        var forward = state.Ops[0];
-        var backward = state.Ops.Length > 1 ? state.Ops[1] : null;
-        if (backward is { Status: OpStatus.Succeeded })
-        {
-            return "compensated";
-        }
-
-        if (backward is { Status: OpStatus.InFlight or OpStatus.Waiting })
-        {
-            return "compensating";
-        }
-
-        return forward.Status switch
-        {
-            OpStatus.NotStarted => "pending",
-            OpStatus.InFlight or OpStatus.Waiting => "running",
-            OpStatus.Succeeded => "succeeded",
-            OpStatus.Failed => "failed",
-            OpStatus.Exhausted => "unknown",
-            _ => "pending",
-        };
+        return views;
     }
 
     private static JsonElement? Parse(string? json)

@@ -18,9 +18,18 @@ public sealed class SubmitTransactionRequest
 
     public List<BranchRequest?>? Branches { get; set; }
 
+    /// <summary>Two-phase message only: the sender's URL that says whether its local transaction committed.</summary>
+    public string? QueryPrepared { get; set; }
+
     public long? TimeoutMs { get; set; }
 
     public RetryPolicyRequest? Retry { get; set; }
+
+    /// <summary>Operation name to URL of the transaction's own operations, for every URL set.</summary>
+    public IEnumerable<KeyValuePair<string, string?>> OperationUrls()
+    {
+        yield return new("queryPrepared", QueryPrepared);
+    }
 }
 
 /// <summary>One branch of a submit: its name and the URLs of its protocol's operations.</summary>
@@ -53,7 +62,8 @@ public sealed class BranchRequest
 
     public string? Abort { get; set; }
 
-    /// <summary>Absent: the previous branch (sequential). Empty: none (runs at once, in parallel).</summary>
+    /// <summary>Absent: the protocol's default (a saga: the previous branch, so a list is a
+    /// sequence; the others: none). Empty: none (runs at once, in parallel).</summary>
     public List<string?>? DependsOn { get; set; }
 
     public bool? Pivot { get; set; }
@@ -97,7 +107,7 @@ public sealed class AbortRequest
     public string? Reason { get; set; }
 }
 
-/// <summary>A transaction as the API shows it.</summary>
+/// <summary>A transaction as the API shows it. <c>Reason</c> says why it aborted (or is aborting).</summary>
 public sealed record TransactionView(
     string Gid,
     string Protocol,
@@ -109,7 +119,23 @@ public sealed record TransactionView(
     DateTimeOffset? Deadline,
     DateTimeOffset? NextWakeAt,
     JsonElement Payload,
-    IReadOnlyList<BranchView> Branches);
+    IReadOnlyList<BranchView> Branches)
+{
+    /// <summary>The protocol phase (<c>prepare</c>, <c>commit</c>, <c>compensate</c>, ...).</summary>
+    public string? Phase { get; init; }
+
+    /// <summary><c>commit</c>, <c>abort</c>, or null while undecided.</summary>
+    public string? Decision { get; init; }
+
+    /// <summary>While stuck: the operation an operator must look at.</summary>
+    public StuckView? StuckOn { get; init; }
+
+    /// <summary>The transaction's own operations (msg's <c>queryPrepared</c>); null for most.</summary>
+    public IReadOnlyDictionary<string, OperationView>? Ops { get; init; }
+}
+
+/// <summary>The operation a stuck transaction waits on.</summary>
+public sealed record StuckView(string? Branch, string Op, int Attempts, int? LastStatusCode, string? LastError);
 
 /// <summary>A branch as the API shows it.</summary>
 public sealed record BranchView(
@@ -117,7 +143,11 @@ public sealed record BranchView(
     string Status,
     IReadOnlyList<string> DependsOn,
     bool Pivot,
-    IReadOnlyDictionary<string, OperationView> Ops);
+    IReadOnlyDictionary<string, OperationView> Ops)
+{
+    /// <summary>For 2PC and 3PC: <c>yes</c>, <c>no</c>, or null before the vote.</summary>
+    public string? Vote { get; init; }
+}
 
 /// <summary>One operation of a branch as the API shows it.</summary>
 public sealed record OperationView(
@@ -144,7 +174,10 @@ public sealed record TransactionSummaryView(
     string? Reason,
     DateTimeOffset CreatedAt,
     DateTimeOffset UpdatedAt,
-    int Branches);
+    int Branches)
+{
+    public string? Phase { get; init; }
+}
 
 /// <summary>One entry of a transaction's timeline.</summary>
 public sealed record EventView(

@@ -4,16 +4,16 @@ namespace Treaty.Core.Engine;
 
 /// <summary>One call to a participant, per the branch call contract.</summary>
 /// <param name="Gid">Transaction id.</param>
-/// <param name="Branch">Branch name.</param>
+/// <param name="Branch">Branch name, or null for a transaction-level operation (msg's queryPrepared).</param>
 /// <param name="Op">Operation name.</param>
 /// <param name="Url">Where to call.</param>
 /// <param name="Attempt">1 for the first call, then 2, 3, ...</param>
 /// <param name="PayloadJson">The transaction's payload.</param>
 /// <param name="Timeout">How long to wait for an answer.</param>
-public sealed record BranchCall(string Gid, string Branch, string Op, string Url, int Attempt, string PayloadJson, TimeSpan Timeout)
+public sealed record BranchCall(string Gid, string? Branch, string Op, string Url, int Attempt, string PayloadJson, TimeSpan Timeout)
 {
     /// <summary>The same on every retry of this operation, so the participant applies it at most once.</summary>
-    public string IdempotencyKey => $"{Gid}/{Branch}/{Op}";
+    public string IdempotencyKey => Branch is null ? $"{Gid}/{Op}" : $"{Gid}/{Branch}/{Op}";
 }
 
 /// <summary>Calls participants. Never throws for a participant's failure: every outcome is data.</summary>

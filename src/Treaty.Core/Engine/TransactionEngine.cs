@@ -187,6 +187,13 @@ public sealed partial class TransactionEngine : IAsyncDisposable
     public Task<AdminResult> AbortAsync(string gid, string actor, string? reason, CancellationToken cancellationToken) =>
         AdminAsync(gid, new AdminAbort(actor, reason), static (m, s) => m.CanAbort(s), cancellationToken);
 
+    /// <summary>
+    /// The two-phase message's sender committed its local transaction: deliver the registered
+    /// message. Accepted only while it is <see cref="TransactionStatus.Prepared"/>.
+    /// </summary>
+    public Task<AdminResult> SubmitPreparedAsync(string gid, CancellationToken cancellationToken) =>
+        AdminAsync(gid, new SenderCommitted(), static (_, s) => s.Status == TransactionStatus.Prepared, cancellationToken);
+
     private async Task<AdminResult> AdminAsync(
         string gid,
         TransactionEvent @event,
@@ -234,6 +241,48 @@ public sealed partial class TransactionEngine : IAsyncDisposable
 
         _active.Clear();
         _stopping.Dispose();
+    }
+
+    /// <summary>
+    /// Sends a call nobody waits for (presumed abort's rollbacks): an unknown outcome is retried
+    /// with the operation's policy while this engine runs; its outcome is never fed back.
+    /// </summary>
+    private async Task NotifyAsync(TransactionState state, NotifyOperation notify)
+    {
+        await Task.Yield();
+        for (var attempt = 1; !_stopping.IsCancellationRequested; attempt++)
+        {
+            var call = new BranchCall(state.Gid, notify.BranchName, notify.Op, notify.Url, attempt, state.Spec.PayloadJson, notify.Timeout);
+            var started = _time.GetTimestamp();
+            BranchOutcome outcome;
+            try
+            {
+                outcome = await _invoker.InvokeAsync(call, _stopping.Token);
+            }
+            catch (OperationCanceledException) when (_stopping.IsCancellationRequested)
+            {
+                return;
+            }
+            catch (Exception ex) when (ex is not OutOfMemoryException)
+            {
+                outcome = BranchOutcome.Unknown(null, ex.Message);
+            }
+
+            _observer.BranchCalled(state, call, outcome, _time.GetElapsedTime(started));
+            if (outcome.Kind != OutcomeKind.Unknown || attempt >= notify.Retry.MaxAttempts)
+            {
+                return;
+            }
+
+            try
+            {
+                await Task.Delay(Backoff.Delay(attempt, notify.Retry, _random.NextDouble()), _time, _stopping.Token);
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
+        }
     }
 
     private void Unload(Runner runner)
@@ -338,12 +387,13 @@ public sealed partial class TransactionEngine : IAsyncDisposable
             }
 
             var next = decision.Next with { Version = _state.Version + 1 };
-            if (_engine.UnsafeActBeforePersist)
+            if (!decision.WriteAhead || _engine.UnsafeActBeforePersist)
             {
-                // The known-bad variant the simulation must catch: act first, persist afterwards.
+                // The protocol lets these calls leave before the write is durable (presumed abort),
+                // or, with the test seam, the known-bad variant the simulation must catch.
                 Volatile.Write(ref _state, next);
-                Execute(next, decision.Commands.Where(c => c is InvokeBranch).ToList());
-                decision = decision with { Commands = [.. decision.Commands.Where(c => c is not InvokeBranch)] };
+                Execute(next, decision.Commands.Where(IsCall).ToList());
+                decision = decision with { Commands = [.. decision.Commands.Where(c => !IsCall(c))] };
             }
 
             try
@@ -365,9 +415,12 @@ public sealed partial class TransactionEngine : IAsyncDisposable
             }
 
             Volatile.Write(ref _state, next);
+            _engine._observer.Persisted(next, decision.WriteAhead);
             Execute(next, decision.Commands);
             return true;
         }
+
+        private static bool IsCall(Command command) => command is InvokeOperation or NotifyOperation;
 
         private void Execute(TransactionState state, IReadOnlyList<Command> commands)
         {
@@ -375,8 +428,11 @@ public sealed partial class TransactionEngine : IAsyncDisposable
             {
                 switch (command)
                 {
-                    case InvokeBranch invoke:
+                    case InvokeOperation invoke:
                         _ = InvokeAsync(state, invoke);
+                        break;
+                    case NotifyOperation notify:
+                        _ = _engine.NotifyAsync(state, notify);
                         break;
                     case Finish finish:
                         LogFinished(_engine._logger, Gid, finish.Status.ToWire());
@@ -418,7 +474,7 @@ public sealed partial class TransactionEngine : IAsyncDisposable
 
         private void OnTimer() => _ = HandleSafelyAsync(new TimerFired());
 
-        private async Task InvokeAsync(TransactionState state, InvokeBranch invoke)
+        private async Task InvokeAsync(TransactionState state, InvokeOperation invoke)
         {
             // Leave the caller's gate before doing I/O.
             await Task.Yield();
@@ -435,7 +491,7 @@ public sealed partial class TransactionEngine : IAsyncDisposable
             }
 
             _engine._observer.BranchCalled(state, call, outcome, _engine._time.GetElapsedTime(started));
-            await HandleSafelyAsync(new BranchCompleted(invoke.Branch, invoke.Op, invoke.Attempt, outcome));
+            await HandleSafelyAsync(new OperationCompleted(invoke.Branch, invoke.Op, invoke.Attempt, outcome));
         }
 
         private async Task HandleSafelyAsync(TransactionEvent @event)
@@ -481,6 +537,12 @@ public sealed partial class TransactionEngine : IAsyncDisposable
 public interface IEngineObserver
 {
     void Submitted(TransactionState state);
+
+    /// <summary>A decision after the first was written; <paramref name="writeAhead"/> says whether
+    /// its commands waited for the write (a forced write).</summary>
+    void Persisted(TransactionState state, bool writeAhead)
+    {
+    }
 
     void BranchCalled(TransactionState state, BranchCall call, BranchOutcome outcome, TimeSpan duration);
 

@@ -12,8 +12,16 @@ public sealed record Submitted : TransactionEvent;
 /// Calls that were in flight then have an unknown outcome.</summary>
 public sealed record Resumed : TransactionEvent;
 
-/// <summary>A branch call came back (or failed to).</summary>
-public sealed record BranchCompleted(int Branch, string Op, int Attempt, BranchOutcome Outcome) : TransactionEvent;
+/// <summary>A call of an operation came back (or failed to).</summary>
+/// <param name="Branch">The branch's index, or null for a transaction-level operation (msg's queryPrepared).</param>
+/// <param name="Op">The operation.</param>
+/// <param name="Attempt">The attempt this answers; an answer for any other attempt is stale.</param>
+/// <param name="Outcome">How the call ended.</param>
+public sealed record OperationCompleted(int? Branch, string Op, int Attempt, BranchOutcome Outcome) : TransactionEvent;
+
+/// <summary>The sender of a two-phase message committed its local transaction and asks for delivery
+/// (<c>POST .../submit</c>).</summary>
+public sealed record SenderCommitted : TransactionEvent;
 
 /// <summary>The wake-up time the last decision asked for has come.</summary>
 public sealed record TimerFired : TransactionEvent;
@@ -57,8 +65,21 @@ public sealed record BranchOutcome(OutcomeKind Kind, int? StatusCode, string? Er
 /// <summary>What the engine must do after persisting a decision.</summary>
 public abstract record Command;
 
-/// <summary>Call one operation of one branch.</summary>
-public sealed record InvokeBranch(int Branch, string BranchName, string Op, string Url, int Attempt, TimeSpan Timeout) : Command;
+/// <summary>Call one operation and feed its outcome back as <see cref="OperationCompleted"/>.</summary>
+/// <param name="Branch">The branch's index, or null for a transaction-level operation.</param>
+/// <param name="BranchName">The branch's name, or null for a transaction-level operation.</param>
+/// <param name="Op">The operation.</param>
+/// <param name="Url">Where to call.</param>
+/// <param name="Attempt">1 for the first call, then 2, 3, ...</param>
+/// <param name="Timeout">How long to wait for the answer.</param>
+public sealed record InvokeOperation(int? Branch, string? BranchName, string Op, string Url, int Attempt, TimeSpan Timeout) : Command;
+
+/// <summary>
+/// Call one operation without feeding its outcome back: the coordinator has forgotten the
+/// transaction (presumed abort's rollbacks). The engine retries an unknown outcome with
+/// <paramref name="Retry"/> while it runs; a participant that still misses it asks for the outcome.
+/// </summary>
+public sealed record NotifyOperation(int Branch, string BranchName, string Op, string Url, TimeSpan Timeout, RetryPolicy Retry) : Command;
 
 /// <summary>The transaction reached a terminal status.</summary>
 public sealed record Finish(TransactionStatus Status) : Command;
@@ -91,10 +112,30 @@ public static class JournalKinds
     public const string Stuck = "stuck";
     public const string OperatorRetry = "operator-retry";
     public const string OperatorAbort = "operator-abort";
+    /// <summary>The coordinator decided to commit (the decision is durable in the same write).</summary>
+    public const string Committing = "committing";
+    /// <summary>A protocol moved to another phase (detail: the phase).</summary>
+    public const string Phase = "phase";
+    /// <summary>A participant's vote (2PC prepare, 3PC canCommit); detail <c>yes</c> or <c>no: why</c>.</summary>
+    public const string Vote = "vote";
+    /// <summary>A call sent without waiting for its answer (presumed abort's rollbacks).</summary>
+    public const string Notified = "notified";
+    /// <summary>A two-phase message was registered; it waits for its sender's submit.</summary>
+    public const string Registered = "registered";
+    /// <summary>The sender of a two-phase message submitted it (its local transaction committed).</summary>
+    public const string SenderCommitted = "sender-committed";
 }
 
 /// <summary>The result of one <c>Decide</c>: the next state, what to do, and what to log.</summary>
 public sealed record Decision(TransactionState Next, ImmutableArray<Command> Commands, ImmutableArray<JournalEntry> Journal)
 {
+    /// <summary>
+    /// True (the default): the decision must be durable before any of its commands runs. False only
+    /// where the protocol says a write need not be forced (presumed abort: the rollbacks may leave
+    /// before the abort is on disk, because a coordinator that restarts without a commit record
+    /// presumes abort anyway).
+    /// </summary>
+    public bool WriteAhead { get; init; } = true;
+
     public bool Changed(TransactionState previous) => !ReferenceEquals(previous, Next);
 }

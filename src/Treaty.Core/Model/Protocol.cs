@@ -24,10 +24,32 @@ public static class ProtocolNames
     public const string ThreePhaseCommit = "3pc";
     public const string Msg = "msg";
 
-    /// <summary>Saga forward operation.</summary>
+    /// <summary>Saga forward operation; also the two-phase message's delivery to a branch.</summary>
     public const string Action = "action";
     /// <summary>Saga compensating operation.</summary>
     public const string Compensate = "compensate";
+    /// <summary>TCC: reserve.</summary>
+    public const string Try = "try";
+    /// <summary>TCC: make the reservation permanent.</summary>
+    public const string Confirm = "confirm";
+    /// <summary>TCC: release the reservation.</summary>
+    public const string Cancel = "cancel";
+    /// <summary>2PC: vote (2xx = YES), holding what the branch needs to commit.</summary>
+    public const string Prepare = "prepare";
+    /// <summary>2PC: apply the prepared work.</summary>
+    public const string Commit = "commit";
+    /// <summary>2PC: drop the prepared work.</summary>
+    public const string Rollback = "rollback";
+    /// <summary>3PC: vote (2xx = YES).</summary>
+    public const string CanCommit = "canCommit";
+    /// <summary>3PC: every participant voted YES; acknowledge that the outcome will be commit.</summary>
+    public const string PreCommit = "preCommit";
+    /// <summary>3PC: commit.</summary>
+    public const string DoCommit = "doCommit";
+    /// <summary>3PC: abort.</summary>
+    public const string Abort = "abort";
+    /// <summary>Two-phase message, transaction-level: did the sender's local transaction commit?</summary>
+    public const string QueryPrepared = "queryPrepared";
 
     public static string ToWire(this Protocol protocol) => protocol switch
     {

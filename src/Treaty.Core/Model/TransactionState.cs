@@ -36,6 +36,31 @@ public enum OpStatus
     Failed,
     /// <summary>The attempts ran out while the outcome stayed unknown: it may have been applied.</summary>
     Exhausted,
+    /// <summary>Sent without waiting for the answer (presumed abort's rollbacks): the coordinator
+    /// has forgotten it; a participant that missed it asks for the outcome.</summary>
+    Sent,
+}
+
+/// <summary>What the coordinator decided: the outcome every participant must reach.</summary>
+public enum TransactionOutcome
+{
+    /// <summary>Every branch's effect is made permanent (commit, confirm, doCommit; a saga past its pivot).</summary>
+    Commit,
+    /// <summary>Every branch's effect is undone (rollback, cancel, abort, compensate).</summary>
+    Abort,
+}
+
+/// <summary>Why a transaction waits for an operator: the operation that ran out of attempts but may
+/// never be abandoned.</summary>
+/// <param name="Branch">The branch, or null for a transaction-level operation (msg's queryPrepared).</param>
+/// <param name="Op">The operation.</param>
+/// <param name="Attempts">Attempts made so far.</param>
+/// <param name="LastStatusCode">HTTP status of the last answer, if any.</param>
+/// <param name="LastError">The last attempt's error.</param>
+public sealed record StuckCause(string? Branch, string Op, int Attempts, int? LastStatusCode, string? LastError)
+{
+    public override string ToString() =>
+        $"{(Branch is null ? "" : Branch + ".")}{Op} failed {Attempts} times, last: {LastError ?? (LastStatusCode is { } code ? $"HTTP {code}" : "no answer")}";
 }
 
 public static class StatusExtensions
@@ -77,7 +102,15 @@ public static class StatusExtensions
         OpStatus.Succeeded => "succeeded",
         OpStatus.Failed => "failed",
         OpStatus.Exhausted => "exhausted",
+        OpStatus.Sent => "sent",
         _ => throw new ArgumentOutOfRangeException(nameof(status)),
+    };
+
+    public static string ToWire(this TransactionOutcome outcome) => outcome switch
+    {
+        TransactionOutcome.Commit => "commit",
+        TransactionOutcome.Abort => "abort",
+        _ => throw new ArgumentOutOfRangeException(nameof(outcome)),
     };
 
     /// <summary>True when at least one call was made whose effect may have landed.</summary>
@@ -136,6 +169,20 @@ public sealed record BranchState(string Name, ImmutableArray<OpState> Ops)
         throw new KeyNotFoundException($"Branch '{Name}' has no operation '{op}'.");
     }
 
+    /// <summary>The operation's state, or null when the branch has none of that name.</summary>
+    public OpState? TryOp(string op)
+    {
+        foreach (var candidate in Ops)
+        {
+            if (candidate.Op == op)
+            {
+                return candidate;
+            }
+        }
+
+        return null;
+    }
+
     public BranchState With(OpState op)
     {
         for (var i = 0; i < Ops.Length; i++)
@@ -154,9 +201,7 @@ public sealed record BranchState(string Name, ImmutableArray<OpState> Ops)
 /// <param name="Spec">What was submitted.</param>
 /// <param name="Fingerprint">Hash of the submitted definition (idempotent submit).</param>
 /// <param name="Status">Where it stands.</param>
-/// <param name="Stuck">True while it waits for an operator (an operation ran out of attempts but may
-/// never be abandoned).</param>
-/// <param name="Reason">Why it aborted or is stuck.</param>
+/// <param name="Reason">Why it aborted (or is aborting); null otherwise.</param>
 /// <param name="CreatedAt">Submission time.</param>
 /// <param name="UpdatedAt">Time of the last decision.</param>
 /// <param name="Deadline">Submission time plus the transaction timeout, if one was set.</param>
@@ -168,7 +213,6 @@ public sealed record TransactionState(
     TransactionSpec Spec,
     string Fingerprint,
     TransactionStatus Status,
-    bool Stuck,
     string? Reason,
     DateTimeOffset CreatedAt,
     DateTimeOffset UpdatedAt,
@@ -177,9 +221,47 @@ public sealed record TransactionState(
     ImmutableArray<BranchState> Branches,
     long Version)
 {
+    private readonly ImmutableArray<OpState> _ops = [];
+
+    /// <summary>The protocol phase: which operation the transaction drives now (one of its machine's
+    /// declared phases, e.g. <c>prepare</c>, <c>commit</c>, <c>compensate</c>).</summary>
+    public string Phase { get; init; } = "";
+
+    /// <summary>What the coordinator decided, or null while undecided.</summary>
+    public TransactionOutcome? Outcome { get; init; }
+
+    /// <summary>Set while the transaction waits for an operator: the operation that ran out of
+    /// attempts but may never be abandoned.</summary>
+    public StuckCause? StuckOn { get; init; }
+
+    /// <summary>The transaction's own operations, not any branch's (msg's <c>queryPrepared</c>).</summary>
+    public ImmutableArray<OpState> Ops
+    {
+        get => _ops;
+        init => _ops = value.IsDefault ? [] : value;
+    }
+
+    /// <summary>True while it waits for an operator (see <see cref="StuckOn"/>).</summary>
+    [JsonIgnore]
+    public bool Stuck => StuckOn is not null;
+
     [JsonIgnore]
     public string Gid => Spec.Gid;
 
     [JsonIgnore]
     public bool IsTerminal => Status.IsTerminal();
+
+    /// <summary>The transaction-level operation <paramref name="op"/>, or null.</summary>
+    public OpState? TransactionOp(string op)
+    {
+        foreach (var candidate in Ops)
+        {
+            if (candidate.Op == op)
+            {
+                return candidate;
+            }
+        }
+
+        return null;
+    }
 }

@@ -2,7 +2,7 @@ using System.Text.Json;
 using Treaty.Core.Contracts;
 using Treaty.Core.Engine;
 using Treaty.Core.Model;
-using Treaty.Core.Sagas;
+using Treaty.Core.Protocols;
 using Treaty.Core.Serialization;
 
 namespace Treaty.Core.Tests.Contracts;

@@ -1,7 +1,7 @@
 using Microsoft.Extensions.Logging.Abstractions;
 using Treaty.Core.Engine;
 using Treaty.Core.Model;
-using Treaty.Core.Sagas;
+using Treaty.Core.Protocols;
 using Treaty.Core.Tests.Support;
 using Treaty.Testing;
 using static Treaty.Core.Tests.Support.SagaSpecs;
@@ -69,7 +69,7 @@ public sealed class EngineTests : IAsyncLifetime
     {
         // Write-ahead: the decision that asked for this call was stored before the call was made.
         var durable = call.DurableAtInvoke.ShouldNotBeNull();
-        var index = durable.Spec.Branches.Select(b => b.Name).ToList().IndexOf(call.Call.Branch);
+        var index = durable.Spec.Branches.Select(b => b.Name).ToList().IndexOf(call.Call.Branch!);
         var op = durable.Branches[index].Op(call.Call.Op);
         op.Status.ShouldBe(OpStatus.InFlight);
         op.Attempts.ShouldBe(call.Call.Attempt);

@@ -1,7 +1,7 @@
 using FsCheck;
 using FsCheck.Fluent;
 using Treaty.Core.Model;
-using Treaty.Core.Sagas;
+using Treaty.Core.Protocols;
 
 namespace Treaty.Core.Tests.Sagas;
 

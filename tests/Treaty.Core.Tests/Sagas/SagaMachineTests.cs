@@ -1,5 +1,5 @@
 using Treaty.Core.Model;
-using Treaty.Core.Sagas;
+using Treaty.Core.Protocols;
 using Treaty.Core.Tests.Support;
 using static Treaty.Core.Tests.Support.SagaSpecs;
 
@@ -21,7 +21,7 @@ public sealed class SagaMachineTests
         var decision = run.Submit();
 
         decision.Invocations().ShouldBe(["order.action#1"]);
-        var invoke = decision.Commands.OfType<InvokeBranch>().Single();
+        var invoke = decision.Commands.OfType<InvokeOperation>().Single();
         invoke.Url.ShouldBe("http://svc.test/order/action");
         invoke.Branch.ShouldBe(0);
         invoke.Timeout.ShouldBe(TimeSpan.FromMilliseconds(TreatyDefaults.BranchTimeoutMs));
@@ -275,9 +275,9 @@ public sealed class SagaMachineTests
         run.Succeed("order", attempt: 1).ShouldChangeNothing(before);
         run.Fail("order").ShouldChangeNothing(before);
         run.Succeed("order", Compensate, attempt: 1).ShouldChangeNothing(before);
-        run.Send(new BranchCompleted(7, Action, 1, BranchOutcome.Success(200, null))).ShouldChangeNothing(before);
-        run.Send(new BranchCompleted(-1, Action, 1, BranchOutcome.Success(200, null))).ShouldChangeNothing(before);
-        run.Send(new BranchCompleted(0, "confirm", 1, BranchOutcome.Success(200, null))).ShouldChangeNothing(before);
+        run.Send(new OperationCompleted(7, Action, 1, BranchOutcome.Success(200, null))).ShouldChangeNothing(before);
+        run.Send(new OperationCompleted(-1, Action, 1, BranchOutcome.Success(200, null))).ShouldChangeNothing(before);
+        run.Send(new OperationCompleted(0, "confirm", 1, BranchOutcome.Success(200, null))).ShouldChangeNothing(before);
     }
 
     [Fact]
@@ -443,7 +443,9 @@ public sealed class SagaMachineTests
 
         run.State.Stuck.ShouldBeTrue();
         run.State.Status.ShouldBe(TransactionStatus.Aborting);
-        run.State.Reason.ShouldNotBeNull().ShouldContain("order.compensate failed 2 times");
+        run.State.StuckOn.ShouldBe(new StuckCause("order", Compensate, 2, 503, "service unavailable"));
+        run.State.StuckOn!.ToString().ShouldBe("order.compensate failed 2 times, last: service unavailable");
+        run.State.Reason.ShouldBe("payment.action failed: insufficient funds"); // why it aborts, kept apart from why it is stuck
         exhausted.Commands.OfType<Alert>().ShouldHaveSingleItem().Kind.ShouldBe("stuck");
         exhausted.Journal.ShouldContain(j => j.Kind == JournalKinds.Stuck);
         var capped = run.Now + TimeSpan.FromMilliseconds(Policy.MaxDelayMs);
@@ -461,6 +463,8 @@ public sealed class SagaMachineTests
         var done = run.Succeed("order", Compensate);
         done.Commands.ShouldContain(new Finish(TransactionStatus.Aborted));
         run.State.Stuck.ShouldBeFalse();
+        run.State.StuckOn.ShouldBeNull();
+        run.State.Reason.ShouldBe("payment.action failed: insufficient funds");
     }
 
     [Fact]
@@ -600,10 +604,10 @@ public sealed class SagaMachineTests
             new TimerFired(),
             new AdminRetry("alice"),
             new AdminAbort("alice", "why not"),
-            new BranchCompleted(0, Action, 1, BranchOutcome.Failure(409, "late")),
-            new BranchCompleted(1, Action, 1, BranchOutcome.Unknown(503, "late")),
-            new BranchCompleted(0, Compensate, 1, BranchOutcome.Success(200, null)),
-            new BranchCompleted(1, Compensate, 1, BranchOutcome.Success(200, null)),
+            new OperationCompleted(0, Action, 1, BranchOutcome.Failure(409, "late")),
+            new OperationCompleted(1, Action, 1, BranchOutcome.Unknown(503, "late")),
+            new OperationCompleted(0, Compensate, 1, BranchOutcome.Success(200, null)),
+            new OperationCompleted(1, Compensate, 1, BranchOutcome.Success(200, null)),
         ];
         foreach (var @event in events)
         {
@@ -620,7 +624,7 @@ public sealed class SagaMachineTests
         for (var attempt = 2; attempt <= 4; attempt++)
         {
             run.Unknown("order");
-            var invoke = run.FireTimer().Commands.OfType<InvokeBranch>().ShouldHaveSingleItem();
+            var invoke = run.FireTimer().Commands.OfType<InvokeOperation>().ShouldHaveSingleItem();
             invoke.Attempt.ShouldBe(attempt);
             run.Op("order").Attempts.ShouldBe(attempt);
         }

@@ -4,7 +4,7 @@ using FsCheck;
 using FsCheck.Fluent;
 using Treaty.Core.Engine;
 using Treaty.Core.Model;
-using Treaty.Core.Sagas;
+using Treaty.Core.Protocols;
 using Treaty.Core.Tests.Support;
 
 namespace Treaty.Core.Tests.Sagas;
@@ -112,8 +112,8 @@ internal sealed class SagaSimulation
 
     private readonly SagaMachine _machine = new();
     private readonly IRandomSource _random;
-    private readonly List<InvokeBranch> _outstanding = [];
-    private readonly List<BranchCompleted> _late = [];
+    private readonly List<InvokeOperation> _outstanding = [];
+    private readonly List<OperationCompleted> _late = [];
     private readonly int?[] _firstCompensateInvoked;
     private readonly int?[] _compensateSucceeded;
     private int _sequence;
@@ -142,7 +142,7 @@ internal sealed class SagaSimulation
 
     public bool EverStuck { get; private set; }
 
-    public IReadOnlyList<InvokeBranch> Outstanding => _outstanding;
+    public IReadOnlyList<InvokeOperation> Outstanding => _outstanding;
 
     private TransactionSpec Spec => State.Spec;
 
@@ -161,7 +161,7 @@ internal sealed class SagaSimulation
                 {
                     var call = _outstanding[Next(_outstanding.Count)];
                     _outstanding.Remove(call);
-                    var completed = new BranchCompleted(call.Branch, call.Op, call.Attempt, Outcome(Next(100)));
+                    var completed = new OperationCompleted(call.Branch, call.Op, call.Attempt, Outcome(Next(100)));
                     Apply(completed);
                     if (Next(5) == 0)
                     {
@@ -219,7 +219,7 @@ internal sealed class SagaSimulation
             {
                 var call = _outstanding[0];
                 _outstanding.RemoveAt(0);
-                Apply(new BranchCompleted(call.Branch, call.Op, call.Attempt, BranchOutcome.Success(200, "{}")));
+                Apply(new OperationCompleted(call.Branch, call.Op, call.Attempt, BranchOutcome.Success(200, "{}")));
             }
             else if (State.NextWakeAt is not null)
             {
@@ -253,7 +253,7 @@ internal sealed class SagaSimulation
     {
         if (late)
         {
-            _late.AddRange(_outstanding.Select(c => new BranchCompleted(c.Branch, c.Op, c.Attempt, BranchOutcome.Success(200, null))));
+            _late.AddRange(_outstanding.Select(c => new OperationCompleted(c.Branch, c.Op, c.Attempt, BranchOutcome.Success(200, null))));
         }
 
         _outstanding.Clear();
@@ -261,7 +261,7 @@ internal sealed class SagaSimulation
     }
 
     /// <summary>Answers the oldest outstanding call with what <paramref name="outcome"/> says.</summary>
-    public bool AnswerNext(Func<InvokeBranch, BranchOutcome> outcome)
+    public bool AnswerNext(Func<InvokeOperation, BranchOutcome> outcome)
     {
         if (_outstanding.Count == 0)
         {
@@ -270,7 +270,7 @@ internal sealed class SagaSimulation
 
         var call = _outstanding[0];
         _outstanding.RemoveAt(0);
-        Apply(new BranchCompleted(call.Branch, call.Op, call.Attempt, outcome(call)));
+        Apply(new OperationCompleted(call.Branch, call.Op, call.Attempt, outcome(call)));
         return true;
     }
 
@@ -294,7 +294,7 @@ internal sealed class SagaSimulation
         {
             switch (command)
             {
-                case InvokeBranch invoke:
+                case InvokeOperation invoke:
                     _outstanding.Add(invoke);
                     break;
                 case Alert:
@@ -310,14 +310,14 @@ internal sealed class SagaSimulation
     private void Violate(string what) =>
         Violations.Add($"#{_sequence} at +{(Now - SagaSpecs.T0).TotalMilliseconds}ms: {what} | state {Describe(State)}");
 
-    private static bool IsStale(TransactionState state, BranchCompleted completed)
+    private static bool IsStale(TransactionState state, OperationCompleted completed)
     {
-        if (completed.Branch < 0 || completed.Branch >= state.Branches.Length)
+        if (completed.Branch is not { } branch || branch < 0 || branch >= state.Branches.Length)
         {
             return true;
         }
 
-        var op = state.Branches[completed.Branch].Ops.FirstOrDefault(o => o.Op == completed.Op);
+        var op = state.Branches[branch].Ops.FirstOrDefault(o => o.Op == completed.Op);
         return op is null || op.Status != OpStatus.InFlight || op.Attempts != completed.Attempt;
     }
 
@@ -340,7 +340,7 @@ internal sealed class SagaSimulation
             Violate($"a terminal state changed on {@event}");
         }
 
-        if (@event is BranchCompleted completed && IsStale(before, completed) && !unchanged)
+        if (@event is OperationCompleted completed && IsStale(before, completed) && !unchanged)
         {
             Violate($"a stale or duplicate answer changed the state: {completed}");
         }
@@ -412,21 +412,22 @@ internal sealed class SagaSimulation
         }
 
         var invoked = new HashSet<(int, string)>();
-        foreach (var invoke in decision.Commands.OfType<InvokeBranch>())
+        foreach (var invoke in decision.Commands.OfType<InvokeOperation>())
         {
             CheckInvoke(before, next, @event, invoke, invoked);
         }
     }
 
-    private void CheckInvoke(TransactionState before, TransactionState next, TransactionEvent @event, InvokeBranch invoke, HashSet<(int, string)> invoked)
+    private void CheckInvoke(TransactionState before, TransactionState next, TransactionEvent @event, InvokeOperation invoke, HashSet<(int, string)> invoked)
     {
-        if (!invoked.Add((invoke.Branch, invoke.Op)))
+        var branch = invoke.Branch ?? throw new InvalidOperationException("A saga has no transaction-level operation.");
+        if (!invoked.Add((branch, invoke.Op)))
         {
             Violate($"{invoke.BranchName}.{invoke.Op} invoked twice in one decision");
         }
 
-        var op = next.Branches[invoke.Branch].Op(invoke.Op);
-        var previous = before.Branches[invoke.Branch].Op(invoke.Op);
+        var op = next.Branches[branch].Op(invoke.Op);
+        var previous = before.Branches[branch].Op(invoke.Op);
         if (op.Status != OpStatus.InFlight || op.Attempts != invoke.Attempt || invoke.Attempt != previous.Attempts + 1)
         {
             Violate($"{invoke.BranchName}.{invoke.Op}#{invoke.Attempt} but the op is {op.Status} with {op.Attempts} attempts (before {previous.Attempts})");
@@ -442,7 +443,7 @@ internal sealed class SagaSimulation
             Violate($"{invoke.BranchName}.{invoke.Op} retried before it was due ({previous.NextAttemptAt:O})");
         }
 
-        if (invoke.Url != Spec.Branches[invoke.Branch].UrlOf(invoke.Op))
+        if (invoke.Url != Spec.Branches[branch].UrlOf(invoke.Op))
         {
             Violate($"{invoke.BranchName}.{invoke.Op} invoked at the wrong URL {invoke.Url}");
         }
@@ -459,7 +460,7 @@ internal sealed class SagaSimulation
                 Violate($"{invoke.BranchName}.action invoked while {next.Status}");
             }
 
-            foreach (var dependency in Spec.Branches[invoke.Branch].DependsOn)
+            foreach (var dependency in Spec.Branches[branch].DependsOn)
             {
                 var j = Spec.Branches.IndexOf(Spec.Branches.Single(b => b.Name == dependency));
                 if (next.Branches[j].Op(Action).Status != OpStatus.Succeeded)
@@ -472,8 +473,8 @@ internal sealed class SagaSimulation
         }
 
         CompensateInvocations++;
-        _firstCompensateInvoked[invoke.Branch] ??= _sequence;
-        var action = next.Branches[invoke.Branch].Op(Action);
+        _firstCompensateInvoked[branch] ??= _sequence;
+        var action = next.Branches[branch].Op(Action);
         if (next.Status != TransactionStatus.Aborting)
         {
             Violate($"{invoke.BranchName}.compensate invoked while {next.Status}");
@@ -489,7 +490,7 @@ internal sealed class SagaSimulation
             Violate($"{invoke.BranchName}.compensate invoked after the pivot succeeded");
         }
 
-        foreach (var j in Dependents(invoke.Branch))
+        foreach (var j in Dependents(branch))
         {
             if (!Settled(next, j))
             {

@@ -1,4 +1,4 @@
-using Treaty.Core.Sagas;
+using Treaty.Core.Protocols;
 using static Treaty.Core.Tests.Support.SagaSpecs;
 
 namespace Treaty.Core.Tests.Sagas;

@@ -1,6 +1,6 @@
 using System.Text.Json;
 using Treaty.Core.Model;
-using Treaty.Core.Sagas;
+using Treaty.Core.Protocols;
 using Treaty.Core.Serialization;
 using static Treaty.Core.Tests.Support.SagaSpecs;
 
@@ -15,7 +15,7 @@ public sealed class StoredStateJsonTests
     public void State_RoundTrips_WithThePayloadAsRawJson(string payload)
     {
         var spec = Sequential("order", "payment") with { PayloadJson = payload };
-        var state = SagaMachine.CreateState(spec, "fp", T0);
+        var state = new SagaMachine().Create(spec, "fp", T0);
 
         var json = JsonSerializer.Serialize(state, TreatyJsonContext.Default.TransactionState);
         var back = JsonSerializer.Deserialize(json, TreatyJsonContext.Default.TransactionState)!;

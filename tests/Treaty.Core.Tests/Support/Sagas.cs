@@ -1,7 +1,7 @@
 using System.Collections.Immutable;
 using Treaty.Core.Engine;
 using Treaty.Core.Model;
-using Treaty.Core.Sagas;
+using Treaty.Core.Protocols;
 
 namespace Treaty.Core.Tests.Support;
 
@@ -87,7 +87,7 @@ internal sealed class SagaRun
 
     /// <summary>Answers the current attempt of an operation (or <paramref name="attempt"/> when given).</summary>
     public Decision Complete(string branch, string op, BranchOutcome outcome, int? attempt = null) =>
-        Send(new BranchCompleted(IndexOf(branch), op, attempt ?? Op(branch, op).Attempts, outcome));
+        Send(new OperationCompleted(IndexOf(branch), op, attempt ?? Op(branch, op).Attempts, outcome));
 
     public Decision Succeed(string branch, string op = ProtocolNames.Action, int? attempt = null) =>
         Complete(branch, op, BranchOutcome.Success(200, """{"ok":true}"""), attempt);
@@ -116,7 +116,7 @@ internal static class DecisionExtensions
 {
     /// <summary>The invocations of a decision as "branch.op#attempt", in command order.</summary>
     public static string[] Invocations(this Decision decision) =>
-        [.. decision.Commands.OfType<InvokeBranch>().Select(c => $"{c.BranchName}.{c.Op}#{c.Attempt}")];
+        [.. decision.Commands.OfType<InvokeOperation>().Select(c => $"{c.BranchName}.{c.Op}#{c.Attempt}")];
 
     public static void ShouldChangeNothing(this Decision decision, TransactionState before)
     {

@@ -136,7 +136,7 @@ internal sealed class SimNetwork(
             return;
         }
 
-        if (faults.Permanent is { Active: true } permanent && permanent.Covers(checkouts[call.Gid], call.Branch, call.Op))
+        if (faults.Permanent is { Active: true } permanent && permanent.Covers(checkouts[call.Gid], call.Branch ?? "", call.Op))
         {
             Trace(host.Node, $"{id} 503 {PermanentFault.Error}");
             Reply(from, id, BranchOutcome.Unknown(503, PermanentFault.Error), onReply);
@@ -154,7 +154,7 @@ internal sealed class SimNetwork(
         var node = host.Node;
         Schedule(node, TimeSpan.FromMicroseconds(random.Next(2_000)), () =>
         {
-            var answer = host.Service.Handle(call.Gid, call.Branch, call.Op, op, out var note);
+            var answer = host.Service.Handle(call.Gid, call.Branch ?? "", call.Op, op, out var note);
             Trace(node, $"{id} {call.Branch}.{op} -> {answer.Status.ToString(CultureInfo.InvariantCulture)} {note}");
             var outcome = BranchOutcome.Classify(answer.Status) switch
             {

@@ -3,7 +3,7 @@ using System.Globalization;
 using Microsoft.Extensions.Logging.Abstractions;
 using Treaty.Core.Engine;
 using Treaty.Core.Model;
-using Treaty.Core.Sagas;
+using Treaty.Core.Protocols;
 
 namespace Treaty.Simulation.Harness;
 
@@ -310,7 +310,7 @@ internal sealed class SimulationRun
     /// <summary>
     /// A non-terminal transaction is excused only when its stored state is stuck, every operation it
     /// still waits for (actions while running, compensations while aborting) is one the permanent
-    /// fault answers, and its stuck reason names such an operation and the fault's error.
+    /// fault answers, and its stuck cause names such an operation and the fault's error.
     /// </summary>
     private bool Attributable(TransactionState state)
     {
@@ -319,20 +319,15 @@ internal sealed class SimulationRun
             return false;
         }
 
-        var phase = state.Status switch
-        {
-            TransactionStatus.Running => ProtocolNames.Action,
-            TransactionStatus.Aborting => ProtocolNames.Compensate,
-            _ => null,
-        };
         var checkout = _checkouts[state.Gid];
         var waiting = 0;
-        var named = false;
         foreach (var branch in state.Branches)
         {
             foreach (var op in branch.Ops)
             {
-                if (op.Op != phase || op.Status is not (OpStatus.Waiting or OpStatus.InFlight))
+                // What the transaction still drives: the operation of its phase (actions while it
+                // runs, compensations while it aborts).
+                if (op.Op != state.Phase || op.Status is not (OpStatus.Waiting or OpStatus.InFlight))
                 {
                     continue;
                 }
@@ -342,12 +337,13 @@ internal sealed class SimulationRun
                 {
                     return false;
                 }
-
-                named |= state.Reason?.Contains($"{branch.Name}.{op.Op} failed", StringComparison.Ordinal) == true;
             }
         }
 
-        return waiting > 0 && named && state.Reason!.Contains(PermanentFault.Error, StringComparison.Ordinal);
+        return waiting > 0
+            && state.StuckOn is { Branch: { } stuckBranch } cause
+            && permanent.Covers(checkout, stuckBranch, cause.Op)
+            && cause.LastError == PermanentFault.Error;
     }
 
     /// <summary>The operator's retry of a transaction that was stuck on the lifted fault (waits for a live coordinator).</summary>

@@ -1,36 +1,45 @@
-using System.Collections.Immutable;
 using Treaty.Core.Engine;
 using Treaty.Core.Model;
 
 namespace Treaty.Simulation.Harness;
 
+/// <summary>A machine that is another one but for what a known-bad variant changes.</summary>
+internal abstract class MachineVariant(IProtocolMachine machine) : IProtocolMachine
+{
+    protected IProtocolMachine Inner => machine;
+
+    public Protocol Protocol => machine.Protocol;
+
+    public ProtocolShape Shape => machine.Shape;
+
+    public IEnumerable<ValidationError> Validate(TransactionSpec spec) => machine.Validate(spec);
+
+    public TransactionState Create(TransactionSpec spec, string fingerprint, DateTimeOffset now) => machine.Create(spec, fingerprint, now);
+
+    public virtual bool CanAbort(TransactionState state) => machine.CanAbort(state);
+
+    public BranchReading ReadBranch(TransactionState state, int branch) => machine.ReadBranch(state, branch);
+
+    public abstract Decision Decide(TransactionState state, TransactionEvent @event, DecisionContext context);
+}
+
 /// <summary>
 /// Known-bad variant: a saga machine that, for one branch, marks a compensation succeeded without
 /// ever calling it. The simulation must report an atomicity violation.
 /// </summary>
-internal sealed class SkipCompensationMachine(IProtocolMachine inner, string branch) : IProtocolMachine
+internal sealed class SkipCompensationMachine(IProtocolMachine inner, string branch) : MachineVariant(inner)
 {
-    public Protocol Protocol => inner.Protocol;
-
-    public ImmutableArray<string> Operations => inner.Operations;
-
-    public IEnumerable<ValidationError> Validate(TransactionSpec spec) => inner.Validate(spec);
-
-    public TransactionState Create(TransactionSpec spec, string fingerprint, DateTimeOffset now) => inner.Create(spec, fingerprint, now);
-
-    public bool CanAbort(TransactionState state) => inner.CanAbort(state);
-
-    public Decision Decide(TransactionState state, TransactionEvent @event, DecisionContext context)
+    public override Decision Decide(TransactionState state, TransactionEvent @event, DecisionContext context)
     {
-        var decision = inner.Decide(state, @event, context);
-        var skipped = decision.Commands.OfType<InvokeBranch>()
+        var decision = Inner.Decide(state, @event, context);
+        var skipped = decision.Commands.OfType<InvokeOperation>()
             .FirstOrDefault(c => c.BranchName == branch && c.Op == ProtocolNames.Compensate);
         if (skipped is null)
         {
             return decision;
         }
 
-        var faked = inner.Decide(decision.Next, new BranchCompleted(skipped.Branch, skipped.Op, skipped.Attempt, BranchOutcome.Success(200, "{}")), context);
+        var faked = Inner.Decide(decision.Next, new OperationCompleted(skipped.Branch, skipped.Op, skipped.Attempt, BranchOutcome.Success(200, "{}")), context);
         return new Decision(
             faked.Next,
             [.. decision.Commands.Where(c => !ReferenceEquals(c, skipped)), .. faked.Commands],
@@ -46,21 +55,11 @@ internal sealed class SkipCompensationMachine(IProtocolMachine inner, string bra
 /// nothing is due any more, so the engine persists it and disarms the timer. The simulation must
 /// report a liveness violation.
 /// </summary>
-internal sealed class LoseEarlyWakeUpMachine(IProtocolMachine inner) : IProtocolMachine
+internal sealed class LoseEarlyWakeUpMachine(IProtocolMachine inner) : MachineVariant(inner)
 {
-    public Protocol Protocol => inner.Protocol;
-
-    public ImmutableArray<string> Operations => inner.Operations;
-
-    public IEnumerable<ValidationError> Validate(TransactionSpec spec) => inner.Validate(spec);
-
-    public TransactionState Create(TransactionSpec spec, string fingerprint, DateTimeOffset now) => inner.Create(spec, fingerprint, now);
-
-    public bool CanAbort(TransactionState state) => inner.CanAbort(state);
-
-    public Decision Decide(TransactionState state, TransactionEvent @event, DecisionContext context)
+    public override Decision Decide(TransactionState state, TransactionEvent @event, DecisionContext context)
     {
-        var decision = inner.Decide(state, @event, context);
+        var decision = Inner.Decide(state, @event, context);
         return @event is TimerFired && !decision.Changed(state) && state.NextWakeAt > context.Now
             ? new Decision(state with { NextWakeAt = null }, [], [])
             : decision;

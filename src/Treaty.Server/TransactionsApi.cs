@@ -40,6 +40,13 @@ public static class TransactionsApi
             .WithSummary("The transaction's timeline: every attempt and decision")
             .Produces<EventListView>()
             .Produces<ProblemView>(StatusCodes.Status404NotFound, "application/problem+json");
+        api.MapPost("/{gid}/submit", SubmitPreparedAsync)
+            .WithName("SubmitPreparedMessage")
+            .WithSummary("Two-phase message: the sender committed its local transaction; deliver the registered message")
+            .Produces<TransactionView>()
+            .Produces<TransactionView>(StatusCodes.Status202Accepted)
+            .Produces<ProblemView>(StatusCodes.Status404NotFound, "application/problem+json")
+            .Produces<ProblemView>(StatusCodes.Status409Conflict, "application/problem+json");
         api.MapPost("/{gid}/retry", RetryAsync)
             .WithName("RetryTransaction")
             .WithSummary("Operator: retry waiting operations now")
@@ -63,15 +70,9 @@ public static class TransactionsApi
                 "Unsupported media type", "Send the transaction as application/json.", context);
         }
 
-        TimeSpan? wait = null;
-        if (context.Request.Query.TryGetValue("wait", out var waitText))
+        if (BadWait(context, options, out var wait) is { } badWait)
         {
-            if (!TryParseDuration(waitText.ToString(), out var parsed) || parsed > options.MaxWait)
-            {
-                return Problems.Field(context, "wait", $"Use a duration such as 500ms, 5s or 1m, at most {options.MaxWait.TotalSeconds:0}s.");
-            }
-
-            wait = parsed;
+            return badWait;
         }
 
         SubmitTransactionRequest? request;
@@ -120,6 +121,24 @@ public static class TransactionsApi
         context.Response.Headers.Location = location;
         return Results.Json(View(engine, state), TreatyJsonContext.Default.TransactionView,
             statusCode: state.IsTerminal ? StatusCodes.Status200OK : StatusCodes.Status202Accepted);
+    }
+
+    /// <summary>Reads <c>?wait=</c>; a problem to answer when it is not a duration within the limit.</summary>
+    private static IResult? BadWait(HttpContext context, TreatyServerOptions options, out TimeSpan? wait)
+    {
+        wait = null;
+        if (!context.Request.Query.TryGetValue("wait", out var text))
+        {
+            return null;
+        }
+
+        if (!TryParseDuration(text.ToString(), out var parsed) || parsed > options.MaxWait)
+        {
+            return Problems.Field(context, "wait", $"Use a duration such as 500ms, 5s or 1m, at most {options.MaxWait.TotalSeconds:0}s.");
+        }
+
+        wait = parsed;
+        return null;
     }
 
     private static IResult TooLarge(HttpContext context, TreatyServerOptions options) =>
@@ -232,6 +251,42 @@ public static class TransactionsApi
         }
 
         return Results.Json(new TransactionListView([.. page.Items.Select(WireMapper.ToSummary)], page.NextCursor), TreatyJsonContext.Default.TransactionListView);
+    }
+
+    private static async Task<IResult> SubmitPreparedAsync(string gid, HttpContext context, TransactionEngine engine, TreatyServerOptions options, CancellationToken cancellationToken)
+    {
+        if (!RequestParser.IsValidGid(gid))
+        {
+            return Problems.NotFound(context, gid);
+        }
+
+        if (BadWait(context, options, out var wait) is { } badWait)
+        {
+            return badWait;
+        }
+
+        var result = await engine.SubmitPreparedAsync(gid, cancellationToken);
+        var state = result.State;
+        switch (result.Status)
+        {
+            case AdminStatus.NotFound:
+                return Problems.NotFound(context, gid);
+            case AdminStatus.Refused when state is null || state.Spec.Protocol != Protocol.Msg:
+                return Problems.Create(StatusCodes.Status409Conflict, ProblemTypes.InvalidState, "Not a message",
+                    $"Transaction '{gid}' is a {state?.Spec.Protocol.ToWire()} transaction; only a two-phase message (msg) is submitted after registration.", context);
+            case AdminStatus.Refused when state.Outcome != TransactionOutcome.Commit:
+                return Problems.Create(StatusCodes.Status409Conflict, ProblemTypes.InvalidState, "Message aborted",
+                    $"Message '{gid}' is {state.Status.ToWire()}: {state.Reason ?? "it was aborted"}. It will not be delivered.", context);
+        }
+
+        // Accepted now, or submitted before (a repeated submit, or queryPrepared found the commit first).
+        if (wait is { } duration && duration > TimeSpan.Zero && !state!.IsTerminal)
+        {
+            state = await engine.WaitAsync(gid, duration, cancellationToken) ?? state;
+        }
+
+        return Results.Json(View(engine, state!), TreatyJsonContext.Default.TransactionView,
+            statusCode: state!.IsTerminal ? StatusCodes.Status200OK : StatusCodes.Status202Accepted);
     }
 
     private static async Task<IResult> RetryAsync(string gid, HttpContext context, TransactionEngine engine, CancellationToken cancellationToken)

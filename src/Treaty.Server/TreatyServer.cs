@@ -45,7 +45,7 @@ public static class TreatyServer
         return app;
     }
 
-    /// <summary>Registers the engine, the saga protocol, the SQLite store, the HTTP invoker and recovery.</summary>
+    /// <summary>Registers the engine, every protocol, the SQLite store, the HTTP invoker and recovery.</summary>
     public static IServiceCollection AddTreatyServer(this IServiceCollection services, TreatyServerOptions options)
     {
         options.Validate();
@@ -56,6 +56,10 @@ public static class TreatyServer
         services.AddSingleton<IBranchInvoker, HttpBranchInvoker>();
         // Every protocol is registered explicitly.
         services.AddSingleton<IProtocolMachine, SagaMachine>();
+        services.AddSingleton<IProtocolMachine, TccMachine>();
+        services.AddSingleton<IProtocolMachine, TwoPhaseCommitMachine>();
+        services.AddSingleton<IProtocolMachine, ThreePhaseCommitMachine>();
+        services.AddSingleton<IProtocolMachine, MessageMachine>();
         services.AddSingleton<TreatyTelemetry>();
         services.AddSingleton<IEngineObserver>(sp => sp.GetRequiredService<TreatyTelemetry>());
         services.AddSingleton<TransactionEngine>();

@@ -33,6 +33,19 @@ public enum Obligation
     Required,
 }
 
+/// <summary>Where a round of votes stands (see <see cref="TransactionStep.CollectVotes"/>).</summary>
+public enum Tally
+{
+    /// <summary>Some answers are still missing.</summary>
+    Waiting,
+
+    /// <summary>Every branch answered YES.</summary>
+    AllYes,
+
+    /// <summary>A branch answered NO (or never answered), or the deadline passed.</summary>
+    AnyNo,
+}
+
 /// <summary>
 /// The working copy of one decision, and the operation lifecycle every protocol shares: attempt
 /// numbers and stale answers, retries with backoff and jitter, the budget and the stuck mark,
@@ -141,6 +154,120 @@ public sealed class TransactionStep
         });
         _journal.Add(new(Now, JournalKinds.Notified, spec.Name, op, current.Attempts + 1));
         _commands.Add(new NotifyOperation(branch, spec.Name, op, url, CallTimeout(branch), PolicyOf(branch)));
+    }
+
+    /// <summary>
+    /// Drives a voting operation (TCC's try, 2PC's prepare, 3PC's canCommit and preCommit) on every
+    /// branch and counts the answers: <see cref="Tally.AnyNo"/> as soon as one failed definitively
+    /// or ran out of attempts with its outcome unknown (both are a NO) or the transaction's deadline
+    /// passed; <see cref="Tally.AllYes"/> once it succeeded on every branch; otherwise it starts
+    /// whatever is due and waits. <paramref name="reason"/> says why the answer is NO.
+    /// </summary>
+    public Tally CollectVotes(string op, out string reason)
+    {
+        reason = "";
+        var allYes = true;
+        for (var i = 0; i < _branches.Length; i++)
+        {
+            var vote = _branches[i].Op(op);
+            if (vote.Status is OpStatus.Failed or OpStatus.Exhausted)
+            {
+                var how = vote.Status == OpStatus.Failed ? "failed" : "ran out of attempts";
+                reason = $"{Spec.Branches[i].Name}.{op} {how}: {vote.LastError}";
+                return Tally.AnyNo;
+            }
+
+            allYes &= vote.Status == OpStatus.Succeeded;
+        }
+
+        if (allYes)
+        {
+            return Tally.AllYes;
+        }
+
+        if (_state.Deadline is { } deadline)
+        {
+            if (deadline <= Now)
+            {
+                reason = "transaction timed out";
+                return Tally.AnyNo;
+            }
+
+            WakeAt(deadline);
+        }
+
+        for (var i = 0; i < _branches.Length; i++)
+        {
+            if (IsDue(_branches[i].Op(op)))
+            {
+                Start(i, op);
+            }
+        }
+
+        return Tally.Waiting;
+    }
+
+    /// <summary>
+    /// Drives <paramref name="op"/> on every branch: starts it wherever it is due (never sent, or a
+    /// retry whose time has come). True once it succeeded on every branch.
+    /// </summary>
+    public bool DriveEveryBranch(string op)
+    {
+        var done = true;
+        for (var i = 0; i < _branches.Length; i++)
+        {
+            var state = _branches[i].Op(op);
+            if (state.Status == OpStatus.Succeeded)
+            {
+                continue;
+            }
+
+            done = false;
+            if (IsDue(state))
+            {
+                Start(i, op);
+            }
+        }
+
+        return done;
+    }
+
+    /// <summary>
+    /// Drives <paramref name="undo"/> on every branch where one of <paramref name="forward"/> may
+    /// have been applied, once no forward call is still in flight there (its answer says whether
+    /// there is anything to undo). A forward op that failed definitively applied nothing, and one
+    /// never sent neither. True once nothing is left to undo.
+    /// </summary>
+    public bool UndoEveryApplied(string undo, params ReadOnlySpan<string> forward)
+    {
+        var done = true;
+        for (var i = 0; i < _branches.Length; i++)
+        {
+            var inFlight = false;
+            var applied = false;
+            foreach (var op in forward)
+            {
+                var state = _branches[i].Op(op);
+                inFlight |= state.Status == OpStatus.InFlight;
+                applied |= state.MayHaveApplied();
+            }
+
+            var undoing = _branches[i].Op(undo);
+            if (inFlight)
+            {
+                done = false;
+            }
+            else if (applied && undoing.Status != OpStatus.Succeeded)
+            {
+                done = false;
+                if (IsDue(undoing))
+                {
+                    Start(i, undo);
+                }
+            }
+        }
+
+        return done;
     }
 
     /// <summary>Moves to another phase of the protocol (journaled).</summary>

@@ -45,17 +45,23 @@ internal static class SagaSpecs
 }
 
 /// <summary>Drives <see cref="SagaMachine.Decide"/> by hand with a clock the test moves.</summary>
-internal sealed class SagaRun
+internal sealed class SagaRun(TransactionSpec spec, IRandomSource? random = null) : MachineRun(new SagaMachine(), spec, random);
+
+/// <summary>Drives a protocol machine's <c>Decide</c> by hand with a clock the test moves.</summary>
+internal class MachineRun
 {
-    private readonly SagaMachine _machine = new();
+    private readonly IProtocolMachine _machine;
     private readonly IRandomSource _random;
 
-    public SagaRun(TransactionSpec spec, IRandomSource? random = null)
+    public MachineRun(IProtocolMachine machine, TransactionSpec spec, IRandomSource? random = null)
     {
+        _machine = machine;
         _random = random ?? new FixedRandom(0.5);
         Now = SagaSpecs.T0;
         State = _machine.Create(spec, "fingerprint", Now);
     }
+
+    public IProtocolMachine Machine => _machine;
 
     public TransactionState State { get; private set; }
 
@@ -98,6 +104,14 @@ internal sealed class SagaRun
     public Decision Unknown(string branch, string op = ProtocolNames.Action) =>
         Complete(branch, op, BranchOutcome.Unknown(503, "service unavailable"));
 
+    /// <summary>Answers the current attempt of a transaction-level operation.</summary>
+    public Decision CompleteTransactionOp(string op, BranchOutcome outcome) =>
+        Send(new OperationCompleted(null, op, State.TransactionOp(op)!.Attempts, outcome));
+
+    /// <summary>Answers every operation <paramref name="op"/> in flight, with success.</summary>
+    public Decision[] SucceedAll(string op) =>
+        [.. State.Branches.Where(b => b.Op(op).Status == OpStatus.InFlight).Select(b => Succeed(b.Name, op)).ToList()];
+
     public Decision FireTimerAt(DateTimeOffset at)
     {
         Now = at;
@@ -114,9 +128,13 @@ internal sealed class SagaRun
 
 internal static class DecisionExtensions
 {
-    /// <summary>The invocations of a decision as "branch.op#attempt", in command order.</summary>
+    /// <summary>The invocations of a decision as "branch.op#attempt" ("op#attempt" for the transaction's own), in command order.</summary>
     public static string[] Invocations(this Decision decision) =>
-        [.. decision.Commands.OfType<InvokeOperation>().Select(c => $"{c.BranchName}.{c.Op}#{c.Attempt}")];
+        [.. decision.Commands.OfType<InvokeOperation>().Select(c => c.BranchName is null ? $"{c.Op}#{c.Attempt}" : $"{c.BranchName}.{c.Op}#{c.Attempt}")];
+
+    /// <summary>The notifications (calls nobody waits for) of a decision as "branch.op".</summary>
+    public static string[] Notifications(this Decision decision) =>
+        [.. decision.Commands.OfType<NotifyOperation>().Select(c => $"{c.BranchName}.{c.Op}")];
 
     public static void ShouldChangeNothing(this Decision decision, TransactionState before)
     {

@@ -199,6 +199,40 @@ public static class Json
         return step;
     }
 
+    /// <summary>A transaction of any protocol; <paramref name="extra"/> adds top-level fields (queryPrepared, timeoutMs, retry).</summary>
+    public static JsonObject Transaction(string protocol, string gid, JsonObject[] branches, JsonObject? extra = null)
+    {
+        var body = new JsonObject { ["protocol"] = protocol, ["gid"] = gid, ["payload"] = Api.PayloadNode(), ["branches"] = new JsonArray([.. branches]) };
+        foreach (var (name, value) in extra ?? [])
+        {
+            body[name] = value?.DeepClone();
+        }
+
+        return body;
+    }
+
+    /// <summary>A branch whose every operation in <paramref name="ops"/> points at <c>{baseUrl}/{op}</c>.</summary>
+    public static JsonObject Branch(string name, string baseUrl, string[] ops, JsonObject? retry = null, long? timeoutMs = null)
+    {
+        var branch = new JsonObject { ["name"] = name };
+        foreach (var op in ops)
+        {
+            branch[op] = $"{baseUrl}/{op}";
+        }
+
+        if (retry is not null)
+        {
+            branch["retry"] = retry.DeepClone();
+        }
+
+        if (timeoutMs is not null)
+        {
+            branch["timeoutMs"] = timeoutMs;
+        }
+
+        return branch;
+    }
+
     public static JsonObject Retry(int maxAttempts, long initialDelayMs, long maxDelayMs) => new()
     {
         ["maxAttempts"] = maxAttempts,

@@ -77,7 +77,7 @@ internal static class TxCommands
     {
         var page = await client.ListAsync(new TransactionListQuery { Stuck = stuckOnly ? true : null, Status = status, Limit = limit }, cancellationToken);
         var table = new Table().Border(TableBorder.Simple);
-        foreach (var column in new[] { "gid", "protocol", "status", "stuck", "branches", "updated", "reason" })
+        foreach (var column in new[] { "gid", "protocol", "status", "phase", "stuck", "branches", "updated", "reason" })
         {
             table.AddColumn(column);
         }
@@ -88,6 +88,7 @@ internal static class TxCommands
                 Markup.Escape(item.Gid),
                 item.Protocol,
                 Colour(item.Status),
+                item.Phase ?? "",
                 item.Stuck ? "[red]yes[/]" : "no",
                 item.Branches.ToString(System.Globalization.CultureInfo.InvariantCulture),
                 item.UpdatedAt.ToString("u", System.Globalization.CultureInfo.InvariantCulture),
@@ -109,28 +110,30 @@ internal static class TxCommands
         }
 
         console.MarkupLine($"[bold]{Markup.Escape(view.Gid)}[/] {view.Protocol} {Colour(view.Status)}{(view.Stuck ? " [red](stuck)[/]" : "")}");
+        console.MarkupLineInterpolated($"phase: {view.Phase ?? "-"}   decision: {view.Decision ?? "undecided"}");
         if (view.Reason is not null)
         {
             console.MarkupLineInterpolated($"reason: {view.Reason}");
         }
 
+        if (view.StuckOn is { } stuck)
+        {
+            console.MarkupLineInterpolated($"[red]stuck on {(stuck.Branch is null ? "" : stuck.Branch + ".")}{stuck.Op}[/] after {stuck.Attempts} attempts, last: {stuck.LastError ?? stuck.LastStatusCode?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "no answer"}");
+        }
+
         var branches = new Table().Border(TableBorder.Simple);
-        foreach (var column in new[] { "branch", "status", "op", "op status", "attempts", "last status", "last error" })
+        foreach (var column in new[] { "branch", "status", "vote", "op", "op status", "attempts", "last status", "last error" })
         {
             branches.AddColumn(column);
         }
 
         foreach (var branch in view.Branches)
         {
-            foreach (var (op, detail) in branch.Ops)
-            {
-                branches.AddRow(
-                    Markup.Escape(branch.Name), branch.Status, op, detail.Status,
-                    detail.Attempts.ToString(System.Globalization.CultureInfo.InvariantCulture),
-                    detail.LastStatusCode?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "",
-                    Markup.Escape(detail.LastError ?? ""));
-            }
+            AddOps(branches, branch.Name, branch.Status, branch.Vote, branch.Ops);
         }
+
+        // The transaction's own operations (a message's queryPrepared).
+        AddOps(branches, "(transaction)", "", null, view.Ops ?? new Dictionary<string, OperationView>());
 
         console.Write(branches);
         var events = await client.GetEventsAsync(gid, cancellationToken);
@@ -145,7 +148,7 @@ internal static class TxCommands
             timeline.AddRow(
                 e.At.ToString("HH:mm:ss.fff", System.Globalization.CultureInfo.InvariantCulture),
                 e.Kind,
-                Markup.Escape(e.Branch is null ? "" : $"{e.Branch}.{e.Op}"),
+                Markup.Escape(e.Branch is null ? e.Op ?? "" : $"{e.Branch}.{e.Op}"),
                 e.Attempt?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "",
                 e.StatusCode?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "",
                 Markup.Escape(e.Detail ?? ""));
@@ -153,6 +156,18 @@ internal static class TxCommands
 
         console.Write(timeline);
         return 0;
+    }
+
+    private static void AddOps(Table table, string name, string status, string? vote, IReadOnlyDictionary<string, OperationView> ops)
+    {
+        foreach (var (op, detail) in ops)
+        {
+            table.AddRow(
+                Markup.Escape(name), Markup.Escape(status), vote ?? "", op, detail.Status,
+                detail.Attempts.ToString(System.Globalization.CultureInfo.InvariantCulture),
+                detail.LastStatusCode?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "",
+                Markup.Escape(detail.LastError ?? ""));
+        }
     }
 
     public static async Task<int> RetryAsync(TreatyClient client, string gid, IAnsiConsole console, CancellationToken cancellationToken)

@@ -1,24 +1,30 @@
+using System.Collections.Concurrent;
 using System.Diagnostics;
+using System.Diagnostics.Metrics;
 using System.Globalization;
 using System.Net;
 using System.Net.Sockets;
 using System.Text;
 using Treaty.Server;
 
-// Load generator: N concurrent clients submit 3-step sagas (durable, SQLite WAL + synchronous=FULL)
-// against no-op participants on loopback and wait for each to commit; then, in the same run, the
-// uncoordinated baseline: the same clients call the three participants themselves.
+// Load generator: N concurrent clients run 3-branch transactions of every protocol (durable: SQLite
+// WAL + synchronous=FULL) against no-op participants on loopback, each waiting for its transaction
+// to end; then, in the same run, the uncoordinated baseline (the clients call the three
+// participants themselves). For every protocol it also counts, from the coordinator's own
+// telemetry, the messages and forced writes per committed and per aborted transaction.
 //   dotnet run -c Release --project bench/Treaty.Bench -- [--clients 64] [--seconds 10] [--warmup 2]
+//       [--protocols saga,tcc,2pc,3pc,msg] [--aborts 200]
 var clients = Arg("--clients", 64);
 var seconds = Arg("--seconds", 10);
 var warmup = Arg("--warmup", 2);
+var abortRuns = Arg("--aborts", 200);
+var protocols = ArgText("--protocols", "saga,tcc,2pc,3pc,msg").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
 
 var dataDir = Path.Combine(Path.GetTempPath(), "treaty-bench-" + Guid.NewGuid().ToString("N")[..8]);
-var participantPort = FreePort();
-var coordinatorPort = FreePort();
-var participantUrl = $"http://127.0.0.1:{participantPort}";
-var coordinatorUrl = $"http://127.0.0.1:{coordinatorPort}";
+var participantUrl = $"http://127.0.0.1:{FreePort()}";
+var coordinatorUrl = $"http://127.0.0.1:{FreePort()}";
 
+using var counters = new Counters();
 await using var participant = BuildParticipant(participantUrl);
 await participant.StartAsync();
 await using var coordinator = TreatyServer.CreateApp(
@@ -27,17 +33,61 @@ await using var coordinator = TreatyServer.CreateApp(
 await coordinator.StartAsync();
 
 using var http = new HttpClient(new SocketsHttpHandler { MaxConnectionsPerServer = clients * 2 }) { Timeout = TimeSpan.FromSeconds(60) };
+var protocolRuns = new Dictionary<string, Func<HttpClient, long, bool, CancellationToken, Task<string?>>>
+{
+    ["saga"] = (h, i, abort, ct) => SubmitAsync(h, Body("saga", i, abort, "action", "compensate")),
+    ["tcc"] = (h, i, abort, ct) => SubmitAsync(h, Body("tcc", i, abort, "try", "confirm", "cancel")),
+    ["2pc"] = (h, i, abort, ct) => SubmitAsync(h, Body("2pc", i, abort, "prepare", "commit", "rollback")),
+    ["3pc"] = (h, i, abort, ct) => SubmitAsync(h, Body("3pc", i, abort, "canCommit", "preCommit", "doCommit", "abort")),
+    ["msg"] = MessageAsync,
+};
 
-Console.WriteLine($"Treaty bench: {clients} clients, {seconds} s measured after {warmup} s warm-up, {Environment.ProcessorCount} cores");
-var saga = await MeasureAsync("Treaty saga (3 steps, durable)", (i, ct) => SagaAsync(http, coordinatorUrl, participantUrl, i, ct));
+Console.WriteLine($"Treaty bench: {clients} clients, {seconds} s measured after {warmup} s warm-up, {Environment.ProcessorCount} cores, protocols {string.Join(",", protocols)}");
+var results = new List<Result>();
+var counts = new List<(string Protocol, Counts Commit, Counts Abort)>();
+foreach (var protocol in protocols)
+{
+    var run = protocolRuns[protocol];
+    var before = counters.Snapshot(protocol);
+    var result = await MeasureAsync($"{protocol} (3 branches, durable)", (i, ct) => Committed(run(http, i, false, ct)));
+    var commit = counters.Snapshot(protocol) - before;
+    results.Add(result);
+
+    // Aborted transactions: the last branch refuses its first operation (a NO vote, a failed try or
+    // action, a sender that rolled back); run a fixed number, sequentially, so counts are exact.
+    before = counters.Snapshot(protocol);
+    for (var i = 0; i < abortRuns; i++)
+    {
+        var status = await run(http, -i - 1, true, CancellationToken.None);
+        if (status != "aborted")
+        {
+            Console.WriteLine($"{protocol}: an abort run ended {status ?? "with an error"}");
+        }
+    }
+
+    await counters.SettleAsync(protocol); // presumed abort's rollbacks are not waited for by the API
+    counts.Add((protocol, commit, counters.Snapshot(protocol) - before));
+}
+
 var baseline = await MeasureAsync("baseline: client calls 3 participants itself", (i, ct) => BaselineAsync(http, participantUrl, i, ct));
+results.Add(baseline);
 
 Console.WriteLine();
-Console.WriteLine("| run | ops/s | p50 ms | p99 ms | errors |");
+Console.WriteLine("| run | tx/s | p50 ms | p99 ms | errors |");
 Console.WriteLine("|---|---:|---:|---:|---:|");
-foreach (var r in new[] { saga, baseline })
+foreach (var r in results)
 {
     Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {r.Name} | {r.Rate:0} | {r.P50:0.0} | {r.P99:0.0} | {r.Errors} |"));
+}
+
+Console.WriteLine();
+Console.WriteLine("Per transaction, counted by the coordinator (coordinator <-> participant calls; each call is a request and a response):");
+Console.WriteLine("| protocol | committed: calls | forced writes | other writes | aborted: calls | forced writes | other writes |");
+Console.WriteLine("|---|---:|---:|---:|---:|---:|---:|");
+foreach (var (protocol, commit, abort) in counts)
+{
+    Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+        $"| {protocol} | {commit.CallsPer:0.00} | {commit.ForcedPer:0.00} | {commit.LazyPer:0.00} | {abort.CallsPer:0.00} | {abort.ForcedPer:0.00} | {abort.LazyPer:0.00} |"));
 }
 
 await coordinator.StopAsync();
@@ -50,7 +100,9 @@ catch (IOException)
 {
 }
 
-return saga.Errors == 0 ? 0 : 1;
+return results.Sum(r => r.Errors) == 0 ? 0 : 1;
+
+async Task<bool> Committed(Task<string?> status) => await status == "committed";
 
 async Task<Result> MeasureAsync(string name, Func<long, CancellationToken, Task<bool>> operation)
 {
@@ -112,19 +164,64 @@ async Task<Result> MeasureAsync(string name, Func<long, CancellationToken, Task<
     return result;
 }
 
-static async Task<bool> SagaAsync(HttpClient http, string coordinator, string participant, long i, CancellationToken ct)
+// ops[0] is the protocol's first operation (action, try, prepare, canCommit).
+string Body(string protocol, long i, bool abort, params string[] ops)
 {
-    var body = $$"""
-    {"gid":"bench-{{i}}-{{Guid.NewGuid():N}}","protocol":"saga","payload":{"amount":1},
-     "branches":[
-      {"name":"order","action":"{{participant}}/ok","compensate":"{{participant}}/ok"},
-      {"name":"payment","action":"{{participant}}/ok","compensate":"{{participant}}/ok"},
-      {"name":"inventory","action":"{{participant}}/ok","compensate":"{{participant}}/ok"}]}
-    """;
+    var branches = new[] { "order", "payment", "inventory" }.Select((name, b) =>
+    {
+        var fields = new StringBuilder($"\"name\":\"{name}\"");
+        foreach (var op in ops)
+        {
+            // Aborts: the last branch refuses its first operation.
+            var path = abort && b == 2 && op == ops[0] ? "no" : "ok";
+            fields.Append(CultureInfo.InvariantCulture, $",\"{op}\":\"{participantUrl}/{path}\"");
+        }
+
+        return "{" + fields + "}";
+    });
+    return $$"""{"gid":"bench-{{protocol}}-{{i}}-{{Guid.NewGuid():N}}","protocol":"{{protocol}}","payload":{"amount":1},"branches":[{{string.Join(",", branches)}}]}""";
+}
+
+async Task<string?> SubmitAsync(HttpClient client, string body, string query = "?wait=30s")
+{
     using var content = new StringContent(body, Encoding.UTF8, "application/json");
-    using var response = await http.PostAsync(coordinator + "/api/v1/transactions?wait=30s", content, ct);
-    var text = await response.Content.ReadAsStringAsync(ct);
-    return response.StatusCode == HttpStatusCode.OK && text.Contains("\"status\":\"committed\"", StringComparison.Ordinal);
+    using var response = await client.PostAsync(coordinatorUrl + "/api/v1/transactions" + query, content);
+    return StatusOf(await response.Content.ReadAsStringAsync());
+}
+
+// A two-phase message: register, (the sender's local commit), submit and wait for delivery. An
+// aborted one is a sender that rolled back: queryPrepared answers 409 once its 1 ms timeout passes.
+async Task<string?> MessageAsync(HttpClient client, long i, bool abort, CancellationToken ct)
+{
+    var gid = $"bench-msg-{i}-{Guid.NewGuid():N}";
+    var branches = string.Join(",", new[] { "order", "payment", "inventory" }.Select(n => $$"""{"name":"{{n}}","action":"{{participantUrl}}/ok"}"""));
+    var query = $"{participantUrl}/{(abort ? "no" : "ok")}";
+    var body = $$"""{"gid":"{{gid}}","protocol":"msg","payload":{"amount":1},"queryPrepared":"{{query}}","timeoutMs":{{(abort ? 1 : 60_000)}},"branches":[{{branches}}]}""";
+    if (abort)
+    {
+        return await SubmitAsync(client, body);
+    }
+
+    if (await SubmitAsync(client, body, "") != "prepared")
+    {
+        return null;
+    }
+
+    using var submitted = await client.PostAsync($"{coordinatorUrl}/api/v1/transactions/{gid}/submit?wait=30s", null, ct);
+    return StatusOf(await submitted.Content.ReadAsStringAsync(ct));
+}
+
+static string? StatusOf(string view)
+{
+    foreach (var status in new[] { "committed", "aborted", "prepared" })
+    {
+        if (view.Contains($"\"status\":\"{status}\"", StringComparison.Ordinal))
+        {
+            return status;
+        }
+    }
+
+    return null;
 }
 
 static async Task<bool> BaselineAsync(HttpClient http, string participant, long i, CancellationToken ct)
@@ -156,6 +253,12 @@ static WebApplication BuildParticipant(string url)
         await reader.ReadToEndAsync();
         return Results.Text("{\"ok\":true}", "application/json");
     });
+    app.MapPost("/no", async (HttpRequest request) =>
+    {
+        using var reader = new StreamReader(request.Body);
+        await reader.ReadToEndAsync();
+        return Results.Text("{\"detail\":\"no\"}", "application/json", statusCode: 409);
+    });
     return app;
 }
 
@@ -170,10 +273,88 @@ static int FreePort()
     return port;
 }
 
-int Arg(string name, int fallback)
+int Arg(string name, int fallback) =>
+    int.TryParse(ArgText(name, ""), CultureInfo.InvariantCulture, out var value) ? value : fallback;
+
+string ArgText(string name, string fallback)
 {
     var index = Array.IndexOf(args, name);
-    return index >= 0 && index + 1 < args.Length && int.TryParse(args[index + 1], CultureInfo.InvariantCulture, out var value) ? value : fallback;
+    return index >= 0 && index + 1 < args.Length ? args[index + 1] : fallback;
 }
 
 internal sealed record Result(string Name, double Rate, double P50, double P99, long Errors);
+
+/// <summary>Counts of one protocol over a stretch of transactions; divided by the transactions that ended.</summary>
+internal readonly record struct Counts(long Calls, long Forced, long Lazy, long Ended)
+{
+    public double CallsPer => Ended == 0 ? double.NaN : (double)Calls / Ended;
+
+    public double ForcedPer => Ended == 0 ? double.NaN : (double)Forced / Ended;
+
+    public double LazyPer => Ended == 0 ? double.NaN : (double)Lazy / Ended;
+
+    public static Counts operator -(Counts a, Counts b) => new(a.Calls - b.Calls, a.Forced - b.Forced, a.Lazy - b.Lazy, a.Ended - b.Ended);
+}
+
+/// <summary>Listens to the coordinator's <c>Treaty</c> meter: branch calls, writes (forced or not) and ended transactions, per protocol.</summary>
+internal sealed class Counters : IDisposable
+{
+    private readonly MeterListener _listener = new();
+    private readonly ConcurrentDictionary<(string Protocol, string What), long> _totals = new();
+
+    public Counters()
+    {
+        _listener.InstrumentPublished = (instrument, listener) =>
+        {
+            if (instrument.Meter.Name == TreatyTelemetryName && instrument.Name is "treaty.branch.calls" or "treaty.store.writes" or "treaty.transactions.finished")
+            {
+                listener.EnableMeasurementEvents(instrument);
+            }
+        };
+        _listener.SetMeasurementEventCallback<long>((instrument, value, tags, _) =>
+        {
+            string? protocol = null;
+            var forced = false;
+            foreach (var tag in tags)
+            {
+                switch (tag.Key)
+                {
+                    case "protocol":
+                        protocol = tag.Value as string;
+                        break;
+                    case "forced":
+                        forced = tag.Value is true;
+                        break;
+                }
+            }
+
+            var what = instrument.Name switch
+            {
+                "treaty.branch.calls" => "calls",
+                "treaty.transactions.finished" => "ended",
+                _ => forced ? "forced" : "lazy",
+            };
+            _totals.AddOrUpdate((protocol ?? "?", what), value, (_, total) => total + value);
+        });
+        _listener.Start();
+    }
+
+    private const string TreatyTelemetryName = "Treaty";
+
+    public Counts Snapshot(string protocol) => new(Get(protocol, "calls"), Get(protocol, "forced"), Get(protocol, "lazy"), Get(protocol, "ended"));
+
+    /// <summary>Waits until the calls nobody waits for (presumed abort's rollbacks) stop coming.</summary>
+    public async Task SettleAsync(string protocol)
+    {
+        var last = -1L;
+        while (Get(protocol, "calls") != last)
+        {
+            last = Get(protocol, "calls");
+            await Task.Delay(TimeSpan.FromMilliseconds(300));
+        }
+    }
+
+    private long Get(string protocol, string what) => _totals.GetValueOrDefault((protocol, what));
+
+    public void Dispose() => _listener.Dispose();
+}

@@ -18,6 +18,7 @@ internal sealed class TreatyTelemetry : IEngineObserver, IDisposable
     private readonly Counter<long> _calls;
     private readonly Histogram<double> _callDuration;
     private readonly Counter<long> _alerts;
+    private readonly Counter<long> _writes;
 
     public TreatyTelemetry(IMeterFactory meters)
     {
@@ -27,14 +28,26 @@ internal sealed class TreatyTelemetry : IEngineObserver, IDisposable
         _calls = _meter.CreateCounter<long>("treaty.branch.calls", description: "Branch calls by op and outcome (retries included)");
         _callDuration = _meter.CreateHistogram<double>("treaty.branch.duration", unit: "ms", description: "Branch call latency");
         _alerts = _meter.CreateCounter<long>("treaty.transactions.stuck", description: "Transactions that became stuck");
+        _writes = _meter.CreateCounter<long>("treaty.store.writes",
+            description: "Durable state writes by protocol; forced = the decision's calls waited for the write (write-ahead)");
     }
 
-    public void Submitted(TransactionState state) =>
-        _submitted.Add(1, new KeyValuePair<string, object?>("protocol", state.Spec.Protocol.ToWire()));
+    public void Submitted(TransactionState state)
+    {
+        var protocol = new KeyValuePair<string, object?>("protocol", state.Spec.Protocol.ToWire());
+        _submitted.Add(1, protocol);
+        _writes.Add(1, protocol, new KeyValuePair<string, object?>("forced", true));
+    }
+
+    public void Persisted(TransactionState state, bool writeAhead) =>
+        _writes.Add(1, new KeyValuePair<string, object?>("protocol", state.Spec.Protocol.ToWire()), new KeyValuePair<string, object?>("forced", writeAhead));
 
     public void BranchCalled(TransactionState state, BranchCall call, BranchOutcome outcome, TimeSpan duration)
     {
-        var tags = new TagList { { "op", call.Op }, { "outcome", outcome.Kind.ToString() }, { "retry", call.Attempt > 1 } };
+        var tags = new TagList
+        {
+            { "protocol", state.Spec.Protocol.ToWire() }, { "op", call.Op }, { "outcome", outcome.Kind.ToString() }, { "retry", call.Attempt > 1 },
+        };
         _calls.Add(1, tags);
         _callDuration.Record(duration.TotalMilliseconds, tags);
     }

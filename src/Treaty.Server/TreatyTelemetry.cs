@@ -39,8 +39,8 @@ internal sealed class TreatyTelemetry : IEngineObserver, IDisposable
         _writes.Add(1, protocol, new KeyValuePair<string, object?>("forced", true));
     }
 
-    public void Persisted(TransactionState state, bool writeAhead) =>
-        _writes.Add(1, new KeyValuePair<string, object?>("protocol", state.Spec.Protocol.ToWire()), new KeyValuePair<string, object?>("forced", writeAhead));
+    public void Persisted(TransactionState state, bool forced) =>
+        _writes.Add(1, new KeyValuePair<string, object?>("protocol", state.Spec.Protocol.ToWire()), new KeyValuePair<string, object?>("forced", forced));
 
     public void BranchCalled(TransactionState state, BranchCall call, BranchOutcome outcome, TimeSpan duration)
     {

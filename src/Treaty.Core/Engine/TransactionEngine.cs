@@ -1,3 +1,4 @@
+using System.Collections.Immutable;
 using System.Collections.Concurrent;
 using System.Collections.Frozen;
 using Microsoft.Extensions.Logging;
@@ -300,6 +301,7 @@ public sealed partial class TransactionEngine : IAsyncDisposable
         private readonly TaskCompletionSource<TransactionState> _terminal = new(TaskCreationOptions.RunContinuationsAsynchronously);
         private readonly ITimer _timer;
         private TransactionState _state;
+        private Task<bool> _pendingWrite = Task.FromResult(true);
         private volatile bool _unloaded;
 
         public Runner(TransactionEngine engine, IProtocolMachine machine, TransactionState state)
@@ -386,7 +388,26 @@ public sealed partial class TransactionEngine : IAsyncDisposable
                 return true;
             }
 
+            // Writes of one transaction reach the store in order: a write waits for the one before it.
+            if (!await PreviousWriteSucceededAsync())
+            {
+                return false;
+            }
+
             var next = decision.Next with { Version = _state.Version + 1 };
+            var calls = decision.Commands.Any(IsCall);
+            if (!calls && !decision.Commands.Any(c => c is Finish) && !_engine.UnsafeActBeforePersist)
+            {
+                // Nothing leaves the coordinator on this decision (a vote that does not complete the
+                // round, an acknowledgement, a retry scheduled): nobody needs to wait for its write.
+                // The next write waits for it; if it fails, that write notices and the runner
+                // unloads. A crash before it lands loses only what the calls in flight will say again.
+                Volatile.Write(ref _state, next);
+                _pendingWrite = WriteAsync(next, decision.Journal, forced: false);
+                Execute(next, decision.Commands);
+                return true;
+            }
+
             if (!decision.WriteAhead || _engine.UnsafeActBeforePersist)
             {
                 // The protocol lets these calls leave before the write is durable (presumed abort),
@@ -396,27 +417,50 @@ public sealed partial class TransactionEngine : IAsyncDisposable
                 decision = decision with { Commands = [.. decision.Commands.Where(c => !IsCall(c))] };
             }
 
+            _pendingWrite = WriteAsync(next, decision.Journal, forced: calls && decision.WriteAhead);
+            if (!await PreviousWriteSucceededAsync())
+            {
+                return false;
+            }
+
+            Volatile.Write(ref _state, next);
+            Execute(next, decision.Commands);
+            return true;
+        }
+
+        /// <summary>The write before this one is durable; false (and the runner unloaded) when it failed.</summary>
+        private async Task<bool> PreviousWriteSucceededAsync()
+        {
+            if (await _pendingWrite)
+            {
+                return true;
+            }
+
+            // Not durable, so nothing was acted on because of it. Drop the in-memory copy; recovery
+            // reloads the durable state and carries on from there.
+            _unloaded = true;
+            _engine.Unload(this);
+            return false;
+        }
+
+        /// <summary>Writes a decision; false when the store refused or failed it (logged).</summary>
+        private async Task<bool> WriteAsync(TransactionState next, ImmutableArray<JournalEntry> journal, bool forced)
+        {
             try
             {
-                await _engine._store.UpdateAsync(next, decision.Journal, _engine._stopping.Token);
+                await _engine._store.UpdateAsync(next, journal, _engine._stopping.Token);
             }
             catch (Exception ex) when (ex is not OutOfMemoryException)
             {
-                // Not durable, so not acted on. Drop the in-memory copy; recovery reloads the
-                // durable state and carries on from there.
                 if (!_engine._stopping.IsCancellationRequested)
                 {
                     LogPersistFailed(_engine._logger, ex, Gid);
                 }
 
-                _unloaded = true;
-                _engine.Unload(this);
                 return false;
             }
 
-            Volatile.Write(ref _state, next);
-            _engine._observer.Persisted(next, decision.WriteAhead);
-            Execute(next, decision.Commands);
+            _engine._observer.Persisted(next, forced);
             return true;
         }
 
@@ -538,9 +582,9 @@ public interface IEngineObserver
 {
     void Submitted(TransactionState state);
 
-    /// <summary>A decision after the first was written; <paramref name="writeAhead"/> says whether
-    /// its commands waited for the write (a forced write).</summary>
-    void Persisted(TransactionState state, bool writeAhead)
+    /// <summary>A decision after the first was written; <paramref name="forced"/> when its calls
+    /// waited for the write (write-ahead), false when nothing waited for it.</summary>
+    void Persisted(TransactionState state, bool forced)
     {
     }
 

@@ -82,6 +82,18 @@ public sealed class TreatyClient : IDisposable
     /// recognised as the same transaction.</param>
     public SagaBuilder Saga(string? gid = null) => new(this, gid);
 
+    /// <summary>Starts building a TCC (Try-Confirm/Cancel) transaction to submit through this client.</summary>
+    /// <param name="gid">The transaction id; null lets the coordinator generate one.</param>
+    public TccBuilder Tcc(string? gid = null) => new(this, gid);
+
+    /// <summary>Starts building a two-phase commit to submit through this client.</summary>
+    /// <param name="gid">The transaction id; null lets the coordinator generate one.</param>
+    public TwoPhaseCommitBuilder TwoPhaseCommit(string? gid = null) => new(this, gid);
+
+    /// <summary>Starts building a three-phase commit to submit through this client.</summary>
+    /// <param name="gid">The transaction id; null lets the coordinator generate one.</param>
+    public ThreePhaseCommitBuilder ThreePhaseCommit(string? gid = null) => new(this, gid);
+
     /// <summary>Submits a transaction (<c>POST /api/v1/transactions</c>). Idempotent on the gid.</summary>
     /// <param name="request">The transaction definition.</param>
     /// <param name="wait">Hold the answer until the transaction ends or this much time passes.</param>

@@ -12,7 +12,7 @@ namespace Treaty.Client;
 /// <typeparam name="TSelf">The concrete builder, so every call chains on it.</typeparam>
 /// <remarks>
 /// Only Treaty's builders derive from this class (<see cref="SagaBuilder"/>, <see cref="TccBuilder"/>,
-/// <see cref="TwoPhaseCommitBuilder"/>, <see cref="ThreePhaseCommitBuilder"/>).
+/// <see cref="TwoPhaseCommitBuilder"/>, <see cref="ThreePhaseCommitBuilder"/>, <see cref="MessageBuilder"/>).
 /// A builder checks its arguments (names, URLs, durations); the protocol's rules are the coordinator's
 /// to check, and it answers 400 naming the offending field.
 /// </remarks>

@@ -217,7 +217,7 @@ public abstract class MessageSenderTests : IAsyncLifetime
     {
         var gid = NewGid("msg-pending");
         var orderId = NewGid("order");
-        using var http = new HttpClient(new UnreachableSubmitHandler { InnerHandler = new SocketsHttpHandler() }) { BaseAddress = Client.BaseAddress };
+        using var http = new HttpClient(new UnreachableSubmitHandler(cancel: null)) { BaseAddress = Client.BaseAddress };
         using var client = new TreatyClient(http);
         await using var connection = Database.Connect();
 
@@ -236,6 +236,50 @@ public abstract class MessageSenderTests : IAsyncLifetime
         view.IsCommitted().ShouldBeTrue(view.Status);
         Sender.AnswersAbout(gid).ShouldBe([200]);
         Sender.DeliveriesOf(gid).ShouldHaveSingleItem().OrderVisible.ShouldBeTrue();
+    }
+
+    [Fact]
+    public async Task Execute_CancelledDuringTheSubmitAfterTheCommit_ReturnsSubmitPendingAndQueryPreparedDelivers()
+    {
+        var gid = NewGid("msg-cancel-late");
+        var orderId = NewGid("order");
+        using var cancel = new CancellationTokenSource();
+        using var http = new HttpClient(new UnreachableSubmitHandler(cancel)) { BaseAddress = Client.BaseAddress };
+        using var client = new TreatyClient(http);
+        await using var connection = Database.Connect();
+
+        var sent = await client.Message(gid)
+            .WithQueryPrepared(Sender.QueryPrepared)
+            .WithPayload(System.Text.Json.JsonSerializer.SerializeToElement(new Dictionary<string, string> { ["orderId"] = orderId }))
+            .Branch("receiver", Sender.Receive)
+            .WithTimeout(AskAfterCommit)
+            .ExecuteAsync(connection, (tx, ct) => SenderDatabase.InsertOrderAsync(tx, orderId, ct), cancellationToken: cancel.Token);
+
+        // Throwing OperationCanceledException here would say "not done" about a committed change.
+        sent.Status.ShouldBe(MessageSendStatus.SubmitPending);
+        sent.SubmitError.ShouldBeAssignableTo<OperationCanceledException>();
+        (await Database.HasOrderAsync(orderId)).ShouldBeTrue();
+        (await Client.WaitAsync(gid, Patience)).IsCommitted().ShouldBeTrue();
+        Sender.DeliveriesOf(gid).ShouldHaveSingleItem().OrderVisible.ShouldBeTrue();
+    }
+
+    [Fact]
+    public async Task Execute_CancelledBeforeTheCommit_RollsBackAndThrows()
+    {
+        var gid = NewGid("msg-cancel-early");
+        var orderId = NewGid("order");
+        using var cancel = new CancellationTokenSource();
+        await using var connection = Database.Connect();
+
+        await Should.ThrowAsync<OperationCanceledException>(() => OrderPlaced(gid, orderId, AskSoon).ExecuteAsync(connection, async (tx, ct) =>
+        {
+            await SenderDatabase.InsertOrderAsync(tx, orderId, ct);
+            await cancel.CancelAsync();
+        }, cancellationToken: cancel.Token));
+
+        (await Database.HasOrderAsync(orderId)).ShouldBeFalse();
+        (await Client.WaitAsync(gid, Patience)).IsAborted().ShouldBeTrue();
+        Deliveries(gid).ShouldBe(0);
     }
 
     [Fact]
@@ -365,13 +409,28 @@ public abstract class MessageSenderTests : IAsyncLifetime
         }
     }
 
-    /// <summary>The coordinator is unreachable for the submit only (registration and reads get through).</summary>
-    private sealed class UnreachableSubmitHandler : DelegatingHandler
+    /// <summary>
+    /// Registration and reads get through; the submit does not: the coordinator is unreachable for it,
+    /// or, given <paramref name="cancel"/>, the caller cancels while it is on its way.
+    /// </summary>
+    private sealed class UnreachableSubmitHandler(CancellationTokenSource? cancel) : DelegatingHandler(new SocketsHttpHandler())
     {
-        protected override Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken) =>
-            request.RequestUri!.AbsolutePath.EndsWith("/submit", StringComparison.Ordinal)
-                ? throw new HttpRequestException("Connection refused (the test's coordinator is unreachable for /submit)")
-                : base.SendAsync(request, cancellationToken);
+        protected override async Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken)
+        {
+            if (!request.RequestUri!.AbsolutePath.EndsWith("/submit", StringComparison.Ordinal))
+            {
+                return await base.SendAsync(request, cancellationToken);
+            }
+
+            if (cancel is null)
+            {
+                throw new HttpRequestException("Connection refused (the test's coordinator is unreachable for /submit)");
+            }
+
+            await cancel.CancelAsync();
+            cancellationToken.ThrowIfCancellationRequested();
+            throw new InvalidOperationException("the caller's token did not reach the submit");
+        }
     }
 }
 

@@ -198,6 +198,21 @@ public sealed class ProtocolSubmitTests(TreatyFixture fixture) : IClassFixture<T
     }
 
     [Fact]
+    public async Task Message_ExecuteAsyncOnAnUnsupportedDatabase_ThrowsBeforeRegistering()
+    {
+        var gid = NewGid("msg-unsupported");
+        await using var connection = new UnsupportedConnection();
+
+        await Should.ThrowAsync<NotSupportedException>(() => _client.Message(gid)
+            .WithQueryPrepared(_participant.Ok).Branch("a", _participant.Ok)
+            .ExecuteAsync(connection, (_, _) => Task.CompletedTask));
+        await Should.ThrowAsync<NotSupportedException>(() => TreatyMessages.QueryPreparedAsync(connection, gid));
+
+        (await _client.GetAsync(gid)).ShouldBeNull();
+        connection.Opened.ShouldBeFalse();
+    }
+
+    [Fact]
     public async Task Tcc_WithDependsOnSentByHand_IsRefusedByTheCoordinator()
     {
         // The builder has no dependsOn for TCC; the rule is the coordinator's, and it holds.
@@ -210,5 +225,34 @@ public sealed class ProtocolSubmitTests(TreatyFixture fixture) : IClassFixture<T
         var ex = await Should.ThrowAsync<TreatyApiException>(() => _client.SubmitAsync(request));
 
         ex.StatusCode.ShouldBe(400);
+    }
+
+    /// <summary>A database the marker table does not support; it records whether anyone opened it.</summary>
+    private sealed class UnsupportedConnection : System.Data.Common.DbConnection
+    {
+        public bool Opened { get; private set; }
+
+        [System.Diagnostics.CodeAnalysis.AllowNull]
+        public override string ConnectionString { get; set; } = "";
+
+        public override string Database => "db";
+
+        public override string DataSource => "somewhere";
+
+        public override string ServerVersion => "1";
+
+        public override System.Data.ConnectionState State => System.Data.ConnectionState.Closed;
+
+        public override void ChangeDatabase(string databaseName) => throw new NotSupportedException();
+
+        public override void Close()
+        {
+        }
+
+        public override void Open() => Opened = true;
+
+        protected override System.Data.Common.DbTransaction BeginDbTransaction(System.Data.IsolationLevel isolationLevel) => throw new NotSupportedException();
+
+        protected override System.Data.Common.DbCommand CreateDbCommand() => throw new NotSupportedException();
     }
 }

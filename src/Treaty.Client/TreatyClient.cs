@@ -82,6 +82,24 @@ public sealed class TreatyClient : IDisposable
     /// recognised as the same transaction.</param>
     public SagaBuilder Saga(string? gid = null) => new(this, gid);
 
+    /// <summary>Starts building a TCC (Try-Confirm/Cancel) transaction to submit through this client.</summary>
+    /// <param name="gid">The transaction id; null lets the coordinator generate one.</param>
+    public TccBuilder Tcc(string? gid = null) => new(this, gid);
+
+    /// <summary>Starts building a two-phase commit to submit through this client.</summary>
+    /// <param name="gid">The transaction id; null lets the coordinator generate one.</param>
+    public TwoPhaseCommitBuilder TwoPhaseCommit(string? gid = null) => new(this, gid);
+
+    /// <summary>Starts building a three-phase commit to submit through this client.</summary>
+    /// <param name="gid">The transaction id; null lets the coordinator generate one.</param>
+    public ThreePhaseCommitBuilder ThreePhaseCommit(string? gid = null) => new(this, gid);
+
+    /// <summary>Starts building a two-phase message to register and send through this client
+    /// (see <see cref="MessageBuilder.ExecuteAsync"/>).</summary>
+    /// <param name="gid">The message id; null lets the coordinator generate one. Derive it from the
+    /// business change it announces (e.g. <c>order-placed-{orderId}</c>).</param>
+    public MessageBuilder Message(string? gid = null) => new(this, gid);
+
     /// <summary>Submits a transaction (<c>POST /api/v1/transactions</c>). Idempotent on the gid.</summary>
     /// <param name="request">The transaction definition.</param>
     /// <param name="wait">Hold the answer until the transaction ends or this much time passes.</param>
@@ -100,6 +118,23 @@ public sealed class TreatyClient : IDisposable
 
         using var content = JsonContent.Create(request, TreatyJsonContext.Default.SubmitTransactionRequest);
         using var response = await _http.PostAsync(Resolve(path), content, cancellationToken).ConfigureAwait(false);
+        return await ReadAsync(response, TreatyJsonContext.Default.TransactionView, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Two-phase message: the sender's local transaction committed, deliver the registered message
+    /// (<c>POST /api/v1/transactions/{gid}/submit</c>). Repeating it is harmless.
+    /// </summary>
+    /// <param name="gid">The registered message.</param>
+    /// <param name="wait">Hold the answer until delivery ends or this much time passes.</param>
+    /// <param name="cancellationToken">Cancels the request.</param>
+    /// <returns>The message, delivering (<c>running</c>) or delivered (<c>committed</c>).</returns>
+    /// <exception cref="TreatyApiException">404 when the gid is unknown; 409 when the message was
+    /// aborted (it will never be delivered) or the gid is not a message.</exception>
+    public async Task<TransactionView> SubmitPreparedAsync(string gid, TimeSpan? wait = null, CancellationToken cancellationToken = default)
+    {
+        var query = wait is { } w ? "?wait=" + FormatWait(w) : "";
+        using var response = await _http.PostAsync(TransactionUri(gid, "/submit" + query), content: null, cancellationToken).ConfigureAwait(false);
         return await ReadAsync(response, TreatyJsonContext.Default.TransactionView, cancellationToken).ConfigureAwait(false);
     }
 

@@ -9,12 +9,14 @@ namespace Treaty.Client.Tests.Support;
 /// <summary>
 /// A participant on its own Kestrel with fixed answers: <c>POST /ok</c> 200, <c>POST /conflict</c>
 /// 409 (a definitive failure), <c>POST /unavailable</c> 503 (outcome unknown: retried). It counts
-/// the calls of each path per transaction (the Treaty-Gid header).
+/// the calls of each path per transaction (the Treaty-Gid header) and records every call with its
+/// branch and operation (the Treaty-Branch and Treaty-Op headers) in arrival order.
 /// </summary>
 public sealed class TinyParticipant : IAsyncDisposable
 {
     private readonly WebApplication _app;
     private readonly ConcurrentDictionary<(string Gid, string Path), int> _calls = new();
+    private readonly ConcurrentQueue<ParticipantCall> _log = new();
 
     private TinyParticipant(WebApplication app) => _app = app;
 
@@ -44,6 +46,12 @@ public sealed class TinyParticipant : IAsyncDisposable
     /// <summary>How many calls of <c>/{path}</c> the transaction <paramref name="gid"/> made.</summary>
     public int CallsOf(string gid, string path) => _calls.GetValueOrDefault((gid, "/" + path));
 
+    /// <summary>Every call of the transaction <paramref name="gid"/>, in arrival order.</summary>
+    public IReadOnlyList<ParticipantCall> CallsOf(string gid) => [.. _log.Where(c => c.Gid == gid)];
+
+    /// <summary>How many calls of operation <paramref name="op"/> branch <paramref name="branch"/> of <paramref name="gid"/> received.</summary>
+    public int CallsOf(string gid, string branch, string op) => _log.Count(c => c.Gid == gid && c.Branch == branch && c.Op == op);
+
     public async ValueTask DisposeAsync()
     {
         using var stopTimeout = new CancellationTokenSource(TimeSpan.FromSeconds(5));
@@ -62,7 +70,12 @@ public sealed class TinyParticipant : IAsyncDisposable
     private IResult Answer(HttpContext context, int status)
     {
         var gid = context.Request.Headers["Treaty-Gid"].ToString();
-        _calls.AddOrUpdate((gid, context.Request.Path.Value ?? "/"), 1, (_, n) => n + 1);
+        var path = context.Request.Path.Value ?? "/";
+        _calls.AddOrUpdate((gid, path), 1, (_, n) => n + 1);
+        _log.Enqueue(new ParticipantCall(gid, context.Request.Headers["Treaty-Branch"].ToString(), context.Request.Headers["Treaty-Op"].ToString(), path));
         return Results.Json(new Dictionary<string, string> { ["detail"] = $"answered {status}" }, statusCode: status);
     }
 }
+
+/// <summary>One call a <see cref="TinyParticipant"/> received.</summary>
+public sealed record ParticipantCall(string Gid, string Branch, string Op, string Path);

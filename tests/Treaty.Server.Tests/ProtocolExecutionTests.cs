@@ -346,17 +346,40 @@ public sealed class ProtocolExecutionTests(ServerFixture fixture) : IClassFixtur
     }
 
     [Fact]
-    public async Task Abort_OfAPreparedMessage_Aborts_OfADeliveringOne_IsRefused()
+    public async Task Abort_OfAPreparedMessage_AsksTheSender_RolledBackAborts_CommittedDelivers()
     {
-        var gid = Api.NewGid("msg-abort");
-        using (await Api.SubmitAsync(_http, Message(gid, 60_000, "points")))
+        var rolledBack = Api.NewGid("msg-abort");
+        _participant.Always($"{rolledBack}/sender/query", 409);
+        using (await Api.SubmitAsync(_http, Message(rolledBack, 60_000, "points")))
         {
         }
 
-        using var aborted = await Api.PostAsync(_http, $"{Api.Transactions}/{gid}/abort", """{"reason":"never mind"}""");
-        aborted.StatusCode.ShouldBe(HttpStatusCode.OK);
-        (await Api.ReadViewAsync(aborted)).Status.ShouldBe("aborted");
+        using (var accepted = await Api.PostAsync(_http, $"{Api.Transactions}/{rolledBack}/abort", """{"reason":"never mind"}"""))
+        {
+            accepted.StatusCode.ShouldBe(HttpStatusCode.OK);
+        }
 
+        await Api.WaitForStatusAsync(_http, rolledBack, "aborted");
+        _participant.CallsTo($"{rolledBack}/sender/query").ShouldHaveSingleItem(); // asked at once, not after the 60 s timeout
+        _participant.CallsUnder($"{rolledBack}/points").ShouldBeEmpty();
+
+        // The sender committed meanwhile: its answer wins over the operator's abort.
+        var committed = Api.NewGid("msg-abort-late");
+        using (await Api.SubmitAsync(_http, Message(committed, 60_000, "points")))
+        {
+        }
+
+        using (await Api.PostAsync(_http, $"{Api.Transactions}/{committed}/abort", ""))
+        {
+        }
+
+        await Api.WaitForStatusAsync(_http, committed, "committed");
+        _participant.EffectsOn($"{committed}/points/action").ShouldBe(1);
+    }
+
+    [Fact]
+    public async Task Abort_OfADeliveringMessage_IsRefused()
+    {
         var delivering = Api.NewGid("msg-noabort");
         _participant.Always($"{delivering}/points/action", 503);
         using (await Api.SubmitAsync(_http, Message(delivering, 60_000, "points")))

@@ -17,6 +17,9 @@ namespace Treaty.Core.Protocols;
 /// Delivery is at-least-once: every branch's <c>action</c> is retried until it succeeds (a 4xx
 /// too: a committed message cannot be refused), stuck for an operator after its budget but never
 /// abandoned. Branches run at once unless <c>dependsOn</c> orders them.
+/// An operator's abort of a prepared message does not abort it blindly — the sender may be about
+/// to commit — but asks <c>queryPrepared</c> at once: the sender's answer fences its local
+/// transaction, so the message ends aborted exactly when the sender's database says so.
 /// </summary>
 public sealed class MessageMachine : ProtocolMachine
 {
@@ -77,11 +80,14 @@ public sealed class MessageMachine : ProtocolMachine
         return true;
     }
 
-    /// <inheritdoc />
+    /// <summary>Asks the sender now, instead of waiting for the timeout: its answer decides.</summary>
     protected internal override void OnAbortRequested(TransactionStep step, string reason)
     {
-        step.Decide(TransactionOutcome.Abort, reason);
-        step.Finish(TransactionStatus.Aborted);
+        var query = step.TransactionOp(QueryPrepared);
+        if (query.Status is OpStatus.NotStarted or OpStatus.Waiting)
+        {
+            step.StartTransactionOp(QueryPrepared);
+        }
     }
 
     /// <inheritdoc />

@@ -113,12 +113,25 @@ public sealed class MessageMachineTests
     }
 
     [Fact]
-    public void Decide_OperatorAbort_OnlyWhilePrepared()
+    public void Decide_OperatorAbort_AsksTheSenderAtOnce_AndItsAnswerDecides()
     {
         var run = Run("points");
         run.Submit();
-        run.Send(new AdminAbort("ops", "never sent")).Commands.ShouldContain(new Finish(TransactionStatus.Aborted));
 
+        // Not a blind abort: the sender may be committing; its answer fences its local transaction.
+        run.Send(new AdminAbort("ops", "never sent")).Invocations().ShouldBe(["queryPrepared#1"]);
+        run.State.Status.ShouldBe(TransactionStatus.Prepared);
+        run.CompleteTransactionOp(QueryPrepared, BranchOutcome.Failure(409, "rolled back")).Commands.ShouldContain(new Finish(TransactionStatus.Aborted));
+
+        var committed = Run("points");
+        committed.Submit();
+        committed.Send(new AdminAbort("ops", null));
+        committed.CompleteTransactionOp(QueryPrepared, BranchOutcome.Success(200, null)).Invocations().ShouldBe(["points.action#1"]);
+    }
+
+    [Fact]
+    public void Decide_OperatorAbort_OnlyWhilePrepared()
+    {
         var delivering = Run("points");
         delivering.Submit();
         delivering.Send(new SenderCommitted());

@@ -40,7 +40,7 @@ public sealed record ParticipantSetup(ParticipantDatabase Database, TimeProvider
 /// try, action) reserves one unit of the payload's <c>sku</c> (default <c>book</c>) and writes a
 /// <c>holds</c> row, preCommit marks it, the commit ops mark it committed, the undo ops release
 /// it. <c>POST /native</c> (optional) does the same prepare as a PostgreSQL prepared transaction.
-/// <c>POST /refuse</c> votes NO (409) once the <c>/branch</c> prepare of the same gid answered,
+/// <c>POST /refuse</c> votes NO (409) once a vote of the same gid answered YES here,
 /// so a coordinator aborts after this participant voted YES. Ops can be made unavailable (503
 /// before the barrier), slow, or throw once.
 /// </summary>
@@ -195,7 +195,7 @@ public sealed class InDoubtParticipant : IAsyncDisposable
     /// <summary>One resolver pass, as the background service would run it.</summary>
     internal Task<IReadOnlyList<InDoubtResolution>> ResolveAsync() => Resolver.ResolveDueAsync(CancellationToken.None);
 
-    /// <summary>Completes when the <c>/branch</c> or <c>/native</c> prepare of <paramref name="gid"/> has answered 2xx.</summary>
+    /// <summary>Completes when a <c>/branch</c> or <c>/native</c> vote (prepare, canCommit) of <paramref name="gid"/> has answered 2xx.</summary>
     public Task PreparedAnswered(string gid) => _prepared.GetOrAdd(gid, _ => new(TaskCreationOptions.RunContinuationsAsynchronously)).Task;
 
     public async ValueTask DisposeAsync()
@@ -245,7 +245,7 @@ public sealed class InDoubtParticipant : IAsyncDisposable
 
         await next(http);
         outcomes.Enqueue(http.Response.Headers[TreatyBarrier.OutcomeHeader].ToString() is { Length: > 0 } outcome ? outcome : http.Response.StatusCode.ToString(System.Globalization.CultureInfo.InvariantCulture));
-        if (op == "prepare" && http.Response.StatusCode is >= 200 and < 300)
+        if (op is "prepare" or "canCommit" && http.Response.StatusCode is >= 200 and < 300)
         {
             _prepared.GetOrAdd(gid, _ => new(TaskCreationOptions.RunContinuationsAsynchronously)).TrySetResult();
         }
@@ -272,10 +272,29 @@ public sealed class InDoubtParticipant : IAsyncDisposable
             _resolverRuns[(context.Gid, context.Op)] = true;
         }
 
-        var sku = context.Payload.ValueKind == JsonValueKind.Object && context.Payload.TryGetProperty("sku", out var given) ? given.GetString()! : DefaultSku;
+        // {"sku": s} for every branch, or {"skus": {branch: s}} for one per branch (a transaction's payload is shared)
+        var sku = DefaultSku;
+        if (context.Payload.ValueKind == JsonValueKind.Object)
+        {
+            if (context.Payload.TryGetProperty("skus", out var skus) && skus.TryGetProperty(context.Branch, out var mine))
+            {
+                sku = mine.GetString()!;
+            }
+            else if (context.Payload.TryGetProperty("sku", out var given))
+            {
+                sku = given.GetString()!;
+            }
+        }
         switch (context.Op)
         {
             case "prepare" or "canCommit" or "try" or "action":
+                if (context.Payload.ValueKind == JsonValueKind.Object && context.Payload.TryGetProperty("tempTable", out var temp) && temp.GetBoolean())
+                {
+                    // PostgreSQL cannot PREPARE a transaction that touched a temporary table
+                    await using var create = context.Transaction.CreateCommand("CREATE TEMP TABLE scratch (x integer)");
+                    await create.ExecuteNonQueryAsync(cancellationToken);
+                }
+
                 await ExecuteAsync(context, "INSERT INTO holds (gid, branch, state) VALUES (@gid, @branch, 'held')", cancellationToken);
                 await ExecuteAsync(context, "UPDATE stock SET available = available - 1 WHERE sku = @sku", cancellationToken, sku);
                 break;

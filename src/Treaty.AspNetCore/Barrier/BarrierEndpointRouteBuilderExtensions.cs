@@ -40,23 +40,31 @@ public static class BarrierEndpointRouteBuilderExtensions
     /// (<see cref="InDoubt.InDoubtServiceCollectionExtensions.AddTreatyInDoubtResolver"/>) can run
     /// the outcome with this <paramref name="handler"/> if the coordinator's call never comes — so
     /// map all the operations of a 2PC/3PC branch on one pattern (a route parameter such as
-    /// <c>/payment/{op}</c> works) and switch on <see cref="BranchContext.Op"/>.
+    /// <c>/payment/{op}</c> works) and switch on <see cref="BranchContext.Op"/>. The vote records
+    /// the endpoint's <paramref name="name"/> (by default <paramref name="pattern"/>): keep it
+    /// stable across deployments while votes may be in doubt, and unique in the application (two
+    /// route groups that map the same relative pattern need names).
     /// The forward op and the compensation of one (gid, branch) never run concurrently. Requires
     /// <see cref="BarrierServiceCollectionExtensions.AddTreatyBarrier"/>.
     /// </summary>
-    public static IEndpointConventionBuilder MapTreatyBranch(this IEndpointRouteBuilder endpoints, string pattern, BranchHandler handler)
+    /// <param name="endpoints">The application or route group.</param>
+    /// <param name="pattern">The route pattern.</param>
+    /// <param name="handler">Runs each op the barrier lets through, inside the local transaction.</param>
+    /// <param name="name">The endpoint's name in the prepared table; <paramref name="pattern"/> when null.</param>
+    public static IEndpointConventionBuilder MapTreatyBranch(this IEndpointRouteBuilder endpoints, string pattern, BranchHandler handler, string? name = null)
     {
         ArgumentNullException.ThrowIfNull(endpoints);
         ArgumentException.ThrowIfNullOrWhiteSpace(pattern);
         ArgumentNullException.ThrowIfNull(handler);
+        name ??= pattern;
         var barrier = endpoints.ServiceProvider.GetService<BranchBarrier>()
             ?? throw new InvalidOperationException("MapTreatyBranch needs services.AddTreatyBarrier() and a registered ParticipantDatabase.");
-        endpoints.ServiceProvider.GetRequiredService<BranchEndpointRegistry>().Register(new BranchEndpoint(pattern, handler, BranchEndpointKind.Barrier));
+        endpoints.ServiceProvider.GetRequiredService<BranchEndpointRegistry>().Register(new BranchEndpoint(name, pattern, handler, BranchEndpointKind.Barrier));
         var logger = endpoints.ServiceProvider.GetRequiredService<ILoggerFactory>().CreateLogger(typeof(BranchBarrier));
-        return endpoints.MapPost(pattern, http => HandleAsync(http, pattern, barrier, handler, logger));
+        return endpoints.MapPost(pattern, http => HandleAsync(http, name, barrier, handler, logger));
     }
 
-    private static async Task HandleAsync(HttpContext http, string pattern, BranchBarrier barrier, BranchHandler handler, ILogger logger)
+    private static async Task HandleAsync(HttpContext http, string name, BranchBarrier barrier, BranchHandler handler, ILogger logger)
     {
         var cancellationToken = http.RequestAborted;
         var call = await ReadCallAsync(http, logger, cancellationToken);
@@ -70,7 +78,7 @@ public static class BarrierEndpointRouteBuilderExtensions
         {
             answer = await barrier.ExecuteAsync(
                 call,
-                pattern,
+                name,
                 (transaction, token) => handler(new BranchContext(call, transaction, http), token),
                 cancellationToken);
         }

@@ -17,14 +17,15 @@ internal enum BranchEndpointKind
     PreparedTransaction,
 }
 
-/// <summary>A mapped branch endpoint: its route pattern, its handler and how it runs.</summary>
-internal sealed record BranchEndpoint(string Pattern, BranchHandler Handler, BranchEndpointKind Kind);
+/// <summary>A mapped branch endpoint: its name (the pattern unless given), pattern, handler and how it runs.</summary>
+internal sealed record BranchEndpoint(string Name, string Pattern, BranchHandler Handler, BranchEndpointKind Kind);
 
 /// <summary>
-/// The branch endpoints of this application, by route pattern, filled by the map methods. The
-/// prepared table records the pattern of the endpoint that voted, so the in-doubt resolver can run
-/// the outcome with that endpoint's handler, in-process, after a restart. One instance per
-/// application (a DI singleton), not a static.
+/// The branch endpoints of this application, by name, filled by the map methods. The prepared
+/// table records the name of the endpoint that voted, so the in-doubt resolver can run the outcome
+/// with that endpoint's handler, in-process, after a restart. Names, not route patterns, because a
+/// pattern mapped in a route group does not know its group's prefix. One instance per application
+/// (a DI singleton), not a static.
 /// </summary>
 internal sealed class BranchEndpointRegistry
 {
@@ -35,12 +36,14 @@ internal sealed class BranchEndpointRegistry
 
     public void Register(BranchEndpoint endpoint)
     {
-        if (!_endpoints.TryAdd(endpoint.Pattern, endpoint))
+        if (!_endpoints.TryAdd(endpoint.Name, endpoint))
         {
             throw new InvalidOperationException(
-                $"A Treaty branch endpoint is already mapped on '{endpoint.Pattern}'. Map each pattern once (one handler can serve every op: switch on BranchContext.Op).");
+                $"A Treaty branch endpoint named '{endpoint.Name}' is already mapped (pattern '{_endpoints[endpoint.Name].Pattern}'). " +
+                "Names are unique in an application: map each pattern once (one handler can serve every op: switch on BranchContext.Op), " +
+                "and give endpoints of route groups that share a relative pattern a name of their own (MapTreatyBranch(pattern, handler, name: \"payment\")).");
         }
     }
 
-    public BranchEndpoint? Find(string pattern) => _endpoints.GetValueOrDefault(pattern);
+    public BranchEndpoint? Find(string name) => _endpoints.GetValueOrDefault(name);
 }

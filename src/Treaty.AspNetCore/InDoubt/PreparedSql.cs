@@ -13,7 +13,8 @@ internal static class PreparedSql
 {
     public const string Table = "treaty_prepared";
 
-    // endpoint: the route pattern whose handler runs the outcome when the resolver decides it.
+    // endpoint: the name (by default the route pattern) of the endpoint whose handler runs the
+    // outcome when the resolver decides it.
     // xact and answer: PostgreSQL native prepared transactions only (the transaction's name, and the
     // prepare's answer, which a duplicate prepare gets while the answer's own barrier row is inside
     // the prepared transaction, invisible).

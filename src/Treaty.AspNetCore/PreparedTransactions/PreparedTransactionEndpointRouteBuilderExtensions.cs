@@ -38,11 +38,16 @@ public static class PreparedTransactionEndpointRouteBuilderExtensions
     /// above 0 (checked at start). <paramref name="prepare"/> must not use temporary tables,
     /// <c>LISTEN</c>/<c>NOTIFY</c> or cursors <c>WITH HOLD</c>, which PostgreSQL cannot prepare.
     /// </summary>
-    public static IEndpointConventionBuilder MapTreatyPreparedTransactionBranch(this IEndpointRouteBuilder endpoints, string pattern, BranchHandler prepare)
+    /// <param name="endpoints">The application or route group.</param>
+    /// <param name="pattern">The route pattern.</param>
+    /// <param name="prepare">The prepare's writes, in the transaction that will be prepared.</param>
+    /// <param name="name">The endpoint's name in the prepared table (stable, unique in the application); <paramref name="pattern"/> when null.</param>
+    public static IEndpointConventionBuilder MapTreatyPreparedTransactionBranch(this IEndpointRouteBuilder endpoints, string pattern, BranchHandler prepare, string? name = null)
     {
         ArgumentNullException.ThrowIfNull(endpoints);
         ArgumentException.ThrowIfNullOrWhiteSpace(pattern);
         ArgumentNullException.ThrowIfNull(prepare);
+        name ??= pattern;
         var services = endpoints.ServiceProvider;
         if (services.GetService<BranchBarrier>() is null)
         {
@@ -55,12 +60,12 @@ public static class PreparedTransactionEndpointRouteBuilderExtensions
         }
 
         var executor = services.GetRequiredService<PreparedTransactionExecutor>();
-        services.GetRequiredService<BranchEndpointRegistry>().Register(new BranchEndpoint(pattern, prepare, BranchEndpointKind.PreparedTransaction));
+        services.GetRequiredService<BranchEndpointRegistry>().Register(new BranchEndpoint(name, pattern, prepare, BranchEndpointKind.PreparedTransaction));
         var logger = services.GetRequiredService<ILoggerFactory>().CreateLogger(typeof(PreparedTransactionExecutor));
-        return endpoints.MapPost(pattern, http => HandleAsync(http, pattern, executor, prepare, logger));
+        return endpoints.MapPost(pattern, http => HandleAsync(http, name, executor, prepare, logger));
     }
 
-    private static async Task HandleAsync(HttpContext http, string pattern, PreparedTransactionExecutor executor, BranchHandler prepare, ILogger logger)
+    private static async Task HandleAsync(HttpContext http, string name, PreparedTransactionExecutor executor, BranchHandler prepare, ILogger logger)
     {
         var cancellationToken = http.RequestAborted;
         var call = await BarrierEndpointRouteBuilderExtensions.ReadCallAsync(http, logger, cancellationToken);
@@ -85,7 +90,7 @@ public static class PreparedTransactionEndpointRouteBuilderExtensions
         {
             answer = (await executor.ExecuteAsync(
                 call,
-                pattern,
+                name,
                 (transaction, token) => prepare(new BranchContext(call, transaction, http), token),
                 resolving: false,
                 cancellationToken))!;

@@ -93,8 +93,9 @@ internal sealed class InDoubtResolver(
                 {
                     await ResolveDueAsync(stoppingToken);
                 }
-                catch (Exception exception) when (exception is not OperationCanceledException)
+                catch (Exception exception) when (exception is not OperationCanceledException || !stoppingToken.IsCancellationRequested)
                 {
+                    // never let a failure stop the host: the next pass tries again
                     InDoubtLog.PassFailed(logger, exception, _options.PollInterval);
                 }
 

@@ -3,6 +3,7 @@ using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Routing;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
+using Treaty.AspNetCore.InDoubt;
 using Treaty.Core.Contracts;
 
 namespace Treaty.AspNetCore.Barrier;
@@ -27,34 +28,48 @@ public static class BarrierEndpointRouteBuilderExtensions
     /// <item>otherwise <paramref name="handler"/> runs inside the transaction and its answer is
     /// recorded with its writes in one commit (a definitive failure rolls back the writes but keeps
     /// the answer); an exception rolls everything back and answers 500, so a retry runs again.</item>
+    /// <item>an outcome op (confirm/cancel, commit/rollback, doCommit/abort) arriving after the
+    /// opposite outcome took effect is answered 409 <see cref="TreatyBarrier.OutcomeConflictType"/>,
+    /// neither applied nor recorded;</item>
     /// </list>
+    /// Every protocol's operations go through it: saga action/compensate; tcc try/confirm/cancel;
+    /// 2pc prepare/commit/rollback; 3pc canCommit/preCommit/doCommit/abort; msg action. A 2PC or
+    /// 3PC vote that answered 2xx (prepare, canCommit, preCommit) is recorded in the prepared
+    /// table with its stage, in the same commit, and the op that carries the outcome removes it:
+    /// a participant that crashes after voting restarts still prepared, and the in-doubt resolver
+    /// (<see cref="InDoubt.InDoubtServiceCollectionExtensions.AddTreatyInDoubtResolver"/>) can run
+    /// the outcome with this <paramref name="handler"/> if the coordinator's call never comes — so
+    /// map all the operations of a 2PC/3PC branch on one pattern (a route parameter such as
+    /// <c>/payment/{op}</c> works) and switch on <see cref="BranchContext.Op"/>. The vote records
+    /// the endpoint's <paramref name="name"/> (by default <paramref name="pattern"/>): keep it
+    /// stable across deployments while votes may be in doubt, and unique in the application (two
+    /// route groups that map the same relative pattern need names).
     /// The forward op and the compensation of one (gid, branch) never run concurrently. Requires
     /// <see cref="BarrierServiceCollectionExtensions.AddTreatyBarrier"/>.
     /// </summary>
-    public static IEndpointConventionBuilder MapTreatyBranch(this IEndpointRouteBuilder endpoints, string pattern, BranchHandler handler)
+    /// <param name="endpoints">The application or route group.</param>
+    /// <param name="pattern">The route pattern.</param>
+    /// <param name="handler">Runs each op the barrier lets through, inside the local transaction.</param>
+    /// <param name="name">The endpoint's name in the prepared table; <paramref name="pattern"/> when null.</param>
+    public static IEndpointConventionBuilder MapTreatyBranch(this IEndpointRouteBuilder endpoints, string pattern, BranchHandler handler, string? name = null)
     {
         ArgumentNullException.ThrowIfNull(endpoints);
         ArgumentException.ThrowIfNullOrWhiteSpace(pattern);
         ArgumentNullException.ThrowIfNull(handler);
+        name ??= pattern;
         var barrier = endpoints.ServiceProvider.GetService<BranchBarrier>()
             ?? throw new InvalidOperationException("MapTreatyBranch needs services.AddTreatyBarrier() and a registered ParticipantDatabase.");
+        endpoints.ServiceProvider.GetRequiredService<BranchEndpointRegistry>().Register(new BranchEndpoint(name, pattern, handler, BranchEndpointKind.Barrier));
         var logger = endpoints.ServiceProvider.GetRequiredService<ILoggerFactory>().CreateLogger(typeof(BranchBarrier));
-        return endpoints.MapPost(pattern, http => HandleAsync(http, barrier, handler, logger));
+        return endpoints.MapPost(pattern, http => HandleAsync(http, name, barrier, handler, logger));
     }
 
-    private static async Task HandleAsync(HttpContext http, BranchBarrier barrier, BranchHandler handler, ILogger logger)
+    private static async Task HandleAsync(HttpContext http, string name, BranchBarrier barrier, BranchHandler handler, ILogger logger)
     {
         var cancellationToken = http.RequestAborted;
-        var (call, errors) = await BranchCallReader.ReadAsync(http.Request, cancellationToken);
+        var call = await ReadCallAsync(http, logger, cancellationToken);
         if (call is null)
         {
-            BarrierLog.Malformed(logger, http.Request.Path, string.Join(", ", errors!.Keys));
-            await WriteAsync(http, 400, "application/problem+json", ProblemJson.Write(
-                400,
-                ProblemTypes.Validation,
-                "Malformed branch call",
-                "The branch call is invalid: " + string.Join(", ", errors.Keys) + ".",
-                errors), outcome: null, cancellationToken);
             return;
         }
 
@@ -63,6 +78,7 @@ public static class BarrierEndpointRouteBuilderExtensions
         {
             answer = await barrier.ExecuteAsync(
                 call,
+                name,
                 (transaction, token) => handler(new BranchContext(call, transaction, http), token),
                 cancellationToken);
         }
@@ -76,19 +92,42 @@ public static class BarrierEndpointRouteBuilderExtensions
 #pragma warning restore CA1031
         {
             BarrierLog.HandlerFailed(logger, exception, call.Gid, call.Branch, call.Op);
-            await WriteAsync(http, 500, "application/problem+json", ProblemJson.Write(
-                500,
-                ProblemTypes.Internal,
-                "Branch failed",
-                "The branch failed and nothing was recorded; retry the same call.",
-                extensions: [new("gid", call.Gid), new("branch", call.Branch), new("op", call.Op)]), outcome: null, cancellationToken);
+            await WriteFailureAsync(http, call, cancellationToken);
             return;
         }
 
         await WriteAsync(http, answer.Result.StatusCode, answer.Result.ContentType, answer.Result.Body, TreatyBarrier.HeaderValue(answer.Decision), cancellationToken);
     }
 
-    private static async Task WriteAsync(HttpContext http, int status, string contentType, string body, string? outcome, CancellationToken cancellationToken)
+    /// <summary>Reads the envelope; a malformed one is answered 400 here and null returned.</summary>
+    internal static async Task<BranchCall?> ReadCallAsync(HttpContext http, ILogger logger, CancellationToken cancellationToken)
+    {
+        var (call, errors) = await BranchCallReader.ReadAsync(http.Request, cancellationToken);
+        if (call is not null)
+        {
+            return call;
+        }
+
+        BarrierLog.Malformed(logger, http.Request.Path, string.Join(", ", errors!.Keys));
+        await WriteAsync(http, 400, "application/problem+json", ProblemJson.Write(
+            400,
+            ProblemTypes.Validation,
+            "Malformed branch call",
+            "The branch call is invalid: " + string.Join(", ", errors.Keys) + ".",
+            errors), outcome: null, cancellationToken);
+        return null;
+    }
+
+    /// <summary>Answers a branch call that failed with an exception: 500, nothing recorded, retry.</summary>
+    internal static Task WriteFailureAsync(HttpContext http, BranchCall call, CancellationToken cancellationToken) =>
+        WriteAsync(http, 500, "application/problem+json", ProblemJson.Write(
+            500,
+            ProblemTypes.Internal,
+            "Branch failed",
+            "The branch failed and nothing was recorded; retry the same call.",
+            extensions: [new("gid", call.Gid), new("branch", call.Branch), new("op", call.Op)]), outcome: null, cancellationToken);
+
+    internal static async Task WriteAsync(HttpContext http, int status, string contentType, string body, string? outcome, CancellationToken cancellationToken)
     {
         http.Response.StatusCode = status;
         http.Response.ContentType = contentType;

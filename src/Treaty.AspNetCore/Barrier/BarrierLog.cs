@@ -2,7 +2,7 @@ using Microsoft.Extensions.Logging;
 
 namespace Treaty.AspNetCore.Barrier;
 
-/// <summary>The barrier's log messages (event ids 4101-4149).</summary>
+/// <summary>The barrier's log messages (event ids 4201-4249).</summary>
 internal static partial class BarrierLog
 {
     [LoggerMessage(EventId = 4201, Level = LogLevel.Debug, Message = "Barrier recorded {Gid}/{Branch}/{Op} ({Decision}, answered {StatusCode})")]
@@ -22,6 +22,9 @@ internal static partial class BarrierLog
 
     [LoggerMessage(EventId = 4206, Level = LogLevel.Debug, Message = "Rejected a malformed branch call to {Path}: {Fields}")]
     public static partial void Malformed(ILogger logger, string path, string fields);
+
+    [LoggerMessage(EventId = 4208, Level = LogLevel.Error, Message = "Outcome conflict: {Gid}/{Branch}/{Op} arrived after its '{Applied}' took effect here; refused, not applied (an operator must reconcile)")]
+    public static partial void OutcomeConflict(ILogger logger, string gid, string branch, string op, string applied);
 
     [LoggerMessage(EventId = 4207, Level = LogLevel.Information, Message = "Barrier table ready ({Dialect})")]
     public static partial void SchemaReady(ILogger logger, Treaty.AspNetCore.Data.SqlDialect dialect);

@@ -14,6 +14,16 @@ internal enum BarrierDecision
 
     /// <summary>A forward op arriving after its compensation: record it and refuse without running the handler.</summary>
     SkipHanging,
+
+    /// <summary>
+    /// An outcome op (confirm/cancel, commit/rollback, doCommit/abort) arriving after the opposite
+    /// outcome took effect here: refuse without running the handler and record nothing. No correct
+    /// coordinator asks for both; it happens when a 3PC participant applied the termination rule
+    /// alone during a partition (it committed, the coordinator aborted), the "heuristic" outcome of
+    /// XA. The coordinator retries the op until an operator looks: the inconsistency is reported,
+    /// never papered over.
+    /// </summary>
+    Conflict,
 }
 
 /// <summary>How a barrier row came to be; stored in the <c>outcome</c> column.</summary>
@@ -99,6 +109,21 @@ internal static class BarrierRules
     };
 
     /// <summary>
+    /// The outcome op that ends a branch the other way from <paramref name="op"/> (confirm and
+    /// cancel, commit and rollback, doCommit and abort), or null for an op that is not an outcome.
+    /// </summary>
+    public static string? OppositeOutcomeOf(string op) => op switch
+    {
+        "confirm" => "cancel",
+        "cancel" => "confirm",
+        "commit" => "rollback",
+        "rollback" => "commit",
+        "doCommit" => "abort",
+        "abort" => "doCommit",
+        _ => null,
+    };
+
+    /// <summary>
     /// Decides what to do with <paramref name="op"/> given the rows already recorded for its
     /// (gid, branch). The caller holds the (gid, branch) lock, so nothing changes the rows between
     /// this decision and the write that follows it.
@@ -110,6 +135,18 @@ internal static class BarrierRules
             if (string.Equals(record.Op, op, StringComparison.Ordinal))
             {
                 return BarrierDecision.ReplayStored;
+            }
+        }
+
+        // A recorded opposite outcome (applied, or a null compensation, which also ended the branch)
+        // means this branch already went the other way: applying this one too would break atomicity.
+        var opposite = OppositeOutcomeOf(op);
+        foreach (var record in existing)
+        {
+            if (string.Equals(record.Op, opposite, StringComparison.Ordinal)
+                && record.Outcome is BarrierOutcome.Applied or BarrierOutcome.NullCompensation)
+            {
+                return BarrierDecision.Conflict;
             }
         }
 
@@ -162,7 +199,7 @@ internal static class BarrierRules
         BarrierDecision.RunHandler => statusCode is >= 200 and < 300 ? BarrierOutcome.Applied : BarrierOutcome.Failed,
         BarrierDecision.NullCompensation => BarrierOutcome.NullCompensation,
         BarrierDecision.SkipHanging => BarrierOutcome.SkippedHanging,
-        _ => throw new ArgumentOutOfRangeException(nameof(decision), decision, "A replayed call records nothing."),
+        _ => throw new ArgumentOutOfRangeException(nameof(decision), decision, "A replayed or conflicting call records nothing."),
     };
 
     /// <summary>The stored form of <paramref name="outcome"/>.</summary>

@@ -1,9 +1,12 @@
+using System.Globalization;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using Treaty.AspNetCore.Data;
+using Treaty.AspNetCore.InDoubt;
+using Treaty.AspNetCore.PreparedTransactions;
 
 namespace Treaty.AspNetCore.Barrier;
 
@@ -12,10 +15,12 @@ public static class BarrierServiceCollectionExtensions
 {
     /// <summary>
     /// Registers the branch barrier used by
-    /// <see cref="BarrierEndpointRouteBuilderExtensions.MapTreatyBranch"/>, and creates its table
-    /// (<c>treaty_barrier</c>) in the registered <see cref="ParticipantDatabase"/> (SQLite or
-    /// PostgreSQL) when the host starts. Register the <see cref="ParticipantDatabase"/> (a
-    /// singleton) yourself; a <see cref="TimeProvider"/> is added when there is none.
+    /// <see cref="BarrierEndpointRouteBuilderExtensions.MapTreatyBranch"/> (and by
+    /// <see cref="PreparedTransactionEndpointRouteBuilderExtensions.MapTreatyPreparedTransactionBranch"/>),
+    /// and creates its tables (<c>treaty_barrier</c>, and <c>treaty_prepared</c> for branches in
+    /// doubt) in the registered <see cref="ParticipantDatabase"/> (SQLite or PostgreSQL) when the
+    /// host starts. Register the <see cref="ParticipantDatabase"/> (a singleton) yourself; a
+    /// <see cref="TimeProvider"/> is added when there is none.
     /// </summary>
     public static IServiceCollection AddTreatyBarrier(this IServiceCollection services)
     {
@@ -25,23 +30,52 @@ public static class BarrierServiceCollectionExtensions
             provider.GetRequiredService<ParticipantDatabase>(),
             provider.GetRequiredService<TimeProvider>(),
             provider.GetService<ILogger<BranchBarrier>>() ?? NullLogger<BranchBarrier>.Instance));
-        services.AddHostedService<BarrierSchemaInitializer>();
+        services.TryAddSingleton<BranchEndpointRegistry>();
+        services.TryAddSingleton(provider => new PreparedTransactionExecutor(
+            provider.GetRequiredService<ParticipantDatabase>() as PostgreSqlParticipantDatabase
+                ?? throw new InvalidOperationException("PostgreSQL prepared transactions need a PostgreSqlParticipantDatabase."),
+            provider.GetRequiredService<TimeProvider>(),
+            provider.GetService<ILogger<PreparedTransactionExecutor>>() ?? NullLogger<PreparedTransactionExecutor>.Instance));
+        services.TryAddEnumerable(ServiceDescriptor.Singleton<IHostedService, BarrierSchemaInitializer>());
         return services;
     }
 }
 
-/// <summary>Creates the barrier table before the server takes calls.</summary>
-internal sealed class BarrierSchemaInitializer(BranchBarrier barrier, ILogger<BarrierSchemaInitializer> logger) : IHostedService
+/// <summary>Creates the barrier's tables before the server takes calls, and checks PostgreSQL can prepare transactions when an endpoint needs it.</summary>
+internal sealed class BarrierSchemaInitializer(BranchBarrier barrier, BranchEndpointRegistry endpoints, ILogger<BarrierSchemaInitializer> logger) : IHostedService
 {
     public async Task StartAsync(CancellationToken cancellationToken)
     {
         await EnsureSchemaAsync(barrier.Database, cancellationToken);
         BarrierLog.SchemaReady(logger, barrier.Database.Dialect);
+        if (endpoints.HasPreparedTransactionEndpoints)
+        {
+            InDoubtLog.PreparedTransactionsReady(logger, await MaxPreparedTransactionsAsync(barrier.Database, cancellationToken));
+        }
     }
 
     public Task StopAsync(CancellationToken cancellationToken) => Task.CompletedTask;
 
-    /// <summary>Creates <c>treaty_barrier</c> when it does not exist.</summary>
-    public static Task EnsureSchemaAsync(ParticipantDatabase database, CancellationToken cancellationToken) =>
-        database.ExecuteDdlAsync(BarrierSql.Schema(database.Dialect), cancellationToken);
+    /// <summary>Creates <c>treaty_barrier</c> and <c>treaty_prepared</c> when they do not exist.</summary>
+    public static async Task EnsureSchemaAsync(ParticipantDatabase database, CancellationToken cancellationToken)
+    {
+        await database.ExecuteDdlAsync(BarrierSql.Schema(database.Dialect), cancellationToken);
+        await database.ExecuteDdlAsync(PreparedSql.Schema(database.Dialect), cancellationToken);
+    }
+
+    /// <summary>PostgreSQL's <c>max_prepared_transactions</c>; 0 (the default) fails the start with what to change.</summary>
+    private static async Task<int> MaxPreparedTransactionsAsync(ParticipantDatabase database, CancellationToken cancellationToken)
+    {
+        await using var transaction = await database.BeginAsync(cancellationToken);
+        await using var show = transaction.CreateCommand("SELECT current_setting('max_prepared_transactions')");
+        var max = int.Parse((string)(await show.ExecuteScalarAsync(cancellationToken))!, CultureInfo.InvariantCulture);
+        if (max < 1)
+        {
+            throw new InvalidOperationException(
+                "MapTreatyPreparedTransactionBranch needs PostgreSQL prepared transactions, which this server disables (max_prepared_transactions = 0). " +
+                "Set max_prepared_transactions to at least the number of branches this participant may hold prepared at once (it needs a server restart).");
+        }
+
+        return max;
+    }
 }

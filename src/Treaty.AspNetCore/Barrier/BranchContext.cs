@@ -14,8 +14,9 @@ namespace Treaty.AspNetCore.Barrier;
 /// </summary>
 public sealed class BranchContext
 {
-    internal BranchContext(BranchCall call, ParticipantTransaction transaction, HttpContext httpContext)
+    internal BranchContext(BranchCall call, ParticipantTransaction transaction, HttpContext httpContext, bool isInDoubtResolution = false)
     {
+        IsInDoubtResolution = isInDoubtResolution;
         Gid = call.Gid;
         Branch = call.Branch;
         Op = call.Op;
@@ -39,8 +40,19 @@ public sealed class BranchContext
     /// <summary>The participant's local transaction; the handler's writes belong in it.</summary>
     public ParticipantTransaction Transaction { get; }
 
-    /// <summary>The HTTP request, for its services and headers.</summary>
+    /// <summary>
+    /// The HTTP request, for its services and headers. When <see cref="IsInDoubtResolution"/> is
+    /// true there is no request: a context whose <c>RequestServices</c> is a fresh scope of the
+    /// application's services and whose request is empty.
+    /// </summary>
     public HttpContext HttpContext { get; }
+
+    /// <summary>
+    /// True when the kit's in-doubt resolver runs this outcome (commit, rollback, doCommit, abort)
+    /// in-process because the coordinator's call did not arrive in time; false for a coordinator's
+    /// call. The barrier deduplicates both the same way.
+    /// </summary>
+    public bool IsInDoubtResolution { get; }
 
     /// <summary>A 200 with an empty JSON object.</summary>
     public BranchResult Ok() => BranchResult.Ok();

@@ -50,15 +50,17 @@ public abstract class ParticipantDatabase
 public sealed class ParticipantTransaction : IAsyncDisposable
 {
     private readonly Action? _onDisposed;
+    private readonly bool _ownsConnection;
     private bool _completed;
     private bool _disposed;
 
-    internal ParticipantTransaction(DbConnection connection, DbTransaction transaction, SqlDialect dialect, Action? onDisposed = null)
+    internal ParticipantTransaction(DbConnection connection, DbTransaction transaction, SqlDialect dialect, Action? onDisposed = null, bool ownsConnection = true)
     {
         Connection = connection;
         Transaction = transaction;
         Dialect = dialect;
         _onDisposed = onDisposed;
+        _ownsConnection = ownsConnection;
     }
 
     /// <summary>The open connection; use it (with <see cref="Transaction"/>) for the handler's own writes.</summary>
@@ -91,6 +93,9 @@ public sealed class ParticipantTransaction : IAsyncDisposable
         await Transaction.CommitAsync(cancellationToken);
         _completed = true;
     }
+
+    /// <summary>The transaction ended on the server by other means (<c>PREPARE TRANSACTION</c>): dispose sends nothing.</summary>
+    internal void MarkCompleted() => _completed = true;
 
     public async Task RollbackAsync(CancellationToken cancellationToken)
     {
@@ -133,7 +138,10 @@ public sealed class ParticipantTransaction : IAsyncDisposable
             try
             {
                 await Transaction.DisposeAsync();
-                await Connection.DisposeAsync();
+                if (_ownsConnection)
+                {
+                    await Connection.DisposeAsync();
+                }
             }
             finally
             {
@@ -213,6 +221,9 @@ public sealed class SqliteParticipantDatabase : ParticipantDatabase
 public sealed class PostgreSqlParticipantDatabase(NpgsqlDataSource dataSource) : ParticipantDatabase
 {
     public override SqlDialect Dialect => SqlDialect.PostgreSql;
+
+    /// <summary>A connection outside any transaction (prepared transactions need one: <c>COMMIT PREPARED</c> refuses to run in a transaction block).</summary>
+    internal ValueTask<NpgsqlConnection> OpenConnectionAsync(CancellationToken cancellationToken) => dataSource.OpenConnectionAsync(cancellationToken);
 
     public override async ValueTask<ParticipantTransaction> BeginAsync(CancellationToken cancellationToken)
     {

@@ -102,6 +102,67 @@ internal static class InDoubtRules
     };
 
     /// <summary>
+    /// What an HTTP answer of <c>GET /api/v1/transactions/{gid}</c> says before its body is read:
+    /// null for a 2xx (read the view, <see cref="FromView"/>); <see cref="CoordinatorAnswer.UnknownTransaction"/>
+    /// for a 404 that is the coordinator's own problem+json (<paramref name="isTreatyNotFound"/>);
+    /// <see cref="CoordinatorAnswer.Unreachable"/> for anything else. A 404 from something that is
+    /// not a Treaty coordinator (a wrong URL, a proxy) must not count as "no record": under presumed
+    /// abort that would roll back every prepared branch the real coordinator may commit.
+    /// </summary>
+    public static CoordinatorAnswer? FromStatusCode(int statusCode, bool isTreatyNotFound) => statusCode switch
+    {
+        >= 200 and < 300 => null,
+        404 when isTreatyNotFound => CoordinatorAnswer.UnknownTransaction,
+        _ => CoordinatorAnswer.Unreachable,
+    };
+
+    /// <summary>
+    /// Whether a decision taken for a participant at <paramref name="decidedAt"/> still applies now
+    /// that it is at <paramref name="current"/> (null: no longer in doubt, its outcome arrived). A
+    /// 3PC participant that decided to abort alone at <see cref="PreparedStage.Voted"/> must not
+    /// abort once a preCommit has arrived meanwhile: the coordinator may be about to commit.
+    /// </summary>
+    public static bool StillApplies(PreparedStage decidedAt, PreparedStage? current) => current == decidedAt;
+
+    /// <summary>
+    /// How long to wait before asking again after <paramref name="checks"/> answers that left the
+    /// participant in doubt: <paramref name="first"/> doubled per check, at most <paramref name="max"/>.
+    /// No jitter: one participant asks about few transactions, and a fixed schedule is easier to
+    /// reason about in an outage.
+    /// </summary>
+    public static TimeSpan NextCheckDelay(int checks, TimeSpan first, TimeSpan max)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(checks);
+        if (first <= TimeSpan.Zero || max < first)
+        {
+            throw new ArgumentOutOfRangeException(nameof(first), first, "first must be positive and at most max.");
+        }
+
+        // 2^checks overflows long for large counts; past the cap the answer is max anyway.
+        var doublings = Math.Min(checks, 40);
+        var ticks = first.Ticks * Math.Pow(2, doublings);
+        return ticks >= max.Ticks ? max : TimeSpan.FromTicks((long)ticks);
+    }
+
+    /// <summary>The stored form of <paramref name="stage"/> (the <c>stage</c> column of <c>treaty_prepared</c>).</summary>
+    public static string ToColumn(PreparedStage stage) => stage switch
+    {
+        PreparedStage.Prepared => "prepared",
+        PreparedStage.Voted => "voted",
+        PreparedStage.PreCommitted => "pre-committed",
+        _ => throw new ArgumentOutOfRangeException(nameof(stage), stage, null),
+    };
+
+    /// <summary>Parses the <c>stage</c> column.</summary>
+    public static PreparedStage StageFromColumn(string value) => value switch
+    {
+        "prepared" => PreparedStage.Prepared,
+        "voted" => PreparedStage.Voted,
+        "pre-committed" => PreparedStage.PreCommitted,
+        _ => throw new InvalidOperationException($"Unknown stage '{value}' in the prepared table."),
+    };
+
+    /// <summary>
     /// Reads the coordinator's view of a transaction: its <c>decision</c> field when set, else its
     /// terminal status, else undecided.
     /// </summary>

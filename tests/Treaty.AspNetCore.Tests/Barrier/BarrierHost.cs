@@ -120,6 +120,15 @@ public sealed class BarrierHost : IAsyncDisposable
         return ops;
     }
 
+    /// <summary>The stage of (gid, branch) in the prepared table, or null when it is not in doubt.</summary>
+    public async Task<string?> PreparedStageAsync(string gid, string branch = "b1")
+    {
+        await using var transaction = await Database.BeginAsync(CancellationToken.None);
+        await using var command = transaction.CreateCommand(
+            "SELECT stage FROM treaty_prepared WHERE gid = @gid AND branch = @branch", ("gid", gid), ("branch", branch));
+        return (string?)await command.ExecuteScalarAsync();
+    }
+
     public async ValueTask DisposeAsync()
     {
         Client?.Dispose();

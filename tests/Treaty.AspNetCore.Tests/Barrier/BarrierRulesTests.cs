@@ -125,4 +125,44 @@ public sealed class BarrierRulesTests
         BarrierSql.LockKey("ab", "c").ShouldNotBe(BarrierSql.LockKey("a", "bc"));
         BarrierSql.LockKey("g", "b").ShouldBe(BarrierSql.LockKey("g", "b"));
     }
+
+    [Theory]
+    [InlineData("confirm", "cancel", "try")]
+    [InlineData("commit", "rollback", "prepare")]
+    [InlineData("doCommit", "abort", "canCommit")]
+    public void Decide_FinalOpAfterTheOppositeOutcome_IsAConflict(string final, string compensation, string forward)
+    {
+        BarrierRules.Decide([Row(forward), Row(compensation)], final).ShouldBe(BarrierDecision.Conflict);
+        BarrierRules.Decide([Row(compensation, BarrierOutcome.NullCompensation)], final).ShouldBe(BarrierDecision.Conflict);
+    }
+
+    [Theory]
+    [InlineData("cancel", "confirm", "try")]
+    [InlineData("rollback", "commit", "prepare")]
+    [InlineData("abort", "doCommit", "canCommit")]
+    public void Decide_CompensationAfterTheOppositeOutcome_IsAConflict(string compensation, string final, string forward)
+    {
+        // The 3PC case: a participant past preCommit committed alone (termination rule) while the
+        // coordinator, cut off, aborted. Undoing a committed branch would not restore atomicity.
+        BarrierRules.Decide([Row(forward), Row(final)], compensation).ShouldBe(BarrierDecision.Conflict);
+    }
+
+    [Fact]
+    public void Decide_ADuplicateOutcome_IsStillAReplay_NotAConflict()
+    {
+        BarrierRules.Decide([Row("canCommit"), Row("doCommit")], "doCommit").ShouldBe(BarrierDecision.ReplayStored);
+        BarrierRules.Decide([Row("prepare"), Row("rollback")], "rollback").ShouldBe(BarrierDecision.ReplayStored);
+    }
+
+    [Theory]
+    [InlineData("action")]
+    [InlineData("compensate")]
+    [InlineData("try")]
+    [InlineData("prepare")]
+    [InlineData("canCommit")]
+    [InlineData("preCommit")]
+    public void OppositeOutcomeOf_IsNullForOpsThatDoNotEndABranch(string op)
+    {
+        BarrierRules.OppositeOutcomeOf(op).ShouldBeNull();
+    }
 }

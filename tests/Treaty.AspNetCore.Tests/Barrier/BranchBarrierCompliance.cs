@@ -254,6 +254,139 @@ public abstract class BranchBarrierCompliance : IAsyncLifetime
         Host.Runs(gid, "action").ShouldBe(1);
     }
 
+    [Theory]
+    [InlineData("action")]
+    [InlineData("try")]
+    [InlineData("confirm")]
+    [InlineData("prepare")]
+    [InlineData("commit")]
+    [InlineData("canCommit")]
+    [InlineData("preCommit")]
+    [InlineData("doCommit")]
+    public async Task EveryProtocolsOp_Duplicates_RunTheHandlerOnce_AndReplayTheFirstAnswer(string op)
+    {
+        var gid = NewGid();
+
+        var first = await Host.CallAsync(gid, op);
+        var duplicate = await Host.CallAsync(gid, op);
+
+        first.Status.ShouldBe(200);
+        first.Outcome.ShouldBe("executed");
+        duplicate.ShouldBe(first with { Outcome = "replayed" });
+        Host.Runs(gid, op).ShouldBe(1);
+    }
+
+    [Theory]
+    [InlineData("compensate")]
+    [InlineData("cancel")]
+    [InlineData("rollback")]
+    [InlineData("abort")]
+    public async Task EveryProtocolsUndo_WithoutItsForwardOp_IsRecorded_Answers200_HandlerNotRun(string op)
+    {
+        var gid = NewGid();
+
+        var answer = await Host.CallAsync(gid, op);
+        var duplicate = await Host.CallAsync(gid, op);
+
+        answer.Status.ShouldBe(200);
+        answer.Outcome.ShouldBe("null-compensation");
+        duplicate.ShouldBe(answer with { Outcome = "replayed" });
+        Host.Runs(gid, op).ShouldBe(0);
+        (await Host.BarrierRowsAsync(gid)).ShouldBe([op]);
+    }
+
+    [Theory]
+    [InlineData("action", "compensate")]
+    [InlineData("try", "cancel")]
+    [InlineData("prepare", "rollback")]
+    [InlineData("canCommit", "abort")]
+    [InlineData("preCommit", "abort")]
+    public async Task EveryProtocolsForwardOp_AfterItsUndo_IsRefused409_AndNeverApplied(string forward, string undo)
+    {
+        var gid = NewGid();
+        (await Host.CallAsync(gid, undo)).Outcome.ShouldBe("null-compensation");
+
+        var late = await Host.CallAsync(gid, forward);
+
+        late.Status.ShouldBe(409);
+        late.Outcome.ShouldBe("skipped-hanging");
+        late.Body.ShouldContain(TreatyBarrier.AlreadyCompensatedType);
+        Host.Runs(gid, forward).ShouldBe(0);
+        (await Host.LedgerAsync(gid)).ShouldBe((0, 0));
+        (await Host.PreparedStageAsync(gid)).ShouldBeNull();
+    }
+
+    [Theory]
+    [InlineData("saga", "action,compensate")]
+    [InlineData("tcc", "try,confirm")]
+    [InlineData("tcc", "try,cancel")]
+    [InlineData("2pc", "prepare,commit")]
+    [InlineData("2pc", "prepare,rollback")]
+    [InlineData("3pc", "canCommit,preCommit,doCommit")]
+    [InlineData("3pc", "canCommit,abort")]
+    [InlineData("3pc", "canCommit,preCommit,abort")]
+    [InlineData("msg", "action")]
+    public async Task EveryProtocolsRun_EachOpExecutesOnce_AndEveryRetryIsAReplay(string protocol, string ops)
+    {
+        var gid = NewGid();
+        var sequence = ops.Split(',');
+
+        foreach (var op in sequence)
+        {
+            (await Host.CallAsync(gid, op)).Outcome.ShouldBe("executed", $"{protocol} {op}");
+        }
+
+        foreach (var op in sequence)
+        {
+            (await Host.CallAsync(gid, op)).Outcome.ShouldBe("replayed", $"{protocol} {op}");
+            Host.Runs(gid, op).ShouldBe(1);
+        }
+
+        (await Host.PreparedStageAsync(gid)).ShouldBeNull(); // every run ended with its outcome
+    }
+
+    [Theory]
+    [InlineData("try", "confirm", "cancel")]
+    [InlineData("try", "cancel", "confirm")]
+    [InlineData("prepare", "commit", "rollback")]
+    [InlineData("prepare", "rollback", "commit")]
+    [InlineData("canCommit", "doCommit", "abort")]
+    [InlineData("canCommit", "abort", "doCommit")]
+    public async Task OutcomeAfterTheOppositeOutcome_IsRefused409Conflict_NeitherAppliedNorRecorded(string forward, string outcome, string opposite)
+    {
+        var gid = NewGid();
+        (await Host.CallAsync(gid, forward)).Status.ShouldBe(200);
+        (await Host.CallAsync(gid, outcome)).Status.ShouldBe(200);
+
+        var conflict = await Host.CallAsync(gid, opposite);
+        var retry = await Host.CallAsync(gid, opposite);
+
+        conflict.Status.ShouldBe(409);
+        conflict.Outcome.ShouldBe("conflict");
+        conflict.ContentType.ShouldBe("application/problem+json");
+        using (var problem = JsonDocument.Parse(conflict.Body))
+        {
+            problem.RootElement.GetProperty("type").GetString().ShouldBe(TreatyBarrier.OutcomeConflictType);
+        }
+
+        retry.ShouldBe(conflict);
+        Host.Runs(gid, opposite).ShouldBe(0);
+        (await Host.BarrierRowsAsync(gid)).ShouldNotContain(opposite);
+    }
+
+    [Fact]
+    public void MapTreatyBranch_SamePatternTwice_FailsAtStartup()
+    {
+        var builder = WebApplication.CreateSlimBuilder();
+        builder.Services.AddSingleton<ParticipantDatabase>(new SqliteParticipantDatabase(Path.Combine(Path.GetTempPath(), "unused.db")));
+        builder.Services.AddTreatyBarrier();
+        using var app = builder.Build();
+        app.MapTreatyBranch("/x", (context, _) => Task.FromResult(context.Ok()));
+
+        Should.Throw<InvalidOperationException>(() => app.MapTreatyBranch("/x", (context, _) => Task.FromResult(context.Ok())))
+            .Message.ShouldContain("already mapped");
+    }
+
     [Fact]
     public void MapTreatyBranch_WithoutAddTreatyBarrier_FailsAtStartup()
     {

@@ -10,6 +10,9 @@ public abstract class TestDatabase : IAsyncDisposable
 {
     public abstract ParticipantDatabase Database { get; }
 
+    /// <summary>PostgreSQL: the test database's connection string (for a connection of the test's own); SQLite: null.</summary>
+    public virtual string? ConnectionString => null;
+
     public abstract ValueTask DisposeAsync();
 
     /// <summary>A fresh SQLite file in a temp directory.</summary>
@@ -42,6 +45,8 @@ public abstract class TestDatabase : IAsyncDisposable
     private sealed class PostgreSqlTestDatabase(NpgsqlDataSource source) : TestDatabase
     {
         public override ParticipantDatabase Database { get; } = new PostgreSqlParticipantDatabase(source);
+
+        public override string ConnectionString => source.ConnectionString;
 
         public override ValueTask DisposeAsync() => source.DisposeAsync();
     }

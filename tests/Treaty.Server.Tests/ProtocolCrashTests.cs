@@ -119,4 +119,43 @@ public sealed class ProtocolCrashTests(ParticipantFixture fixture, ITestOutputHe
         _participant.CallsTo($"{gid}/sender/query").Count.ShouldBe(1);
         _participant.EffectsOn($"{gid}/points/action").ShouldBe(1);
     }
+
+    [Fact]
+    public async Task ThreePhase_CoordinatorKilledAfterEveryPreCommit_ParticipantsCommitOnTheirOwn()
+    {
+        var gid = Api.NewGid("3pc-kill");
+        await using var coordinator = new CoordinatorProcess(output);
+        await using var stock = await KitParticipant.StartAsync(new Uri(coordinator.Url), after: TimeSpan.FromSeconds(1));
+        await using var payment = await KitParticipant.StartAsync(new Uri(coordinator.Url), after: TimeSpan.FromSeconds(1));
+        var answers = new Gate();
+        stock.HoldPreCommitAnswers = answers;
+        payment.HoldPreCommitAnswers = answers;
+        // The kit serves every operation of a branch at one path.
+        JsonObject Branch(string name, string url) => new()
+        {
+            ["name"] = name, ["canCommit"] = url, ["preCommit"] = url, ["doCommit"] = url, ["abort"] = url, ["retry"] = Json.Retry(3, 50, 200),
+        };
+        var body = Json.Transaction("3pc", gid, [Branch("stock", stock.Url), Branch("payment", payment.Url)]);
+
+        using (var http = await coordinator.StartAsync())
+        {
+            using (var submitted = await Api.SubmitAsync(http, body))
+            {
+                submitted.StatusCode.ShouldBe(HttpStatusCode.Accepted, await submitted.Content.ReadAsStringAsync());
+            }
+
+            await Eventually.Until(
+                () => stock.StateAsync(gid, "stock").Result == "pre-committed" && payment.StateAsync(gid, "payment").Result == "pre-committed",
+                "both participants acknowledged preCommit (answers held)");
+            coordinator.Kill(); // it never hears the acknowledgements, and never comes back
+        }
+
+        answers.Open();
+
+        // Each participant times out, cannot reach the coordinator, and applies 3PC's termination
+        // rule: after preCommit, commit.
+        await Eventually.Until(
+            () => stock.StateAsync(gid, "stock").Result == "committed" && payment.StateAsync(gid, "payment").Result == "committed",
+            "both participants committed on their own", TimeSpan.FromSeconds(30));
+    }
 }

@@ -48,8 +48,9 @@ public sealed class InDoubtEndToEndTests(CoordinatorFixture fixture) : IClassFix
     [Fact]
     public async Task TwoPhase_RollbackLostAfterTheCoordinatorGaveUp_IsRolledBackByTheResolver()
     {
-        // Real clock and the real background loop: the resolver acts on its own once After passes.
-        var participant = await StartParticipantAsync(TimeProvider.System, after: TimeSpan.FromMilliseconds(500), pollInterval: TimeSpan.FromMilliseconds(100));
+        // Real clock and the real background loop: the resolver acts on its own once After passes —
+        // long enough that the coordinator's notifications give up first even on a loaded machine.
+        var participant = await StartParticipantAsync(TimeProvider.System, after: TimeSpan.FromSeconds(4), pollInterval: TimeSpan.FromMilliseconds(100));
         participant.Unavailable("rollback");
         var gid = NewGid("lost-rollback");
 

@@ -41,8 +41,14 @@ public sealed class MessageMachine : ProtocolMachine
     /// <inheritdoc />
     public override ProtocolShape Shape => MessageShape;
 
-    /// <summary>Only while prepared: once the sender committed, a message cannot be taken back.</summary>
-    public override bool CanAbort(TransactionState state) => state.Status == TransactionStatus.Prepared;
+    /// <summary>
+    /// Never. Once delivery started the sender has committed and the message cannot be taken back;
+    /// and while the message is still prepared the coordinator cannot know that the sender has not
+    /// committed: it may have committed and crashed (or lost its submit) before submitting. Only
+    /// queryPrepared can tell, because its answer fences a local transaction that is still open.
+    /// An operator abort would lose the message of a committed sender.
+    /// </summary>
+    public override bool CanAbort(TransactionState state) => false;
 
     /// <inheritdoc />
     public override BranchReading ReadBranch(TransactionState state, int branch) =>
@@ -77,11 +83,9 @@ public sealed class MessageMachine : ProtocolMachine
         return true;
     }
 
-    /// <inheritdoc />
+    /// <summary>Never called: <see cref="CanAbort"/> refuses every operator abort.</summary>
     protected internal override void OnAbortRequested(TransactionStep step, string reason)
     {
-        step.Decide(TransactionOutcome.Abort, reason);
-        step.Finish(TransactionStatus.Aborted);
     }
 
     /// <inheritdoc />

@@ -113,11 +113,20 @@ public sealed class MessageMachineTests
     }
 
     [Fact]
-    public void Decide_OperatorAbort_OnlyWhilePrepared()
+    public void Decide_OperatorAbort_IsRefused_EvenWhilePrepared_TheSenderMayHaveCommittedAlready()
     {
+        // Found by the deterministic simulation (seed 48): the sender committed its local
+        // transaction, its submits were lost, and an operator's abort of the still-prepared message
+        // was accepted; the sender's committed work was never delivered. While prepared, only
+        // queryPrepared (which fences a local transaction still open) can tell whether it committed.
         var run = Run("points");
         run.Submit();
-        run.Send(new AdminAbort("ops", "never sent")).Commands.ShouldContain(new Finish(TransactionStatus.Aborted));
+        run.Machine.CanAbort(run.State).ShouldBeFalse();
+        run.Send(new AdminAbort("ops", "never sent")).ShouldChangeNothing(run.State);
+        run.State.Status.ShouldBe(TransactionStatus.Prepared);
+
+        // The sender's commit still delivers it.
+        run.Send(new SenderCommitted()).Invocations().ShouldBe(["points.action#1"]);
 
         var delivering = Run("points");
         delivering.Submit();

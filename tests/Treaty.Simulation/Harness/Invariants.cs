@@ -15,7 +15,8 @@ internal sealed partial class SimulationRun
     /// durable; a confirm only when every try succeeded (a commit: every prepare; a doCommit: every
     /// preCommit); a forward op (a saga action before the pivot started, try, prepare, canCommit,
     /// preCommit) never started at or after the transaction's deadline, by the engine's clock; a
-    /// saga compensation only after every branch that depends on it was compensated.
+    /// saga action or a message delivery only after the branches it depends on succeeded; a saga
+    /// compensation only after every branch that depends on it was compensated.
     /// </summary>
     private void Leaving(BranchCall call)
     {
@@ -50,8 +51,10 @@ internal sealed partial class SimulationRun
                 break;
             case ProtocolNames.Action when spec.Protocol == Protocol.Msg:
                 RequireCommitDecision(state, what);
+                RequireDependenciesDone(state, b, what);
                 break;
             case ProtocolNames.Action when spec.Protocol == Protocol.Saga:
+                RequireDependenciesDone(state, b, what);
                 var pivot = spec.Branches.IndexOf(spec.Branches.FirstOrDefault(x => x.Pivot)!);
                 if (pivot >= 0 && b != pivot && Dag.From(spec).Descendants(pivot).Contains(b))
                 {
@@ -84,6 +87,19 @@ internal sealed partial class SimulationRun
                 }
 
                 break;
+        }
+    }
+
+    /// <summary>A saga action or a message delivery only after every branch it depends on succeeded.</summary>
+    private void RequireDependenciesDone(TransactionState state, int branch, string what)
+    {
+        foreach (var dependency in state.Spec.Branches[branch].DependsOn)
+        {
+            var action = state.Branches.First(x => x.Name == dependency).Op(ProtocolNames.Action);
+            if (action.Status != OpStatus.Succeeded)
+            {
+                Violation($"order: {what} sent although {dependency}, which it depends on, is {action.Status.ToWire()} in the durable state");
+            }
         }
     }
 

@@ -132,6 +132,7 @@ internal readonly record struct WireReply(int Status, string? Body, string? Tran
 internal sealed class SimNetwork(
     SimScheduler scheduler,
     Random random,
+    Random apiRandom,
     FaultPlan faults,
     SimNode wire,
     IReadOnlyDictionary<string, ParticipantHost> hosts,
@@ -305,7 +306,8 @@ internal sealed class SimNetwork(
     /// <paramref name="from"/> to the node <paramref name="target"/> names at arrival, over the same
     /// faulty wire: <paramref name="serve"/> runs in the target node and answers through its callback;
     /// <paramref name="onReply"/> runs in <paramref name="from"/>. A target that is down refuses
-    /// (<paramref name="refused"/>); a partition of <paramref name="cutService"/> loses it silently.
+    /// (<paramref name="refused"/>), and so does, during the fault phase, one that answers 503; a
+    /// partition of <paramref name="cutService"/> loses it silently.
     /// </summary>
     public void Exchange<T>(SimNode from, string id, string? cutService, Func<SimNode?> target, Action<SimNode, Action<T>> serve, T refused, Action<T> onReply)
     {
@@ -352,6 +354,14 @@ internal sealed class SimNetwork(
 
             if (target() is not { Alive: true } node)
             {
+                Back(refused);
+                return;
+            }
+
+            if (faults.Active && apiRandom.NextDouble() < faults.ErrorBefore)
+            {
+                // The API answers 503 (overloaded, its store busy): no answer as far as the caller is concerned.
+                Trace(node, $"{id} 503 before doing anything");
                 Back(refused);
                 return;
             }

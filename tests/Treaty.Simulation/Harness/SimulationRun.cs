@@ -203,7 +203,7 @@ internal sealed partial class SimulationRun
         }
 
         _store = new SimStore(_scheduler, _random, Fate, CrashCoordinator);
-        _network = new SimNetwork(_scheduler, _random, _faults, new SimNode(_scheduler, "net"), _hosts, _checkouts) { Arrived = Arrived };
+        _network = new SimNetwork(_scheduler, _random, new Random(unchecked((options.Seed * 8191) + 11)), _faults, new SimNode(_scheduler, "net"), _hosts, _checkouts) { Arrived = Arrived };
         _invoker = new SimBranchInvoker(
             _scheduler, _time, _network,
             options.Variant == SimVariant.KeyPerAttempt ? static c => $"{c.IdempotencyKey}#{c.Attempt.ToString(CultureInfo.InvariantCulture)}" : static c => c.IdempotencyKey,

@@ -52,7 +52,7 @@ internal static class SimVariants
         (SimVariant.TccConfirmAfterFailedTry, "tcc-confirm-after-failed-try", "TCC: a failed try is taken as a success, so it confirms"),
         (SimVariant.TccNoCancelOfUnknownTry, "tcc-no-cancel-unknown-try", "TCC: a try whose outcome stayed unknown is taken as failed, never cancelled"),
         (SimVariant.ThreePhaseCommitBeforeAcks, "3pc-commit-before-acks", "3PC: commit is decided without waiting for the preCommit acknowledgements"),
-        (SimVariant.ThreePhaseResumeCommits, "3pc-resume-commits", "3PC: a coordinator restarted during preCommit decides commit"),
+        (SimVariant.ThreePhaseResumeCommits, "3pc-resume-commits", "3PC: a coordinator that resumes a transaction in its preCommit phase decides commit"),
         (SimVariant.ThreePhaseUnknownPreCommitAsAck, "3pc-unknown-precommit-as-ack", "3PC: a preCommit whose outcome stayed unknown is taken as acknowledged"),
         (SimVariant.MsgDeliverAfterRollback, "msg-deliver-after-rollback", "msg: delivers although queryPrepared said the sender rolled back"),
         (SimVariant.Msg503AsRollback, "msg-503-as-rollback", "msg: a 503 from queryPrepared is taken as 'rolled back'"),
@@ -238,7 +238,7 @@ internal sealed class ResumeVotingMachine(IProtocolMachine inner) : MachineVaria
     }
 }
 
-/// <summary>3PC: a coordinator that restarts during preCommit takes every preCommit as acknowledged and decides commit.</summary>
+/// <summary>3PC: a coordinator that resumes a transaction in its preCommit phase (after a restart or a failed write) takes every preCommit as acknowledged and decides commit.</summary>
 internal sealed class ResumeCommitsMachine(IProtocolMachine inner) : MachineVariant(inner)
 {
     public override Decision Decide(TransactionState state, TransactionEvent @event, DecisionContext context)

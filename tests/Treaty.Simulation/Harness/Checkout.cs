@@ -148,7 +148,7 @@ internal sealed class CheckoutDesk
     public override string ToString() => string.Create(CultureInfo.InvariantCulture,
         $"lock={LockTimeout.TotalSeconds:0.0}s submitTimeout={SubmitTimeout.TotalSeconds:0.0}s crashInCheckout={CrashInCheckout:0.00} probe={ProbeRate:0.00}");
 
-    /// <summary>A client starts checkout <paramref name="key"/> at <paramref name="at"/>; its saga will be <paramref name="gid"/>.</summary>
+    /// <summary>A client starts checkout <paramref name="key"/> at <paramref name="at"/>; its transaction will be <paramref name="gid"/>.</summary>
     public void Start(string key, string fingerprint, string gid, TimeSpan at, string description)
     {
         var k = new Key(key, fingerprint, gid);
@@ -408,7 +408,7 @@ internal sealed class CheckoutDesk
         RunHandler(node, id, _keys[key], owner, answer);
     }
 
-    /// <summary>The handler: places the order (staged in its transaction) and submits the saga.</summary>
+    /// <summary>The handler: places the order (staged in its transaction) and submits its transaction (saga, tcc, 2pc or 3pc).</summary>
     private void RunHandler(SimNode node, string id, Key k, string owner, Action<CheckoutReply> answer)
     {
         _runs++;
@@ -502,7 +502,7 @@ internal sealed class CheckoutDesk
                     _violations.Add($"submit {gid}: conflict with its own definition");
                 }
 
-                Back(new CheckoutReply(202, $$"""{"orderId":"{{gid}}","status":"PROCESSING"}""", gid), $"saga {gid} {result.Status}");
+                Back(new CheckoutReply(202, $$"""{"orderId":"{{gid}}","status":"PROCESSING"}""", gid), $"{spec.Protocol.ToWire()} {gid} {result.Status}");
             }));
         });
     }

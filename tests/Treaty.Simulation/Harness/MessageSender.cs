@@ -74,8 +74,8 @@ internal sealed class MessageSender
     /// <summary>The chance that the sender crashes right after its local commit, before its submit.</summary>
     public double CrashBeforeSubmit { get; }
 
-    /// <summary>A flow still running in a live Payment incarnation.</summary>
-    public bool Busy => _flows.Exists(f => !f.Done && f.Node is { Alive: true });
+    /// <summary>A flow not started yet, or still running in a live Payment incarnation (one that crashed is gone).</summary>
+    public bool Busy => _flows.Exists(f => !f.Done && (f.Node is null || f.Node.Alive));
 
     public SenderStats Stats => new(_registered, _committed, _rolledBack, _fenced, _crashedBeforeSubmit, _submitted, _unregistered);
 

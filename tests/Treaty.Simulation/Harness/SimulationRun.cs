@@ -349,14 +349,14 @@ internal sealed partial class SimulationRun
             .Add("in-doubt local-aborts", _resolvers.Sum(r => r.LocalAborts))
             .Add("in-doubt 3pc-decided-alone", _resolvers.Sum(r => r.DecidedAlone));
         var sender = _sender.Stats;
-        stats.Add("msg registered", sender.Registered)
-            .Add("msg sender-committed", sender.Committed)
-            .Add("msg sender-rolled-back", sender.RolledBack)
-            .Add("msg fenced", sender.Fenced)
-            .Add("msg crashed-before-submit", sender.CrashedBeforeSubmit)
-            .Add("msg submitted", sender.Submitted)
-            .Add("msg query-fences", _payments.Fences)
-            .Add("msg query-lock-waits", _payments.LockWaits);
+        stats.Add("sender registered", sender.Registered)
+            .Add("sender committed", sender.Committed)
+            .Add("sender rolled-back", sender.RolledBack)
+            .Add("sender fenced", sender.Fenced)
+            .Add("sender crashed-before-submit", sender.CrashedBeforeSubmit)
+            .Add("sender submitted", sender.Submitted)
+            .Add("sender query-fences", _payments.Fences)
+            .Add("sender query-lock-waits", _payments.LockWaits);
         var c = _desk.Stats;
         stats.Add("checkout requests", c.Requests)
             .Add("checkout handler-runs", c.HandlerRuns)

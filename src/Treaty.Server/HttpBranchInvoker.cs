@@ -12,7 +12,9 @@ namespace Treaty.Server;
 /// <summary>
 /// Calls participants over HTTP per the branch call contract: POST a JSON envelope with the
 /// Treaty headers and an Idempotency-Key that is the same on every retry of one operation.
-/// Every outcome is data: 2xx success, a definitive 4xx failure, anything else unknown.
+/// Every outcome is data: the answer is classified by <see cref="BranchOutcome.FromHttp"/> (2xx
+/// success, a definitive 4xx failure, anything else unknown); a timeout or a connection error is
+/// unknown.
 /// </summary>
 internal sealed partial class HttpBranchInvoker : IBranchInvoker, IDisposable
 {
@@ -92,15 +94,7 @@ internal sealed partial class HttpBranchInvoker : IBranchInvoker, IDisposable
             var status = (int)response.StatusCode;
             var body = await ReadBodyAsync(response, linked.Token);
             activity?.SetTag("http.response.status_code", status);
-            switch (BranchOutcome.Classify(status))
-            {
-                case OutcomeKind.Succeeded:
-                    return BranchOutcome.Success(status, AsJson(body));
-                case OutcomeKind.Failed:
-                    return BranchOutcome.Failure(status, Describe(status, body));
-                default:
-                    return BranchOutcome.Unknown(status, Describe(status, body));
-            }
+            return BranchOutcome.FromHttp(status, body);
         }
         catch (OperationCanceledException) when (timeout.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
         {
@@ -194,55 +188,6 @@ internal sealed partial class HttpBranchInvoker : IBranchInvoker, IDisposable
             ArrayPool<byte>.Shared.Return(buffer);
         }
     }
-
-    /// <summary>The body if it is JSON, else null (a success with a non-JSON body has no result).</summary>
-    private static string? AsJson(string? body)
-    {
-        if (string.IsNullOrWhiteSpace(body))
-        {
-            return null;
-        }
-
-        try
-        {
-            using var document = JsonDocument.Parse(body);
-            return body;
-        }
-        catch (JsonException)
-        {
-            return JsonSerializer.Serialize(body, Core.Serialization.TreatyJsonContext.Default.String);
-        }
-    }
-
-    private static string Describe(int status, string? body)
-    {
-        if (!string.IsNullOrWhiteSpace(body))
-        {
-            try
-            {
-                using var document = JsonDocument.Parse(body);
-                var root = document.RootElement;
-                if (root.ValueKind == JsonValueKind.Object)
-                {
-                    foreach (var name in (ReadOnlySpan<string>)["detail", "title", "error", "message", "reason"])
-                    {
-                        if (root.TryGetProperty(name, out var value) && value.ValueKind == JsonValueKind.String)
-                        {
-                            return $"HTTP {status}: {Clip(value.GetString()!)}";
-                        }
-                    }
-                }
-            }
-            catch (JsonException)
-            {
-                return $"HTTP {status}: {Clip(body)}";
-            }
-        }
-
-        return $"HTTP {status}";
-    }
-
-    private static string Clip(string text) => text.Length <= 300 ? text : text[..300] + "…";
 
     public void Dispose() => _http.Dispose();
 

@@ -1,4 +1,6 @@
 using System.Collections.Immutable;
+using System.Text.Json;
+using Treaty.Core.Serialization;
 
 namespace Treaty.Core.Model;
 
@@ -60,6 +62,73 @@ public sealed record BranchOutcome(OutcomeKind Kind, int? StatusCode, string? Er
         >= 400 and < 500 => OutcomeKind.Failed,
         _ => OutcomeKind.Unknown,
     };
+
+    /// <summary>
+    /// The outcome of a participant's HTTP answer, per the branch call contract: a 2xx is a success
+    /// whose body, if it is JSON, is the result (any other body is kept as a JSON string); a
+    /// definitive 4xx is a failure; anything else (408, 425, 429, 5xx, 1xx, 3xx) is unknown. The
+    /// error names the status and the body's <c>detail</c>, <c>title</c>, <c>error</c>,
+    /// <c>message</c> or <c>reason</c>. Every invoker calls this one function, so the simulation
+    /// runs the same classification as the HTTP invoker; only timeouts and refused connections are
+    /// decided by the transport.
+    /// </summary>
+    /// <param name="statusCode">The HTTP status code.</param>
+    /// <param name="body">The answer's body as text, or null when it had none (or was too large to keep).</param>
+    public static BranchOutcome FromHttp(int statusCode, string? body) => Classify(statusCode) switch
+    {
+        OutcomeKind.Succeeded => Success(statusCode, AsJson(body)),
+        OutcomeKind.Failed => Failure(statusCode, Describe(statusCode, body)),
+        _ => Unknown(statusCode, Describe(statusCode, body)),
+    };
+
+    /// <summary>The body if it is JSON, else the body as a JSON string; null when empty.</summary>
+    private static string? AsJson(string? body)
+    {
+        if (string.IsNullOrWhiteSpace(body))
+        {
+            return null;
+        }
+
+        try
+        {
+            using var document = JsonDocument.Parse(body);
+            return body;
+        }
+        catch (JsonException)
+        {
+            return JsonSerializer.Serialize(body, TreatyJsonContext.Default.String);
+        }
+    }
+
+    private static string Describe(int status, string? body)
+    {
+        if (!string.IsNullOrWhiteSpace(body))
+        {
+            try
+            {
+                using var document = JsonDocument.Parse(body);
+                var root = document.RootElement;
+                if (root.ValueKind == JsonValueKind.Object)
+                {
+                    foreach (var name in (ReadOnlySpan<string>)["detail", "title", "error", "message", "reason"])
+                    {
+                        if (root.TryGetProperty(name, out var value) && value.ValueKind == JsonValueKind.String)
+                        {
+                            return $"HTTP {status}: {Clip(value.GetString()!)}";
+                        }
+                    }
+                }
+            }
+            catch (JsonException)
+            {
+                return $"HTTP {status}: {Clip(body)}";
+            }
+        }
+
+        return $"HTTP {status}";
+    }
+
+    private static string Clip(string text) => text.Length <= 300 ? text : text[..300] + "…";
 }
 
 /// <summary>What the engine must do after persisting a decision.</summary>

@@ -44,7 +44,13 @@ public sealed class MessageMachine : ProtocolMachine
     /// <inheritdoc />
     public override ProtocolShape Shape => MessageShape;
 
-    /// <summary>Only while prepared: once the sender committed, a message cannot be taken back.</summary>
+    /// <summary>
+    /// Only while prepared: once delivery started the sender has committed and the message cannot be
+    /// taken back. Even then the abort is not blind (see <see cref="OnAbortRequested"/>): the
+    /// coordinator cannot know whether the sender committed — it may have committed and crashed
+    /// before submitting — so it asks queryPrepared, whose answer fences a local transaction that
+    /// is still open.
+    /// </summary>
     public override bool CanAbort(TransactionState state) => state.Status == TransactionStatus.Prepared;
 
     /// <inheritdoc />

@@ -115,6 +115,9 @@ public sealed class MessageMachineTests
     [Fact]
     public void Decide_OperatorAbort_AsksTheSenderAtOnce_AndItsAnswerDecides()
     {
+        // Found by the deterministic simulation and the client SDK's tests: a blind abort of a
+        // prepared message lost the message of a sender that had committed but not yet submitted.
+        // While prepared, only queryPrepared (which fences a local transaction still open) can tell.
         var run = Run("points");
         run.Submit();
 

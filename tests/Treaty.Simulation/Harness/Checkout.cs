@@ -36,8 +36,8 @@ internal sealed record CheckoutStats(int Requests, int HandlerRuns, int Replays,
 /// The Shop's checkout path as the participant kit runs it: clients send <c>POST /checkout</c> with
 /// an <c>Idempotency-Key</c> to the Order participant, which decides with the kit's own
 /// <see cref="IdempotencyRules"/> (Run, Replay, Mismatch, InFlight, TakeOver), claims the key in a
-/// short transaction of its own, runs the handler (places the order and submits its saga to the
-/// coordinator) and stores the response in the handler's transaction together with its writes, on
+/// short transaction of its own, runs the handler (places the order and submits its transaction —
+/// a saga, tcc, 2pc or 3pc — to the coordinator) and stores the response in the handler's transaction together with its writes, on
 /// the condition that its claim still holds; a 5xx releases the key and rolls the writes back.
 /// Requests and answers travel on the simulated wire (lost, duplicated, delayed), clients retry
 /// with the same key (sometimes several at once), and the Order participant may crash between the
@@ -148,7 +148,7 @@ internal sealed class CheckoutDesk
     public override string ToString() => string.Create(CultureInfo.InvariantCulture,
         $"lock={LockTimeout.TotalSeconds:0.0}s submitTimeout={SubmitTimeout.TotalSeconds:0.0}s crashInCheckout={CrashInCheckout:0.00} probe={ProbeRate:0.00}");
 
-    /// <summary>A client starts checkout <paramref name="key"/> at <paramref name="at"/>; its saga will be <paramref name="gid"/>.</summary>
+    /// <summary>A client starts checkout <paramref name="key"/> at <paramref name="at"/>; its transaction will be <paramref name="gid"/>.</summary>
     public void Start(string key, string fingerprint, string gid, TimeSpan at, string description)
     {
         var k = new Key(key, fingerprint, gid);
@@ -168,7 +168,7 @@ internal sealed class CheckoutDesk
     }
 
     /// <summary>The invariants of the checkout path.</summary>
-    public void Check(Func<string, TransactionState?> stored, EffectLedger ledger)
+    public void Check(Func<string, TransactionState?> stored, Func<string, bool> charged)
     {
         foreach (var k in _ordered)
         {
@@ -191,18 +191,18 @@ internal sealed class CheckoutDesk
             var sagas = k.Gids.Where(g => stored(g) is not null).ToList();
             if (sagas.Count > 1)
             {
-                _violations.Add($"checkout {k.Name}: {sagas.Count} sagas for one key ({string.Join(", ", sagas)})");
+                _violations.Add($"checkout {k.Name}: {sagas.Count} transactions for one key ({string.Join(", ", sagas)})");
             }
 
             foreach (var id in ids.Where(id => stored(id) is null))
             {
-                _violations.Add($"checkout {k.Name}: answered 2xx with order {id}, whose saga was never stored");
+                _violations.Add($"checkout {k.Name}: answered 2xx with order {id}, whose transaction was never stored");
             }
 
-            var charged = k.Gids.Count(g => ledger.Of(g, "payment") is var c && c.Applied > c.Compensated);
-            if (charged > 1)
+            var times = k.Gids.Count(charged);
+            if (times > 1)
             {
-                _violations.Add($"checkout {k.Name}: charged {charged} times for one key");
+                _violations.Add($"checkout {k.Name}: charged {times} times for one key");
             }
 
             if (k.ProbeAnswered)
@@ -408,7 +408,7 @@ internal sealed class CheckoutDesk
         RunHandler(node, id, _keys[key], owner, answer);
     }
 
-    /// <summary>The handler: places the order (staged in its transaction) and submits the saga.</summary>
+    /// <summary>The handler: places the order (staged in its transaction) and submits its transaction (saga, tcc, 2pc or 3pc).</summary>
     private void RunHandler(SimNode node, string id, Key k, string owner, Action<CheckoutReply> answer)
     {
         _runs++;
@@ -450,12 +450,24 @@ internal sealed class CheckoutDesk
                 return;
             }
 
+            if (_network.IsCut(_host.Service.Name))
+            {
+                Trace(_network.Wire, $"{id} submit reply LOST (partition)");
+                return;
+            }
+
             _network.Deliver(node, Latency(), () => Finish(reply, why));
         }
 
         if (_faults.Active && _random.NextDouble() < _faults.DropRequest)
         {
             Trace(node, $"{id} submit {gid} request DROPPED");
+            return;
+        }
+
+        if (_network.IsCut(_host.Service.Name))
+        {
+            Trace(node, $"{id} submit {gid} request LOST (partition)");
             return;
         }
 
@@ -490,7 +502,7 @@ internal sealed class CheckoutDesk
                     _violations.Add($"submit {gid}: conflict with its own definition");
                 }
 
-                Back(new CheckoutReply(202, $$"""{"orderId":"{{gid}}","status":"PROCESSING"}""", gid), $"saga {gid} {result.Status}");
+                Back(new CheckoutReply(202, $$"""{"orderId":"{{gid}}","status":"PROCESSING"}""", gid), $"{spec.Protocol.ToWire()} {gid} {result.Status}");
             }));
         });
     }

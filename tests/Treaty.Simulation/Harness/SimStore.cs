@@ -22,9 +22,11 @@ internal enum WriteFate
 /// <summary>
 /// An in-memory store that models durability: a write becomes durable at a completion event a small
 /// random fsync delay later, in the writing coordinator's node. If that node crashed meanwhile the
-/// event never runs and the write is lost. Reads see durable data only.
+/// event never runs and the write is lost. At that event <c>fate</c>, which sees the write, may
+/// crash the coordinator just before or just after it, or fail it ambiguously. Reads see durable
+/// data only.
 /// </summary>
-internal sealed class SimStore(SimScheduler scheduler, Random random, Func<WriteFate> fate, Action<string> crash) : ITransactionStore
+internal sealed class SimStore(SimScheduler scheduler, Random random, Func<TransactionState, IReadOnlyList<JournalEntry>, WriteFate> fate, Action<string> crash) : ITransactionStore
 {
     private readonly Dictionary<string, TransactionState> _durable = new(StringComparer.Ordinal);
     private readonly List<JournalRecord> _journal = [];
@@ -91,7 +93,7 @@ internal sealed class SimStore(SimScheduler scheduler, Random random, Func<Write
                 return;
             }
 
-            var what = fate();
+            var what = fate(state, journal);
             if (what == WriteFate.CrashBefore)
             {
                 LostWrites++;

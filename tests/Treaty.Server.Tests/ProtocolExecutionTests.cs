@@ -142,7 +142,8 @@ public sealed class ProtocolExecutionTests(ServerFixture fixture) : IClassFixtur
     public async Task TwoPhase_ANoVote_AbortsWithoutWaitingForTheRollbacks()
     {
         var gid = Api.NewGid("2pc-no");
-        _participant.Always($"{gid}/stock/prepare", 409);
+        // The NO comes a moment later, so that the YES vote is in when the coordinator decides.
+        _participant.Script($"{gid}/stock/prepare", [], new Reply(409, TimeSpan.FromMilliseconds(500)));
         var rollback = _participant.Hold($"{gid}/payment/rollback");
         try
         {

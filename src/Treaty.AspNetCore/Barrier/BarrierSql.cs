@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using System.Data.Common;
 using System.Security.Cryptography;
 using System.Text;
 using Treaty.AspNetCore.Data;
@@ -51,6 +52,28 @@ internal static class BarrierSql
     // and its next statement then sees the first one's rows. A hash collision only serializes two
     // unrelated pairs; it never merges their rows.
     public const string PostgreSqlLock = "SELECT pg_advisory_xact_lock(@key)";
+
+    /// <summary>
+    /// Runs <paramref name="select"/> (<see cref="SelectBranch"/>) and returns the rows of one
+    /// (gid, branch) as the rules need them, and the stored answer of <paramref name="op"/> if it has one.
+    /// </summary>
+    public static async Task<(List<BarrierRecord> Records, BranchResult? Stored)> ReadBranchAsync(DbCommand select, string op, CancellationToken cancellationToken)
+    {
+        var records = new List<BarrierRecord>();
+        BranchResult? stored = null;
+        await using var reader = await select.ExecuteReaderAsync(cancellationToken);
+        while (await reader.ReadAsync(cancellationToken))
+        {
+            var recorded = reader.GetString(0);
+            records.Add(new BarrierRecord(recorded, BarrierRules.FromColumn(reader.GetString(1))));
+            if (string.Equals(recorded, op, StringComparison.Ordinal))
+            {
+                stored = BranchResult.Stored(reader.GetInt32(2), reader.GetString(3));
+            }
+        }
+
+        return (records, stored);
+    }
 
     public static string Schema(SqlDialect dialect) => dialect switch
     {

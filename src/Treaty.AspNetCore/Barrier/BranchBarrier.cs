@@ -73,20 +73,11 @@ internal sealed class BranchBarrier(ParticipantDatabase database, TimeProvider t
             return null;
         }
 
-        var existing = new List<BarrierRecord>();
-        BranchResult? stored = null;
+        List<BarrierRecord> existing;
+        BranchResult? stored;
         await using (var select = transaction.CreateCommand(BarrierSql.SelectBranch, ("gid", call.Gid), ("branch", call.Branch)))
-        await using (var reader = await select.ExecuteReaderAsync(cancellationToken))
         {
-            while (await reader.ReadAsync(cancellationToken))
-            {
-                var op = reader.GetString(0);
-                existing.Add(new BarrierRecord(op, BarrierRules.FromColumn(reader.GetString(1))));
-                if (string.Equals(op, call.Op, StringComparison.Ordinal))
-                {
-                    stored = BranchResult.Stored(reader.GetInt32(2), reader.GetString(3));
-                }
-            }
+            (existing, stored) = await BarrierSql.ReadBranchAsync(select, call.Op, cancellationToken);
         }
 
         var decision = BarrierRules.Decide(existing, call.Op);

@@ -245,20 +245,11 @@ internal sealed class PreparedTransactionExecutor(PostgreSqlParticipantDatabase 
 
     private static async Task<BranchState> ReadStateAsync(NpgsqlConnection connection, BranchCall call, string name, CancellationToken cancellationToken)
     {
-        var visible = new List<BarrierRecord>();
-        BranchResult? stored = null;
+        List<BarrierRecord> visible;
+        BranchResult? stored;
         await using (var select = Command(connection, null, BarrierSql.SelectBranch, ("gid", call.Gid), ("branch", call.Branch)))
-        await using (var reader = await select.ExecuteReaderAsync(cancellationToken))
         {
-            while (await reader.ReadAsync(cancellationToken))
-            {
-                var op = reader.GetString(0);
-                visible.Add(new BarrierRecord(op, BarrierRules.FromColumn(reader.GetString(1))));
-                if (string.Equals(op, call.Op, StringComparison.Ordinal))
-                {
-                    stored = BranchResult.Stored(reader.GetInt32(2), reader.GetString(3));
-                }
-            }
+            (visible, stored) = await BarrierSql.ReadBranchAsync(select, call.Op, cancellationToken);
         }
 
         bool prepared;

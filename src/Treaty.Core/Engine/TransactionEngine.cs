@@ -1,6 +1,6 @@
-using System.Collections.Immutable;
 using System.Collections.Concurrent;
 using System.Collections.Frozen;
+using System.Collections.Immutable;
 using Microsoft.Extensions.Logging;
 using Treaty.Core.Model;
 

@@ -354,9 +354,11 @@ public sealed class PreparedTransactionBranchTests(PostgresFixture postgres) : I
         else
         {
             view.Status.ShouldBe("aborted");
-            await Transactions.WaitUntilAsync(async () => (await PreparedTransactionsAsync()).Count == 0); // the rollback is a best-effort notification
+            // The rollback is a best-effort notification: wait until it ran and its answer was
+            // recorded (the participant notes the answer after ROLLBACK PREPARED completed).
+            await Transactions.WaitUntilAsync(async () =>
+                (await PreparedTransactionsAsync()).Count == 0 && _participant.Answers(gid, "rollback").Contains("executed"));
             (await _participant.AvailableAsync(native)).ShouldBe(10);
-            _participant.Answers(gid, "rollback").ShouldContain("executed");
         }
 
         (await PreparedTransactionsAsync()).ShouldBeEmpty();

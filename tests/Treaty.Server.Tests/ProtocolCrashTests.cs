@@ -13,35 +13,44 @@ namespace Treaty.Server.Tests;
 public sealed class ProtocolCrashTests(ParticipantFixture fixture, ITestOutputHelper output) : IClassFixture<ParticipantFixture>
 {
     private static readonly string[] TwoPhaseOps = ["prepare", "commit", "rollback"];
-    private static readonly string[] Branches = ["payment", "stock"];
+    private static readonly string[] ThreePhaseOps = ["canCommit", "preCommit", "doCommit", "abort"];
     private readonly Participant _participant = fixture.Participant;
 
-    private JsonObject TwoPhase(string gid) =>
-        Json.Transaction("2pc", gid, [.. Branches.Select(b => Json.Branch(b, _participant.Url($"{gid}/{b}"), TwoPhaseOps, Json.Retry(3, 50, 200)))]);
+    /// <summary>A branch of a kit participant, which serves every operation at one path.</summary>
+    private static JsonObject KitBranch(string name, string url, string[] ops)
+    {
+        var branch = new JsonObject { ["name"] = name, ["retry"] = Json.Retry(3, 50, 200) };
+        foreach (var op in ops)
+        {
+            branch[op] = url;
+        }
+
+        return branch;
+    }
 
     [Fact]
     public async Task TwoPhase_CoordinatorKilledAfterEveryVote_RestartPresumesAbort_BothRollBack()
     {
         var gid = Api.NewGid("2pc-kill-votes");
-        var held = Branches.Select(b => _participant.Hold($"{gid}/{b}/prepare")).ToList();
         await using var coordinator = new CoordinatorProcess(output);
-        try
+        await using var stock = await KitParticipant.StartAsync(new Uri(coordinator.Url), after: TimeSpan.FromMinutes(5));
+        await using var payment = await KitParticipant.StartAsync(new Uri(coordinator.Url), after: TimeSpan.FromMinutes(5));
+        var votes = new Gate();
+        stock.HoldAnswers("prepare", votes);
+        payment.HoldAnswers("prepare", votes);
+        using (var http = await coordinator.StartAsync())
         {
-            using var http = await coordinator.StartAsync();
-            using (var submitted = await Api.SubmitAsync(http, TwoPhase(gid)))
+            using (var submitted = await Api.SubmitAsync(http, Json.Transaction("2pc", gid, [KitBranch("stock", stock.Url, TwoPhaseOps), KitBranch("payment", payment.Url, TwoPhaseOps)])))
             {
                 submitted.StatusCode.ShouldBe(HttpStatusCode.Accepted, await submitted.Content.ReadAsStringAsync());
             }
 
-            await Eventually.Until(() => Branches.All(b => _participant.CallsTo($"{gid}/{b}/prepare").Count == 1), "both prepares reached the participants");
+            // Both participants voted YES (prepared, durably) before the coordinator heard a vote.
+            await Eventually.Until(() => stock.StateAsync(gid, "stock").Result == "voted" && payment.StateAsync(gid, "payment").Result == "voted", "both prepared");
             coordinator.Kill();
         }
-        finally
-        {
-            held.ForEach(g => g.Open()); // both vote YES after the coordinator died: their answers are lost
-        }
 
-        await Eventually.Until(() => Branches.All(b => _participant.Applied($"{gid}/{b}/prepare")), "both participants prepared");
+        votes.Open();
         using (var http = await coordinator.StartAsync())
         {
             var view = await Api.WaitForStatusAsync(http, gid, "aborted");
@@ -49,37 +58,34 @@ public sealed class ProtocolCrashTests(ParticipantFixture fixture, ITestOutputHe
             view.Decision.ShouldBe("abort");
         }
 
-        foreach (var branch in Branches)
-        {
-            await Eventually.Until(() => _participant.Applied($"{gid}/{branch}/rollback"), $"{branch} rolled back");
-            _participant.CallsTo($"{gid}/{branch}/commit").ShouldBeEmpty();
-        }
+        // The restarted coordinator's rollbacks reach both: the same outcome everywhere.
+        await Eventually.Until(() => stock.StateAsync(gid, "stock").Result == "aborted" && payment.StateAsync(gid, "payment").Result == "aborted", "both rolled back");
     }
 
     [Fact]
     public async Task TwoPhase_CoordinatorKilledAfterTheDecision_RestartCommitsBoth()
     {
         var gid = Api.NewGid("2pc-kill-decided");
-        var held = _participant.Hold($"{gid}/stock/commit");
         await using var coordinator = new CoordinatorProcess(output);
-        try
+        await using var stock = await KitParticipant.StartAsync(new Uri(coordinator.Url), after: TimeSpan.FromMinutes(5));
+        await using var payment = await KitParticipant.StartAsync(new Uri(coordinator.Url), after: TimeSpan.FromMinutes(5));
+        var commits = new Gate();
+        stock.HoldAnswers("commit", commits);
+        payment.HoldAnswers("commit", commits);
+        using (var http = await coordinator.StartAsync())
         {
-            using var http = await coordinator.StartAsync();
-            using (var submitted = await Api.SubmitAsync(http, TwoPhase(gid)))
+            using (var submitted = await Api.SubmitAsync(http, Json.Transaction("2pc", gid, [KitBranch("stock", stock.Url, TwoPhaseOps), KitBranch("payment", payment.Url, TwoPhaseOps)])))
             {
                 submitted.StatusCode.ShouldBe(HttpStatusCode.Accepted, await submitted.Content.ReadAsStringAsync());
             }
 
-            await Eventually.Until(() => _participant.CallsTo($"{gid}/stock/commit").Count == 1, "the decision was taken and a commit sent");
-            var decided = (await Api.GetAsync(http, gid)).ShouldNotBeNull();
-            decided.Decision.ShouldBe("commit");
+            // The decision is durable (the commits went out); the coordinator dies before any answer.
+            await Eventually.Until(() => stock.StateAsync(gid, "stock").Result == "committed", "the decision was taken and a commit applied");
+            (await Api.GetAsync(http, gid)).ShouldNotBeNull().Decision.ShouldBe("commit");
             coordinator.Kill();
         }
-        finally
-        {
-            held.Open();
-        }
 
+        commits.Open();
         using (var http = await coordinator.StartAsync())
         {
             var view = await Api.WaitForStatusAsync(http, gid, "committed");
@@ -87,11 +93,8 @@ public sealed class ProtocolCrashTests(ParticipantFixture fixture, ITestOutputHe
             (await Api.EventsAsync(http, gid)).Events.ShouldContain(e => e.Kind == "resumed");
         }
 
-        foreach (var branch in Branches)
-        {
-            _participant.EffectsOn($"{gid}/{branch}/commit").ShouldBe(1, branch);
-            _participant.CallsTo($"{gid}/{branch}/rollback").ShouldBeEmpty();
-        }
+        (await stock.StateAsync(gid, "stock")).ShouldBe("committed");
+        (await payment.StateAsync(gid, "payment")).ShouldBe("committed");
     }
 
     [Fact]
@@ -128,14 +131,9 @@ public sealed class ProtocolCrashTests(ParticipantFixture fixture, ITestOutputHe
         await using var stock = await KitParticipant.StartAsync(new Uri(coordinator.Url), after: TimeSpan.FromSeconds(1));
         await using var payment = await KitParticipant.StartAsync(new Uri(coordinator.Url), after: TimeSpan.FromSeconds(1));
         var answers = new Gate();
-        stock.HoldPreCommitAnswers = answers;
-        payment.HoldPreCommitAnswers = answers;
-        // The kit serves every operation of a branch at one path.
-        JsonObject Branch(string name, string url) => new()
-        {
-            ["name"] = name, ["canCommit"] = url, ["preCommit"] = url, ["doCommit"] = url, ["abort"] = url, ["retry"] = Json.Retry(3, 50, 200),
-        };
-        var body = Json.Transaction("3pc", gid, [Branch("stock", stock.Url), Branch("payment", payment.Url)]);
+        stock.HoldAnswers("preCommit", answers);
+        payment.HoldAnswers("preCommit", answers);
+        var body = Json.Transaction("3pc", gid, [KitBranch("stock", stock.Url, ThreePhaseOps), KitBranch("payment", payment.Url, ThreePhaseOps)]);
 
         using (var http = await coordinator.StartAsync())
         {

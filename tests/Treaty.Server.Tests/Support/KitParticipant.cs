@@ -15,8 +15,8 @@ namespace Treaty.Server.Tests.Support;
 /// operation through <c>MapTreatyBranch</c> on its own SQLite file, keeping one <c>ledger</c> row
 /// per (gid, branch) whose state follows the protocol (voted, pre-committed, committed, aborted);
 /// the in-doubt resolver asks <paramref name="coordinator"/> after <paramref name="after"/>.
-/// Answers of <c>preCommit</c> can be held, so that a test can kill the coordinator after every
-/// participant acknowledged it but before it heard so.
+/// Answers of an operation can be held (<see cref="HoldAnswers"/>), so that a test can kill the
+/// coordinator after every participant applied it but before the coordinator heard so.
 /// </summary>
 internal sealed class KitParticipant : IAsyncDisposable
 {
@@ -31,8 +31,10 @@ internal sealed class KitParticipant : IAsyncDisposable
         _database = database;
     }
 
-    /// <summary>While set, every preCommit's answer waits for it (the effect is already committed).</summary>
-    public Gate? HoldPreCommitAnswers { get; set; }
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, Gate> _held = new(StringComparer.Ordinal);
+
+    /// <summary>From now on the answers of <paramref name="op"/> wait for <paramref name="gate"/> (the effect is already committed).</summary>
+    public void HoldAnswers(string op, Gate gate) => _held[op] = gate;
 
     public string Url => _app.Urls.Single() + "/branch";
 
@@ -58,13 +60,13 @@ internal sealed class KitParticipant : IAsyncDisposable
         var participant = new KitParticipant(app, dir, database);
         app.Use(async (http, next) =>
         {
-            if (http.Request.Headers["Treaty-Op"] != "preCommit" || participant.HoldPreCommitAnswers is not { } gate)
+            if (!participant._held.TryGetValue(http.Request.Headers["Treaty-Op"].ToString(), out var gate))
             {
                 await next();
                 return;
             }
 
-            // Buffer the answer: the preCommit commits in the participant's database, its answer
+            // Buffer the answer: the operation commits in the participant's database, its answer
             // leaves only when the test opens the gate.
             var real = http.Response.Body;
             using var buffer = new MemoryStream();
@@ -106,7 +108,11 @@ internal sealed class KitParticipant : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
-        HoldPreCommitAnswers?.Open();
+        foreach (var gate in _held.Values)
+        {
+            gate.Open();
+        }
+
         try
         {
             await _app.StopAsync();

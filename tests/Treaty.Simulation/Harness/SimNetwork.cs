@@ -285,20 +285,29 @@ internal sealed class SimNetwork(
 
     private void Reply(SimNode to, string id, string service, WireReply reply, Action<WireReply> onReply)
     {
-        if (IsCut(service))
+        if (!ReplyLost(id, service))
+        {
+            Schedule(to, Latency(), () => onReply(reply));
+        }
+    }
+
+    /// <summary>Whether a reply is lost on its way back: cut by a partition of <paramref name="service"/>, or dropped in the fault phase.</summary>
+    private bool ReplyLost(string id, string? service)
+    {
+        if (service is not null && IsCut(service))
         {
             LostToPartitions++;
             Trace(wire, $"{id} reply LOST (partition)");
-            return;
+            return true;
         }
 
         if (faults.Active && random.NextDouble() < faults.DropReply)
         {
             Trace(wire, $"{id} reply DROPPED");
-            return;
+            return true;
         }
 
-        Schedule(to, Latency(), () => onReply(reply));
+        return false;
     }
 
     /// <summary>
@@ -329,20 +338,10 @@ internal sealed class SimNetwork(
         {
             void Back(T answer)
             {
-                if (cutService is not null && IsCut(cutService))
+                if (!ReplyLost(id, cutService))
                 {
-                    LostToPartitions++;
-                    Trace(wire, $"{id} reply LOST (partition)");
-                    return;
+                    Schedule(from, Latency(), () => onReply(answer));
                 }
-
-                if (faults.Active && random.NextDouble() < faults.DropReply)
-                {
-                    Trace(wire, $"{id} reply DROPPED");
-                    return;
-                }
-
-                Schedule(from, Latency(), () => onReply(answer));
             }
 
             if (cutService is not null && IsCut(cutService))

@@ -10,6 +10,7 @@ using Shop.Payment;
 using Treaty.AspNetCore.Barrier;
 using Treaty.AspNetCore.Data;
 using Treaty.AspNetCore.Idempotency;
+using Treaty.AspNetCore.InDoubt;
 using Treaty.AspNetCore.SemanticLocks;
 using Treaty.AspNetCore.Signatures;
 using Treaty.Client;
@@ -62,8 +63,8 @@ public static class ShopApp
         var (fileName, schema, seed) = options.Service switch
         {
             ShopService.Order => ("order.db", OrderStore.Schema, (Action<Microsoft.Data.Sqlite.SqliteConnection, Microsoft.Data.Sqlite.SqliteTransaction>)((_, _) => { })),
-            ShopService.Payment => ("payment.db", PaymentService.Schema, PaymentService.Seed),
-            ShopService.Inventory => ("inventory.db", InventoryService.Schema, InventoryService.Seed),
+            ShopService.Payment => ("payment.db", Wallet.Schema, Wallet.Seed),
+            ShopService.Inventory => ("inventory.db", Stock.Schema, Stock.Seed),
             _ => throw new ArgumentOutOfRangeException(nameof(options), options.Service, "Unknown service."),
         };
         var database = new ShopDatabase(Path.Combine(dataDir, fileName));
@@ -84,11 +85,25 @@ public static class ShopApp
         builder.Services.AddTreatyBarrier();
         builder.Services.AddTreatySemanticLocks();
         builder.Services.AddTreatyCallbackVerification(verification => verification.Secret = options.CallbackSecret);
+        if (options.CoordinatorUrl is { } coordinator)
+        {
+            // A 2PC/3PC branch that voted YES and hears no outcome asks the coordinator (and 3PC's
+            // termination rule decides alone when it cannot be reached).
+            builder.Services.AddTreatyInDoubtResolver(resolver =>
+            {
+                resolver.Coordinator = new Uri(coordinator.TrimEnd('/') + "/");
+                resolver.After = options.InDoubtAfter;
+                resolver.PollInterval = Clamp(options.InDoubtAfter / 4, TimeSpan.FromMilliseconds(100), TimeSpan.FromSeconds(5));
+                resolver.FirstRecheckDelay = Clamp(options.InDoubtAfter / 2, TimeSpan.FromMilliseconds(200), TimeSpan.FromSeconds(5));
+                resolver.RequestTimeout = Clamp(options.InDoubtAfter / 2, TimeSpan.FromMilliseconds(500), TimeSpan.FromSeconds(10));
+            });
+        }
+
         if (options.Service == ShopService.Order)
         {
             builder.Services.AddTreatyIdempotency();
             builder.Services.AddSingleton(_ => new TreatyClient(new Uri(options.CoordinatorUrl!)));
-            builder.Services.AddSingleton<OrderSaga>();
+            builder.Services.AddSingleton<OrderTransaction>();
             builder.Services.AddSingleton<OrderService>();
             builder.Services.AddSingleton<OrderOutbox>();
             builder.Services.AddHostedService(provider => provider.GetRequiredService<OrderOutbox>());
@@ -132,13 +147,17 @@ public static class ShopApp
                 OrderService.Map(app);
                 break;
             case ShopService.Payment:
-                PaymentService.Map(app, database);
+                WalletQueries.Map(app, database);
+                PaymentEndpoints.Map(app, new Wallet(options.TimeProvider));
                 break;
             case ShopService.Inventory:
-                InventoryService.Map(app, database);
+                StockQueries.Map(app, database);
+                InventoryEndpoints.Map(app, new Stock(options.TimeProvider));
                 break;
         }
 
         return app;
     }
+
+    private static TimeSpan Clamp(TimeSpan value, TimeSpan min, TimeSpan max) => value < min ? min : value > max ? max : value;
 }

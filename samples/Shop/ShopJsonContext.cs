@@ -35,6 +35,7 @@ internal sealed record OrderView(
     IReadOnlyList<OrderItem> Items,
     string Status,
     string? Reason,
+    string Protocol,
     DateTimeOffset CreatedAt,
     DateTimeOffset UpdatedAt,
     bool Processing,
@@ -42,9 +43,22 @@ internal sealed record OrderView(
 
 internal sealed record OrderListView(IReadOnlyList<OrderView> Orders);
 
-/// <summary>The saga's payload, given to every branch: <c>{orderId, customerId, items, amount}</c>.</summary>
-internal sealed class SagaPayload
+/// <summary>The transaction's payload, given to every branch under every protocol: <c>{orderId, customerId, items, amount}</c>.</summary>
+internal sealed class OrderPayload
 {
+    /// <summary>The payload of a branch call, or null when it is not an object of this shape.</summary>
+    public static OrderPayload? Read(JsonElement payload)
+    {
+        try
+        {
+            return payload.ValueKind == JsonValueKind.Object ? payload.Deserialize(ShopJsonContext.Web.OrderPayload) : null;
+        }
+        catch (JsonException)
+        {
+            return null;
+        }
+    }
+
     public string? OrderId { get; set; }
 
     public string? CustomerId { get; set; }
@@ -59,7 +73,8 @@ internal sealed record BranchSkipped(string Gid, string Branch, string Op, bool 
 
 internal sealed record OrderBranchResult(string OrderId, string Status, string? Reason);
 
-internal sealed record WalletView(string CustomerId, decimal Balance, decimal Held, decimal Limit);
+/// <summary>A wallet: <c>balance</c> is what the customer can spend, <c>held</c> what transactions in flight hold (TCC, 2PC, 3PC), <c>lockedBy</c> the prepared 2PC/3PC transaction that locks the row.</summary>
+internal sealed record WalletView(string CustomerId, decimal Balance, decimal Held, decimal Limit, string? LockedBy = null);
 
 internal sealed record WalletListView(IReadOnlyList<WalletView> Wallets);
 
@@ -67,23 +82,23 @@ internal sealed record LedgerEntryView(long Id, string Gid, string Kind, decimal
 
 internal sealed record LedgerView(string CustomerId, IReadOnlyList<LedgerEntryView> Entries);
 
-/// <summary>Result of a payment branch: <c>outcome</c> is debited, refunded, already-debited, nothing-to-refund or already-refunded.</summary>
-internal sealed record PaymentResult(string Gid, string CustomerId, decimal Amount, decimal Balance, string Outcome);
+/// <summary>Result of a payment branch: <c>outcome</c> is debited, refunded, held, captured, released, already-... .</summary>
+internal sealed record PaymentResult(string Gid, string CustomerId, decimal Amount, decimal Balance, decimal Held, string Outcome);
 
 /// <summary>
-/// A SKU's stock: <c>available + reserved == initial</c>; <c>inFlight</c> is the part of
-/// <c>reserved</c> held by reservations whose saga has not ended (PROCESSING, under a semantic lock),
-/// the rest is sold.
+/// A SKU's stock: <c>available + held + sold == initial</c>. <c>held</c> is what transactions in
+/// flight hold (any protocol); <c>lockedBy</c> the prepared 2PC/3PC transaction that locks the row.
 /// </summary>
-internal sealed record StockView(string Sku, int Initial, int Available, int Reserved, int InFlight = 0);
+internal sealed record StockView(string Sku, int Initial, int Available, int Held, int Sold, string? LockedBy = null);
 
 internal sealed record StockListView(IReadOnlyList<StockView> Items);
 
-internal sealed record ReservationView(string Gid, string Sku, int Qty, bool Released, DateTimeOffset At, DateTimeOffset? ReleasedAt);
+/// <summary>What one transaction holds of one SKU: <c>state</c> is held, sold or released.</summary>
+internal sealed record HoldView(string Gid, string Sku, int Qty, string State, DateTimeOffset At, DateTimeOffset? SettledAt);
 
-internal sealed record ReservationListView(string Sku, IReadOnlyList<ReservationView> Reservations);
+internal sealed record HoldListView(string Sku, IReadOnlyList<HoldView> Holds);
 
-/// <summary>Result of an inventory branch: <c>outcome</c> is reserved, already-reserved, released or nothing-to-release.</summary>
+/// <summary>Result of an inventory branch: <c>outcome</c> is held, sold, released or already-... .</summary>
 internal sealed record InventoryResult(string Gid, string Outcome, IReadOnlyList<OrderItem> Items);
 
 /// <summary>Body of <c>POST /_faults</c>.</summary>
@@ -118,7 +133,7 @@ internal sealed record HealthView(string Status, string Service);
 [JsonSerializable(typeof(List<OrderItem>))]
 [JsonSerializable(typeof(OrderView))]
 [JsonSerializable(typeof(OrderListView))]
-[JsonSerializable(typeof(SagaPayload))]
+[JsonSerializable(typeof(OrderPayload))]
 [JsonSerializable(typeof(BranchSkipped))]
 [JsonSerializable(typeof(OrderBranchResult))]
 [JsonSerializable(typeof(WalletView))]
@@ -127,7 +142,7 @@ internal sealed record HealthView(string Status, string Service);
 [JsonSerializable(typeof(PaymentResult))]
 [JsonSerializable(typeof(StockView))]
 [JsonSerializable(typeof(StockListView))]
-[JsonSerializable(typeof(ReservationListView))]
+[JsonSerializable(typeof(HoldListView))]
 [JsonSerializable(typeof(InventoryResult))]
 [JsonSerializable(typeof(FaultRuleRequest))]
 [JsonSerializable(typeof(FaultRulesView))]

@@ -47,6 +47,14 @@ public sealed class ShopOptions
     /// </summary>
     public string? CallbackSecret { get; init; }
 
+    /// <summary>
+    /// How long a transaction may leave this service without its outcome before the service asks
+    /// the coordinator: the participant kit's in-doubt resolver (2PC/3PC branches that voted YES;
+    /// 3PC's termination rule decides alone when the coordinator is unreachable) and the Order
+    /// service's reconciliation of PENDING orders. Default 30 seconds; only with a coordinator URL.
+    /// </summary>
+    public TimeSpan InDoubtAfter { get; init; } = TimeSpan.FromSeconds(30);
+
     /// <summary>Exposes <c>/_faults</c> (fault injection and call counters) for tests and the demo.</summary>
     public bool EnableFaults { get; init; }
 
@@ -59,7 +67,7 @@ public sealed class ShopOptions
     /// <summary>The command line usage.</summary>
     public const string Usage =
         "usage: Shop --service order|payment|inventory --urls URL --data-dir DIR " +
-        "[--coordinator URL --payment URL --inventory URL] [--public-url URL] [--callback-secret SECRET] [--faults]";
+        "[--coordinator URL --payment URL --inventory URL] [--public-url URL] [--callback-secret SECRET] [--in-doubt-after SECONDS] [--faults]";
 
     /// <summary>The environment variable read when <c>--callback-secret</c> is not given (keeps the secret out of the process list).</summary>
     public const string CallbackSecretVariable = "TREATY_CALLBACK_SECRET";
@@ -106,7 +114,7 @@ public sealed class ShopOptions
                 throw new ArgumentException($"Unexpected argument '{arg}'.");
             }
 
-            if (name is not ("service" or "urls" or "data-dir" or "coordinator" or "payment" or "inventory" or "public-url" or "callback-secret"))
+            if (name is not ("service" or "urls" or "data-dir" or "coordinator" or "payment" or "inventory" or "public-url" or "callback-secret" or "in-doubt-after"))
             {
                 throw new ArgumentException($"Unknown option '--{name}'.");
             }
@@ -140,6 +148,11 @@ public sealed class ShopOptions
                 ? flag
                 : string.IsNullOrEmpty(secretFromEnvironment) ? null : secretFromEnvironment,
             EnableFaults = faults,
+            InDoubtAfter = values.GetValueOrDefault("in-doubt-after") is { } after
+                ? double.TryParse(after, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var seconds) && seconds is > 0 and <= 86_400
+                    ? TimeSpan.FromSeconds(seconds)
+                    : throw new ArgumentException($"--in-doubt-after must be a number of seconds from 0 to 86400, not '{after}'.")
+                : TimeSpan.FromSeconds(30),
         };
         options.Validate();
         return options;
@@ -173,6 +186,16 @@ public sealed class ShopOptions
         {
             // The message never shows the secret.
             throw new ArgumentException($"--callback-secret must be at least {MinCallbackSecretLength} characters.");
+        }
+
+        if (CoordinatorUrl is not null)
+        {
+            RequireHttpUrl(CoordinatorUrl, "--coordinator");
+        }
+
+        if (InDoubtAfter <= TimeSpan.Zero)
+        {
+            throw new ArgumentException("--in-doubt-after must be positive.");
         }
 
         if (Service == ShopService.Order)

@@ -51,11 +51,22 @@ internal sealed class DemoEnvironment : IAsyncDisposable
 
     public IEnumerable<ChildProcess> Processes => _coordinator is null ? _shops : [_coordinator, .. _shops];
 
-    public static async Task<DemoEnvironment> StartAsync(string? dataDir, CancellationToken cancellationToken)
+    /// <summary>
+    /// The demo's <c>--in-doubt-after</c> for the services: short, so that the 3PC experiment's
+    /// participants decide alone within seconds of losing their coordinator. Longer than the
+    /// coordinator takes to restart in the scenarios that kill it while no 3PC is in flight; the
+    /// chaos test keeps the services' default (30 s), far above its outages.
+    /// </summary>
+    public static readonly TimeSpan DemoInDoubtAfter = TimeSpan.FromSeconds(3);
+
+    /// <summary>How long a Shop service waits for an outcome before it asks the coordinator (<c>--in-doubt-after</c>); null for its default.</summary>
+    public TimeSpan? InDoubtAfter { get; private init; }
+
+    public static async Task<DemoEnvironment> StartAsync(string? dataDir, CancellationToken cancellationToken, TimeSpan? inDoubtAfter = null)
     {
         var root = dataDir ?? Path.Combine(Path.GetTempPath(), "treaty-demo-" + Guid.NewGuid().ToString("N")[..8]);
         Directory.CreateDirectory(root);
-        var environment = new DemoEnvironment(root, deleteRoot: dataDir is null);
+        var environment = new DemoEnvironment(root, deleteRoot: dataDir is null) { InDoubtAfter = inDoubtAfter };
         try
         {
             var shopDll = Path.Combine(AppContext.BaseDirectory, "Shop.dll");
@@ -111,12 +122,18 @@ internal sealed class DemoEnvironment : IAsyncDisposable
     {
         var shopDll = Path.Combine(AppContext.BaseDirectory, "Shop.dll");
         var url = service switch { "payment" => PaymentUrl, "inventory" => InventoryUrl, _ => OrderUrl };
-        return ChildProcess.StartDotnet(service, shopDll,
-            [
-                "--service", service, "--urls", url, "--data-dir", Path.Combine(Root, service),
-                "--coordinator", CoordinatorUrl, "--payment", PaymentUrl,
-                "--inventory", InventoryUrl, "--faults",
-            ],
+        List<string> args =
+        [
+            "--service", service, "--urls", url, "--data-dir", Path.Combine(Root, service),
+            "--coordinator", CoordinatorUrl, "--payment", PaymentUrl,
+            "--inventory", InventoryUrl, "--faults",
+        ];
+        if (InDoubtAfter is { } after)
+        {
+            args.AddRange(["--in-doubt-after", after.TotalSeconds.ToString(System.Globalization.CultureInfo.InvariantCulture)]);
+        }
+
+        return ChildProcess.StartDotnet(service, shopDll, args,
             new Dictionary<string, string> { [CallbackSecretVariable] = CallbackSecret });
     }
 

@@ -105,7 +105,7 @@ internal sealed class DemoScenarios(DemoEnvironment env, Func<string, Task>? sho
             Expect("transaction committed after restart", Str(tx, "status"), "committed"),
             Expect("order confirmed", Str(order, "status"), "CONFIRMED"),
             Expect("wallet debited exactly once", await WalletAsync("bob", ct) - before, -25.00m),
-            Expect("stock reserved exactly once", stockAfter.Reserved - stockBefore.Reserved, 1),
+            Expect("stock sold exactly once", stockAfter.Sold - stockBefore.Sold, 1),
             await LedgerOnceAsync("bob", gid, expectRefund: false, ct),
         };
         return await FinishAsync("coordinator killed mid-saga", tx, clock, checks, ct);
@@ -184,7 +184,7 @@ internal sealed class DemoScenarios(DemoEnvironment env, Func<string, Task>? sho
         return new ScenarioResult(name, outcome, clock.Elapsed, checks, Str(tx, "gid"));
     }
 
-    /// <summary>Money conserved, stock + reserved = initial, every transaction terminal or visibly stuck, nothing held.</summary>
+    /// <summary>Money and stock conserved, nothing held, every transaction terminal or visibly stuck, no order left PENDING.</summary>
     public async Task<IReadOnlyList<Check>> InvariantsAsync(CancellationToken ct)
     {
         var checks = new List<Check>();
@@ -200,18 +200,19 @@ internal sealed class DemoScenarios(DemoEnvironment env, Func<string, Task>? sho
         }
 
         var sold = confirmed.Sum(o => Dec(o, "amount"));
-        checks.Add(Expect("money conserved (wallets + confirmed orders = 2050.00)", balances + held + sold, InitialMoney));
+        checks.Add(Expect("money conserved (wallets + held + confirmed orders = 2050.00)", balances + held + sold, InitialMoney));
         checks.Add(Expect("no money held", held, 0m));
         foreach (var (sku, initial) in InitialStock)
         {
             var stock = await StockAsync(sku, ct);
-            checks.Add(Expect($"{sku}: available + reserved = {initial}", stock.Available + stock.Reserved, initial));
+            checks.Add(Expect($"{sku}: available + held + sold = {initial}", stock.Available + stock.Held + stock.Sold, initial));
+            checks.Add(Expect($"{sku}: nothing held", stock.Held, 0));
             var soldQty = confirmed.SelectMany(o => o!["items"]!.AsArray()).Where(i => Str(i, "sku") == sku).Sum(i => i!["qty"]!.GetValue<int>());
-            checks.Add(Expect($"{sku}: reserved = quantity of confirmed orders", stock.Reserved, soldQty));
+            checks.Add(Expect($"{sku}: sold = quantity of confirmed orders", stock.Sold, soldQty));
         }
 
         var open = new List<string>();
-        foreach (var status in new[] { "pending", "running", "aborting" })
+        foreach (var status in new[] { "prepared", "pending", "running", "aborting" })
         {
             var page = await env.GetJsonAsync($"{env.CoordinatorUrl}/api/v1/transactions?status={status}&limit=500", ct);
             open.AddRange(page["items"]!.AsArray().Where(i => i!["stuck"]?.GetValue<bool>() != true).Select(i => Str(i, "gid")!));
@@ -223,7 +224,7 @@ internal sealed class DemoScenarios(DemoEnvironment env, Func<string, Task>? sho
         return checks;
     }
 
-    private async Task<Check> LedgerOnceAsync(string customer, string gid, bool expectRefund, CancellationToken ct)
+    public async Task<Check> LedgerOnceAsync(string customer, string gid, bool expectRefund, CancellationToken ct)
     {
         var ledger = await env.GetJsonAsync($"{env.PaymentUrl}/wallets/{customer}/ledger", ct);
         var entries = (ledger is JsonArray array ? array : ledger["entries"]!.AsArray()).Where(e => Str(e, "gid") == gid).ToList();
@@ -234,16 +235,17 @@ internal sealed class DemoScenarios(DemoEnvironment env, Func<string, Task>? sho
         return new Check($"ledger: {expected} for this gid", debits == 1 && refunds == (expectRefund ? 1 : 0), actual);
     }
 
-    private async Task<(string OrderId, string Gid)> CheckoutAsync(string customer, (string Sku, int Qty)[] items, CancellationToken ct)
+    public async Task<(string OrderId, string Gid)> CheckoutAsync(string customer, (string Sku, int Qty)[] items, CancellationToken ct,
+        string protocol = "saga", string? idempotencyKey = null)
     {
         var body = new JsonObject
         {
             ["customerId"] = customer,
             ["items"] = new JsonArray([.. items.Select(i => (JsonNode)new JsonObject { ["sku"] = i.Sku, ["qty"] = i.Qty })]),
-            ["protocol"] = "saga",
+            ["protocol"] = protocol,
         };
         using var request = new HttpRequestMessage(HttpMethod.Post, env.OrderUrl + "/checkout") { Content = JsonContent.Create(body) };
-        request.Headers.Add("Idempotency-Key", Guid.NewGuid().ToString());
+        request.Headers.Add("Idempotency-Key", idempotencyKey ?? Guid.NewGuid().ToString());
         using var response = await env.Http.SendAsync(request, ct);
         var text = await response.Content.ReadAsStringAsync(ct);
         if (!response.IsSuccessStatusCode)
@@ -255,18 +257,32 @@ internal sealed class DemoScenarios(DemoEnvironment env, Func<string, Task>? sho
         return (Str(json, "orderId")!, Str(json, "gid")!);
     }
 
-    private Task<JsonNode> OrderAsync(string orderId, CancellationToken ct) => env.GetJsonAsync($"{env.OrderUrl}/orders/{orderId}", ct);
-
-    private async Task<decimal> WalletAsync(string customer, CancellationToken ct) =>
-        Dec(await env.GetJsonAsync($"{env.PaymentUrl}/wallets/{customer}", ct), "balance");
-
-    private async Task<(int Available, int Reserved)> StockAsync(string sku, CancellationToken ct)
+    /// <summary>The order once it has left PENDING (its outcome reached the Order service), or as it is after the patience ran out.</summary>
+    public async Task<JsonNode> OrderAsync(string orderId, CancellationToken ct)
     {
-        var stock = await env.GetJsonAsync($"{env.InventoryUrl}/stock/{sku}", ct);
-        return (stock["available"]!.GetValue<int>(), stock["reserved"]!.GetValue<int>());
+        var clock = Stopwatch.StartNew();
+        while (true)
+        {
+            var order = await env.GetJsonAsync($"{env.OrderUrl}/orders/{orderId}", ct);
+            if (Str(order, "status") != "PENDING" || clock.Elapsed > Patience)
+            {
+                return order;
+            }
+
+            await Task.Delay(TimeSpan.FromMilliseconds(25), TimeProvider.System, ct);
+        }
     }
 
-    private async Task<JsonNode> WaitTerminalAsync(string gid, CancellationToken ct)
+    public async Task<decimal> WalletAsync(string customer, CancellationToken ct) =>
+        Dec(await env.GetJsonAsync($"{env.PaymentUrl}/wallets/{customer}", ct), "balance");
+
+    public async Task<(int Available, int Held, int Sold)> StockAsync(string sku, CancellationToken ct)
+    {
+        var stock = await env.GetJsonAsync($"{env.InventoryUrl}/stock/{sku}", ct);
+        return (stock["available"]!.GetValue<int>(), stock["held"]!.GetValue<int>(), stock["sold"]!.GetValue<int>());
+    }
+
+    public async Task<JsonNode> WaitTerminalAsync(string gid, CancellationToken ct)
     {
         var clock = Stopwatch.StartNew();
         while (true)
@@ -286,7 +302,7 @@ internal sealed class DemoScenarios(DemoEnvironment env, Func<string, Task>? sho
         }
     }
 
-    private async Task<bool> PollAsync(string gid, Func<JsonNode, bool> condition, CancellationToken ct)
+    public async Task<bool> PollAsync(string gid, Func<JsonNode, bool> condition, CancellationToken ct)
     {
         var clock = Stopwatch.StartNew();
         while (clock.Elapsed < Patience)
@@ -309,12 +325,12 @@ internal sealed class DemoScenarios(DemoEnvironment env, Func<string, Task>? sho
         return response.IsSuccessStatusCode ? JsonNode.Parse(await response.Content.ReadAsStringAsync(ct)) : null;
     }
 
-    private static string? OpStatus(JsonNode tx, string branch, string op) =>
+    public static string? OpStatus(JsonNode tx, string branch, string op) =>
         Str(tx["branches"]?.AsArray().FirstOrDefault(b => Str(b, "name") == branch)?["ops"]?[op], "status") ?? "absent";
 
-    private static string? Str(JsonNode? node, string property) => node?[property]?.GetValue<string>();
+    public static string? Str(JsonNode? node, string property) => node?[property]?.GetValue<string>();
 
-    private static decimal Dec(JsonNode? node, string property)
+    public static decimal Dec(JsonNode? node, string property)
     {
         var value = node?[property] ?? throw new InvalidOperationException($"missing '{property}' in {node?.ToJsonString()}");
         return value.GetValueKind() == System.Text.Json.JsonValueKind.String
@@ -322,6 +338,6 @@ internal sealed class DemoScenarios(DemoEnvironment env, Func<string, Task>? sho
             : value.GetValue<decimal>();
     }
 
-    private static Check Expect<T>(string what, T actual, T expected) =>
+    public static Check Expect<T>(string what, T actual, T expected) =>
         new(what, EqualityComparer<T>.Default.Equals(actual, expected), $"expected {expected}, got {actual}");
 }

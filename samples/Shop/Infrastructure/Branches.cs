@@ -29,6 +29,15 @@ internal static class Branches
         context.Fail(StatusCodes.Status400BadRequest, ProblemTypes.Validation, "Invalid payload",
             "The transaction payload is invalid: " + string.Join(", ", errors.Keys) + ".");
 
+    /// <summary>An op this endpoint does not serve (the transaction was defined with the wrong URL): a definitive 400.</summary>
+    public static Task<BranchResult> UnexpectedOp(BranchContext context) =>
+        Task.FromResult(context.Fail(StatusCodes.Status400BadRequest, ProblemTypes.Validation, "Unexpected op",
+            $"This endpoint does not serve the op '{context.Op}'."));
+
+    /// <summary>3PC's preCommit: nothing to write (the kit records the stage); the 2xx is the acknowledgement.</summary>
+    public static Task<BranchResult> Acknowledge(BranchContext context) =>
+        Task.FromResult(context.Ok(new BranchSkipped(context.Gid, context.Branch, context.Op, false, "acknowledged"), ShopJsonContext.Web.BranchSkipped));
+
     /// <summary>A 200 that says nothing was done, and why.</summary>
     public static BranchResult Skipped(BranchContext context, string reason) =>
         context.Ok(new BranchSkipped(context.Gid, context.Branch, context.Op, true, reason), ShopJsonContext.Web.BranchSkipped);

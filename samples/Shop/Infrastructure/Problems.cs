@@ -19,6 +19,7 @@ internal static class Problems
     public const string OutOfStock = Base + "out-of-stock";
     public const string UnknownSku = Base + "unknown-sku";
     public const string OrderState = Base + "order-state";
+    public const string RowLocked = Base + "row-locked";
     public const string InjectedFault = Base + "injected-fault";
 
     public static IResult Validation(string field, string message) =>

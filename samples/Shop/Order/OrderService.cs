@@ -21,11 +21,10 @@ namespace Shop.Order;
 /// move it to CONFIRMED or CANCELLED and drop the lock; while the lock is held, readers see
 /// <c>processing: true</c>.
 /// </summary>
-internal sealed partial class OrderService(ShopDatabase database, OrderSaga saga, SemanticLockManager locks, TimeProvider timeProvider, ILogger<OrderService> logger)
+internal sealed partial class OrderService(ShopDatabase database, OrderTransaction saga, SemanticLockManager locks, TimeProvider timeProvider, ILogger<OrderService> logger)
 {
     /// <summary>Set by <see cref="AbortReasonMiddleware"/> for the cancel handler: fetched before the kit's transaction.</summary>
     private const string AbortReasonItem = "shop.order.abort-reason";
-    private const string CancelPath = "/saga/order/cancel";
 
     private const int MaxCustomerIdLength = 64;
     private const int MaxItems = 20;
@@ -39,9 +38,7 @@ internal sealed partial class OrderService(ShopDatabase database, OrderSaga saga
         app.MapPost("/checkout", Endpoints.Handler(http => service.CheckoutAsync(http, outbox))).WithIdempotencyKey(required: true);
         app.MapGet("/orders", service.ListAsync);
         app.MapGet("/orders/{id}", service.GetAsync);
-        app.MapBranch("/saga/order/create", service.CreateAsync);
-        app.MapBranch(CancelPath, service.CancelAsync);
-        app.MapBranch("/saga/order/confirm", service.ConfirmAsync);
+        OrderEndpoints.Map(app, service);
     }
 
     /// <summary>
@@ -52,7 +49,8 @@ internal sealed partial class OrderService(ShopDatabase database, OrderSaga saga
     public static async Task AbortReasonMiddleware(HttpContext http, RequestDelegate next)
     {
         if (HttpMethods.IsPost(http.Request.Method)
-            && string.Equals(http.Request.Path.Value, CancelPath, StringComparison.OrdinalIgnoreCase)
+            && http.Request.Path.Value is { } path && path.Contains("/order/", StringComparison.OrdinalIgnoreCase)
+            && http.Request.Headers["Treaty-Op"].ToString() is "compensate" or "cancel" or "rollback" or "abort"
             && http.Request.Headers["Treaty-Gid"].ToString() is { Length: > 0 and <= 256 } gid)
         {
             var service = http.RequestServices.GetRequiredService<OrderService>();
@@ -82,8 +80,8 @@ internal sealed partial class OrderService(ShopDatabase database, OrderSaga saga
 
         var now = timeProvider.GetUtcNow();
         var orderId = NewOrderId();
-        var order = new OrderRow(orderId, OrderSaga.GidOf(orderId), checkout.CustomerId, checkout.AmountCents, checkout.Items,
-            OrderStatus.Pending, null, SubmitState.Unsent, now, now);
+        var order = new OrderRow(orderId, OrderTransaction.GidOf(orderId), checkout.CustomerId, checkout.AmountCents, checkout.Items,
+            OrderStatus.Pending, null, SubmitState.Unsent, now, now, checkout.Protocol);
         var (connection, sqlite) = ShopTransaction.Of(transaction);
         await OrderStore.InsertAsync(connection, sqlite, order, ct);
         // PENDING until its saga confirms or cancels it: readers see it as processing.
@@ -160,10 +158,11 @@ internal sealed partial class OrderService(ShopDatabase database, OrderSaga saga
     }
 
     /// <summary>
-    /// The order step: the order exists PENDING under its saga's lock. Checkout stored it already;
-    /// a saga submitted by someone else creates it here from the payload.
+    /// The order's first op under every protocol (saga create, TCC try, 2PC prepare, 3PC canCommit):
+    /// the order exists PENDING under its transaction's lock. Checkout stored it already; a
+    /// transaction submitted by someone else creates it here from the payload.
     /// </summary>
-    private async Task<BranchResult> CreateAsync(BranchContext context, CancellationToken ct)
+    public async Task<BranchResult> OpenAsync(BranchContext context, CancellationToken ct)
     {
         var (connection, transaction) = ShopTransaction.Of(context.Transaction);
         if (await OrderStore.FindByGidAsync(connection, transaction, context.Gid, ct) is { } existing)
@@ -183,7 +182,7 @@ internal sealed partial class OrderService(ShopDatabase database, OrderSaga saga
             return context.Ok(new OrderBranchResult(existing.OrderId, existing.Status, existing.Reason), ShopJsonContext.Web.OrderBranchResult);
         }
 
-        var (payload, errors) = ReadPayload(context.Payload);
+        var (payload, errors) = ReadPayload(context);
         if (payload is null)
         {
             return Branches.Invalid(context, errors!);
@@ -203,12 +202,12 @@ internal sealed partial class OrderService(ShopDatabase database, OrderSaga saga
     }
 
     /// <summary>
-    /// The compensation of the order step: CANCELLED, with the transaction's reason, lock dropped.
+    /// The outcome is abort (saga compensate, TCC cancel, 2PC rollback, 3PC abort): CANCELLED, with the transaction's reason, lock dropped.
     /// The kit runs it only when the create step took effect here; a compensation without it is a
     /// null compensation the kit answers itself, and the outbox's reconciliation cancels such an
     /// order once the coordinator reports the saga aborted.
     /// </summary>
-    private async Task<BranchResult> CancelAsync(BranchContext context, CancellationToken ct)
+    public async Task<BranchResult> CancelAsync(BranchContext context, CancellationToken ct)
     {
         var reason = context.HttpContext.Items[AbortReasonItem] as string ?? "the transaction was aborted";
         var (connection, transaction) = ShopTransaction.Of(context.Transaction);
@@ -229,8 +228,8 @@ internal sealed partial class OrderService(ShopDatabase database, OrderSaga saga
         return context.Ok(new OrderBranchResult(order.OrderId, OrderStatus.Cancelled, reason), ShopJsonContext.Web.OrderBranchResult);
     }
 
-    /// <summary>The pivot: PENDING becomes CONFIRMED and leaves PROCESSING; money and stock taken by the earlier steps are now a sale.</summary>
-    private async Task<BranchResult> ConfirmAsync(BranchContext context, CancellationToken ct)
+    /// <summary>The outcome is commit (the saga's pivot, TCC confirm, 2PC commit, 3PC doCommit): PENDING becomes CONFIRMED and leaves PROCESSING.</summary>
+    public async Task<BranchResult> ConfirmAsync(BranchContext context, CancellationToken ct)
     {
         var (connection, transaction) = ShopTransaction.Of(context.Transaction);
         var order = await OrderStore.FindByGidAsync(connection, transaction, context.Gid, ct);
@@ -272,19 +271,10 @@ internal sealed partial class OrderService(ShopDatabase database, OrderSaga saga
         }
     }
 
-    private static (OrderRow? Order, Dictionary<string, string[]>? Errors) ReadPayload(JsonElement payloadJson)
+    private static (OrderRow? Order, Dictionary<string, string[]>? Errors) ReadPayload(BranchContext context)
     {
         var errors = new Dictionary<string, string[]>(StringComparer.Ordinal);
-        SagaPayload? payload = null;
-        try
-        {
-            payload = payloadJson.ValueKind == JsonValueKind.Object ? payloadJson.Deserialize(ShopJsonContext.Web.SagaPayload) : null;
-        }
-        catch (JsonException)
-        {
-            // reported below
-        }
-
+        var payload = OrderPayload.Read(context.Payload);
         if (payload is null)
         {
             errors["payload"] = ["The payload must be an object with orderId, customerId, items and amount."];
@@ -318,20 +308,24 @@ internal sealed partial class OrderService(ShopDatabase database, OrderSaga saga
         }
 
         return (new OrderRow(payload.OrderId!, "", payload.CustomerId!, cents, [.. payload.Items!.Select(i => i!)],
-            OrderStatus.Pending, null, SubmitState.Accepted, default, default), null);
+            OrderStatus.Pending, null, SubmitState.Accepted, default, default, ProtocolOf(context.HttpContext.Request.Path.Value)), null);
     }
 
-    private sealed record ValidCheckout(string CustomerId, IReadOnlyList<OrderItem> Items, long AmountCents);
+    private sealed record ValidCheckout(string CustomerId, IReadOnlyList<OrderItem> Items, long AmountCents, string Protocol);
+
+    /// <summary>The protocol of a branch endpoint, from its path (<c>/{protocol}/order/...</c>).</summary>
+    private static string ProtocolOf(string? path) =>
+        Array.Find(OrderTransaction.Protocols, p => path?.StartsWith("/" + p + "/", StringComparison.Ordinal) == true) ?? "saga";
 
     private static (ValidCheckout? Checkout, Dictionary<string, string[]> Errors) Validate(CheckoutRequest request)
     {
         var errors = new Dictionary<string, string[]>(StringComparer.Ordinal);
         var protocol = request.Protocol ?? "saga";
-        if (protocol != "saga")
+        if (!OrderTransaction.Protocols.Contains(protocol))
         {
-            errors["protocol"] = [protocol is "tcc" or "2pc" or "3pc" or "choreography"
-                ? $"Protocol '{protocol}' is not supported by this shop yet; use 'saga'."
-                : "protocol must be one of saga, tcc, 2pc, 3pc, choreography (only saga is supported yet)."];
+            errors["protocol"] = [protocol == "choreography"
+                ? "Protocol 'choreography' is not supported by this shop yet; use saga, tcc, 2pc or 3pc."
+                : "protocol must be one of saga, tcc, 2pc, 3pc."];
         }
 
         if (string.IsNullOrWhiteSpace(request.CustomerId))
@@ -387,7 +381,7 @@ internal sealed partial class OrderService(ShopDatabase database, OrderSaga saga
             return (null, errors);
         }
 
-        return (new ValidCheckout(request.CustomerId!, items, amount), errors);
+        return (new ValidCheckout(request.CustomerId!, items, amount, protocol), errors);
     }
 
     private static string NewOrderId() => "ord-" + Convert.ToHexStringLower(RandomNumberGenerator.GetBytes(8));

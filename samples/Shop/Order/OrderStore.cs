@@ -36,6 +36,7 @@ internal sealed record OrderRow(
     string SubmitState,
     DateTimeOffset CreatedAt,
     DateTimeOffset UpdatedAt,
+    string Protocol = "saga",
     string? ProcessingGid = null)
 {
     /// <summary>
@@ -43,7 +44,7 @@ internal sealed record OrderRow(
     /// <c>processing: true</c> (and the gid holding it): its saga is still deciding, so the
     /// money and stock it shows are not final.
     /// </summary>
-    public OrderView ToView() => new(OrderId, Gid, CustomerId, Money.FromCents(AmountCents), Items, Status, Reason, CreatedAt, UpdatedAt,
+    public OrderView ToView() => new(OrderId, Gid, CustomerId, Money.FromCents(AmountCents), Items, Status, Reason, Protocol, CreatedAt, UpdatedAt,
         ProcessingGid is not null, ProcessingGid);
 }
 
@@ -58,6 +59,7 @@ internal static class OrderStore
             items_json TEXT NOT NULL,
             status TEXT NOT NULL CHECK (status IN ('PENDING', 'CONFIRMED', 'CANCELLED')),
             reason TEXT,
+            protocol TEXT NOT NULL DEFAULT 'saga',
             submit_state TEXT NOT NULL CHECK (submit_state IN ('unsent', 'accepted', 'rejected')),
             created_at TEXT NOT NULL,
             updated_at TEXT NOT NULL
@@ -66,7 +68,7 @@ internal static class OrderStore
         CREATE INDEX IF NOT EXISTS orders_pending ON orders (updated_at) WHERE status = 'PENDING';
         """;
 
-    private const string Columns = "order_id, gid, customer_id, amount_cents, items_json, status, reason, submit_state, created_at, updated_at";
+    private const string Columns = "order_id, gid, customer_id, amount_cents, items_json, status, reason, submit_state, created_at, updated_at, protocol";
 
     // The order's semantic lock (treaty_semantic_locks, created by the kit at start), read with the row.
     private const string SelectColumns = Columns +
@@ -77,10 +79,10 @@ internal static class OrderStore
 
     public static async Task InsertAsync(SqliteConnection connection, SqliteTransaction transaction, OrderRow order, CancellationToken ct) =>
         await Sql.ExecuteAsync(connection, transaction,
-            $"INSERT INTO orders ({Columns}) VALUES ($id, $gid, $customer, $amount, $items, $status, $reason, $submit, $at, $at)", ct,
+            $"INSERT INTO orders ({Columns}) VALUES ($id, $gid, $customer, $amount, $items, $status, $reason, $submit, $at, $at, $protocol)", ct,
             ("$id", order.OrderId), ("$gid", order.Gid), ("$customer", order.CustomerId), ("$amount", order.AmountCents),
             ("$items", JsonSerializer.Serialize([.. order.Items], ShopJsonContext.Web.ListOrderItem)),
-            ("$status", order.Status), ("$reason", order.Reason), ("$submit", order.SubmitState), ("$at", Sql.Timestamp(order.CreatedAt)));
+            ("$status", order.Status), ("$reason", order.Reason), ("$submit", order.SubmitState), ("$at", Sql.Timestamp(order.CreatedAt)), ("$protocol", order.Protocol));
 
     public static Task<OrderRow?> FindAsync(SqliteConnection connection, SqliteTransaction? transaction, string orderId, CancellationToken ct) =>
         FirstAsync(connection, transaction, $"SELECT {SelectColumns} FROM orders WHERE order_id = $key", orderId, ct);
@@ -91,7 +93,7 @@ internal static class OrderStore
     public static async Task<List<OrderRow>> ListAsync(SqliteConnection connection, string? status, CancellationToken ct)
     {
         await using var command = Sql.Command(connection, null,
-            $"SELECT {SelectColumns} FROM orders WHERE $status IS NULL OR status = $status ORDER BY created_at, order_id", ("$status", status));
+            $"SELECT {SelectColumns} FROM orders WHERE $status IS NULL OR status = upper($status) ORDER BY created_at, order_id", ("$status", status));
         return await ReadAsync(command, ct);
     }
 
@@ -141,7 +143,7 @@ internal static class OrderStore
                 reader.GetString(0), reader.GetString(1), reader.GetString(2), reader.GetInt64(3), items,
                 reader.GetString(5), reader.IsDBNull(6) ? null : reader.GetString(6), reader.GetString(7),
                 Sql.ParseTimestamp(reader.GetString(8)), Sql.ParseTimestamp(reader.GetString(9)),
-                reader.IsDBNull(10) ? null : reader.GetString(10)));
+                reader.GetString(10), reader.IsDBNull(11) ? null : reader.GetString(11)));
         }
 
         return rows;

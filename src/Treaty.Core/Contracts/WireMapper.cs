@@ -24,6 +24,7 @@ public static class WireMapper
         Decision = state.Outcome?.ToWire(),
         StuckOn = state.StuckOn is { } s ? new StuckView(s.Branch, s.Op, s.Attempts, s.LastStatusCode, s.LastError) : null,
         Ops = state.Ops.IsEmpty ? null : Operations(state.Ops, state.Spec.UrlOf),
+        Writes = new WritesView(state.Version, state.ForcedWrites),
     };
 
     public static TransactionSummaryView ToSummary(TransactionState state) => new(

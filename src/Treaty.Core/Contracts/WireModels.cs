@@ -132,7 +132,13 @@ public sealed record TransactionView(
 
     /// <summary>The transaction's own operations (msg's <c>queryPrepared</c>); null for most.</summary>
     public IReadOnlyDictionary<string, OperationView>? Ops { get; init; }
+
+    /// <summary>The coordinator's writes of this transaction so far: all of them, and the forced ones (durable before a call left).</summary>
+    public WritesView? Writes { get; init; }
 }
+
+/// <summary>How many times the coordinator wrote a transaction, and how many of those writes it waited for before acting.</summary>
+public sealed record WritesView(long Total, int Forced);
 
 /// <summary>The operation a stuck transaction waits on.</summary>
 public sealed record StuckView(string? Branch, string Op, int Attempts, int? LastStatusCode, string? LastError);

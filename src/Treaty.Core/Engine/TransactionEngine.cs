@@ -101,7 +101,7 @@ public sealed partial class TransactionEngine : IAsyncDisposable
         var now = _time.GetUtcNow();
         var created = machine.Create(spec, fingerprint, now);
         var decision = machine.Decide(created, new Submitted(), new DecisionContext(now, _random));
-        var first = decision.Next with { Version = 1 };
+        var first = decision.Next with { Version = 1, ForcedWrites = 1 };
         var existing = await _store.InsertAsync(first, decision.Journal, cancellationToken);
         if (existing is not null)
         {
@@ -301,6 +301,9 @@ public sealed partial class TransactionEngine : IAsyncDisposable
         private readonly TaskCompletionSource<TransactionState> _terminal = new(TaskCreationOptions.RunContinuationsAsynchronously);
         private readonly ITimer _timer;
         private TransactionState _state;
+        // The last state the store has: what readers see. A decision written lazily is in _state
+        // before it is on disk; the API must not show what a crash could still take back.
+        private TransactionState _durable;
         private Task<bool> _pendingWrite = Task.FromResult(true);
         private volatile bool _unloaded;
 
@@ -309,13 +312,15 @@ public sealed partial class TransactionEngine : IAsyncDisposable
             _engine = engine;
             _machine = machine;
             _state = state;
+            _durable = state;
             Gid = state.Gid;
             _timer = engine._time.CreateTimer(static s => ((Runner)s!).OnTimer(), this, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
         }
 
         public string Gid { get; }
 
-        public TransactionState? Current => _unloaded ? null : Volatile.Read(ref _state);
+        /// <summary>The latest durable state (null once unloaded).</summary>
+        public TransactionState? Current => _unloaded ? null : Volatile.Read(ref _durable);
 
         public Task<TransactionState> Terminal => _terminal.Task;
 
@@ -394,9 +399,11 @@ public sealed partial class TransactionEngine : IAsyncDisposable
                 return false;
             }
 
-            var next = decision.Next with { Version = _state.Version + 1 };
             var calls = decision.Commands.Any(IsCall);
-            if (!calls && !decision.Commands.Any(c => c is Finish) && !_engine.UnsafeActBeforePersist)
+            var lazy = !calls && !decision.Commands.Any(c => c is Finish) && !_engine.UnsafeActBeforePersist;
+            var forced = !lazy && calls && decision.WriteAhead;
+            var next = decision.Next with { Version = _state.Version + 1, ForcedWrites = _state.ForcedWrites + (forced ? 1 : 0) };
+            if (lazy)
             {
                 // Nothing leaves the coordinator on this decision (a vote that does not complete the
                 // round, an acknowledgement, a retry scheduled): nobody needs to wait for its write.
@@ -417,7 +424,7 @@ public sealed partial class TransactionEngine : IAsyncDisposable
                 decision = decision with { Commands = [.. decision.Commands.Where(c => !IsCall(c))] };
             }
 
-            _pendingWrite = WriteAsync(next, decision.Journal, forced: calls && decision.WriteAhead);
+            _pendingWrite = WriteAsync(next, decision.Journal, forced);
             if (!await PreviousWriteSucceededAsync())
             {
                 return false;
@@ -460,6 +467,8 @@ public sealed partial class TransactionEngine : IAsyncDisposable
                 return false;
             }
 
+            // Writes of one runner complete in order (each waits for the one before it).
+            Volatile.Write(ref _durable, next);
             _engine._observer.Persisted(next, forced);
             return true;
         }

@@ -234,6 +234,14 @@ public sealed record TransactionState(
     /// attempts but may never be abandoned.</summary>
     public StuckCause? StuckOn { get; init; }
 
+    /// <summary>
+    /// How many of its writes (<see cref="Version"/> counts them all) the coordinator waited to be
+    /// durable before a call left: the submit's, and every decision the protocol must not act on
+    /// before it is on disk (a commit decision, a saga's next step). The protocols' cost in the
+    /// textbooks' terms; a lazily written decision or presumed abort's unforced abort is not one.
+    /// </summary>
+    public int ForcedWrites { get; init; }
+
     /// <summary>The transaction's own operations, not any branch's (msg's <c>queryPrepared</c>).</summary>
     public ImmutableArray<OpState> Ops
     {

@@ -1,0 +1,9 @@
+namespace Treaty.Cli.Experiments;
+
+/// <summary>Every experiment of the demo, in the order it runs them.</summary>
+internal static class ExperimentCatalogue
+{
+    public static IReadOnlyList<Experiment> All { get; } =
+    [
+    ];
+}

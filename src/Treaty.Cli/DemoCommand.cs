@@ -48,6 +48,11 @@ internal static class DemoCommand
 
     public static async Task<int> RunAsync(DemoPlan plan, bool keep, string? dataDir, IAnsiConsole console, CancellationToken cancellationToken)
     {
+        if (Console.IsOutputRedirected && console.Profile.Width < 160)
+        {
+            console.Profile.Width = 160; // a log or a pipe: keep the tables readable
+        }
+
         console.MarkupLine("[bold]Treaty demo[/]: a coordinator and three Shop services, each its own process, database and port.");
         DemoEnvironment env;
         try

@@ -25,9 +25,47 @@ public sealed class DemoTests
             output.ShouldContain($"✓ {scenario}", customMessage: output);
         }
 
+        foreach (var protocol in new[] { "saga", "tcc", "2pc", "3pc" })
+        {
+            output.ShouldContain($"✓ checkout under {protocol}: CONFIRMED, CANCELLED, CANCELLED", customMessage: output);
+        }
+
+        foreach (var experiment in Treaty.Cli.Experiments.ExperimentCatalogue.All)
+        {
+            output.ShouldContain($"✓ {experiment.Name}:", customMessage: output);
+        }
+
         // The stuck transaction was listed by `tx list --stuck` and finished by `tx retry`.
         output.ShouldContain("$ treaty tx list --stuck");
         output.ShouldContain("Retry accepted");
+    }
+
+    [Theory]
+    [InlineData("--protocol", "2pc", "✓ checkout under 2pc: CONFIRMED, CANCELLED, CANCELLED")]
+    [InlineData("--experiment", "double-charge", "✓ double-charge:")]
+    public async Task Demo_OnePart_RunsOnlyThatPart(string option, string value, string expected)
+    {
+        var dll = Path.Combine(AppContext.BaseDirectory, "treaty.dll");
+        using var demo = ChildProcess.StartDotnet("demo", dll, ["demo", option, value], new Dictionary<string, string> { ["NO_COLOR"] = "1", ["TERM"] = "dumb" });
+
+        var exitCode = await demo.WaitForExitAsync(TimeSpan.FromMinutes(3), CancellationToken.None);
+
+        exitCode.ShouldBe(0, demo.Output);
+        demo.Output.ShouldContain(expected, customMessage: demo.Output);
+        demo.Output.ShouldNotContain("happy path", customMessage: demo.Output);
+        demo.Output.ShouldContain("Every invariant held.", customMessage: demo.Output);
+    }
+
+    [Fact]
+    public async Task Demo_UnknownProtocol_IsAUsageError()
+    {
+        var dll = Path.Combine(AppContext.BaseDirectory, "treaty.dll");
+        using var demo = ChildProcess.StartDotnet("demo", dll, ["demo", "--protocol", "4pc"], new Dictionary<string, string> { ["NO_COLOR"] = "1" });
+
+        var exitCode = await demo.WaitForExitAsync(TimeSpan.FromSeconds(60), CancellationToken.None);
+
+        exitCode.ShouldNotBe(0, demo.Output);
+        demo.Output.ShouldContain("4pc", customMessage: demo.Output);
     }
 
     [Fact]

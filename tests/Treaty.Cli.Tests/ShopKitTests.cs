@@ -159,10 +159,10 @@ public sealed class ShopKitTests(ShopKitEnvironment fixture, ITestOutputHelper o
         (await WaitTerminalAsync(gid, ct)).ShouldBe("committed");
         (await OrderStatusAsync(orderId, ct)).ShouldBe("CONFIRMED");
         (await LedgerAsync("bob", gid, ct)).ShouldBe((1, 0), "one debit");
-        var reservations = (await Env.GetJsonAsync($"{Env.InventoryUrl}/stock/book/reservations", ct))["reservations"]!.AsArray()
+        var holds = (await Env.GetJsonAsync($"{Env.InventoryUrl}/stock/book/holds", ct))["holds"]!.AsArray()
             .Where(r => r!["gid"]!.GetValue<string>() == gid).ToList();
-        reservations.Count.ShouldBe(1);
-        reservations[0]!["released"]!.GetValue<bool>().ShouldBeFalse();
+        holds.Count.ShouldBe(1);
+        holds[0]!["state"]!.GetValue<string>().ShouldBe("sold");
         var order = await Env.GetJsonAsync($"{Env.OrderUrl}/orders/{orderId}", ct);
         order["processing"]!.GetValue<bool>().ShouldBeFalse("the confirmed order's semantic lock was dropped");
     }

@@ -5,5 +5,9 @@ internal static class ExperimentCatalogue
 {
     public static IReadOnlyList<Experiment> All { get; } =
     [
+        BlockingExperiment.Definition,
+        ThreePhaseCommitExperiment.Definition,
+        IsolationExperiment.Definition,
+        DoubleChargeExperiment.Definition,
     ];
 }

@@ -35,6 +35,9 @@ internal sealed class ExperimentParticipants : IAsyncDisposable
             EnvironmentName = "Production",
         });
         builder.Logging.ClearProviders();
+        // Not the console's lifetime: Ctrl+C belongs to the command that runs the experiment, which
+        // stops these participants by disposing them.
+        builder.Services.AddSingleton<IHostLifetime, EmbeddedLifetime>();
         // Port 0: the OS picks a free port as Kestrel binds it, so no other process can take it in between.
         builder.WebHost.ConfigureKestrel(kestrel =>
         {
@@ -116,5 +119,12 @@ internal sealed class ExperimentParticipants : IAsyncDisposable
         }
 
         await _app.DisposeAsync();
+    }
+
+    private sealed class EmbeddedLifetime : IHostLifetime
+    {
+        public Task WaitForStartAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+        public Task StopAsync(CancellationToken cancellationToken) => Task.CompletedTask;
     }
 }

@@ -9,5 +9,7 @@ internal static class ExperimentCatalogue
         ThreePhaseCommitExperiment.Definition,
         IsolationExperiment.Definition,
         DoubleChargeExperiment.Definition,
+        AvailabilityExperiment.Definition,
+        LatencyExperiment.Definition,
     ];
 }

@@ -5,7 +5,7 @@ using Treaty.Core.Model;
 using Treaty.Simulation.Harness;
 using Xunit.Abstractions;
 
-namespace Treaty.Simulation;
+namespace Treaty.Simulation.Tests;
 
 /// <summary>
 /// The real engine and every protocol machine under injected faults, one seed per run.

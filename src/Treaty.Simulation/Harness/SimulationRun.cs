@@ -43,7 +43,7 @@ internal sealed record SimResult(
     public bool Ok => Violations.Count == 0;
 
     public string Replay =>
-        $"TREATY_SIM_SEED={Seed}{(Options.Variant == SimVariant.None ? "" : $" TREATY_SIM_VARIANT={SimVariants.Name(Options.Variant)}")}{(Options.Mode == SimMode.Partition ? " TREATY_SIM_VARIANT=partition" : "")} dotnet test tests/Treaty.Simulation --filter Seeds_Keep";
+        $"TREATY_SIM_SEED={Seed}{(Options.Variant == SimVariant.None ? "" : $" TREATY_SIM_VARIANT={SimVariants.Name(Options.Variant)}")}{(Options.Mode == SimMode.Partition ? " TREATY_SIM_VARIANT=partition" : "")} dotnet test tests/Treaty.Simulation.Tests --filter Seeds_Keep";
 
     public string Report() =>
         $"""

@@ -26,13 +26,18 @@ internal sealed record SimOptions(
     bool KeepFullTrace = false,
     bool StopAtFirstViolation = false);
 
+/// <summary>A transaction whose branches ended some committed and some not.</summary>
+/// <param name="Committed">The branches that committed (captured), in the order of the transaction.</param>
+/// <param name="NotCommitted">The others (released, or never held).</param>
+internal sealed record MixedOutcome(string Gid, Protocol Protocol, IReadOnlyList<string> Committed, IReadOnlyList<string> NotCommitted);
+
 /// <summary>The verdict of one run.</summary>
 /// <param name="Mixed">Transactions whose branches ended some committed and some not.</param>
 internal sealed record SimResult(
     int Seed,
     SimOptions Options,
     IReadOnlyList<string> Violations,
-    IReadOnlyList<(string Gid, Protocol Protocol)> Mixed,
+    IReadOnlyList<MixedOutcome> Mixed,
     string Summary,
     string TraceTail,
     IReadOnlyList<string> FullTrace,
@@ -125,7 +130,7 @@ internal sealed partial class SimulationRun
     private readonly SimNode _control;
     private readonly SimNode _client;
     private readonly List<string> _violations = [];
-    private readonly List<(string Gid, Protocol Protocol)> _mixed = [];
+    private readonly List<MixedOutcome> _mixed = [];
     private readonly TraceObserver _observer;
     private SimNode _coordinatorNode;
     private TransactionEngine _engine;

@@ -111,7 +111,7 @@ internal sealed partial record ThreePhasePartitionStory(
 
             condensed.Add(end - i == 1
                 ? lines[i]
-                : string.Create(CultureInfo.InvariantCulture, $"{lines[i].TrimEnd()} (×{end - i}, the last at {Time(lines[end - 1])})"));
+                : string.Create(CultureInfo.InvariantCulture, $"{lines[i].TrimEnd()} (×{end - i}, the last at {Seconds(lines[end - 1])} s)"));
             i = end;
         }
 
@@ -127,6 +127,9 @@ internal sealed partial record ThreePhasePartitionStory(
         var space = trimmed.IndexOf(' ', StringComparison.Ordinal);
         return space < 0 ? trimmed : trimmed[..space];
     }
+
+    private static string Seconds(string line) =>
+        double.TryParse(Time(line), NumberStyles.Float, CultureInfo.InvariantCulture, out var seconds) ? seconds.ToString("0.000", CultureInfo.InvariantCulture) : Time(line);
 
     private static string Shape(string line) => CallNumber().Replace(line.TrimStart()[Time(line).Length..], "#").TrimEnd();
 

@@ -248,7 +248,7 @@ public sealed class ThreePhasePartitionStoryTests
         ThreePhasePartitionStory.Condense(lines).ShouldBe(
         [
             "00018.823 sim       partition of payment healed",
-            "00019.560 payment#1 c75 tx2 payment.abort -> 409 (×3, the last at 00020.346)",
+            "00019.560 payment#1 c75 tx2 payment.abort -> 409 (×3, the last at 20.346 s)",
             "00020.400 order#1   c77 tx2 order.abort -> 200 released",
             "00020.614 payment#1 c78 tx2 payment.abort -> 409 ",
         ]);

@@ -6,5 +6,6 @@ var root = new RootCommand("treaty: a distributed transaction coordinator")
     ServeCommand.Create(),
     DemoCommand.Create(),
     TxCommands.Create(),
+    SimulateCommand.Create(),
 };
 return await root.Parse(args).InvokeAsync();

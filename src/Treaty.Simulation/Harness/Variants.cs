@@ -6,7 +6,7 @@ namespace Treaty.Simulation.Harness;
 /// <summary>
 /// A known-bad variant: a broken system the simulation must catch. Each is a wrapper or a policy
 /// in the harness (or, for act-before-persist, the engine's one test seam); production code is
-/// unchanged. <see cref="Name"/> is what <c>TREATY_SIM_VARIANT</c> takes.
+/// unchanged. <see cref="SimVariants.Name(SimVariant)"/> is what <c>TREATY_SIM_VARIANT</c> takes.
 /// </summary>
 internal enum SimVariant
 {
@@ -65,7 +65,7 @@ internal static class SimVariants
             ? found.Variant
             : throw new ArgumentException($"TREATY_SIM_VARIANT={name}: use one of {string.Join(", ", All.Select(v => v.Name))} (or partition for the 3PC partition mode).");
 
-    /// <summary>The machine of <paramref name="protocol"/> under <paramref name="variant"/>.</summary>
+    /// <summary><paramref name="machine"/> as it behaves under <paramref name="variant"/>.</summary>
     public static IProtocolMachine Machine(IProtocolMachine machine, SimVariant variant) => (variant, machine.Protocol) switch
     {
         (SimVariant.SkipCompensation, Protocol.Saga) => new SkipCompensationMachine(machine, "payment"),

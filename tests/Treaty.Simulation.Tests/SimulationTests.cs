@@ -5,7 +5,7 @@ using Treaty.Core.Model;
 using Treaty.Simulation.Harness;
 using Xunit.Abstractions;
 
-namespace Treaty.Simulation;
+namespace Treaty.Simulation.Tests;
 
 /// <summary>
 /// The real engine and every protocol machine under injected faults, one seed per run.
@@ -176,37 +176,87 @@ public sealed class ThreePhaseCommitPartitionTests(ITestOutputHelper output)
         Console.WriteLine(line);
         mixed.ShouldNotBeEmpty("3PC under partitions longer than the participants' timeout should be able to mix outcomes");
 
-        // The first such seed's timeline: the mixed transaction, the partition and the participants' decisions.
-        var first = SimulationRun.Execute(new SimOptions(mixed[0].Seed, Mode: SimMode.Partition, KeepFullTrace: true));
-        var gid = first.Mixed[0].Gid;
-        var timeline = first.FullTrace.Where(l => Shows(l, gid)).ToList();
-        var text = $"First seed with a mixed 3PC outcome: {first.Seed} ({gid}); replay: {first.Replay}\n{string.Join('\n', timeline)}";
+        // The first such seed's timeline (the search the demo runs finds the same seed, one seed after the other).
+        var story = ThreePhasePartitionStory.FindFirst(0, Bound).ShouldNotBeNull();
+        story.Seed.ShouldBe(mixed[0].Seed);
+        var text = $"First seed with a mixed 3PC outcome: {story.Seed} ({story.Outcome.Gid}); found in {story.Elapsed.TotalMilliseconds:0} ms; replay: {story.Replay}\n{string.Join('\n', story.Timeline)}";
         output.WriteLine(text);
         Console.WriteLine(text);
-        first.Mixed.ShouldContain(m => m.Protocol == Protocol.ThreePhaseCommit);
+        story.Outcome.Protocol.ShouldBe(Protocol.ThreePhaseCommit);
     }
+}
 
-    /// <summary>
-    /// Whether a trace line belongs to the story of <paramref name="gid"/>: its decisions, what its
-    /// participants did, their in-doubt decisions, the partitions and crashes — not every retry.
-    /// </summary>
-    private static bool Shows(string line, string gid)
+/// <summary>What <c>treaty demo</c> shows of the partition mode: the search for the first mixed seed, its timeline, the filters.</summary>
+public sealed class ThreePhasePartitionStoryTests
+{
+    [Fact]
+    public void FindFirst_ReturnsTheFirstSeedWhose3pcMixesOutcomes_WithItsTimeline()
     {
-        static bool Has(string line, string text) => line.Contains(text, StringComparison.Ordinal);
-        if (Has(line, "PARTITION") || Has(line, "healed") || Has(line, "CRASH (coordinator)") || Has(line, "MIXED"))
+        var story = ThreePhasePartitionStory.FindFirst(0, 500).ShouldNotBeNull();
+
+        story.SeedsTried.ShouldBe(story.Seed + 1);
+        story.Outcome.Protocol.ShouldBe(Protocol.ThreePhaseCommit);
+        story.Outcome.Committed.ShouldNotBeEmpty();
+        story.Outcome.NotCommitted.ShouldNotBeEmpty();
+        story.Deterministic.ShouldBeTrue();
+        story.Replay.ShouldStartWith($"TREATY_SIM_SEED={story.Seed} TREATY_SIM_VARIANT=partition ");
+        story.Timeline.ShouldContain(l => l.Contains("PARTITION", StringComparison.Ordinal));
+        story.Timeline.ShouldContain(l => l.Contains($" {story.Outcome.Gid}: atomicity (3pc) — MIXED", StringComparison.Ordinal));
+        foreach (var branch in story.Outcome.Committed)
         {
-            return true;
+            story.Timeline.ShouldContain(l => Of(l, story.Outcome.Gid, branch) && l.EndsWith(" captured", StringComparison.Ordinal), branch);
         }
 
-        if (!Has(line, $" {gid} ") && !Has(line, $" {gid}.") && !Has(line, $" {gid}:"))
+        foreach (var branch in story.Outcome.NotCommitted)
         {
-            return false;
+            story.Timeline.ShouldContain(l => Of(l, story.Outcome.Gid, branch) && l.EndsWith(" released", StringComparison.Ordinal), branch);
         }
 
-        return (Has(line, " -> ") && !Has(line, "-> Wait"))
-            || Has(line, "phase (") || Has(line, "aborting (") || Has(line, "committing (") || Has(line, "finished ")
-            || Has(line, "resolved locally") || Has(line, "checkout ") || Has(line, "LOST");
+        // Starting at the seed finds it at once, with the same timeline; no earlier seed mixes.
+        var again = ThreePhasePartitionStory.FindFirst(story.Seed, 1).ShouldNotBeNull();
+        again.Timeline.ShouldBe(story.Timeline);
+        again.TraceHash.ShouldBe(story.TraceHash);
+        if (story.Seed > 0)
+        {
+            ThreePhasePartitionStory.FindFirst(0, story.Seed).ShouldBeNull();
+        }
     }
+
+    [Fact]
+    public void Shows_KeepsTheTransactionsEventsAndThePartitions_NotOtherTransactionsOrWaits()
+    {
+        ThreePhasePartitionStory.Shows("00003.902 sim       PARTITION: payment cut off from the coordinator for 14.9s", "tx2").ShouldBeTrue();
+        ThreePhasePartitionStory.Shows("00015.698 payment#1 tx2.payment resolved locally: doCommit -> 200 captured", "tx2").ShouldBeTrue();
+        ThreePhasePartitionStory.Shows("00019.560 payment#1 c75 tx2 payment.abort -> 409 ", "tx2").ShouldBeTrue();
+        ThreePhasePartitionStory.Shows("00019.560 payment#1 c75 tx12 payment.abort -> 409 ", "tx1").ShouldBeFalse();
+        ThreePhasePartitionStory.Shows("00004.770 inventory#1 q2 tx2.inventory answer Abort -> Wait", "tx2").ShouldBeFalse();
+    }
+
+    [Fact]
+    public void Condense_FoldsRepeatsOfTheSameCall_KeepsEverythingElse()
+    {
+        string[] lines =
+        [
+            "00018.823 sim       partition of payment healed",
+            "00019.560 payment#1 c75 tx2 payment.abort -> 409 ",
+            "00020.084 payment#1 c76 tx2 payment.abort -> 409 ",
+            "00020.346 payment#1 c74 tx2 payment.abort -> 409 ",
+            "00020.400 order#1   c77 tx2 order.abort -> 200 released",
+            "00020.614 payment#1 c78 tx2 payment.abort -> 409 ",
+        ];
+
+        ThreePhasePartitionStory.Condense(lines).ShouldBe(
+        [
+            "00018.823 sim       partition of payment healed",
+            "00019.560 payment#1 c75 tx2 payment.abort -> 409 (×3, the last at 20.346 s)",
+            "00020.400 order#1   c77 tx2 order.abort -> 200 released",
+            "00020.614 payment#1 c78 tx2 payment.abort -> 409 ",
+        ]);
+    }
+
+    /// <summary>A participant's line about a branch: its call (<c>tx2 payment.abort</c>) or its own decision (<c>tx2.payment resolved</c>).</summary>
+    private static bool Of(string line, string gid, string branch) =>
+        line.Contains($" {gid} {branch}.", StringComparison.Ordinal) || line.Contains($" {gid}.{branch} ", StringComparison.Ordinal);
 }
 
 /// <summary>Runs seeds in parallel and gathers what failed (or what <c>keep</c> selects), the events and the coverage.</summary>

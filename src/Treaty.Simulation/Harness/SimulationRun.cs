@@ -26,13 +26,18 @@ internal sealed record SimOptions(
     bool KeepFullTrace = false,
     bool StopAtFirstViolation = false);
 
+/// <summary>A transaction whose branches ended some committed and some not.</summary>
+/// <param name="Committed">The branches that committed (captured), in the order of the transaction.</param>
+/// <param name="NotCommitted">The others (released, or never held).</param>
+internal sealed record MixedOutcome(string Gid, Protocol Protocol, IReadOnlyList<string> Committed, IReadOnlyList<string> NotCommitted);
+
 /// <summary>The verdict of one run.</summary>
 /// <param name="Mixed">Transactions whose branches ended some committed and some not.</param>
 internal sealed record SimResult(
     int Seed,
     SimOptions Options,
     IReadOnlyList<string> Violations,
-    IReadOnlyList<(string Gid, Protocol Protocol)> Mixed,
+    IReadOnlyList<MixedOutcome> Mixed,
     string Summary,
     string TraceTail,
     IReadOnlyList<string> FullTrace,
@@ -43,7 +48,7 @@ internal sealed record SimResult(
     public bool Ok => Violations.Count == 0;
 
     public string Replay =>
-        $"TREATY_SIM_SEED={Seed}{(Options.Variant == SimVariant.None ? "" : $" TREATY_SIM_VARIANT={SimVariants.Name(Options.Variant)}")}{(Options.Mode == SimMode.Partition ? " TREATY_SIM_VARIANT=partition" : "")} dotnet test tests/Treaty.Simulation --filter Seeds_Keep";
+        $"TREATY_SIM_SEED={Seed}{(Options.Variant == SimVariant.None ? "" : $" TREATY_SIM_VARIANT={SimVariants.Name(Options.Variant)}")}{(Options.Mode == SimMode.Partition ? " TREATY_SIM_VARIANT=partition" : "")} dotnet test tests/Treaty.Simulation.Tests --filter Seeds_Keep";
 
     public string Report() =>
         $"""
@@ -125,7 +130,7 @@ internal sealed partial class SimulationRun
     private readonly SimNode _control;
     private readonly SimNode _client;
     private readonly List<string> _violations = [];
-    private readonly List<(string Gid, Protocol Protocol)> _mixed = [];
+    private readonly List<MixedOutcome> _mixed = [];
     private readonly TraceObserver _observer;
     private SimNode _coordinatorNode;
     private TransactionEngine _engine;

@@ -376,7 +376,7 @@ internal sealed partial class SimulationRun
         var captured = counts.Values.Count(c => c.Finalized > 0);
         if (captured > 0 && captured < counts.Count)
         {
-            _mixed.Add((gid, checkout.Protocol));
+            _mixed.Add(new MixedOutcome(gid, checkout.Protocol, [.. counts.Where(kv => kv.Value.Finalized > 0).Select(kv => kv.Key)], [.. counts.Where(kv => kv.Value.Finalized == 0).Select(kv => kv.Key)]));
             Violation($"{gid}: atomicity ({protocol}) — MIXED outcome, {captured} of {counts.Count} branches committed, the coordinator says {state?.Status.ToWire() ?? "nothing"} ({detail})");
         }
 

@@ -7,6 +7,7 @@ internal static class ExperimentCatalogue
     [
         BlockingExperiment.Definition,
         ThreePhaseCommitExperiment.Definition,
+        ThreePhasePartitionExperiment.Definition,
         IsolationExperiment.Definition,
         DoubleChargeExperiment.Definition,
         AvailabilityExperiment.Definition,

@@ -260,8 +260,18 @@ internal sealed partial class OrderService(ShopDatabase database, OrderTransacti
         using var linked = CancellationTokenSource.CreateLinkedTokenSource(ct, timeout.Token);
         try
         {
-            var view = await saga.Client.GetAsync(gid, linked.Token);
-            return string.IsNullOrEmpty(view?.Reason) ? fallback : view.Reason;
+            while (true)
+            {
+                // 2PC's presumed abort sends its rollbacks before the abort is on the coordinator's
+                // disk (and visible to readers): ask again, briefly, until the reason shows.
+                var view = await saga.Client.GetAsync(gid, linked.Token);
+                if (!string.IsNullOrEmpty(view?.Reason))
+                {
+                    return view.Reason;
+                }
+
+                await Task.Delay(TimeSpan.FromMilliseconds(50), timeProvider, linked.Token);
+            }
         }
         catch (Exception e) when (e is HttpRequestException or Treaty.Client.TreatyApiException or JsonException
             || (e is OperationCanceledException && !ct.IsCancellationRequested))

@@ -493,14 +493,14 @@ public sealed partial class ChaosTests(ITestOutputHelper output)
         var reservations = new List<JsonNode>();
         foreach (var sku in Skus)
         {
-            var list = await env.GetJsonAsync($"{env.InventoryUrl}/stock/{sku}/reservations", ct);
-            reservations.AddRange(list["reservations"]!.AsArray().Select(r => r!));
+            var list = await env.GetJsonAsync($"{env.InventoryUrl}/stock/{sku}/holds", ct);
+            reservations.AddRange(list["holds"]!.AsArray().Select(r => r!));
         }
 
         var byGid = reservations.GroupBy(r => Str(r, "gid")!, StringComparer.Ordinal).ToDictionary(g => g.Key, g => g.ToList(), StringComparer.Ordinal);
         foreach (var (gid, tx) in transactions)
         {
-            var held = (byGid.GetValueOrDefault(gid) ?? []).Where(r => r["released"]?.GetValue<bool>() != true)
+            var held = (byGid.GetValueOrDefault(gid) ?? []).Where(r => Str(r, "state") != "released")
                 .GroupBy(r => Str(r, "sku")!, StringComparer.Ordinal)
                 .ToDictionary(g => g.Key, g => g.Sum(r => r["qty"]!.GetValue<int>()), StringComparer.Ordinal);
             var heldText = Describe(held);
@@ -548,7 +548,7 @@ public sealed partial class ChaosTests(ITestOutputHelper output)
         var reservations = new List<JsonNode>();
         foreach (var sku in Skus)
         {
-            reservations.AddRange((await env.GetJsonAsync($"{env.InventoryUrl}/stock/{sku}/reservations", ct))["reservations"]!.AsArray().Select(r => r!));
+            reservations.AddRange((await env.GetJsonAsync($"{env.InventoryUrl}/stock/{sku}/holds", ct))["holds"]!.AsArray().Select(r => r!));
         }
 
         var expected = new (string Url, string Path, int Rows)[]
@@ -556,7 +556,7 @@ public sealed partial class ChaosTests(ITestOutputHelper output)
             (env.PaymentUrl, "/saga/payment/reserve", entries.Count(e => Str(e, "kind") == "debit")),
             (env.PaymentUrl, "/saga/payment/refund", entries.Count(e => Str(e, "kind") == "refund")),
             (env.InventoryUrl, "/saga/inventory/reserve", reservations.Select(r => Str(r, "gid")).Distinct(StringComparer.Ordinal).Count()),
-            (env.InventoryUrl, "/saga/inventory/release", reservations.Where(r => r["released"]?.GetValue<bool>() == true).Select(r => Str(r, "gid")).Distinct(StringComparer.Ordinal).Count()),
+            (env.InventoryUrl, "/saga/inventory/release", reservations.Where(r => Str(r, "state") == "released").Select(r => Str(r, "gid")).Distinct(StringComparer.Ordinal).Count()),
         };
         var counts = new List<string>();
         foreach (var (url, path, rows) in expected)

@@ -54,8 +54,8 @@ internal sealed class DemoEnvironment : IAsyncDisposable
     /// <summary>
     /// The demo's <c>--in-doubt-after</c> for the services: short, so that the 3PC experiment's
     /// participants decide alone within seconds of losing their coordinator. Longer than the
-    /// coordinator takes to restart in the scenarios that kill it while no 3PC is in flight; the
-    /// chaos test keeps the services' default (30 s), far above its outages.
+    /// coordinator takes to restart in the scenarios that kill it while no 3PC is in flight. The
+    /// chaos test chooses its own per protocol (ChaosTests' ProtocolCase).
     /// </summary>
     public static readonly TimeSpan DemoInDoubtAfter = TimeSpan.FromSeconds(3);
 

@@ -36,8 +36,9 @@ internal static class BlockingExperiment
         var checks = new List<Check>();
 
         // Another coordinator (another application's) on the same services: it is up while ours is down.
+        var url = $"http://127.0.0.1:{ChildProcess.FreePort()}";
         using var other = ChildProcess.StartDotnet("coordinator-b", typeof(ChildProcess).Assembly.Location,
-            ["serve", "--urls", $"http://127.0.0.1:{ChildProcess.FreePort()}" is var url ? url : "", "--data-dir", Path.Combine(env.Root, "coordinator-b")],
+            ["serve", "--urls", url, "--data-dir", Path.Combine(env.Root, "coordinator-b")],
             new Dictionary<string, string> { [DemoEnvironment.CallbackSecretVariable] = env.CallbackSecret });
         await other.WaitHealthyAsync(env.Http, url + "/healthz", TimeSpan.FromSeconds(60), ct);
         using var otherClient = new TreatyClient(new Uri(url));

@@ -15,7 +15,19 @@ internal static class ServeCommand
             Description = $"Sign every branch call (Treaty-Signature) with this secret, at least {TreatyServerDefaults.MinCallbackSecretLength} characters; " +
                 $"{CallbackSecretVariable} does the same without showing the secret in the process list",
         };
-        var command = new Command("serve", "Run the coordinator (HTTP API, engine, recovery) on the embedded SQLite store") { urls, dataDir, callbackSecret };
+        var alertWebhook = new Option<string?>("--alert-webhook")
+        {
+            Description = "POST an alert (JSON) here when a transaction becomes stuck and when it stops being stuck; retried until answered 2xx",
+        };
+        var alertSecret = new Option<string?>("--alert-secret")
+        {
+            Description = $"Sign alerts (Treaty-Signature) with this secret, at least {TreatyServerDefaults.MinCallbackSecretLength} characters; " +
+                $"{AlertSecretVariable} does the same without showing the secret in the process list",
+        };
+        var command = new Command("serve", "Run the coordinator (HTTP API, engine, recovery) on the embedded SQLite store")
+        {
+            urls, dataDir, callbackSecret, alertWebhook, alertSecret,
+        };
         command.SetAction(async (parse, cancellationToken) =>
         {
             var options = new TreatyServerOptions
@@ -23,6 +35,8 @@ internal static class ServeCommand
                 Urls = parse.GetValue(urls)!,
                 DataDir = parse.GetValue(dataDir)!,
                 CallbackSecret = ResolveCallbackSecret(parse.GetValue(callbackSecret), Environment.GetEnvironmentVariable(CallbackSecretVariable)),
+                AlertWebhook = parse.GetValue(alertWebhook),
+                AlertSecret = ResolveCallbackSecret(parse.GetValue(alertSecret), Environment.GetEnvironmentVariable(AlertSecretVariable)),
             };
             try
             {
@@ -43,6 +57,9 @@ internal static class ServeCommand
 
     /// <summary>The environment variable read when <c>--callback-secret</c> is not given.</summary>
     internal const string CallbackSecretVariable = "TREATY_CALLBACK_SECRET";
+
+    /// <summary>The environment variable read when <c>--alert-secret</c> is not given.</summary>
+    internal const string AlertSecretVariable = "TREATY_ALERT_SECRET";
 
     /// <summary>The flag wins over the environment; an empty value means "no secret".</summary>
     internal static string? ResolveCallbackSecret(string? flag, string? environment) =>

@@ -6,6 +6,7 @@ using Treaty.Core.Engine;
 using Treaty.Core.Model;
 using Treaty.Core.Protocols;
 using Treaty.Core.Serialization;
+using Treaty.Server.Alerts;
 using Treaty.Storage.Sqlite;
 
 namespace Treaty.Server;
@@ -61,10 +62,19 @@ public static class TreatyServer
         services.AddSingleton<IProtocolMachine, ThreePhaseCommitMachine>();
         services.AddSingleton<IProtocolMachine, MessageMachine>();
         services.AddSingleton<TreatyTelemetry>();
-        services.AddSingleton<IEngineObserver>(sp => sp.GetRequiredService<TreatyTelemetry>());
         services.AddSingleton<TransactionEngine>();
         services.AddHostedService<StoreInitializer>();
         services.AddHostedService<RecoveryService>();
+        if (options.AlertWebhook is null)
+        {
+            services.AddSingleton<IEngineObserver>(sp => sp.GetRequiredService<TreatyTelemetry>());
+        }
+        else
+        {
+            services.AddSingleton<AlertMonitor>();
+            services.AddHostedService(sp => sp.GetRequiredService<AlertMonitor>());
+            services.AddSingleton<IEngineObserver>(sp => new CompositeEngineObserver(sp.GetRequiredService<TreatyTelemetry>(), sp.GetRequiredService<AlertMonitor>()));
+        }
         services.AddProblemDetails();
         services.AddOpenApi();
         services.Configure<JsonOptions>(json =>

@@ -35,6 +35,27 @@ public sealed class TreatyServerOptions
     /// </remarks>
     public string? CallbackSecret { get; set; }
 
+    /// <summary>
+    /// Where alerts go: a POST of JSON (<c>stuck</c>, then <c>resolved</c>) for every transaction that
+    /// waits for an operator, retried until the webhook answers 2xx. Null sends none.
+    /// </summary>
+    public string? AlertWebhook { get; set; }
+
+    /// <summary>Signs alerts (<c>Treaty-Signature</c>, as branch calls are signed) with this secret, at
+    /// least <see cref="TreatyServerDefaults.MinCallbackSecretLength"/> characters; null sends them
+    /// unsigned. Separate from <see cref="CallbackSecret"/>: whoever receives alerts must not be able
+    /// to forge branch calls. Never logged.</summary>
+    public string? AlertSecret { get; set; }
+
+    /// <summary>How often the alert monitor compares its outbox with the store's stuck transactions.</summary>
+    public TimeSpan AlertReconcileInterval { get; set; } = TreatyServerDefaults.AlertReconcileInterval;
+
+    /// <summary>First delay before an undelivered alert is sent again; doubles up to <see cref="AlertRetryMaxDelay"/>.</summary>
+    public TimeSpan AlertRetryInitialDelay { get; set; } = TreatyServerDefaults.AlertRetryInitialDelay;
+
+    /// <summary>Longest delay between two tries of an undelivered alert.</summary>
+    public TimeSpan AlertRetryMaxDelay { get; set; } = TreatyServerDefaults.AlertRetryMaxDelay;
+
     /// <summary>Validates the settings; throws with every problem named.</summary>
     public void Validate()
     {
@@ -75,6 +96,22 @@ public sealed class TreatyServerOptions
             problems.Add($"CallbackSecret must be at least {TreatyServerDefaults.MinCallbackSecretLength} characters when set.");
         }
 
+        if (AlertWebhook is not null
+            && !(Uri.TryCreate(AlertWebhook, UriKind.Absolute, out var webhook) && (webhook.Scheme == Uri.UriSchemeHttp || webhook.Scheme == Uri.UriSchemeHttps)))
+        {
+            problems.Add("AlertWebhook must be an absolute http or https URL.");
+        }
+
+        if (AlertSecret is not null && (AlertSecret.Length < TreatyServerDefaults.MinCallbackSecretLength || string.IsNullOrWhiteSpace(AlertSecret)))
+        {
+            problems.Add($"AlertSecret must be at least {TreatyServerDefaults.MinCallbackSecretLength} characters when set.");
+        }
+
+        if (AlertReconcileInterval <= TimeSpan.Zero || AlertRetryInitialDelay <= TimeSpan.Zero || AlertRetryMaxDelay < AlertRetryInitialDelay)
+        {
+            problems.Add("AlertReconcileInterval and AlertRetryInitialDelay must be positive, and AlertRetryMaxDelay at least AlertRetryInitialDelay.");
+        }
+
         if (problems.Count > 0)
         {
             throw new ArgumentException("Invalid Treaty server options: " + string.Join(" ", problems));
@@ -94,4 +131,7 @@ public static class TreatyServerDefaults
     public const int MinCallbackSecretLength = 16;
     public static readonly TimeSpan RecoveryInterval = TimeSpan.FromSeconds(1);
     public static readonly TimeSpan MaxWait = TimeSpan.FromSeconds(60);
+    public static readonly TimeSpan AlertReconcileInterval = TimeSpan.FromSeconds(10);
+    public static readonly TimeSpan AlertRetryInitialDelay = TimeSpan.FromSeconds(1);
+    public static readonly TimeSpan AlertRetryMaxDelay = TimeSpan.FromMinutes(1);
 }

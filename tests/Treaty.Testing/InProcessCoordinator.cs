@@ -9,14 +9,19 @@ namespace Treaty.Testing;
 public sealed class InProcessCoordinator : IAsyncDisposable
 {
     private readonly WebApplication _app;
+    private readonly bool _ownsDataDir;
 
-    private InProcessCoordinator(WebApplication app, TempDir dataDir)
+    private InProcessCoordinator(WebApplication app, TempDir dataDir, bool ownsDataDir)
     {
         _app = app;
         DataDir = dataDir;
+        _ownsDataDir = ownsDataDir;
     }
 
     public TempDir DataDir { get; }
+
+    /// <summary>The coordinator's services (its engine, store, alert monitor).</summary>
+    public IServiceProvider Services => _app.Services;
 
     public Uri BaseAddress { get; private set; } = null!;
 
@@ -30,13 +35,17 @@ public sealed class InProcessCoordinator : IAsyncDisposable
     /// <param name="configure">Last say over the host builder.</param>
     /// <param name="prefix">Prefix of the temp data dir.</param>
     /// <param name="configureOptions">Changes the server options (e.g. a callback secret) before they are validated.</param>
+    /// <param name="dataDir">Run on this data dir (a restart on the same store); the caller deletes it.
+    /// Null: a fresh one, deleted on dispose.</param>
     public static async Task<InProcessCoordinator> StartAsync(
         TimeSpan? recoveryInterval = null,
         Action<WebApplicationBuilder>? configure = null,
         string prefix = "treaty-tests",
-        Action<TreatyServerOptions>? configureOptions = null)
+        Action<TreatyServerOptions>? configureOptions = null,
+        TempDir? dataDir = null)
     {
-        var dataDir = new TempDir(prefix);
+        var ownsDataDir = dataDir is null;
+        dataDir ??= new TempDir(prefix);
         try
         {
             var options = new TreatyServerOptions
@@ -52,7 +61,7 @@ public sealed class InProcessCoordinator : IAsyncDisposable
                 b.Logging.SetMinimumLevel(LogLevel.Warning);
                 configure?.Invoke(b);
             });
-            var coordinator = new InProcessCoordinator(app, dataDir);
+            var coordinator = new InProcessCoordinator(app, dataDir, ownsDataDir);
             try
             {
                 await app.StartAsync();
@@ -69,7 +78,11 @@ public sealed class InProcessCoordinator : IAsyncDisposable
         }
         catch
         {
-            dataDir.Dispose();
+            if (ownsDataDir)
+            {
+                dataDir.Dispose();
+            }
+
             throw;
         }
     }
@@ -92,7 +105,10 @@ public sealed class InProcessCoordinator : IAsyncDisposable
         }
         finally
         {
-            DataDir.Dispose();
+            if (_ownsDataDir)
+            {
+                DataDir.Dispose();
+            }
         }
     }
 }

@@ -1,0 +1,48 @@
+using Treaty.Core.Engine;
+using Treaty.Core.Model;
+
+namespace Treaty.Server;
+
+/// <summary>Hands every engine event to several observers, in order.</summary>
+internal sealed class CompositeEngineObserver(params IEngineObserver[] observers) : IEngineObserver
+{
+    public void Submitted(TransactionState state)
+    {
+        foreach (var observer in observers)
+        {
+            observer.Submitted(state);
+        }
+    }
+
+    public void Persisted(TransactionState state, bool forced)
+    {
+        foreach (var observer in observers)
+        {
+            observer.Persisted(state, forced);
+        }
+    }
+
+    public void BranchCalled(TransactionState state, BranchCall call, BranchOutcome outcome, TimeSpan duration)
+    {
+        foreach (var observer in observers)
+        {
+            observer.BranchCalled(state, call, outcome, duration);
+        }
+    }
+
+    public void Finished(TransactionState state)
+    {
+        foreach (var observer in observers)
+        {
+            observer.Finished(state);
+        }
+    }
+
+    public void Alert(TransactionState state, Alert alert)
+    {
+        foreach (var observer in observers)
+        {
+            observer.Alert(state, alert);
+        }
+    }
+}

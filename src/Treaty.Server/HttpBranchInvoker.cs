@@ -6,6 +6,7 @@ using System.Text.Json;
 using Treaty.Core.Engine;
 using Treaty.Core.Model;
 using Treaty.Core.Security;
+using Treaty.Server.Security;
 
 namespace Treaty.Server;
 
@@ -24,9 +25,11 @@ internal sealed partial class HttpBranchInvoker : IBranchInvoker, IDisposable
     private readonly int _maxResultBytes;
     private readonly byte[]? _callbackSecret;
     private readonly ILogger _logger;
+    private readonly ParticipantAllowlist _allowlist;
 
-    public HttpBranchInvoker(TreatyServerOptions options, TimeProvider time, ILogger<HttpBranchInvoker> logger)
+    public HttpBranchInvoker(TreatyServerOptions options, TimeProvider time, ILogger<HttpBranchInvoker> logger, ParticipantAllowlist allowlist)
     {
+        _allowlist = allowlist;
         _time = time;
         _logger = logger;
         _maxResultBytes = options.MaxBranchResultBytes;
@@ -39,6 +42,8 @@ internal sealed partial class HttpBranchInvoker : IBranchInvoker, IDisposable
             AllowAutoRedirect = false, // a redirect could point anywhere: follow nothing.
             UseCookies = false,
             ConnectTimeout = TimeSpan.FromSeconds(5),
+            UseProxy = false, // a proxy would connect on our behalf, past the address check below.
+            ConnectCallback = allowlist.ConnectAsync, // resolves DNS itself; connects to allowed addresses only.
         };
         _http = new HttpClient(handler) { Timeout = Timeout.InfiniteTimeSpan };
     }
@@ -57,6 +62,12 @@ internal sealed partial class HttpBranchInvoker : IBranchInvoker, IDisposable
 
         activity?.SetTag("treaty.op", call.Op);
         activity?.SetTag("treaty.attempt", call.Attempt);
+
+        if (!_allowlist.IsAllowed(call.Url))
+        {
+            // Accepted under an older, wider allowlist: never called now; an operator decides.
+            return BranchOutcome.Unknown(null, "not called: the URL is outside the participant allowlist");
+        }
 
         using var timeout = new CancellationTokenSource(call.Timeout, _time);
         using var linked = CancellationTokenSource.CreateLinkedTokenSource(timeout.Token, cancellationToken);
@@ -92,9 +103,9 @@ internal sealed partial class HttpBranchInvoker : IBranchInvoker, IDisposable
 
             using var response = await _http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, linked.Token);
             var status = (int)response.StatusCode;
-            var body = await ReadBodyAsync(response, linked.Token);
+            var (body, clipped) = await ReadBodyAsync(response, linked.Token);
             activity?.SetTag("http.response.status_code", status);
-            return BranchOutcome.FromHttp(status, body);
+            return clipped ? StoredBodyCap.Clipped(status, body!, response.Content.Headers.ContentLength, _maxResultBytes) : BranchOutcome.FromHttp(status, body);
         }
         catch (OperationCanceledException) when (timeout.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
         {
@@ -144,11 +155,12 @@ internal sealed partial class HttpBranchInvoker : IBranchInvoker, IDisposable
         return buffer.WrittenMemory;
     }
 
-    private async Task<string?> ReadBodyAsync(HttpResponseMessage response, CancellationToken cancellationToken)
+    /// <summary>The body as text, at most <c>_maxResultBytes</c> of it; <c>clipped</c> when there was more.</summary>
+    private async Task<(string? Body, bool Clipped)> ReadBodyAsync(HttpResponseMessage response, CancellationToken cancellationToken)
     {
         if (response.Content.Headers.ContentLength == 0)
         {
-            return null;
+            return (null, false);
         }
 
         // Pooled: most answers are small and often chunked (no length), and this runs for every call.
@@ -157,22 +169,17 @@ internal sealed partial class HttpBranchInvoker : IBranchInvoker, IDisposable
         try
         {
             var read = 0;
-            while (true)
+            while (read <= _maxResultBytes)
             {
                 if (read == buffer.Length)
                 {
-                    if (buffer.Length > _maxResultBytes)
-                    {
-                        return null; // too large to keep; the outcome still counts.
-                    }
-
                     var larger = ArrayPool<byte>.Shared.Rent(Math.Min(buffer.Length * 2, _maxResultBytes + 1));
                     buffer.AsSpan(0, read).CopyTo(larger);
                     ArrayPool<byte>.Shared.Return(buffer);
                     buffer = larger;
                 }
 
-                var n = await stream.ReadAsync(buffer.AsMemory(read), cancellationToken);
+                var n = await stream.ReadAsync(buffer.AsMemory(read, Math.Min(buffer.Length, _maxResultBytes + 1) - read), cancellationToken);
                 if (n == 0)
                 {
                     break;
@@ -181,7 +188,10 @@ internal sealed partial class HttpBranchInvoker : IBranchInvoker, IDisposable
                 read += n;
             }
 
-            return read == 0 || read > _maxResultBytes ? null : Encoding.UTF8.GetString(buffer, 0, read);
+            // The rest is never read: the connection is dropped with the response.
+            return read > _maxResultBytes
+                ? (Encoding.UTF8.GetString(buffer, 0, _maxResultBytes), true)
+                : (read == 0 ? null : Encoding.UTF8.GetString(buffer, 0, read), false);
         }
         finally
         {

@@ -20,7 +20,12 @@ internal static class Problems
             .GroupBy(e => e.Field, StringComparer.Ordinal)
             .ToDictionary(g => g.Key, g => g.Select(e => e.Message).ToArray(), StringComparer.Ordinal);
         var detail = string.Join(" ", errors.Select(e => $"{e.Field}: {e.Message}"));
-        var title = type == ProblemTypes.UnsupportedProtocol ? "Unsupported protocol" : "The request is not valid";
+        var title = type switch
+        {
+            ProblemTypes.UnsupportedProtocol => "Unsupported protocol",
+            ProblemTypes.ParticipantNotAllowed => "Participant not allowed",
+            _ => "The request is not valid",
+        };
         return Create(StatusCodes.Status400BadRequest, type, title, detail, context, byField);
     }
 

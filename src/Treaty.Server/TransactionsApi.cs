@@ -5,18 +5,17 @@ using Treaty.Core.Contracts;
 using Treaty.Core.Engine;
 using Treaty.Core.Model;
 using Treaty.Core.Serialization;
+using Treaty.Server.Security;
 
 namespace Treaty.Server;
 
 /// <summary>The <c>/api/v1</c> endpoints.</summary>
 public static class TransactionsApi
 {
-    private const string ActorHeader = "Treaty-Actor";
-
     /// <summary>Maps the transaction API onto <paramref name="endpoints"/>.</summary>
     public static IEndpointRouteBuilder MapTreatyApi(this IEndpointRouteBuilder endpoints)
     {
-        var api = endpoints.MapGroup("/api/v1/transactions").WithTags("Transactions");
+        var api = endpoints.MapGroup("/api/v1/transactions").WithTags("Transactions").RequireTreatyClient();
         api.MapPost("", SubmitAsync)
             .WithName("SubmitTransaction")
             .WithSummary("Submit a transaction (idempotent on gid)")
@@ -49,12 +48,14 @@ public static class TransactionsApi
             .Produces<ProblemView>(StatusCodes.Status409Conflict, "application/problem+json");
         api.MapPost("/{gid}/retry", RetryAsync)
             .WithName("RetryTransaction")
+            .RequireTreatyOperator()
             .WithSummary("Operator: retry waiting operations now")
             .Produces<TransactionView>()
             .Produces<ProblemView>(StatusCodes.Status404NotFound, "application/problem+json")
             .Produces<ProblemView>(StatusCodes.Status409Conflict, "application/problem+json");
         api.MapPost("/{gid}/abort", AbortAsync)
             .WithName("AbortTransaction")
+            .RequireTreatyOperator()
             .WithSummary("Operator: abort (compensate) a transaction before its point of no return")
             .Produces<TransactionView>()
             .Produces<ProblemView>(StatusCodes.Status404NotFound, "application/problem+json")
@@ -62,7 +63,7 @@ public static class TransactionsApi
         return endpoints;
     }
 
-    private static async Task<IResult> SubmitAsync(HttpContext context, TransactionEngine engine, TreatyServerOptions options, CancellationToken cancellationToken)
+    private static async Task<IResult> SubmitAsync(HttpContext context, TransactionEngine engine, TreatyServerOptions options, ParticipantAllowlist allowlist, CancellationToken cancellationToken)
     {
         if (!IsJson(context.Request.ContentType))
         {
@@ -102,6 +103,11 @@ public static class TransactionsApi
         {
             return Problems.Validation(context, parsedRequest.Errors,
                 parsedRequest.UnsupportedProtocol ? ProblemTypes.UnsupportedProtocol : ProblemTypes.Validation);
+        }
+
+        if (allowlist.Check(parsedRequest.Spec!) is { Count: > 0 } refused)
+        {
+            return Problems.Validation(context, refused, ProblemTypes.ParticipantNotAllowed);
         }
 
         var result = await engine.SubmitAsync(parsedRequest.Spec!, parsedRequest.Fingerprint!, cancellationToken);
@@ -296,7 +302,7 @@ public static class TransactionsApi
             return Problems.NotFound(context, gid);
         }
 
-        var result = await engine.RetryAsync(gid, Actor(context), cancellationToken);
+        var result = await engine.RetryAsync(gid, TreatyAuthorization.ActorOf(context), cancellationToken);
         return AdminResponse(context, engine, gid, result, "It is already finished.");
     }
 
@@ -326,7 +332,7 @@ public static class TransactionsApi
             return Problems.Field(context, "reason", "At most 500 characters.");
         }
 
-        var result = await engine.AbortAsync(gid, Actor(context), reason, cancellationToken);
+        var result = await engine.AbortAsync(gid, TreatyAuthorization.ActorOf(context), reason, cancellationToken);
         return AdminResponse(context, engine, gid, result, "It is finished, or it has passed its point of no return (the pivot has started).");
     }
 
@@ -341,17 +347,6 @@ public static class TransactionsApi
             $"Transaction '{gid}' is {result.State?.Status.ToWire()}. {refusal}", context),
         _ => Results.Json(View(engine, result.State!), TreatyJsonContext.Default.TransactionView),
     };
-
-    private static string Actor(HttpContext context)
-    {
-        var actor = context.Request.Headers[ActorHeader].ToString();
-        if (string.IsNullOrWhiteSpace(actor) || actor.Length > 100)
-        {
-            actor = "api";
-        }
-
-        return $"{actor}@{context.Connection.RemoteIpAddress}";
-    }
 
     private static string NewGid() => Guid.CreateVersion7().ToString("N");
 

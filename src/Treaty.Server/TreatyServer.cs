@@ -7,6 +7,7 @@ using Treaty.Core.Model;
 using Treaty.Core.Protocols;
 using Treaty.Core.Serialization;
 using Treaty.Server.Alerts;
+using Treaty.Server.Security;
 using Treaty.Storage.Sqlite;
 
 namespace Treaty.Server;
@@ -35,14 +36,15 @@ public static class TreatyServer
         var app = builder.Build();
         app.UseExceptionHandler(errors => errors.Run(WriteUnhandledAsync));
         app.UseStatusCodePages(WriteStatusCodeAsync);
+        app.UseTreatySecurity(options);
         app.MapTreatyApi();
-        app.MapGet("/healthz", () => Results.Text("ok")).ExcludeFromDescription();
+        app.MapGet("/healthz", () => Results.Text("ok")).ExcludeFromDescription().AllowAnonymous();
         app.MapGet("/readyz", async (ITransactionStore store, CancellationToken ct) =>
         {
             await store.GetAsync("readyz", ct);
             return Results.Text("ready");
-        }).ExcludeFromDescription();
-        app.MapOpenApi("/openapi/{documentName}.json");
+        }).ExcludeFromDescription().AllowAnonymous();
+        app.MapOpenApi("/openapi/{documentName}.json").RequireTreatyClient();
         return app;
     }
 
@@ -54,6 +56,7 @@ public static class TreatyServer
         services.TryAddSingletonTimeProvider();
         services.AddSingleton<IRandomSource>(_ => new SeededRandomSource(Random.Shared.Next()));
         services.AddTreatySqliteStore(store => store.Path = Path.Combine(options.DataDir, "treaty.db"));
+        services.AddTreatySecurity(options);
         services.AddSingleton<IBranchInvoker, HttpBranchInvoker>();
         // Every protocol is registered explicitly.
         services.AddSingleton<IProtocolMachine, SagaMachine>();

@@ -56,6 +56,19 @@ public sealed class TreatyServerOptions
     /// <summary>Longest delay between two tries of an undelivered alert.</summary>
     public TimeSpan AlertRetryMaxDelay { get; set; } = TreatyServerDefaults.AlertRetryMaxDelay;
 
+    /// <summary>Client keys (submit and read), each <c>NAME:SECRET</c> or a bare secret; several for rotation.
+    /// None here and in <see cref="OperatorKeys"/>: no authentication, loopback only. Never logged.</summary>
+    public IList<string> ApiKeys { get; } = new List<string>();
+
+    /// <summary>Operator keys: everything a client key may do, plus retry, abort and the dashboard.</summary>
+    public IList<string> OperatorKeys { get; } = new List<string>();
+
+    /// <summary>URL prefixes the coordinator may call as participants; empty: loopback only.</summary>
+    public IList<string> AllowedParticipants { get; } = new List<string>();
+
+    /// <summary>Requests per second per key (or per remote address without one); 0: no limit.</summary>
+    public int RateLimitPerSecond { get; set; }
+
     /// <summary>Validates the settings; throws with every problem named.</summary>
     public void Validate()
     {
@@ -112,6 +125,7 @@ public sealed class TreatyServerOptions
             problems.Add("AlertReconcileInterval and AlertRetryInitialDelay must be positive, and AlertRetryMaxDelay at least AlertRetryInitialDelay.");
         }
 
+        Security.SecuritySettings.Validate(this, problems);
         if (problems.Count > 0)
         {
             throw new ArgumentException("Invalid Treaty server options: " + string.Join(" ", problems));
@@ -125,7 +139,7 @@ public static class TreatyServerDefaults
     public const string DataDir = "./data";
     public const string Urls = "http://127.0.0.1:5080";
     public const long MaxRequestBodyBytes = 1024 * 1024;
-    public const int MaxBranchResultBytes = 64 * 1024;
+    public const int MaxBranchResultBytes = 16 * 1024;
     public const int MaxConnectionsPerParticipant = 256;
     /// <summary>Shortest accepted <see cref="TreatyServerOptions.CallbackSecret"/>.</summary>
     public const int MinCallbackSecretLength = 16;

@@ -60,7 +60,10 @@ public sealed class BranchResultTests : IAsyncLifetime
         chunked.GetProperty("note").GetString().ShouldBe("chunked");
         view.Op("text", "action").Result.ShouldNotBeNull().GetString().ShouldBe("done"); // not JSON: kept as a JSON string
         view.Op("big", "action").Status.ShouldBe("succeeded");
-        view.Op("big", "action").Result.ShouldBeNull(); // over 64 KiB: the outcome counts, the body is not kept
+        // Over the stored-body cap (16 KiB by default): the outcome counts, a note replaces the body.
+        var note = view.Op("big", "action").Result.ShouldNotBeNull();
+        note.GetProperty("truncated").GetBoolean().ShouldBeTrue();
+        note.GetProperty("limit").GetInt32().ShouldBe(16 * 1024);
         view.Op("empty", "action").Result.ShouldBeNull();
     }
 }

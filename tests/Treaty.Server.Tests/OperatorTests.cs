@@ -62,7 +62,7 @@ public sealed class OperatorTests(ServerFixture fixture) : IClassFixture<ServerF
         _participant.EffectsOn($"{gid}/s1/compensate").ShouldBe(1);
         _participant.CallsTo($"{gid}/s1/compensate").Select(c => c.IdempotencyKey).Distinct().ShouldBe([$"{gid}/s1/compensate"]);
         (await Api.ListAsync(_http, "?stuck=true&limit=500")).Items.ShouldNotContain(i => i.Gid == gid);
-        (await _client.GetEventsAsync(gid)).Events.ShouldContain(e => e.Kind == "operator-retry" && e.Detail!.Contains("api@"));
+        (await _client.GetEventsAsync(gid)).Events.ShouldContain(e => e.Kind == "operator-retry" && e.Detail!.Contains("anonymous@127.0.0.1"));
     }
 
     [Fact]

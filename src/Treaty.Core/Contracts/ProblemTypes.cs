@@ -14,4 +14,8 @@ public static class ProblemTypes
     public const string PayloadTooLarge = Base + "payload-too-large";
     public const string UnsupportedMediaType = Base + "unsupported-media-type";
     public const string Internal = Base + "internal";
+    public const string Unauthorized = Base + "unauthorized";
+    public const string Forbidden = Base + "forbidden";
+    public const string ParticipantNotAllowed = Base + "participant-not-allowed";
+    public const string RateLimited = Base + "rate-limited";
 }

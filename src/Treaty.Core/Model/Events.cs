@@ -128,7 +128,16 @@ public sealed record BranchOutcome(OutcomeKind Kind, int? StatusCode, string? Er
         return $"HTTP {status}";
     }
 
-    private static string Clip(string text) => text.Length <= 300 ? text : text[..300] + "…";
+    private static string Clip(string text)
+    {
+        if (text.Length <= 300)
+        {
+            return text;
+        }
+
+        var end = char.IsHighSurrogate(text[299]) ? 299 : 300;
+        return $"{text[..end]}… (truncated, {System.Text.Encoding.UTF8.GetByteCount(text)} bytes)";
+    }
 }
 
 /// <summary>What the engine must do after persisting a decision.</summary>

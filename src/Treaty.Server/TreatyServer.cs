@@ -44,7 +44,14 @@ public static class TreatyServer
             await store.GetAsync("readyz", ct);
             return Results.Text("ready");
         }).ExcludeFromDescription().AllowAnonymous();
-        app.MapOpenApi("/openapi/{documentName}.json").RequireTreatyClient();
+        app.MapOpenApi("/openapi/{documentName}.json").RequireTreatyClient().Add(endpoint =>
+        {
+            // The OpenAPI package answers an unknown document name in plain text; every error here is problem+json.
+            var serve = endpoint.RequestDelegate!;
+            endpoint.RequestDelegate = context => context.GetRouteValue("documentName") is "v1"
+                ? serve(context)
+                : Problems.Create(StatusCodes.Status404NotFound, ProblemTypes.NotFound, "Not found", "The OpenAPI document is /openapi/v1.json.", context).ExecuteAsync(context);
+        });
         return app;
     }
 

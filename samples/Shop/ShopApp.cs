@@ -93,6 +93,7 @@ public static class ShopApp
             {
                 resolver.Coordinator = new Uri(coordinator.TrimEnd('/') + "/");
                 resolver.After = options.InDoubtAfter;
+                resolver.ApiKey = options.CoordinatorKey;
                 resolver.PollInterval = Clamp(options.InDoubtAfter / 4, TimeSpan.FromMilliseconds(100), TimeSpan.FromSeconds(5));
                 resolver.FirstRecheckDelay = Clamp(options.InDoubtAfter / 2, TimeSpan.FromMilliseconds(200), TimeSpan.FromSeconds(5));
                 resolver.RequestTimeout = Clamp(options.InDoubtAfter / 2, TimeSpan.FromMilliseconds(500), TimeSpan.FromSeconds(10));
@@ -102,7 +103,7 @@ public static class ShopApp
         if (options.Service == ShopService.Order)
         {
             builder.Services.AddTreatyIdempotency();
-            builder.Services.AddSingleton(_ => new TreatyClient(new Uri(options.CoordinatorUrl!)));
+            builder.Services.AddSingleton(_ => new TreatyClient(new Uri(options.CoordinatorUrl!), options.CoordinatorKey));
             builder.Services.AddSingleton<OrderTransaction>();
             builder.Services.AddSingleton<OrderService>();
             builder.Services.AddSingleton<OrderOutbox>();

@@ -48,6 +48,13 @@ public sealed class ShopOptions
     public string? CallbackSecret { get; init; }
 
     /// <summary>
+    /// The coordinator's client key (<c>treaty serve --api-key</c>), sent as <c>Authorization: Bearer</c>
+    /// by the Order service's client and the in-doubt resolver; null for a coordinator without keys.
+    /// <c>--coordinator-key</c>, or <c>TREATY_COORDINATOR_KEY</c> (out of the process list). Never logged.
+    /// </summary>
+    public string? CoordinatorKey { get; init; }
+
+    /// <summary>
     /// How long a transaction may leave this service without its outcome before the service asks
     /// the coordinator: the participant kit's in-doubt resolver (2PC/3PC branches that voted YES;
     /// 3PC's termination rule decides alone when the coordinator is unreachable) and the Order
@@ -67,7 +74,10 @@ public sealed class ShopOptions
     /// <summary>The command line usage.</summary>
     public const string Usage =
         "usage: Shop --service order|payment|inventory --urls URL --data-dir DIR " +
-        "[--coordinator URL --payment URL --inventory URL] [--public-url URL] [--callback-secret SECRET] [--in-doubt-after SECONDS] [--faults]";
+        "[--coordinator URL --payment URL --inventory URL] [--public-url URL] [--callback-secret SECRET] [--coordinator-key KEY] [--in-doubt-after SECONDS] [--faults]";
+
+    /// <summary>The environment variable read when <c>--coordinator-key</c> is not given.</summary>
+    public const string CoordinatorKeyVariable = "TREATY_COORDINATOR_KEY";
 
     /// <summary>The environment variable read when <c>--callback-secret</c> is not given (keeps the secret out of the process list).</summary>
     public const string CallbackSecretVariable = "TREATY_CALLBACK_SECRET";
@@ -114,7 +124,7 @@ public sealed class ShopOptions
                 throw new ArgumentException($"Unexpected argument '{arg}'.");
             }
 
-            if (name is not ("service" or "urls" or "data-dir" or "coordinator" or "payment" or "inventory" or "public-url" or "callback-secret" or "in-doubt-after"))
+            if (name is not ("service" or "urls" or "data-dir" or "coordinator" or "payment" or "inventory" or "public-url" or "callback-secret" or "coordinator-key" or "in-doubt-after"))
             {
                 throw new ArgumentException($"Unknown option '--{name}'.");
             }
@@ -147,6 +157,9 @@ public sealed class ShopOptions
             CallbackSecret = values.GetValueOrDefault("callback-secret") is { Length: > 0 } flag
                 ? flag
                 : string.IsNullOrEmpty(secretFromEnvironment) ? null : secretFromEnvironment,
+            CoordinatorKey = values.GetValueOrDefault("coordinator-key") is { Length: > 0 } key
+                ? key
+                : Environment.GetEnvironmentVariable(CoordinatorKeyVariable) is { Length: > 0 } fromEnvironment ? fromEnvironment : null,
             EnableFaults = faults,
             InDoubtAfter = values.GetValueOrDefault("in-doubt-after") is { } after
                 ? double.TryParse(after, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var seconds) && seconds is > 0 and <= 86_400

@@ -28,6 +28,12 @@ internal static class ServeCommand
         {
             urls, dataDir, callbackSecret, alertWebhook, alertSecret,
         };
+        var security = new ServeSecurityFlags();
+        foreach (var option in security.All)
+        {
+            command.Options.Add(option);
+        }
+
         command.SetAction(async (parse, cancellationToken) =>
         {
             var options = new TreatyServerOptions
@@ -38,6 +44,7 @@ internal static class ServeCommand
                 AlertWebhook = parse.GetValue(alertWebhook),
                 AlertSecret = ResolveCallbackSecret(parse.GetValue(alertSecret), Environment.GetEnvironmentVariable(AlertSecretVariable)),
             };
+            security.Apply(parse, options);
             try
             {
                 options.Validate();

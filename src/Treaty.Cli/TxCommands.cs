@@ -11,25 +11,30 @@ internal static class TxCommands
     public static Command Create()
     {
         var server = new Option<string>("--server") { Description = "Coordinator URL", DefaultValueFactory = _ => Server.TreatyServerDefaults.Urls, Recursive = true };
-        var tx = new Command("tx", "Inspect and operate transactions") { server };
+        var apiKey = new Option<string?>("--api-key")
+        {
+            Description = $"Key for a coordinator with keys (retry and abort need an operator key); {ApiKeyVariable} does the same without showing it in the process list",
+            Recursive = true,
+        };
+        var tx = new Command("tx", "Inspect and operate transactions") { server, apiKey };
 
         var stuck = new Option<bool>("--stuck") { Description = "Only transactions waiting for an operator" };
         var status = new Option<string?>("--status") { Description = "pending, running, aborting, committed or aborted" };
         var limit = new Option<int>("--limit") { Description = "At most this many", DefaultValueFactory = _ => 50 };
         var list = new Command("list", "List transactions, newest first") { stuck, status, limit };
-        list.SetAction((parse, ct) => RunAsync(parse.GetValue(server)!, client =>
+        list.SetAction((parse, ct) => RunAsync(parse.GetValue(server)!, parse.GetValue(apiKey) is { Length: > 0 } key ? key : Environment.GetEnvironmentVariable(ApiKeyVariable), client =>
             ListAsync(client, parse.GetValue(stuck), AnsiConsole.Console, ct, parse.GetValue(status), parse.GetValue(limit)), ct));
 
         var gid = new Argument<string>("gid") { Description = "Transaction id" };
         var show = new Command("show", "Show a transaction: branches, attempts, timeline") { gid };
-        show.SetAction((parse, ct) => RunAsync(parse.GetValue(server)!, client => ShowAsync(client, parse.GetValue(gid)!, AnsiConsole.Console, ct), ct));
+        show.SetAction((parse, ct) => RunAsync(parse.GetValue(server)!, parse.GetValue(apiKey) is { Length: > 0 } key ? key : Environment.GetEnvironmentVariable(ApiKeyVariable), client => ShowAsync(client, parse.GetValue(gid)!, AnsiConsole.Console, ct), ct));
 
         var retry = new Command("retry", "Retry a transaction's waiting operations now (restarts their retry budget)") { gid };
-        retry.SetAction((parse, ct) => RunAsync(parse.GetValue(server)!, client => RetryAsync(client, parse.GetValue(gid)!, AnsiConsole.Console, ct), ct));
+        retry.SetAction((parse, ct) => RunAsync(parse.GetValue(server)!, parse.GetValue(apiKey) is { Length: > 0 } key ? key : Environment.GetEnvironmentVariable(ApiKeyVariable), client => RetryAsync(client, parse.GetValue(gid)!, AnsiConsole.Console, ct), ct));
 
         var reason = new Option<string?>("--reason") { Description = "Why (kept in the audit trail)" };
         var abort = new Command("abort", "Abort a transaction that has not passed its pivot (compensates what was applied)") { gid, reason };
-        abort.SetAction((parse, ct) => RunAsync(parse.GetValue(server)!, async client =>
+        abort.SetAction((parse, ct) => RunAsync(parse.GetValue(server)!, parse.GetValue(apiKey) is { Length: > 0 } key ? key : Environment.GetEnvironmentVariable(ApiKeyVariable), async client =>
         {
             var view = await client.AbortAsync(parse.GetValue(gid)!, parse.GetValue(reason), ct);
             AnsiConsole.MarkupLineInterpolated($"Abort accepted: {view.Gid} is {view.Status}.");
@@ -43,7 +48,10 @@ internal static class TxCommands
         return tx;
     }
 
-    private static async Task<int> RunAsync(string server, Func<TreatyClient, Task<int>> action, CancellationToken cancellationToken)
+    /// <summary>The environment variable read when <c>--api-key</c> is not given.</summary>
+    internal const string ApiKeyVariable = "TREATY_API_KEY";
+
+    private static async Task<int> RunAsync(string server, string? apiKey, Func<TreatyClient, Task<int>> action, CancellationToken cancellationToken)
     {
         if (!Uri.TryCreate(server, UriKind.Absolute, out var uri))
         {
@@ -51,7 +59,7 @@ internal static class TxCommands
             return 2;
         }
 
-        using var client = new TreatyClient(uri);
+        using var client = new TreatyClient(uri, apiKey);
         try
         {
             return await action(client);

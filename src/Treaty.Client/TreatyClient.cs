@@ -49,13 +49,22 @@ public sealed class TreatyClient : IDisposable
     /// <summary>Creates its own <see cref="HttpClient"/> for the coordinator at <paramref name="baseAddress"/>.</summary>
     /// <param name="baseAddress">The coordinator, e.g. <c>http://127.0.0.1:5000</c>.</param>
     public TreatyClient(Uri baseAddress)
-        : this(CreateHttpClient(baseAddress), TimeProvider.System, ownsHttp: true)
+        : this(baseAddress, apiKey: null)
+    {
+    }
+
+    /// <summary>Creates its own <see cref="HttpClient"/> for the coordinator at <paramref name="baseAddress"/>,
+    /// sending <paramref name="apiKey"/> as <c>Authorization: Bearer</c> on every request.</summary>
+    /// <param name="baseAddress">The coordinator, e.g. <c>http://127.0.0.1:5000</c>.</param>
+    /// <param name="apiKey">A client or operator key of the coordinator (<c>--api-key</c>, <c>--operator-key</c>); null or empty sends none.</param>
+    public TreatyClient(Uri baseAddress, string? apiKey)
+        : this(CreateHttpClient(baseAddress, apiKey), TimeProvider.System, ownsHttp: true)
     {
     }
 
     /// <summary>A client that owns its <see cref="HttpClient"/> and reads time from <paramref name="timeProvider"/>.</summary>
-    internal static TreatyClient Create(Uri baseAddress, TimeProvider timeProvider) =>
-        new(CreateHttpClient(baseAddress), timeProvider, ownsHttp: true);
+    internal static TreatyClient Create(Uri baseAddress, TimeProvider timeProvider, string? apiKey = null) =>
+        new(CreateHttpClient(baseAddress, apiKey), timeProvider, ownsHttp: true);
 
     private TreatyClient(HttpClient http, TimeProvider timeProvider, bool ownsHttp)
     {
@@ -320,11 +329,17 @@ public sealed class TreatyClient : IDisposable
         };
     }
 
-    private static HttpClient CreateHttpClient(Uri baseAddress)
+    private static HttpClient CreateHttpClient(Uri baseAddress, string? apiKey)
     {
         ArgumentNullException.ThrowIfNull(baseAddress);
         // A long-lived client with a bounded connection lifetime, so DNS changes are picked up.
         var handler = new SocketsHttpHandler { PooledConnectionLifetime = TimeSpan.FromMinutes(2) };
-        return new HttpClient(handler, disposeHandler: true) { BaseAddress = baseAddress };
+        var http = new HttpClient(handler, disposeHandler: true) { BaseAddress = baseAddress };
+        if (!string.IsNullOrEmpty(apiKey))
+        {
+            http.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", apiKey);
+        }
+
+        return http;
     }
 }

@@ -37,6 +37,12 @@ public sealed class InDoubtResolverOptions
     /// </summary>
     public TimeSpan RequestTimeout { get; set; } = InDoubtResolverDefaults.RequestTimeout;
 
+    /// <summary>
+    /// A client key of the coordinator (its <c>--api-key</c>), sent as <c>Authorization: Bearer</c>;
+    /// null sends none (a coordinator without keys). Never logged.
+    /// </summary>
+    public string? ApiKey { get; set; }
+
     /// <summary>Most branches looked at in one pass. Default 100.</summary>
     public int BatchSize { get; set; } = InDoubtResolverDefaults.BatchSize;
 

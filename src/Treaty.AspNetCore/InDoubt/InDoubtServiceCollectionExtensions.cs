@@ -36,7 +36,13 @@ public static class InDoubtServiceCollectionExtensions
         services.AddTreatyBarrier();
         services.AddOptions<InDoubtResolverOptions>().Configure(configure).ValidateOnStart();
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<InDoubtResolverOptions>, InDoubtResolverOptionsValidator>());
-        services.AddHttpClient(InDoubtResolverDefaults.HttpClientName);
+        services.AddHttpClient(InDoubtResolverDefaults.HttpClientName).ConfigureHttpClient((provider, http) =>
+        {
+            if (provider.GetRequiredService<IOptions<InDoubtResolverOptions>>().Value.ApiKey is { Length: > 0 } key)
+            {
+                http.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", key);
+            }
+        });
         services.TryAddSingleton<InDoubtResolver>();
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IHostedService, InDoubtResolver>(provider => provider.GetRequiredService<InDoubtResolver>()));
         return services;

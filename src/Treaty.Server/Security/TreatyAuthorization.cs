@@ -29,6 +29,8 @@ internal static partial class TreatyAuthorization
     public static IServiceCollection AddTreatySecurity(this IServiceCollection services, TreatyServerOptions options)
     {
         services.AddSingleton(ApiKeyRing.From(options));
+        // The base handler logs every challenge at Information: one line per 401 would drown the log.
+        services.Configure<LoggerFilterOptions>(filters => filters.AddFilter(typeof(TreatyKeyAuthenticationHandler).FullName, LogLevel.Warning));
         services.AddSingleton(ParticipantAllowlist.From(options));
         services.AddAuthentication(TreatyKeyAuthenticationHandler.SchemeName)
             .AddScheme<AuthenticationSchemeOptions, TreatyKeyAuthenticationHandler>(TreatyKeyAuthenticationHandler.SchemeName, null);
@@ -137,16 +139,16 @@ internal static partial class TreatyAuthorization
 
         public Task StopAsync(CancellationToken cancellationToken) => Task.CompletedTask;
 
-        [LoggerMessage(EventId = 3001, Level = LogLevel.Warning, Message = "No API keys configured; accepting unauthenticated requests on loopback only")]
+        [LoggerMessage(EventId = 3011, Level = LogLevel.Warning, Message = "No API keys configured; accepting unauthenticated requests on loopback only")]
         private static partial void LogNoKeys(ILogger logger);
 
-        [LoggerMessage(EventId = 3003, Level = LogLevel.Information, Message = "API keys: {Clients} client and {Operators} operator keys ({Names})")]
+        [LoggerMessage(EventId = 3013, Level = LogLevel.Information, Message = "API keys: {Clients} client and {Operators} operator keys ({Names})")]
         private static partial void LogKeys(ILogger logger, int clients, int operators, string names);
 
-        [LoggerMessage(EventId = 3004, Level = LogLevel.Critical, Message = "No API keys configured but listening on {Address}, beyond loopback; stopping")]
+        [LoggerMessage(EventId = 3014, Level = LogLevel.Critical, Message = "No API keys configured but listening on {Address}, beyond loopback; stopping")]
         private static partial void LogExposed(ILogger logger, string address);
 
-        [LoggerMessage(EventId = 3005, Level = LogLevel.Information, Message = "Participants allowed: {Allowlist}; rate limit: {RateLimit}")]
+        [LoggerMessage(EventId = 3015, Level = LogLevel.Information, Message = "Participants allowed: {Allowlist}; rate limit: {RateLimit}")]
         private static partial void LogAllowlist(ILogger logger, string allowlist, string rateLimit);
     }
 }

@@ -78,6 +78,6 @@ internal sealed partial class TreatyKeyAuthenticationHandler(
         Problems.Create(StatusCodes.Status403Forbidden, ProblemTypes.Forbidden, "Forbidden",
             $"{Context.User.Identity?.Name} is a client key; {Request.Method} {Request.Path} needs an operator key.", Context).ExecuteAsync(Context);
 
-    [LoggerMessage(EventId = 3002, Level = LogLevel.Warning, Message = "Rejected an unknown API key from {RemoteAddress} on {Path}")]
+    [LoggerMessage(EventId = 3012, Level = LogLevel.Warning, Message = "Rejected an unknown API key from {RemoteAddress} on {Path}")]
     private static partial void LogRejected(ILogger logger, string remoteAddress, string path);
 }

@@ -75,7 +75,7 @@ public sealed class KeyAuthTests : IAsyncLifetime
         {
         }
 
-        _server.Logs.Lines.ShouldContain(l => l.Id.Id == 3003 && l.Message.Contains("ops") && l.Message.Contains("app"));
+        _server.Logs.Lines.ShouldContain(l => l.Id.Id == 3013 && l.Message.Contains("ops") && l.Message.Contains("app"));
         _server.Logs.Lines.ShouldNotContain(l => l.Message.Contains(SecureServer.ClientSecret) || l.Message.Contains(SecureServer.OperatorSecret) || l.Message.Contains(SecureServer.NewOperatorSecret));
     }
 
@@ -226,7 +226,7 @@ public sealed class KeyAuthTests : IAsyncLifetime
             retried.StatusCode.ShouldBe(HttpStatusCode.Conflict); // authorized; finished already
         }
 
-        open.Logs.Lines.ShouldContain(l => l.Id.Id == 3001 && l.Level == Microsoft.Extensions.Logging.LogLevel.Warning
+        open.Logs.Lines.ShouldContain(l => l.Id.Id == 3011 && l.Level == Microsoft.Extensions.Logging.LogLevel.Warning
             && l.Message == "No API keys configured; accepting unauthenticated requests on loopback only");
         TreatyAuthorization.ActorOf(new DefaultHttpContext { Connection = { RemoteIpAddress = IPAddress.Loopback } }).ShouldBe("anonymous@127.0.0.1");
     }

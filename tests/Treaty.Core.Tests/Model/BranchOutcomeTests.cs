@@ -63,6 +63,7 @@ public sealed class BranchOutcomeTests
         BranchOutcome.FromHttp(409, """{"detail":42}""").Error.ShouldBe("HTTP 409");
         BranchOutcome.FromHttp(409, "[1,2]").Error.ShouldBe("HTTP 409");
         BranchOutcome.FromHttp(503, null).Error.ShouldBe("HTTP 503");
-        BranchOutcome.FromHttp(500, new string('x', 400)).Error.ShouldBe($"HTTP 500: {new string('x', 300)}…");
+        BranchOutcome.FromHttp(500, new string('x', 400)).Error.ShouldBe($"HTTP 500: {new string('x', 300)}… (truncated, 400 bytes)");
+        BranchOutcome.FromHttp(409, "{\"detail\":\"" + new string('é', 400) + "\"}").Error.ShouldBe($"HTTP 409: {new string('é', 300)}… (truncated, 800 bytes)");
     }
 }

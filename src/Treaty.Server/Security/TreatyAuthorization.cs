@@ -107,7 +107,7 @@ internal static partial class TreatyAuthorization
 
     /// <summary>Says at start how the server is protected, and stops a keyless server that ended up
     /// listening beyond loopback (Kestrel configured around <see cref="TreatyServerOptions.Urls"/>).</summary>
-    private sealed partial class SecurityStartupCheck(
+    internal sealed partial class SecurityStartupCheck(
         ApiKeyRing keys, ParticipantAllowlist allowlist, TreatyServerOptions options, IServer server,
         IHostApplicationLifetime lifetime, ILogger<SecurityStartupCheck> logger) : IHostedService
     {

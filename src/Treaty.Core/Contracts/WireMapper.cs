@@ -48,7 +48,11 @@ public static class WireMapper
         record.Entry.Op,
         record.Entry.Attempt,
         record.Entry.StatusCode,
-        record.Entry.Detail);
+        record.Entry.Detail)
+    {
+        DurationMs = record.Entry.DurationMs,
+        Body = record.Entry.Body,
+    };
 
     private static BranchView ToView(TransactionState state, int index, IProtocolMachine machine)
     {

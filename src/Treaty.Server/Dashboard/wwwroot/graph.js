@@ -12,8 +12,8 @@ const PAD = 16;
 export function tone(status) {
   const s = String(status || '');
   if (/^(succeeded|confirmed|committed|delivered|reserved|prepared|pre-committed|voted-yes)$/.test(s)) return 'ok';
-  if (/^(failed|unknown|voted-no|pre-commit-refused|exhausted)$/.test(s)) return 'bad';
-  if (/^(compensated|cancelled|rolled-back|aborted)$/.test(s)) return 'undone';
+  if (/^(failed|unknown|refused|voted-no|pre-commit-refused|exhausted)$/.test(s)) return 'bad';
+  if (/^(compensated|cancelled|rolled-back|rollback-sent|aborted)$/.test(s)) return 'undone';
   if (/^(compensating|cancelling|rolling-back|aborting)$/.test(s)) return 'undoing';
   if (/ing$/.test(s) || s === 'in-flight' || s === 'waiting') return 'active';
   return 'idle';

@@ -185,6 +185,8 @@ public sealed class DashboardTests(DashboardFixture fixture) : IClassFixture<Das
         await Expect(row).ToContainTextAsync("stock.confirm");
         await Expect(row).ToContainTextAsync("503");
         await Expect(_page.Locator("#stuck-badge")).ToBeVisibleAsync();
+        // The commit is decided: only a retry can finish it, so the page offers no abort.
+        await Expect(row.Locator("button[data-action=abort]")).ToHaveCountAsync(0);
         await BrowserSession.ScreenshotAsync(_page, "dashboard-stuck.png");
 
         fixture.Participant.Heal(confirm);

@@ -328,6 +328,8 @@ function toLocalInput(iso) {
 function actionButtons(tx, after) {
   const terminal = tx.status === 'committed' || tx.status === 'aborted';
   if (terminal) return null;
+  // Past its point of no return (the commit is decided) or already aborting, an abort would be refused (409).
+  const canAbort = tx.decision !== 'commit' && tx.status !== 'aborting';
   const reason = h('input', { type: 'text', class: 'reason-input', placeholder: 'reason for abort (optional)', maxlength: 500, 'aria-label': 'Reason for abort' });
   let armed = false;
   const abort = h('button', {
@@ -347,7 +349,7 @@ function actionButtons(tx, after) {
     type: 'button', class: 'primary', 'data-action': 'retry',
     onclick: () => act(() => api.retry(tx.gid), `Retry of ${tx.gid} requested.`, after),
   }, 'Retry now');
-  return h('div', { class: 'actions' }, retry, abort, reason);
+  return canAbort ? h('div', { class: 'actions' }, retry, abort, reason) : h('div', { class: 'actions' }, retry);
 }
 
 async function act(call, message, after) {
@@ -372,7 +374,7 @@ function stuckView() {
     h('h1', {}, 'Stuck transactions'),
     h('p', { class: 'hint' }, 'These wait for an operator: an operation ran out of retries (or the deadline passed). Fix the participant, then retry; or abort while the transaction has not passed its point of no return. Every action is recorded in the transaction\'s timeline.'),
     h('table', { class: 'list' },
-      h('thead', {}, h('tr', {}, ['Gid', 'Protocol', 'Status', 'Waiting on', 'Attempts', 'Last error', 'Since', 'Actions'].map((c) => h('th', {}, c)))),
+      h('thead', {}, h('tr', {}, ['Gid', 'Protocol', 'Status', 'Waiting on', 'Attempts', 'Last error', 'Updated', 'Actions'].map((c) => h('th', {}, c)))),
       body));
 
   let last = '';

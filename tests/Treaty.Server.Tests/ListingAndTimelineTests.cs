@@ -169,6 +169,29 @@ public sealed class ListingAndTimelineTests(ServerFixture fixture) : IClassFixtu
     }
 
     [Theory]
+    [InlineData("70000")]
+    [InlineData("-1")]
+    public async Task Serve_TimelineBodyBytesOutOfRange_ExitsWith2BeforeListening(string value)
+    {
+        var serve = Treaty.Cli.ServeCommand.Create();
+        var error = new StringWriter();
+        var previous = Console.Error;
+        int exit;
+        Console.SetError(error);
+        try
+        {
+            exit = await serve.Parse(["--timeline-body-bytes", value, "--urls", "http://127.0.0.1:1"]).InvokeAsync();
+        }
+        finally
+        {
+            Console.SetError(previous);
+        }
+
+        exit.ShouldBe(2);
+        error.ToString().ShouldContain("TimelineBodyBytes must be between 0 and 65536");
+    }
+
+    [Theory]
     [InlineData("", null)]
     [InlineData("short", "short")]
     [InlineData("ééé", "é" + BodyClip.Marker)]

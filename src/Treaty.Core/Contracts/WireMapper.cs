@@ -38,6 +38,8 @@ public static class WireMapper
         state.Branches.Length)
     {
         Phase = state.Phase,
+        Decision = state.Outcome?.ToWire(),
+        StuckOn = state.StuckOn is { } s ? new StuckView(s.Branch, s.Op, s.Attempts, s.LastStatusCode, s.LastError) : null,
     };
 
     public static EventView ToView(JournalRecord record) => new(

@@ -183,6 +183,12 @@ public sealed record TransactionSummaryView(
     int Branches)
 {
     public string? Phase { get; init; }
+
+    /// <summary><c>commit</c>, <c>abort</c>, or null while undecided.</summary>
+    public string? Decision { get; init; }
+
+    /// <summary>While stuck: the operation an operator must look at (the dashboard's stuck view).</summary>
+    public StuckView? StuckOn { get; init; }
 }
 
 /// <summary>One entry of a transaction's timeline.</summary>

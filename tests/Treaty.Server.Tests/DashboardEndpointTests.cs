@@ -1,5 +1,7 @@
 using System.Net;
 using System.Text.RegularExpressions;
+using Microsoft.AspNetCore.Routing;
+using Microsoft.Extensions.DependencyInjection;
 using Treaty.Server.Dashboard;
 using Treaty.Server.Tests.Support;
 
@@ -78,6 +80,17 @@ public sealed partial class DashboardEndpointTests(ServerFixture fixture) : ICla
 
         var page = await _http.GetStringAsync("/");
         InlineScript().IsMatch(page).ShouldBeFalse("every script is a file of its own, so 'self' is the whole policy");
+    }
+
+    [Fact]
+    public void PageAndAssets_AreAnonymous_SoThePageCanAskForTheKey()
+    {
+        var endpoints = fixture.Coordinator.Services.GetRequiredService<EndpointDataSource>().Endpoints.OfType<RouteEndpoint>()
+            .Where(e => e.RoutePattern.RawText is "/" || e.RoutePattern.RawText!.StartsWith("/dashboard/", StringComparison.Ordinal))
+            .ToList();
+
+        endpoints.Select(e => e.RoutePattern.RawText).ShouldBe(["/", "/dashboard/settings.json", "/dashboard/{file}"], ignoreOrder: true);
+        endpoints.ShouldAllBe(e => e.Metadata.GetMetadata<Microsoft.AspNetCore.Authorization.IAllowAnonymous>() != null);
     }
 
     [Fact]

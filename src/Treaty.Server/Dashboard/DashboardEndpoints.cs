@@ -25,13 +25,16 @@ public static class DashboardEndpoints
     public static IEndpointRouteBuilder MapTreatyDashboard(this IEndpointRouteBuilder endpoints)
     {
         ArgumentNullException.ThrowIfNull(endpoints);
-        endpoints.MapGet("/", (HttpContext context) => Serve(context, "index.html")).ExcludeFromDescription();
-        endpoints.MapGet("/dashboard/settings.json", (HttpContext context, TreatyServerOptions options) =>
+        // The page and its code hold no data, and must load without a key: it is what asks for one
+        // (a 401 from the API shows its sign-in form). So no auth policy may cover this group.
+        var dashboard = endpoints.MapGroup("").AllowAnonymous().ExcludeFromDescription();
+        dashboard.MapGet("/", (HttpContext context) => Serve(context, "index.html"));
+        dashboard.MapGet("/dashboard/settings.json", (HttpContext context, TreatyServerOptions options) =>
         {
             AddSecurityHeaders(context);
             return Results.Json(new DashboardSettings(options.TimelineBodyBytes), DashboardJsonContext.Default.DashboardSettings);
-        }).ExcludeFromDescription();
-        endpoints.MapGet("/dashboard/{file}", (string file, HttpContext context) => Serve(context, file)).ExcludeFromDescription();
+        });
+        dashboard.MapGet("/dashboard/{file}", (string file, HttpContext context) => Serve(context, file));
         return endpoints;
     }
 

@@ -165,6 +165,25 @@ public sealed class DashboardTests(DashboardFixture fixture) : IClassFixture<Das
     }
 
     [Fact]
+    public async Task Transaction_ThreePhaseCommit_ShowsVotesPhasesAndTheCommit()
+    {
+        var gid = DashboardFixture.NewGid("3pc");
+        string[] ops = ["canCommit", "preCommit", "doCommit", "abort"];
+        await fixture.SubmitAsync("3pc", gid, [fixture.Branch(gid, "shop", ops), fixture.Branch(gid, "bank", ops)]);
+        await fixture.WaitForAsync(gid, tx => tx["status"]!.GetValue<string>() == "committed", "committed");
+
+        await _page.GotoAsync($"/#/tx/{gid}");
+
+        await Expect(_page.Locator("#tx-decision")).ToHaveTextAsync("commit");
+        await Expect(_page.Locator("#timeline tr[data-kind=vote]")).ToHaveCountAsync(2);
+        await Expect(_page.Locator("#timeline tr[data-kind=vote]").First).ToContainTextAsync("yes");
+        (await _page.Locator("#timeline tr[data-kind=phase]").CountAsync()).ShouldBeGreaterThanOrEqualTo(1);
+        await Expect(_page.Locator("#timeline tr[data-kind=attempt-succeeded]", new() { HasText = "bank · doCommit" })).ToHaveCountAsync(1);
+        await Expect(_page.Locator("svg.graph g.node[data-branch=shop]")).ToHaveAttributeAsync("data-status", "committed");
+        await Expect(_page.Locator("svg.graph g.node[data-branch=shop] text.state")).ToContainTextAsync("vote yes");
+    }
+
+    [Fact]
     public async Task Stuck_OperatorRetriesAfterTheParticipantRecovers_AndTheTransactionFinishes()
     {
         var gid = DashboardFixture.NewGid("stuck");

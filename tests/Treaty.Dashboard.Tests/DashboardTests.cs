@@ -88,6 +88,12 @@ public sealed class DashboardTests(DashboardFixture fixture) : IClassFixture<Das
 
         await Expect(_page.Locator("#tx-rows td.empty")).ToHaveTextAsync("No transactions match.");
         await Expect(_page.Locator("[data-count=all] .n")).ToHaveTextAsync("0");
+
+        await _page.ClickAsync("#filter-clear");
+
+        await Expect(Row($"{tag}-one")).ToBeVisibleAsync();
+        await Expect(_page.Locator("#filter-gid")).ToHaveValueAsync("");
+        _page.Url.ShouldEndWith("#/");
     }
 
     [Fact]

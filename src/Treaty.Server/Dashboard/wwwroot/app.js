@@ -245,7 +245,7 @@ function listView(params) {
           searchTimer = setTimeout(() => update('gid', e.target.value.trim()), 250);
         },
       })),
-    h('button', { type: 'button', class: 'link', onclick: () => { location.hash = '#/'; route(); } }, 'Clear'));
+    h('button', { type: 'button', class: 'link', id: 'filter-clear', onclick: () => { history.replaceState(null, '', '#/'); route(); } }, 'Clear'));
 
   const counts = h('div', { class: 'counts', id: 'counts' });
   const error = h('p', { class: 'error', role: 'alert' });

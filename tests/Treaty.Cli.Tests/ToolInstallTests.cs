@@ -9,6 +9,7 @@ namespace Treaty.Cli.Tests;
 /// The README's one step to a real <c>treaty</c> command: <c>dotnet pack</c> then
 /// <c>dotnet tool install</c>/<c>update</c>, into a temporary tool path and package cache.
 /// </summary>
+[Collection(ToolInstallCollection.Name)]
 public sealed partial class ToolInstallTests
 {
     [Fact]
@@ -99,4 +100,15 @@ public sealed partial class ToolInstallTests
 
         return (process.ExitCode, await stdout + await stderr);
     }
+}
+
+/// <summary>
+/// Runs <see cref="ToolInstallTests"/> alone: a pack compiles the CLI and its nine projects, which
+/// on a small machine starves the demo's timed checks running beside it (seen: a 2PC check of the
+/// demo read a wallet before its rollback landed).
+/// </summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class ToolInstallCollection
+{
+    public const string Name = "tool install (alone)";
 }

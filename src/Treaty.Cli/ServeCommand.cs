@@ -24,10 +24,16 @@ internal static class ServeCommand
             Description = $"Sign alerts (Treaty-Signature) with this secret, at least {TreatyServerDefaults.MinCallbackSecretLength} characters; " +
                 $"{AlertSecretVariable} does the same without showing the secret in the process list",
         };
+        var timelineBodyBytes = new Option<int>("--timeline-body-bytes")
+        {
+            Description = $"Keep this much (UTF-8 bytes, 0 to {TreatyServerDefaults.MaxTimelineBodyBytes}) of every participant answer for the dashboard's timeline",
+            DefaultValueFactory = _ => TreatyServerDefaults.TimelineBodyBytes,
+        };
         var command = new Command("serve", "Run the coordinator (HTTP API, engine, recovery) on the embedded SQLite store")
         {
             urls, dataDir, callbackSecret, alertWebhook, alertSecret,
         };
+        command.Options.Add(timelineBodyBytes);
         var security = new ServeSecurityFlags();
         foreach (var option in security.All)
         {
@@ -39,10 +45,11 @@ internal static class ServeCommand
             var options = new TreatyServerOptions
             {
                 Urls = parse.GetValue(urls)!,
-                DataDir = parse.GetValue(dataDir)!,
+                DataDir = UserPath.Resolve(parse.GetValue(dataDir)!),
                 CallbackSecret = ResolveCallbackSecret(parse.GetValue(callbackSecret), Environment.GetEnvironmentVariable(CallbackSecretVariable)),
                 AlertWebhook = parse.GetValue(alertWebhook),
                 AlertSecret = ResolveCallbackSecret(parse.GetValue(alertSecret), Environment.GetEnvironmentVariable(AlertSecretVariable)),
+                TimelineBodyBytes = parse.GetValue(timelineBodyBytes),
             };
             security.Apply(parse, options);
             try

@@ -23,6 +23,7 @@ internal sealed partial class HttpBranchInvoker : IBranchInvoker, IDisposable
     private readonly HttpClient _http;
     private readonly TimeProvider _time;
     private readonly int _maxResultBytes;
+    private readonly int _timelineBodyBytes;
     private readonly byte[]? _callbackSecret;
     private readonly ILogger _logger;
     private readonly ParticipantAllowlist _allowlist;
@@ -33,6 +34,7 @@ internal sealed partial class HttpBranchInvoker : IBranchInvoker, IDisposable
         _time = time;
         _logger = logger;
         _maxResultBytes = options.MaxBranchResultBytes;
+        _timelineBodyBytes = options.TimelineBodyBytes;
         _callbackSecret = options.CallbackSecret is { } secret ? Encoding.UTF8.GetBytes(secret) : null;
         var handler = new SocketsHttpHandler
         {
@@ -105,7 +107,8 @@ internal sealed partial class HttpBranchInvoker : IBranchInvoker, IDisposable
             var status = (int)response.StatusCode;
             var (body, clipped) = await ReadBodyAsync(response, linked.Token);
             activity?.SetTag("http.response.status_code", status);
-            return clipped ? StoredBodyCap.Clipped(status, body!, response.Content.Headers.ContentLength, _maxResultBytes) : BranchOutcome.FromHttp(status, body);
+            var outcome = clipped ? StoredBodyCap.Clipped(status, body!, response.Content.Headers.ContentLength, _maxResultBytes) : BranchOutcome.FromHttp(status, body);
+            return outcome with { Body = BodyClip.Clip(body, _timelineBodyBytes) };
         }
         catch (OperationCanceledException) when (timeout.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
         {

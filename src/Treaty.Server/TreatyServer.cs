@@ -7,6 +7,7 @@ using Treaty.Core.Model;
 using Treaty.Core.Protocols;
 using Treaty.Core.Serialization;
 using Treaty.Server.Alerts;
+using Treaty.Server.Dashboard;
 using Treaty.Server.Security;
 using Treaty.Storage.Sqlite;
 
@@ -38,6 +39,7 @@ public static class TreatyServer
         app.UseStatusCodePages(WriteStatusCodeAsync);
         app.UseTreatySecurity(options);
         app.MapTreatyApi();
+        app.MapTreatyDashboard();
         app.MapGet("/healthz", () => Results.Text("ok")).ExcludeFromDescription().AllowAnonymous();
         app.MapGet("/readyz", async (ITransactionStore store, CancellationToken ct) =>
         {

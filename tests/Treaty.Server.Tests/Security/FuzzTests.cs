@@ -214,10 +214,10 @@ public sealed class FuzzTests(ITestOutputHelper output)
     private static List<Route> Routes(SecureServer server) =>
         [.. server.Get<EndpointDataSource>().Endpoints.OfType<RouteEndpoint>()
             .SelectMany(e => (e.Metadata.GetMetadata<HttpMethodMetadata>()?.HttpMethods ?? ["GET"])
-                .Select(m => new Route(m, "/" + e.RoutePattern.RawText!.Trim('/'))))
+                .Select(m => new Route(m, "/" + e.RoutePattern.RawText!.Trim('/'), e.Metadata.GetMetadata<Microsoft.AspNetCore.Authorization.IAllowAnonymous>() is not null)))
             .Distinct()];
 
-    internal sealed record Route(string Method, string Pattern);
+    internal sealed record Route(string Method, string Pattern, bool Anonymous);
 
     /// <summary>Produces one hostile request. Every request is invalid by construction: gids name
     /// nothing stored, every branch URL is outside the (loopback) allowlist, list queries carry a bad
@@ -431,13 +431,13 @@ public sealed class FuzzTests(ITestOutputHelper output)
                 ? Uri.EscapeDataString("v" + OddString(2))
                 : Uri.EscapeDataString(OddString()));
 
-        private string Query(string path)
+        private string Query(string path, bool listing)
         {
-            if (path == "/api/v1/transactions")
+            if (listing)
             {
-                // At least one parameter no listing accepts, so the answer is a 400 whatever else there is.
-                var bad = Pick($"status={Uri.EscapeDataString("x" + OddString(3))}", $"protocol={Uri.EscapeDataString("x" + OddString(3))}",
-                    $"stuck={Uri.EscapeDataString("x" + OddString(2))}", $"limit={Pick("0", "-1", "501", "1e3", "٣", "99999999999", "")}");
+                // At least one parameter no listing or count accepts, so the answer is a 400 whatever else there is.
+                var bad = Pick($"protocol={Uri.EscapeDataString("x" + OddString(3))}", $"stuck={Uri.EscapeDataString("x" + OddString(2))}",
+                    path == "/api/v1/transactions" ? $"limit={Pick("0", "-1", "501", "1e3", "٣", "99999999999", "")}" : $"status={Uri.EscapeDataString(OddString(2))}");
                 var more = Chance(50) ? $"&since={Uri.EscapeDataString(OddString(3))}&cursor={Uri.EscapeDataString(OddString(4))}&wait={Uri.EscapeDataString(OddString(2))}" : "";
                 return "?" + bad + more;
             }
@@ -449,6 +449,7 @@ public sealed class FuzzTests(ITestOutputHelper output)
         {
             string method;
             string path;
+            var listing = false;
             if (Chance(5))
             {
                 method = Pick("GET", "POST", "PUT");
@@ -458,18 +459,26 @@ public sealed class FuzzTests(ITestOutputHelper output)
             {
                 var route = Pick([.. routes]);
                 path = Fill(route.Pattern);
-                var anonymousOrDocument = route.Pattern is "/healthz" or "/readyz" || route.Pattern.StartsWith("/openapi", StringComparison.Ordinal);
-                method = anonymousOrDocument || Chance(10) ? Pick("GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS") : route.Method;
-                if (route.Pattern is "/healthz" or "/readyz" && method == "GET")
+                var fixedPath = !route.Pattern.Contains('{', StringComparison.Ordinal);
+                method = Chance(10) ? Pick("GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS") : route.Method;
+                if (method == "GET" && fixedPath)
                 {
-                    method = "DELETE"; // the only thing wrong with a health check is its method (or its size, below)
+                    if (route.Anonymous)
+                    {
+                        // A health check or the dashboard page: all that can be wrong is the method (or the size, below).
+                        method = Pick("POST", "PUT", "DELETE", "PATCH");
+                    }
+                    else
+                    {
+                        listing = true; // a listing or count: wrong only by its query
+                    }
                 }
             }
 
             Uri uri;
             try
             {
-                uri = new Uri(path + Query(path), UriKind.Relative);
+                uri = new Uri(path + Query(path, listing), UriKind.Relative);
             }
             catch (UriFormatException)
             {

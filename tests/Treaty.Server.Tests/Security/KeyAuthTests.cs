@@ -35,6 +35,7 @@ public sealed class KeyAuthTests : IAsyncLifetime
     [InlineData("GET", Api.Transactions)]
     [InlineData("GET", Api.Transactions + "/some-gid")]
     [InlineData("GET", Api.Transactions + "/some-gid/events")]
+    [InlineData("GET", "/api/v1/transaction-counts")]
     [InlineData("POST", Api.Transactions)]
     [InlineData("POST", Api.Transactions + "/some-gid/submit")]
     [InlineData("POST", Api.Transactions + "/some-gid/retry")]
@@ -155,6 +156,24 @@ public sealed class KeyAuthTests : IAsyncLifetime
 
         var expected = "operator-" + Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(SecureServer.NewOperatorSecret)))[..8];
         _server.Get<ApiKeyRing>().Keys.Select(k => k.Name).ShouldBe(["app", "ops", expected]);
+    }
+
+    [Fact]
+    public async Task Dashboard_PageLoadsWithoutAKey_ItsDataNeedsOne()
+    {
+        var anonymous = _server.Http();
+        using (var page = await anonymous.GetAsync("/"))
+        {
+            page.StatusCode.ShouldBe(HttpStatusCode.OK);
+        }
+
+        using (var counts = await anonymous.GetAsync("/api/v1/transaction-counts"))
+        {
+            (await Api.ReadProblemAsync(counts, HttpStatusCode.Unauthorized)).Type.ShouldBe("https://treaty.dev/problems/unauthorized");
+        }
+
+        using var keyed = await _server.Http("ops:" + SecureServer.OperatorSecret).GetAsync("/api/v1/transaction-counts");
+        keyed.StatusCode.ShouldBe(HttpStatusCode.OK);
     }
 
     [Fact]

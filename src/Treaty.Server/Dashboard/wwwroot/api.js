@@ -40,10 +40,6 @@ async function request(method, path, body) {
   if (body !== undefined) {
     headers['Content-Type'] = 'application/json';
   }
-  if (method !== 'GET') {
-    // Audit trail until keys name the actor; a key-aware server records the key's name instead.
-    headers['Treaty-Actor'] = 'dashboard';
-  }
   const response = await fetch(path, {
     method,
     headers,

@@ -10,9 +10,9 @@ using static Microsoft.Playwright.Assertions;
 namespace Treaty.Dashboard.Tests;
 
 /// <summary>
-/// Signing in with the operator key. The coordinator here answers 401 to any API call without the
-/// key, as a coordinator with <c>--operator-key</c> does; the page must then show its form, send the
-/// key only as <c>Authorization: Bearer</c>, and never put it in a URL.
+/// Signing in with the operator key. The coordinator here has an <c>--operator-key</c> and answers
+/// 401 to any API call without it; the page must then show its form, send the key only as
+/// <c>Authorization: Bearer</c>, and never put it in a URL.
 /// </summary>
 public sealed class LoginTests(LoginTests.KeyedFixture fixture) : IClassFixture<LoginTests.KeyedFixture>, IAsyncLifetime
 {
@@ -105,33 +105,31 @@ public sealed class LoginTests(LoginTests.KeyedFixture fixture) : IClassFixture<
             KeyedHttp.DefaultRequestHeaders.Authorization = new("Bearer", OperatorKey);
         }
 
+        // A real coordinator with an operator key (named "dash"); the startup filter only watches.
         protected override Task<InProcessCoordinator> StartCoordinatorAsync() => InProcessCoordinator.StartAsync(
             prefix: "treaty-dashboard-login",
-            configure: builder => builder.Services.AddSingleton<IStartupFilter>(new RequireKey(this)));
+            configure: builder => builder.Services.AddSingleton<IStartupFilter>(new Watch(this)),
+            configureOptions: options => options.OperatorKeys.Add("dash:" + OperatorKey));
 
-        private sealed class RequireKey(KeyedFixture fixture) : IStartupFilter
+        private sealed class Watch(KeyedFixture fixture) : IStartupFilter
         {
             public Action<IApplicationBuilder> Configure(Action<IApplicationBuilder> next) => app =>
             {
                 app.Use(async (context, call) =>
                 {
                     fixture.RequestTargets.Add(context.Request.Path + context.Request.QueryString);
+                    await call(context);
                     if (context.Request.Path.StartsWithSegments("/api"))
                     {
-                        var authorization = context.Request.Headers.Authorization.ToString();
-                        if (authorization != $"Bearer {OperatorKey}")
+                        if (context.Response.StatusCode == StatusCodes.Status401Unauthorized)
                         {
                             Interlocked.Increment(ref fixture._unauthorized);
-                            context.Response.StatusCode = StatusCodes.Status401Unauthorized;
-                            context.Response.Headers.WWWAuthenticate = "Bearer";
-                            await context.Response.WriteAsJsonAsync(new { type = "https://treaty.dev/problems/unauthorized", title = "Unauthorized", status = 401 });
-                            return;
                         }
-
-                        fixture.AuthorizedWith.Add(authorization);
+                        else
+                        {
+                            fixture.AuthorizedWith.Add(context.Request.Headers.Authorization.ToString());
+                        }
                     }
-
-                    await call(context);
                 });
                 next(app);
             };

@@ -39,6 +39,9 @@ internal sealed partial class HttpBranchInvoker : IBranchInvoker, IDisposable
             AllowAutoRedirect = false, // a redirect could point anywhere: follow nothing.
             UseCookies = false,
             ConnectTimeout = TimeSpan.FromSeconds(5),
+            // The invoker writes traceparent itself (see InvokeAsync): HttpClient's own propagation
+            // would add the ambient activity's (the submit request's, say) or none when nobody listens.
+            ActivityHeadersPropagator = null,
         };
         _http = new HttpClient(handler) { Timeout = Timeout.InfiniteTimeSpan };
     }
@@ -84,11 +87,9 @@ internal sealed partial class HttpBranchInvoker : IBranchInvoker, IDisposable
             request.Headers.Add("Treaty-Attempt", call.Attempt.ToString(System.Globalization.CultureInfo.InvariantCulture));
             request.Headers.Add("Idempotency-Key", call.IdempotencyKey);
             request.Headers.Accept.Add(new MediaTypeWithQualityHeaderValue("application/json"));
-            if (activity is null)
-            {
-                // No listener sampled a span: still pass the trace context on.
-                request.Headers.TryAddWithoutValidation("traceparent", $"00-{trace.TraceId.ToHexString()}-{ActivitySpanId.CreateRandom().ToHexString()}-01");
-            }
+            // Always, and only here: the participant's span is a child of this client span, or, when no
+            // listener sampled one, still of this transaction's trace.
+            request.Headers.TryAddWithoutValidation("traceparent", Traceparent(activity, trace));
 
             using var response = await _http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, linked.Token);
             var status = (int)response.StatusCode;
@@ -110,6 +111,11 @@ internal sealed partial class HttpBranchInvoker : IBranchInvoker, IDisposable
             return BranchOutcome.Unknown(null, ex.Message);
         }
     }
+
+    /// <summary>The W3C <c>traceparent</c> of a call: the client span's id, or a fresh span id in the transaction's trace.</summary>
+    internal static string Traceparent(Activity? activity, ActivityContext trace) => activity is { IdFormat: ActivityIdFormat.W3C }
+        ? $"00-{activity.TraceId.ToHexString()}-{activity.SpanId.ToHexString()}-{(activity.Recorded ? "01" : "00")}"
+        : $"00-{trace.TraceId.ToHexString()}-{ActivitySpanId.CreateRandom().ToHexString()}-01";
 
     internal static ActivityContext TraceOf(string gid)
     {

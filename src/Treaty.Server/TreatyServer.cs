@@ -62,7 +62,12 @@ public static class TreatyServer
         services.AddSingleton<IProtocolMachine, ThreePhaseCommitMachine>();
         services.AddSingleton<IProtocolMachine, MessageMachine>();
         services.AddSingleton<TreatyTelemetry>();
-        services.AddSingleton<TransactionEngine>();
+        services.AddSingleton(sp =>
+        {
+            var engine = ActivatorUtilities.CreateInstance<TransactionEngine>(sp);
+            sp.GetRequiredService<TreatyTelemetry>().Track(engine); // the in-flight and stuck gauges
+            return engine;
+        });
         services.AddHostedService<StoreInitializer>();
         services.AddHostedService<RecoveryService>();
         if (options.AlertWebhook is null)

@@ -80,6 +80,7 @@ public static class TreatyServer
             services.AddHostedService(sp => sp.GetRequiredService<AlertMonitor>());
             services.AddSingleton<IEngineObserver>(sp => new CompositeEngineObserver(sp.GetRequiredService<TreatyTelemetry>(), sp.GetRequiredService<AlertMonitor>()));
         }
+        services.AddTreatyOtlpExport(options);
         services.AddProblemDetails();
         services.AddOpenApi();
         services.Configure<JsonOptions>(json =>

@@ -56,6 +56,17 @@ public sealed class TreatyServerOptions
     /// <summary>Longest delay between two tries of an undelivered alert.</summary>
     public TimeSpan AlertRetryMaxDelay { get; set; } = TreatyServerDefaults.AlertRetryMaxDelay;
 
+    /// <summary>Where traces, metrics and logs go over OTLP, e.g. <c>http://127.0.0.1:4318</c> (HTTP: the
+    /// <c>/v1/traces</c>, <c>/v1/metrics</c> and <c>/v1/logs</c> paths are appended) or
+    /// <c>http://127.0.0.1:4317</c> (gRPC); null exports nothing.</summary>
+    public string? OtlpEndpoint { get; set; }
+
+    /// <summary>OTLP transport: <c>http</c> (protobuf over HTTP, the default) or <c>grpc</c>.</summary>
+    public string OtlpProtocol { get; set; } = TreatyServerDefaults.OtlpProtocol;
+
+    /// <summary>How often metrics are exported, and the longest a finished span or a log waits for its batch.</summary>
+    public TimeSpan OtlpExportInterval { get; set; } = TreatyServerDefaults.OtlpExportInterval;
+
     /// <summary>Validates the settings; throws with every problem named.</summary>
     public void Validate()
     {
@@ -112,6 +123,22 @@ public sealed class TreatyServerOptions
             problems.Add("AlertReconcileInterval and AlertRetryInitialDelay must be positive, and AlertRetryMaxDelay at least AlertRetryInitialDelay.");
         }
 
+        if (OtlpEndpoint is not null
+            && !(Uri.TryCreate(OtlpEndpoint, UriKind.Absolute, out var otlp) && (otlp.Scheme == Uri.UriSchemeHttp || otlp.Scheme == Uri.UriSchemeHttps)))
+        {
+            problems.Add("OtlpEndpoint must be an absolute http or https URL.");
+        }
+
+        if (OtlpProtocol is not (TreatyServerDefaults.OtlpProtocol or TreatyServerDefaults.OtlpProtocolGrpc))
+        {
+            problems.Add("OtlpProtocol must be http or grpc.");
+        }
+
+        if (OtlpExportInterval < TimeSpan.FromMilliseconds(10) || OtlpExportInterval > TimeSpan.FromHours(1))
+        {
+            problems.Add("OtlpExportInterval must be between 10 ms and 1 h.");
+        }
+
         if (problems.Count > 0)
         {
             throw new ArgumentException("Invalid Treaty server options: " + string.Join(" ", problems));
@@ -134,4 +161,9 @@ public static class TreatyServerDefaults
     public static readonly TimeSpan AlertReconcileInterval = TimeSpan.FromSeconds(10);
     public static readonly TimeSpan AlertRetryInitialDelay = TimeSpan.FromSeconds(1);
     public static readonly TimeSpan AlertRetryMaxDelay = TimeSpan.FromMinutes(1);
+    /// <summary>OTLP over HTTP (protobuf).</summary>
+    public const string OtlpProtocol = "http";
+    /// <summary>OTLP over gRPC.</summary>
+    public const string OtlpProtocolGrpc = "grpc";
+    public static readonly TimeSpan OtlpExportInterval = TimeSpan.FromSeconds(10);
 }

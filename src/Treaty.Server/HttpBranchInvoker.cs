@@ -39,8 +39,9 @@ internal sealed partial class HttpBranchInvoker : IBranchInvoker, IDisposable
             AllowAutoRedirect = false, // a redirect could point anywhere: follow nothing.
             UseCookies = false,
             ConnectTimeout = TimeSpan.FromSeconds(5),
-            // The invoker writes traceparent itself (see InvokeAsync): HttpClient's own propagation
-            // would add the ambient activity's (the submit request's, say) or none when nobody listens.
+            // The invoker writes traceparent itself (see InvokeAsync). HttpClient leaves a traceparent
+            // already on the request alone, but would still add the ambient activity's tracestate and
+            // baggage (the submit request's, say); no propagator: only the invoker's header goes out.
             ActivityHeadersPropagator = null,
         };
         _http = new HttpClient(handler) { Timeout = Timeout.InfiniteTimeSpan };

@@ -63,16 +63,13 @@ public static class TreatyParticipantTelemetry
     }
 
     /// <summary>
-    /// The coordinator's span from <c>traceparent</c>; the host's request span instead when it has
-    /// one of the same trace (it is that span's child already), so the kit's span nests in it.
+    /// The coordinator's client span, from <c>traceparent</c>; without one, whatever is current (a
+    /// new trace when nothing is). Not the host's request activity even when it is of the same trace:
+    /// ASP.NET Core makes one for log correlation alone, and a span whose parent is never exported
+    /// would hang loose in the trace. With ASP.NET Core's instrumentation on, the two are siblings.
     /// </summary>
-    internal static ActivityContext Parent(HttpRequest request)
-    {
-        if (!ActivityContext.TryParse(request.Headers.TraceParent, request.Headers.TraceState, isRemote: true, out var remote))
-        {
-            return Activity.Current?.Context ?? default;
-        }
-
-        return Activity.Current is { } current && current.TraceId == remote.TraceId ? current.Context : remote;
-    }
+    internal static ActivityContext Parent(HttpRequest request) =>
+        ActivityContext.TryParse(request.Headers.TraceParent, request.Headers.TraceState, isRemote: true, out var remote)
+            ? remote
+            : Activity.Current?.Context ?? default;
 }

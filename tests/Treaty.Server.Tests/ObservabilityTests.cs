@@ -250,9 +250,58 @@ public sealed partial class ObservabilityTests(ObservabilityFixture fixture) : I
         await Eventually.Until(() => receiver.Received("/v1/traces", "treaty.submit", "treaty.branch action", "treaty.decision commit", gid), "the spans at /v1/traces");
         await Eventually.Until(() => receiver.Received("/v1/metrics", "treaty.transactions.finished", "treaty.branch.duration", "treaty.store.batch.size", "treaty.store.commit.duration", "treaty.transactions.in_flight"), "the metrics at /v1/metrics");
         // The decision's line, with the gid scope as an attribute.
-        await Eventually.Until(() => receiver.Received("/v1/logs", $"Transaction {gid} decided: commit", "gid"), "the decision's log line at /v1/logs");
+        await Eventually.Until(() => receiver.ReceivedTogether("/v1/logs", $"Transaction {gid} decided: commit", "gid"), "the decision's log line at /v1/logs");
         receiver.ContentTypes.ShouldAllBe(t => t == "application/x-protobuf");
-        receiver.Received("/v1/traces", "service.name", OtlpExport.DefaultServiceName).ShouldBeTrue();
+        // The resource's service.name: an AnyValue whose string_value (field 1, length 6) is "treaty".
+        receiver.ReceivedTogether("/v1/traces", "service.name", "\n\u0006" + OtlpExport.DefaultServiceName, "treaty.submit").ShouldBeTrue();
+    }
+
+    [Fact]
+    public async Task Serve_WithOtlpEndpoint_ExportsSpansToTheCollector()
+    {
+        await using var receiver = await OtlpReceiver.StartAsync();
+        using var data = new TempDir("treaty-otlp-serve");
+        var url = $"http://127.0.0.1:{Cli.ChildProcess.FreePort()}";
+        using var process = Cli.ChildProcess.StartDotnet("otlp-serve", Path.Combine(AppContext.BaseDirectory, "treaty.dll"),
+            ["serve", "--urls", url, "--data-dir", data.Path, "--otlp-endpoint", receiver.BaseAddress.AbsoluteUri, "--otlp-protocol", "http"]);
+        using var http = new HttpClient { BaseAddress = new Uri(url), Timeout = TimeSpan.FromSeconds(30) };
+        await process.WaitHealthyAsync(http, url + "/healthz", TimeSpan.FromSeconds(60), CancellationToken.None);
+        var gid = Api.NewGid("otel-serve");
+        using (var response = await Api.SubmitAsync(http, Json.Saga(gid, Api.PayloadNode(), Json.Step("s1", Url(gid, "s1", "action"), Url(gid, "s1", "compensate")))))
+        {
+            response.IsSuccessStatusCode.ShouldBeTrue(await response.Content.ReadAsStringAsync());
+        }
+
+        await Api.WaitForStatusAsync(http, gid, "committed");
+
+        // The default export interval (10 s) applies: allow for it.
+        await Eventually.Until(() => receiver.Received("/v1/traces", "treaty.submit", "treaty.branch action", gid), "the spans at /v1/traces", TimeSpan.FromSeconds(40));
+        await Eventually.Until(() => receiver.Received("/v1/metrics", "treaty.transactions.finished"), "the metrics at /v1/metrics", TimeSpan.FromSeconds(40));
+        process.Kill();
+    }
+
+    [Theory]
+    [InlineData("udp://127.0.0.1:4318", "http", "OtlpEndpoint must be an absolute http or https URL.")]
+    [InlineData("collector:4318", "http", "OtlpEndpoint must be an absolute http or https URL.")]
+    [InlineData("http://127.0.0.1:4318", "http/json", "OtlpProtocol must be http or grpc.")]
+    public void Options_BadOtlpSettings_AreRefusedAtStart(string endpoint, string protocol, string problem)
+    {
+        var options = new TreatyServerOptions { OtlpEndpoint = endpoint, OtlpProtocol = protocol };
+        Should.Throw<ArgumentException>(options.Validate).Message.ShouldContain(problem);
+        new TreatyServerOptions { OtlpEndpoint = "http://127.0.0.1:4317", OtlpProtocol = "grpc" }.Validate();
+    }
+
+    [Theory]
+    [InlineData("grpc", "http/protobuf", "grpc")]
+    [InlineData(null, "http/protobuf", "http")]
+    [InlineData(null, "grpc", "grpc")]
+    [InlineData(null, null, "http")]
+    [InlineData("", "", "http")]
+    public void Serve_OtlpProtocol_FlagWinsOverTheStandardVariable(string? flag, string? environment, string expected)
+    {
+        Cli.ServeCommand.OtlpProtocolVariable.ShouldBe("OTEL_EXPORTER_OTLP_PROTOCOL");
+        Cli.ServeCommand.OtlpEndpointVariable.ShouldBe("OTEL_EXPORTER_OTLP_ENDPOINT");
+        Cli.ServeCommand.ResolveOtlpProtocol(flag, environment).ShouldBe(expected);
     }
 
     private async Task SubmitAsync(System.Text.Json.Nodes.JsonObject body)
@@ -384,8 +433,13 @@ internal sealed class OtlpReceiver : IAsyncDisposable
         return receiver;
     }
 
-    /// <summary>True when one body posted to <paramref name="path"/> contains every one of <paramref name="texts"/>.</summary>
+    /// <summary>True when every one of <paramref name="texts"/> arrived in a body posted to <paramref name="path"/>
+    /// (spans of one transaction may end in different export batches).</summary>
     public bool Received(string path, params string[] texts) =>
+        texts.All(t => _bodies.Any(b => b.Path == path && b.Body.AsSpan().IndexOf(Encoding.UTF8.GetBytes(t)) >= 0));
+
+    /// <summary>True when one body posted to <paramref name="path"/> contains all of <paramref name="texts"/>.</summary>
+    public bool ReceivedTogether(string path, params string[] texts) =>
         _bodies.Any(b => b.Path == path && texts.All(t => b.Body.AsSpan().IndexOf(Encoding.UTF8.GetBytes(t)) >= 0));
 
     private async Task AcceptAsync(HttpContext context)

@@ -207,6 +207,7 @@ public sealed partial class ObservabilityTests(ObservabilityFixture fixture) : I
             l => ids.All(id => l.Any(x => x.EventId.Id == id)), "submitted, decided, alert, unstuck, operator, finished and call-failed lines");
 
         logs.ShouldAllBe(l => l.ScopeGid == gid, string.Join(Environment.NewLine, logs.Where(l => l.ScopeGid != gid).Select(l => $"{l.EventId.Id} {l.Category}: {l.Message} (scope gid {l.ScopeGid ?? "none"})")));
+        logs.ShouldAllBe(l => l.GidScopes == 1, "the engine's entry points nest; the scope is opened once");
         logs.Single(l => l.EventId.Id == 1007).Message.ShouldContain("abort");
         logs.Single(l => l.EventId.Id == 1009).Message.ShouldContain("retry");
         logs.First(l => l.EventId.Id == 2001).Category.ShouldBe(typeof(HttpBranchInvoker).FullName);

@@ -84,6 +84,9 @@ public sealed class MetricRecorder : IDisposable
 /// <summary>One log line with the scopes it was written in.</summary>
 public sealed record CapturedLog(string Category, EventId EventId, LogLevel Level, string Message, IReadOnlyList<object?> Scopes)
 {
+    /// <summary>How many open scopes carry a <c>gid</c>.</summary>
+    public int GidScopes => Scopes.OfType<IEnumerable<KeyValuePair<string, object?>>>().SelectMany(s => s).Count(p => p.Key == "gid");
+
     /// <summary>The <c>gid</c> of the innermost scope that has one, or null.</summary>
     public string? ScopeGid => Scopes
         .OfType<IEnumerable<KeyValuePair<string, object?>>>()

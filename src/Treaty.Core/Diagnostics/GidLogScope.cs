@@ -39,10 +39,34 @@ public sealed class GidLogScope(string gid) : IReadOnlyList<KeyValuePair<string,
 /// <summary>Opens <see cref="GidLogScope"/>s.</summary>
 public static class GidLogScopeExtensions
 {
-    /// <summary>Every log written until the result is disposed carries <paramref name="gid"/> as <c>gid</c>.</summary>
+    // The gid whose scope is open on this async flow: the engine's entry points nest (a submit
+    // starts the runner, which calls the invoker), and one "gid" scope per line is enough.
+    private static readonly AsyncLocal<string?> Open = new();
+
+    /// <summary>
+    /// Every log written until the result is disposed carries <paramref name="gid"/> as <c>gid</c>.
+    /// Null (nothing to dispose) when a scope of the same gid is already open on this flow.
+    /// </summary>
     public static IDisposable? BeginGidScope(this ILogger logger, string gid)
     {
         ArgumentNullException.ThrowIfNull(logger);
-        return logger.BeginScope(new GidLogScope(gid));
+        var outer = Open.Value;
+        if (string.Equals(outer, gid, StringComparison.Ordinal))
+        {
+            return null;
+        }
+
+        var scope = logger.BeginScope(new GidLogScope(gid));
+        Open.Value = gid;
+        return new Closer(scope, outer);
+    }
+
+    private sealed class Closer(IDisposable? scope, string? outer) : IDisposable
+    {
+        public void Dispose()
+        {
+            Open.Value = outer;
+            scope?.Dispose();
+        }
     }
 }

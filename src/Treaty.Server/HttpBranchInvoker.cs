@@ -96,15 +96,22 @@ internal sealed partial class HttpBranchInvoker : IBranchInvoker, IDisposable
             var status = (int)response.StatusCode;
             var body = await ReadBodyAsync(response, linked.Token);
             activity?.SetTag("http.response.status_code", status);
+            if (status >= 500)
+            {
+                activity?.SetStatus(ActivityStatusCode.Error);
+            }
+
             return BranchOutcome.FromHttp(status, body);
         }
         catch (OperationCanceledException) when (timeout.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
         {
+            activity?.SetStatus(ActivityStatusCode.Error, "timeout");
             return BranchOutcome.Unknown(null, $"no answer within {call.Timeout.TotalMilliseconds:0} ms");
         }
         catch (HttpRequestException ex)
         {
             LogCallFailed(_logger, call.Gid, call.Branch ?? "-", call.Op, ex.Message);
+            activity?.SetStatus(ActivityStatusCode.Error, ex.Message);
             return BranchOutcome.Unknown(null, ex.Message);
         }
         catch (IOException ex)

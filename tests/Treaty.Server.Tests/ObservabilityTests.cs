@@ -200,6 +200,11 @@ public sealed partial class ObservabilityTests(ObservabilityFixture fixture) : I
         }
 
         await Api.WaitForStatusAsync(_http, gid, "aborted");
+        fixture.Spans.Of(gid).Where(a => a.OperationName == "treaty.branch action" && (string?)a.GetTagItem("treaty.branch") == "s2")
+            .ShouldAllBe(a => a.Status == ActivityStatusCode.Error && a.GetTagItem("http.response.status_code") == null, "a refused connection is an error span");
+        fixture.Spans.Of(gid).Where(a => a.OperationName == "treaty.branch compensate" && (int?)a.GetTagItem("http.response.status_code") == 503)
+            .ShouldNotBeEmpty();
+        fixture.Spans.Of(gid).Where(a => (int?)a.GetTagItem("http.response.status_code") == 503).ShouldAllBe(a => a.Status == ActivityStatusCode.Error);
 
         var ids = new[] { 1006, 1007, 1003, 1008, 1009, 1002, 2001 };
         var logs = await Eventually.Async(
@@ -362,6 +367,9 @@ public sealed class ObservabilityFixture : IAsyncLifetime
 {
     public CapturingLoggerProvider Logs { get; } = new();
 
+    /// <summary>Every Treaty span while the class runs (the tests that need exact sets make their own).</summary>
+    public SpanRecorder Spans { get; } = new("Treaty");
+
     public Participant Participant { get; private set; } = null!;
 
     public TraceRecordingParticipant TraceParticipant { get; private set; } = null!;
@@ -397,6 +405,8 @@ public sealed class ObservabilityFixture : IAsyncLifetime
         {
             await Participant.DisposeAsync();
         }
+
+        Spans.Dispose();
     }
 }
 

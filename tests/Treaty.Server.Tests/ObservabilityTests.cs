@@ -219,6 +219,34 @@ public sealed partial class ObservabilityTests(ObservabilityFixture fixture) : I
     }
 
     [Fact]
+    public async Task AlertLogs_CarryTheGidScope()
+    {
+        var logs = new CapturingLoggerProvider();
+        await using var coordinator = await InProcessCoordinator.StartAsync(prefix: "treaty-alert-logs",
+            configure: b =>
+            {
+                b.Logging.SetMinimumLevel(LogLevel.Information);
+                b.Logging.AddProvider(logs);
+            },
+            configureOptions: o => o.AlertWebhook = _participant.Url("alerts"));
+        var gid = Api.NewGid("otel-alert");
+        _participant.Always($"{gid}/s1/compensate", 503);
+        _participant.Always($"{gid}/s2/action", 409);
+        using (var response = await Api.SubmitAsync(coordinator.Http, Json.Saga(gid, Api.PayloadNode(),
+            Json.Step("s1", Url(gid, "s1", "action"), Url(gid, "s1", "compensate"), retry: Json.Retry(2, 10, 60_000)),
+            Json.Step("s2", Url(gid, "s2", "action"), Url(gid, "s2", "compensate")))))
+        {
+            response.IsSuccessStatusCode.ShouldBeTrue();
+        }
+
+        // 3102: recorded in the outbox; 3103: delivered to the webhook.
+        var alertLines = await Eventually.Async(
+            () => Task.FromResult(logs.Logs.Where(l => l.EventId.Id is 3102 or 3103 && l.Message.Contains(gid, StringComparison.Ordinal)).ToList()),
+            l => l.Any(x => x.EventId.Id == 3102) && l.Any(x => x.EventId.Id == 3103), "the alert recorded and delivered");
+        alertLines.ShouldAllBe(l => l.ScopeGid == gid && l.GidScopes == 1);
+    }
+
+    [Fact]
     public void EventIds_OfEveryLoggerMessage_AreUniqueAcrossTheSolution()
     {
         var messages = LoggerMessages().ToList();

@@ -33,10 +33,16 @@ internal static class ServeCommand
             Description = $"OTLP transport: http (protobuf, the default) or grpc; {OtlpProtocolVariable} is read when not given",
         };
         otlpProtocol.AcceptOnlyFromAmong(TreatyServerDefaults.OtlpProtocol, TreatyServerDefaults.OtlpProtocolGrpc);
+        var timelineBodyBytes = new Option<int>("--timeline-body-bytes")
+        {
+            Description = $"Keep this much (UTF-8 bytes, 0 to {TreatyServerDefaults.MaxTimelineBodyBytes}) of every participant answer for the dashboard's timeline",
+            DefaultValueFactory = _ => TreatyServerDefaults.TimelineBodyBytes,
+        };
         var command = new Command("serve", "Run the coordinator (HTTP API, engine, recovery) on the embedded SQLite store")
         {
             urls, dataDir, callbackSecret, alertWebhook, alertSecret, otlpEndpoint, otlpProtocol,
         };
+        command.Options.Add(timelineBodyBytes);
         command.SetAction(async (parse, cancellationToken) =>
         {
             var options = new TreatyServerOptions
@@ -48,6 +54,7 @@ internal static class ServeCommand
                 AlertSecret = ResolveCallbackSecret(parse.GetValue(alertSecret), Environment.GetEnvironmentVariable(AlertSecretVariable)),
                 OtlpEndpoint = ResolveCallbackSecret(parse.GetValue(otlpEndpoint), Environment.GetEnvironmentVariable(OtlpEndpointVariable)),
                 OtlpProtocol = ResolveOtlpProtocol(parse.GetValue(otlpProtocol), Environment.GetEnvironmentVariable(OtlpProtocolVariable)),
+                TimelineBodyBytes = parse.GetValue(timelineBodyBytes),
             };
             try
             {

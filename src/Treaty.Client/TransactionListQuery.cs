@@ -18,6 +18,12 @@ public sealed record TransactionListQuery
     /// <summary>Only transactions created at or after this instant.</summary>
     public DateTimeOffset? Since { get; init; }
 
+    /// <summary>Only transactions created before this instant (exclusive).</summary>
+    public DateTimeOffset? Until { get; init; }
+
+    /// <summary>Only transactions whose gid contains this text (case-sensitive).</summary>
+    public string? GidContains { get; init; }
+
     /// <summary>Page size; the coordinator caps it.</summary>
     public int? Limit { get; init; }
 
@@ -31,6 +37,8 @@ public sealed record TransactionListQuery
         Append(builder, "protocol", Protocol);
         Append(builder, "stuck", Stuck is { } stuck ? (stuck ? "true" : "false") : null);
         Append(builder, "since", Since?.ToString("O", CultureInfo.InvariantCulture));
+        Append(builder, "until", Until?.ToString("O", CultureInfo.InvariantCulture));
+        Append(builder, "gid", GidContains);
         Append(builder, "limit", Limit?.ToString(CultureInfo.InvariantCulture));
         Append(builder, "cursor", Cursor);
         return builder.ToString();

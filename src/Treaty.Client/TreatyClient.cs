@@ -162,6 +162,14 @@ public sealed class TreatyClient : IDisposable
         return await ReadAsync(response, TreatyJsonContext.Default.TransactionListView, cancellationToken).ConfigureAwait(false);
     }
 
+    /// <summary>How many transactions match <paramref name="query"/>'s filters, by status (its status, limit and cursor are ignored).</summary>
+    public async Task<TransactionCountsView> CountAsync(TransactionListQuery? query = null, CancellationToken cancellationToken = default)
+    {
+        var filters = (query ?? new TransactionListQuery()) with { Status = null, Limit = null, Cursor = null };
+        using var response = await _http.GetAsync(Resolve("api/v1/transaction-counts" + filters.ToQueryString()), cancellationToken).ConfigureAwait(false);
+        return await ReadAsync(response, TreatyJsonContext.Default.TransactionCountsView, cancellationToken).ConfigureAwait(false);
+    }
+
     /// <summary>Every transaction matching <paramref name="query"/>, following the cursor page by page.</summary>
     /// <param name="query">Filters (its <see cref="TransactionListQuery.Cursor"/> is the starting point).</param>
     /// <param name="cancellationToken">Cancels the enumeration.</param>

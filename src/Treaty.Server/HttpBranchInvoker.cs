@@ -22,6 +22,7 @@ internal sealed partial class HttpBranchInvoker : IBranchInvoker, IDisposable
     private readonly HttpClient _http;
     private readonly TimeProvider _time;
     private readonly int _maxResultBytes;
+    private readonly int _timelineBodyBytes;
     private readonly byte[]? _callbackSecret;
     private readonly ILogger _logger;
 
@@ -30,6 +31,7 @@ internal sealed partial class HttpBranchInvoker : IBranchInvoker, IDisposable
         _time = time;
         _logger = logger;
         _maxResultBytes = options.MaxBranchResultBytes;
+        _timelineBodyBytes = options.TimelineBodyBytes;
         _callbackSecret = options.CallbackSecret is { } secret ? Encoding.UTF8.GetBytes(secret) : null;
         var handler = new SocketsHttpHandler
         {
@@ -101,7 +103,7 @@ internal sealed partial class HttpBranchInvoker : IBranchInvoker, IDisposable
                 activity?.SetStatus(ActivityStatusCode.Error);
             }
 
-            return BranchOutcome.FromHttp(status, body);
+            return BranchOutcome.FromHttp(status, body) with { Body = BodyClip.Clip(body, _timelineBodyBytes) };
         }
         catch (OperationCanceledException) when (timeout.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
         {

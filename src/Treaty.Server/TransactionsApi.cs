@@ -16,7 +16,15 @@ public static class TransactionsApi
     /// <summary>Maps the transaction API onto <paramref name="endpoints"/>.</summary>
     public static IEndpointRouteBuilder MapTreatyApi(this IEndpointRouteBuilder endpoints)
     {
-        var api = endpoints.MapGroup("/api/v1/transactions").WithTags("Transactions");
+        // One /api/v1 group holds every endpoint, so a convention (an auth policy) added to v1 reaches
+        // the counts too; the counts live beside the transactions, not under them (a gid may be any word).
+        var v1 = endpoints.MapGroup("/api/v1").WithTags("Transactions");
+        v1.MapGet("/transaction-counts", CountAsync)
+            .WithName("CountTransactions")
+            .WithSummary("Transactions by status, with the listing's filters (all but status)")
+            .Produces<TransactionCountsView>()
+            .Produces<ProblemView>(StatusCodes.Status400BadRequest, "application/problem+json");
+        var api = v1.MapGroup("/transactions");
         api.MapPost("", SubmitAsync)
             .WithName("SubmitTransaction")
             .WithSummary("Submit a transaction (idempotent on gid)")
@@ -184,10 +192,64 @@ public static class TransactionsApi
     {
         var query = context.Request.Query;
         var errors = new List<ValidationError>();
+        var filters = ParseFilters(query, errors);
+        var limit = 50;
+        if (query.TryGetValue("limit", out var limitText)
+            && (!int.TryParse(limitText.ToString(), NumberStyles.None, CultureInfo.InvariantCulture, out limit) || limit is < 1 or > 500))
+        {
+            errors.Add(new("limit", "Use a number from 1 to 500."));
+        }
+
+        var cursor = query.TryGetValue("cursor", out var cursorText) ? cursorText.ToString() : null;
+        if (cursor is { Length: > 512 })
+        {
+            errors.Add(new("cursor", "Not a cursor this server issued."));
+        }
+
+        if (errors.Count > 0)
+        {
+            return Problems.Validation(context, errors);
+        }
+
+        TransactionPage page;
+        try
+        {
+            page = await store.ListAsync(filters with { Limit = limit, Cursor = cursor }, cancellationToken);
+        }
+        catch (Exception ex) when (cursor is not null && ex is FormatException or ArgumentException)
+        {
+            // Stores reject a cursor they did not issue (the SQLite store with ArgumentException).
+            return Problems.Field(context, "cursor", "Not a cursor this server issued.");
+        }
+
+        return Results.Json(new TransactionListView([.. page.Items.Select(WireMapper.ToSummary)], page.NextCursor), TreatyJsonContext.Default.TransactionListView);
+    }
+
+    private static async Task<IResult> CountAsync(HttpContext context, ITransactionStore store, CancellationToken cancellationToken)
+    {
+        var errors = new List<ValidationError>();
+        var filters = ParseFilters(context.Request.Query, errors, allowStatus: false);
+        if (errors.Count > 0)
+        {
+            return Problems.Validation(context, errors);
+        }
+
+        var counts = await store.CountAsync(filters, cancellationToken);
+        var byStatus = counts.ByStatus.ToDictionary(pair => pair.Key.ToWire(), pair => pair.Value, StringComparer.Ordinal);
+        return Results.Json(new TransactionCountsView(counts.Total, counts.Stuck, byStatus), TreatyJsonContext.Default.TransactionCountsView);
+    }
+
+    /// <summary>The filters of the listing and the counts; each bad one adds an error naming its field.</summary>
+    private static TransactionQuery ParseFilters(IQueryCollection query, List<ValidationError> errors, bool allowStatus = true)
+    {
         TransactionStatus? status = null;
         if (query.TryGetValue("status", out var statusText))
         {
-            if (StatusExtensions.TryParseStatus(statusText.ToString(), out var s))
+            if (!allowStatus)
+            {
+                errors.Add(new("status", "The counts are by status; filter by the other fields."));
+            }
+            else if (StatusExtensions.TryParseStatus(statusText.ToString(), out var s))
             {
                 status = s;
             }
@@ -223,49 +285,44 @@ public static class TransactionsApi
             }
         }
 
-        DateTimeOffset? since = null;
-        if (query.TryGetValue("since", out var sinceText))
+        var since = ParseTime(query, "since", errors);
+        var until = ParseTime(query, "until", errors);
+        if (since is { } from && until is { } to && to < from)
         {
-            if (DateTimeOffset.TryParse(sinceText.ToString(), CultureInfo.InvariantCulture, DateTimeStyles.AssumeUniversal, out var d))
+            errors.Add(new("until", "Must not be before since."));
+        }
+
+        string? gidContains = null;
+        if (query.TryGetValue("gid", out var gidText) && gidText.ToString() is { Length: > 0 } gid)
+        {
+            // A piece of a gid is itself a valid gid: the same characters, no longer than one.
+            if (RequestParser.IsValidGid(gid))
             {
-                since = d;
+                gidContains = gid;
             }
             else
             {
-                errors.Add(new("since", "Use an ISO 8601 timestamp."));
+                errors.Add(new("gid", $"Search with 1 to {TreatyDefaults.MaxGidLength} characters of letters, digits, '-', '_', '.' and ':'."));
             }
         }
 
-        var limit = 50;
-        if (query.TryGetValue("limit", out var limitText)
-            && (!int.TryParse(limitText.ToString(), NumberStyles.None, CultureInfo.InvariantCulture, out limit) || limit is < 1 or > 500))
+        return new TransactionQuery(status, protocol, stuck, since, Until: until, GidContains: gidContains);
+    }
+
+    private static DateTimeOffset? ParseTime(IQueryCollection query, string name, List<ValidationError> errors)
+    {
+        if (!query.TryGetValue(name, out var text))
         {
-            errors.Add(new("limit", "Use a number from 1 to 500."));
+            return null;
         }
 
-        var cursor = query.TryGetValue("cursor", out var cursorText) ? cursorText.ToString() : null;
-        if (cursor is { Length: > 512 })
+        if (DateTimeOffset.TryParse(text.ToString(), CultureInfo.InvariantCulture, DateTimeStyles.AssumeUniversal, out var at))
         {
-            errors.Add(new("cursor", "Not a cursor this server issued."));
+            return at;
         }
 
-        if (errors.Count > 0)
-        {
-            return Problems.Validation(context, errors);
-        }
-
-        TransactionPage page;
-        try
-        {
-            page = await store.ListAsync(new TransactionQuery(status, protocol, stuck, since, limit, cursor), cancellationToken);
-        }
-        catch (Exception ex) when (cursor is not null && ex is FormatException or ArgumentException)
-        {
-            // Stores reject a cursor they did not issue (the SQLite store with ArgumentException).
-            return Problems.Field(context, "cursor", "Not a cursor this server issued.");
-        }
-
-        return Results.Json(new TransactionListView([.. page.Items.Select(WireMapper.ToSummary)], page.NextCursor), TreatyJsonContext.Default.TransactionListView);
+        errors.Add(new(name, "Use an ISO 8601 timestamp."));
+        return null;
     }
 
     private static async Task<IResult> SubmitPreparedAsync(string gid, HttpContext context, TransactionEngine engine, TreatyServerOptions options, CancellationToken cancellationToken)

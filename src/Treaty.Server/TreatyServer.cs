@@ -7,6 +7,7 @@ using Treaty.Core.Model;
 using Treaty.Core.Protocols;
 using Treaty.Core.Serialization;
 using Treaty.Server.Alerts;
+using Treaty.Server.Dashboard;
 using Treaty.Storage.Sqlite;
 
 namespace Treaty.Server;
@@ -36,6 +37,7 @@ public static class TreatyServer
         app.UseExceptionHandler(errors => errors.Run(WriteUnhandledAsync));
         app.UseStatusCodePages(WriteStatusCodeAsync);
         app.MapTreatyApi();
+        app.MapTreatyDashboard();
         app.MapGet("/healthz", () => Results.Text("ok")).ExcludeFromDescription();
         app.MapGet("/readyz", async (ITransactionStore store, CancellationToken ct) =>
         {

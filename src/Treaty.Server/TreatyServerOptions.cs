@@ -21,6 +21,10 @@ public sealed class TreatyServerOptions
     /// <summary>Largest participant answer stored as a branch result.</summary>
     public int MaxBranchResultBytes { get; set; } = TreatyServerDefaults.MaxBranchResultBytes;
 
+    /// <summary>How much of each participant answer the timeline keeps (UTF-8 bytes, 0 keeps none,
+    /// at most <see cref="TreatyServerDefaults.MaxTimelineBodyBytes"/>); the dashboard shows it.</summary>
+    public int TimelineBodyBytes { get; set; } = TreatyServerDefaults.TimelineBodyBytes;
+
     /// <summary>Connections per participant host kept by the branch invoker.</summary>
     public int MaxConnectionsPerParticipant { get; set; } = TreatyServerDefaults.MaxConnectionsPerParticipant;
 
@@ -96,6 +100,11 @@ public sealed class TreatyServerOptions
             problems.Add("MaxWait must not be negative.");
         }
 
+        if (TimelineBodyBytes is < 0 or > TreatyServerDefaults.MaxTimelineBodyBytes)
+        {
+            problems.Add($"TimelineBodyBytes must be between 0 and {TreatyServerDefaults.MaxTimelineBodyBytes}.");
+        }
+
         if (MaxConnectionsPerParticipant < 1)
         {
             problems.Add("MaxConnectionsPerParticipant must be at least 1.");
@@ -154,6 +163,9 @@ public static class TreatyServerDefaults
     public const long MaxRequestBodyBytes = 1024 * 1024;
     public const int MaxBranchResultBytes = 64 * 1024;
     public const int MaxConnectionsPerParticipant = 256;
+    public const int TimelineBodyBytes = 2048;
+    /// <summary>Largest accepted <see cref="TreatyServerOptions.TimelineBodyBytes"/>.</summary>
+    public const int MaxTimelineBodyBytes = 64 * 1024;
     /// <summary>Shortest accepted <see cref="TreatyServerOptions.CallbackSecret"/>.</summary>
     public const int MinCallbackSecretLength = 16;
     public static readonly TimeSpan RecoveryInterval = TimeSpan.FromSeconds(1);

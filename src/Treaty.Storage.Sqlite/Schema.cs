@@ -56,6 +56,12 @@ internal static class Schema
         );
         CREATE INDEX ix_journal_gid ON journal (gid, seq);
         """,
+        // 2: The dashboard's timeline shows each answered attempt's latency and the participant's
+        // answer (clipped by the server). Nullable columns: rows written before stay as they were.
+        """
+        ALTER TABLE journal ADD COLUMN duration_ms INTEGER NULL;
+        ALTER TABLE journal ADD COLUMN body TEXT NULL;
+        """,
     ];
 
     /// <summary>The version this build creates and understands.</summary>

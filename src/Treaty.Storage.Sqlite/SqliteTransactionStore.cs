@@ -136,7 +136,7 @@ public sealed class SqliteTransactionStore : ITransactionStore, IAsyncDisposable
         await using var command = lease.Connection.CreateCommand();
         command.CommandText =
             """
-            SELECT seq, at, kind, branch, op, attempt, status_code, detail
+            SELECT seq, at, kind, branch, op, attempt, status_code, detail, duration_ms, body
             FROM journal WHERE gid = $gid ORDER BY seq;
             """;
         command.Parameters.AddWithValue("$gid", gid);
@@ -151,7 +151,9 @@ public sealed class SqliteTransactionStore : ITransactionStore, IAsyncDisposable
                 reader.IsDBNull(4) ? null : reader.GetString(4),
                 reader.IsDBNull(5) ? null : reader.GetInt32(5),
                 reader.IsDBNull(6) ? null : reader.GetInt32(6),
-                reader.IsDBNull(7) ? null : reader.GetString(7));
+                reader.IsDBNull(7) ? null : reader.GetString(7),
+                reader.IsDBNull(8) ? null : reader.GetInt64(8),
+                reader.IsDBNull(9) ? null : reader.GetString(9));
             records.Add(new JournalRecord(reader.GetInt64(0), gid, entry));
         }
 
@@ -177,24 +179,7 @@ public sealed class SqliteTransactionStore : ITransactionStore, IAsyncDisposable
             command.Parameters.AddWithValue("$status", StoredValues.Status(status));
         }
 
-        if (query.Protocol is { } protocol)
-        {
-            sql.Append(" AND protocol = $protocol");
-            command.Parameters.AddWithValue("$protocol", StoredValues.Protocol(protocol));
-        }
-
-        if (query.Stuck is { } stuck)
-        {
-            // A literal, not a parameter: the stuck-only partial index applies only to "stuck = 1".
-            sql.Append(stuck ? " AND stuck = 1" : " AND stuck = 0");
-        }
-
-        if (query.Since is { } since)
-        {
-            sql.Append(" AND created_at >= $since");
-            command.Parameters.AddWithValue("$since", StoredValues.Time(since));
-        }
-
+        AppendFilters(sql, command, query);
         if (after is { } position)
         {
             sql.Append(" AND (created_at, gid) < ($after_created_at, $after_gid)");
@@ -226,6 +211,76 @@ public sealed class SqliteTransactionStore : ITransactionStore, IAsyncDisposable
         }
 
         return new TransactionPage(items, more ? last.Encode() : null);
+    }
+
+    /// <inheritdoc />
+    public async Task<TransactionCounts> CountAsync(TransactionQuery query, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(query);
+        using var lease = await RentReaderAsync(cancellationToken);
+        var byStatus = Enum.GetValues<TransactionStatus>().ToDictionary(status => status, _ => 0L);
+        // Two queries rather than sum(stuck) in one: the status counts then read only the
+        // (status, created_at, gid) index, and the stuck count only the stuck partial index.
+        await using (var command = lease.Connection.CreateCommand())
+        {
+            var sql = new StringBuilder("SELECT status, count(*) FROM transactions WHERE 1 = 1");
+            AppendFilters(sql, command, query);
+            sql.Append(" GROUP BY status;");
+            command.CommandText = sql.ToString();
+            await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+            while (await reader.ReadAsync(cancellationToken))
+            {
+                if (StoredValues.TryParseStatus(reader.GetString(0), out var status))
+                {
+                    byStatus[status] = reader.GetInt64(1);
+                }
+            }
+        }
+
+        await using (var command = lease.Connection.CreateCommand())
+        {
+            var sql = new StringBuilder("SELECT count(*) FROM transactions WHERE 1 = 1");
+            AppendFilters(sql, command, query with { Stuck = true });
+            command.CommandText = sql.Append(';').ToString();
+            var stuck = query.Stuck == false ? 0L : Convert.ToInt64(await command.ExecuteScalarAsync(cancellationToken), CultureInfo.InvariantCulture);
+            return new TransactionCounts(byStatus, stuck);
+        }
+    }
+
+    /// <summary>The filters shared by the listing and the counts (all but status and paging), from
+    /// constant fragments only (so each filter can use its index); every value is a parameter.</summary>
+    private static void AppendFilters(StringBuilder sql, SqliteCommand command, TransactionQuery query)
+    {
+        if (query.Protocol is { } protocol)
+        {
+            sql.Append(" AND protocol = $protocol");
+            command.Parameters.AddWithValue("$protocol", StoredValues.Protocol(protocol));
+        }
+
+        if (query.Stuck is { } stuck)
+        {
+            // A literal, not a parameter: the stuck-only partial index applies only to "stuck = 1".
+            sql.Append(stuck ? " AND stuck = 1" : " AND stuck = 0");
+        }
+
+        if (query.Since is { } since)
+        {
+            sql.Append(" AND created_at >= $since");
+            command.Parameters.AddWithValue("$since", StoredValues.Time(since));
+        }
+
+        if (query.Until is { } until)
+        {
+            sql.Append(" AND created_at < $until");
+            command.Parameters.AddWithValue("$until", StoredValues.Time(until));
+        }
+
+        if (!string.IsNullOrEmpty(query.GidContains))
+        {
+            // instr, not LIKE: no wildcard in the text can widen the match, and it is case-sensitive like gids.
+            sql.Append(" AND instr(gid, $gid_contains) > 0");
+            command.Parameters.AddWithValue("$gid_contains", query.GidContains);
+        }
     }
 
     /// <inheritdoc />

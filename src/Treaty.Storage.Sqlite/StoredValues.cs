@@ -25,6 +25,22 @@ internal static class StoredValues
         _ => throw new ArgumentOutOfRangeException(nameof(status), status, "Unknown status."),
     };
 
+    /// <summary>The status a stored value names; false for a value this build does not write.</summary>
+    public static bool TryParseStatus(string stored, out TransactionStatus status)
+    {
+        foreach (var candidate in Enum.GetValues<TransactionStatus>())
+        {
+            if (Status(candidate) == stored)
+            {
+                status = candidate;
+                return true;
+            }
+        }
+
+        status = default;
+        return false;
+    }
+
     public static string Protocol(Protocol protocol) => protocol switch
     {
         Core.Model.Protocol.Saga => "saga",

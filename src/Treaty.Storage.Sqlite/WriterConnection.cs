@@ -57,10 +57,10 @@ internal sealed class WriterConnection : IDisposable
         _selectVersion = Prepare("SELECT version FROM transactions WHERE gid = $gid;", "$gid");
         _appendJournal = Prepare(
             """
-            INSERT INTO journal (gid, at, kind, branch, op, attempt, status_code, detail)
-            VALUES ($gid, $at, $kind, $branch, $op, $attempt, $status_code, $detail);
+            INSERT INTO journal (gid, at, kind, branch, op, attempt, status_code, detail, duration_ms, body)
+            VALUES ($gid, $at, $kind, $branch, $op, $attempt, $status_code, $detail, $duration_ms, $body);
             """,
-            "$gid", "$at", "$kind", "$branch", "$op", "$attempt", "$status_code", "$detail");
+            "$gid", "$at", "$kind", "$branch", "$op", "$attempt", "$status_code", "$detail", "$duration_ms", "$body");
     }
 
     /// <summary>The raw connection, for diagnostics run on the writer thread.</summary>
@@ -137,6 +137,8 @@ internal sealed class WriterConnection : IDisposable
             p[5].Value = Nullable(entry.Attempt);
             p[6].Value = Nullable(entry.StatusCode);
             p[7].Value = Nullable(entry.Detail);
+            p[8].Value = Nullable(entry.DurationMs);
+            p[9].Value = Nullable(entry.Body);
             _appendJournal.ExecuteNonQuery();
         }
     }

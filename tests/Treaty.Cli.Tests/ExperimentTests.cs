@@ -154,27 +154,19 @@ public sealed class ExperimentCheckTests
     private static readonly TimeSpan Ms = TimeSpan.FromMilliseconds(1);
 
     [Fact]
-    public void IsDown_ManySlots_IsDownOneMinusAOfTheTime_AndTheSameForTheSameSeed()
+    public void IsDown_ManyCalls_IsDownOneMinusAOfTheTime_AndTheSameForTheSameSeed()
     {
         var down = 0;
         const int Draws = 100_000;
         for (var i = 0; i < Draws; i++)
         {
-            down += AvailabilityExperiment.IsDown(seed: 42, participant: i % 1000, slot: i / 1000, availability: 0.9) ? 1 : 0;
+            down += AvailabilityExperiment.IsDown(seed: 42, participant: i % 1000, call: i / 1000, availability: 0.9) ? 1 : 0;
         }
 
         ((double)down / Draws).ShouldBe(0.1, 0.005);
         AvailabilityExperiment.IsDown(7, 3, 11, 0.9).ShouldBe(AvailabilityExperiment.IsDown(7, 3, 11, 0.9));
         Enumerable.Range(0, 200).Count(s => AvailabilityExperiment.IsDown(1, 5, s, 0.5) != AvailabilityExperiment.IsDown(2, 5, s, 0.5))
             .ShouldBeGreaterThan(50);
-    }
-
-    [Fact]
-    public void SlotAt_CountsWholeSlots()
-    {
-        AvailabilityExperiment.SlotAt(49 * Ms, 50 * Ms).ShouldBe(0);
-        AvailabilityExperiment.SlotAt(50 * Ms, 50 * Ms).ShouldBe(1);
-        AvailabilityExperiment.SlotAt(1234 * Ms, 50 * Ms).ShouldBe(24);
     }
 
     [Fact]

@@ -76,6 +76,32 @@ public sealed class ListingTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task ListAsync_GidAndUntil_NarrowTheListing()
+    {
+        var third = await Client.GetAsync(_gids[2]);
+
+        var byGid = await Client.ListAsync(new TransactionListQuery { GidContains = _gids[3] });
+        var before = await Client.ListAsync(new TransactionListQuery { Until = third!.CreatedAt });
+
+        byGid.Items.Select(i => i.Gid).ShouldBe([_gids[3]]);
+        before.Items.Select(i => i.Gid).ShouldBe([_gids[1], _gids[0]]);
+    }
+
+    [Fact]
+    public async Task CountAsync_ByStatus_IgnoresTheStatusFilter()
+    {
+        var aborted = TreatyFixture.NewGid("count-aborted");
+        await Client.Saga(aborted).Step("s1", Participant.Conflict, Participant.Ok).SubmitAsync(TimeSpan.FromSeconds(10));
+
+        var counts = await Client.CountAsync(new TransactionListQuery { Status = "committed", Protocol = "saga" });
+
+        counts.ByStatus["committed"].ShouldBe(5);
+        counts.ByStatus["aborted"].ShouldBe(1);
+        counts.Total.ShouldBe(6);
+        counts.Stuck.ShouldBe(0);
+    }
+
+    [Fact]
     public async Task ListAllAsync_CancelledToken_ThrowsOperationCanceled()
     {
         using var cancelled = new CancellationTokenSource();

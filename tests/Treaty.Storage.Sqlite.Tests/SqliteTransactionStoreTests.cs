@@ -214,6 +214,63 @@ public sealed class SqliteTransactionStoreTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Version1Database_GainsTheTimelineColumnsAndKeepsItsRows()
+    {
+        await _store.DisposeAsync();
+        using var v1 = new TempDatabase();
+        // The version 1 schema exactly as the first release wrote it, with one transaction and its journal.
+        var old = NewState("from-v1");
+        v1.Execute(Version1Schema + "PRAGMA user_version = 1;");
+        using (var connection = v1.Connect())
+        {
+            using var insert = connection.CreateCommand();
+            insert.CommandText =
+                """
+                INSERT INTO transactions VALUES ($gid, 'saga', 'pending', 0, $t, $t, NULL, 'fp', 1, $json);
+                INSERT INTO journal (gid, at, kind, branch, op, attempt, status_code, detail) VALUES ($gid, $t, 'attempt-failed', 'pay', 'action', 1, 503, 'busy');
+                """;
+            insert.Parameters.AddWithValue("$gid", old.Gid);
+            insert.Parameters.AddWithValue("$t", T0.UtcTicks);
+            insert.Parameters.AddWithValue("$json", StoredValues.Serialize(old));
+            insert.ExecuteNonQuery();
+        }
+
+        _store = v1.Open();
+        await _store.InitializeAsync(Ct);
+        var answered = new JournalEntry(T0.AddSeconds(1), JournalKinds.AttemptSucceeded, "pay", "action", 2, 200, null, DurationMs: 42, Body: "{\"ok\":true}");
+        await _store.UpdateAsync(old with { Version = 2 }, [answered], Ct);
+
+        v1.Scalar("PRAGMA user_version;").ShouldBe((long)Schema.CurrentVersion);
+        var journal = await _store.GetJournalAsync(old.Gid, Ct);
+        journal.Select(r => r.Entry).ShouldBe(
+        [
+            new JournalEntry(T0, JournalKinds.AttemptFailed, "pay", "action", 1, 503, "busy"),
+            answered,
+        ]);
+        journal[0].Entry.DurationMs.ShouldBeNull();
+        journal[0].Entry.Body.ShouldBeNull();
+        (await _store.GetAsync(old.Gid, Ct))!.Version.ShouldBe(2);
+        await _store.DisposeAsync();
+    }
+
+    private const string Version1Schema =
+        """
+        CREATE TABLE transactions (
+            gid TEXT NOT NULL PRIMARY KEY, protocol TEXT NOT NULL, status TEXT NOT NULL, stuck INTEGER NOT NULL,
+            created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, next_wake_at INTEGER NULL,
+            fingerprint TEXT NOT NULL, version INTEGER NOT NULL, state_json TEXT NOT NULL);
+        CREATE INDEX ix_transactions_created ON transactions (created_at DESC, gid DESC);
+        CREATE INDEX ix_transactions_status_created ON transactions (status, created_at DESC, gid DESC);
+        CREATE INDEX ix_transactions_stuck_created ON transactions (created_at DESC, gid DESC) WHERE stuck = 1;
+        CREATE INDEX ix_transactions_due ON transactions (coalesce(next_wake_at, -1), gid) WHERE status NOT IN ('committed', 'aborted');
+        CREATE TABLE journal (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT, gid TEXT NOT NULL, at INTEGER NOT NULL, kind TEXT NOT NULL,
+            branch TEXT NULL, op TEXT NULL, attempt INTEGER NULL, status_code INTEGER NULL, detail TEXT NULL);
+        CREATE INDEX ix_journal_gid ON journal (gid, seq);
+
+        """;
+
+    [Fact]
     public async Task DatabaseFromANewerVersion_IsRefused()
     {
         await _store.DisposeAsync();
@@ -241,6 +298,9 @@ public sealed class SqliteTransactionStoreTests : IAsyncLifetime
         Plan("SELECT gid FROM transactions WHERE 1 = 1 AND status = $s ORDER BY created_at DESC, gid DESC LIMIT 5", ("$s", "running"))
             .ShouldContain("ix_transactions_status_created");
         Plan("SELECT seq FROM journal WHERE gid = $g ORDER BY seq", ("$g", "x")).ShouldContain("ix_journal_gid");
+        // The dashboard's counts, polled every 1.5 s: an index scan, never the table with its state_json.
+        Plan("SELECT status, count(*) FROM transactions WHERE 1 = 1 GROUP BY status").ShouldContain("COVERING INDEX ix_transactions_status_created");
+        Plan("SELECT count(*) FROM transactions WHERE 1 = 1 AND stuck = 1").ShouldContain("ix_transactions_stuck_created");
     }
 
     [Fact]

@@ -232,7 +232,8 @@ public abstract class StoreComplianceTests : IAsyncLifetime
     [Fact]
     public async Task Journal_EveryFieldRoundTrips()
     {
-        var full = new JournalEntry(T0.AddTicks(1234567), JournalKinds.AttemptFailed, "pay", ProtocolNames.Compensate, 7, 503, "upstream said \"no\" ✓");
+        var full = new JournalEntry(T0.AddTicks(1234567), JournalKinds.AttemptFailed, "pay", ProtocolNames.Compensate, 7, 503, "upstream said \"no\" ✓",
+            DurationMs: 1234, Body: "{\"detail\":\"no ✓\"}");
         var bare = new JournalEntry(T0.AddMinutes(1), JournalKinds.OperatorAbort);
 
         await Store.InsertAsync(NewState("journal"), [full, bare], Ct);
@@ -373,6 +374,93 @@ public abstract class StoreComplianceTests : IAsyncLifetime
         items.Select(s => s.Gid).ShouldBe(Expected(states, s =>
             s.Status == TransactionStatus.Aborting && s.Spec.Protocol == Protocol.Saga && s.Stuck && s.CreatedAt >= since));
         items.ShouldNotBeEmpty();
+    }
+
+    [Fact]
+    public async Task List_Until_ExcludesCreatedAtTheInstant()
+    {
+        var states = await InsertAllAsync(Mixed(20));
+        var pivot = states[7].CreatedAt;
+
+        var beforePivot = await ListAllAsync(new TransactionQuery(Until: pivot, Limit: 5));
+        var justAfter = await ListAllAsync(new TransactionQuery(Until: pivot.AddTicks(1), Limit: 5));
+
+        beforePivot.Select(s => s.Gid).ShouldBe(Expected(states, s => s.CreatedAt < pivot));
+        justAfter.Select(s => s.Gid).ShouldBe(Expected(states, s => s.CreatedAt <= pivot));
+        justAfter.Count.ShouldBeGreaterThan(beforePivot.Count);
+    }
+
+    [Fact]
+    public async Task List_SinceAndUntil_ReturnTheHalfOpenRange()
+    {
+        var states = await InsertAllAsync(Mixed(30));
+        var since = T0.AddMinutes(2);
+        var until = T0.AddMinutes(5);
+
+        var items = await ListAllAsync(new TransactionQuery(Since: since, Until: until, Limit: 2));
+
+        items.Select(s => s.Gid).ShouldBe(Expected(states, s => s.CreatedAt >= since && s.CreatedAt < until));
+        items.Count.ShouldBe(9);
+    }
+
+    [Fact]
+    public async Task List_GidContains_MatchesSubstringsOrdinally()
+    {
+        await InsertAllAsync([NewState("order-17-pay"), NewState("order-170"), NewState("ORDER-17x"), NewState("refund-9"), NewState("a%b_c")]);
+
+        (await ListAllAsync(new TransactionQuery(GidContains: "order-17", Limit: 1))).Select(s => s.Gid).Order(StringComparer.Ordinal)
+            .ShouldBe(["order-17-pay", "order-170"]);
+        (await ListAllAsync(new TransactionQuery(GidContains: "9", Limit: 10))).Select(s => s.Gid).ShouldBe(["refund-9"]);
+        // Wildcards of LIKE are plain characters here.
+        (await ListAllAsync(new TransactionQuery(GidContains: "%", Limit: 10))).Select(s => s.Gid).ShouldBe(["a%b_c"]);
+        (await ListAllAsync(new TransactionQuery(GidContains: "_", Limit: 10))).Select(s => s.Gid).ShouldBe(["a%b_c"]);
+        (await ListAllAsync(new TransactionQuery(GidContains: "nothing", Limit: 10))).ShouldBeEmpty();
+    }
+
+    [Fact]
+    public async Task Count_Empty_IsZeroForEveryStatus()
+    {
+        var counts = await Store.CountAsync(new TransactionQuery(), Ct);
+
+        counts.ByStatus.Keys.ShouldBe(Enum.GetValues<TransactionStatus>(), ignoreOrder: true);
+        counts.ByStatus.Values.ShouldAllBe(n => n == 0);
+        counts.Stuck.ShouldBe(0);
+        counts.Total.ShouldBe(0);
+    }
+
+    [Fact]
+    public async Task Count_ByStatus_MatchesTheListingUnderTheSameFilters()
+    {
+        var states = await InsertAllAsync(Mixed(60));
+        var filters = new TransactionQuery(Protocol: Protocol.Saga, Since: T0.AddMinutes(3), Until: T0.AddMinutes(15), GidContains: "m0");
+
+        var counts = await Store.CountAsync(filters with { Status = TransactionStatus.Committed }, Ct);
+
+        var matching = states.Where(s => s.Spec.Protocol == Protocol.Saga && s.CreatedAt >= T0.AddMinutes(3) && s.CreatedAt < T0.AddMinutes(15) && s.Gid.Contains("m0", StringComparison.Ordinal)).ToList();
+        foreach (var status in Enum.GetValues<TransactionStatus>())
+        {
+            counts.ByStatus[status].ShouldBe(matching.Count(s => s.Status == status), $"status {status}");
+            counts.ByStatus[status].ShouldBe((await ListAllAsync(filters with { Status = status, Limit = 7 })).Count);
+        }
+
+        counts.Stuck.ShouldBe(matching.Count(s => s.Stuck));
+        counts.Total.ShouldBe(matching.Count);
+        counts.Total.ShouldBeGreaterThan(5);
+    }
+
+    [Fact]
+    public async Task Count_FollowsUpdates()
+    {
+        var state = NewState("counted");
+        await Store.InsertAsync(state, [], Ct);
+        (await Store.CountAsync(new TransactionQuery(), Ct)).ByStatus[TransactionStatus.Pending].ShouldBe(1);
+
+        await Store.UpdateAsync(Advance(state, s => s with { Status = TransactionStatus.Aborting, StuckOn = SomeStuckCause }), [], Ct);
+
+        var counts = await Store.CountAsync(new TransactionQuery(), Ct);
+        counts.ByStatus[TransactionStatus.Pending].ShouldBe(0);
+        counts.ByStatus[TransactionStatus.Aborting].ShouldBe(1);
+        counts.Stuck.ShouldBe(1);
     }
 
     [Fact]

@@ -38,6 +38,8 @@ public static class WireMapper
         state.Branches.Length)
     {
         Phase = state.Phase,
+        Decision = state.Outcome?.ToWire(),
+        StuckOn = state.StuckOn is { } s ? new StuckView(s.Branch, s.Op, s.Attempts, s.LastStatusCode, s.LastError) : null,
     };
 
     public static EventView ToView(JournalRecord record) => new(
@@ -48,7 +50,11 @@ public static class WireMapper
         record.Entry.Op,
         record.Entry.Attempt,
         record.Entry.StatusCode,
-        record.Entry.Detail);
+        record.Entry.Detail)
+    {
+        DurationMs = record.Entry.DurationMs,
+        Body = record.Entry.Body,
+    };
 
     private static BranchView ToView(TransactionState state, int index, IProtocolMachine machine)
     {

@@ -183,6 +183,12 @@ public sealed record TransactionSummaryView(
     int Branches)
 {
     public string? Phase { get; init; }
+
+    /// <summary><c>commit</c>, <c>abort</c>, or null while undecided.</summary>
+    public string? Decision { get; init; }
+
+    /// <summary>While stuck: the operation an operator must look at (the dashboard's stuck view).</summary>
+    public StuckView? StuckOn { get; init; }
 }
 
 /// <summary>One entry of a transaction's timeline.</summary>
@@ -194,10 +200,23 @@ public sealed record EventView(
     string? Op,
     int? Attempt,
     int? StatusCode,
-    string? Detail);
+    string? Detail)
+{
+    /// <summary>For an answered attempt: how long the call took, in milliseconds.</summary>
+    public long? DurationMs { get; init; }
+
+    /// <summary>For an answered attempt: the participant's answer, clipped to the server's <c>TimelineBodyBytes</c>.</summary>
+    public string? Body { get; init; }
+}
 
 /// <summary>The timeline of a transaction.</summary>
 public sealed record EventListView(string Gid, IReadOnlyList<EventView> Events);
+
+/// <summary>How many transactions match a listing's filters (all but <c>status</c>), by status.</summary>
+/// <param name="Total">All of them.</param>
+/// <param name="Stuck">Those waiting for an operator.</param>
+/// <param name="ByStatus">Count per status (<c>prepared</c>, <c>pending</c>, ...); every status is present.</param>
+public sealed record TransactionCountsView(long Total, long Stuck, IReadOnlyDictionary<string, long> ByStatus);
 
 /// <summary>RFC 9457 problem details as Treaty writes them (with the offending fields).</summary>
 public sealed record ProblemView(

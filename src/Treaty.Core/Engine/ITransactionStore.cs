@@ -35,6 +35,11 @@ public interface ITransactionStore
     /// <summary>A page of transactions, newest first.</summary>
     Task<TransactionPage> ListAsync(TransactionQuery query, CancellationToken cancellationToken);
 
+    /// <summary>How many transactions match <paramref name="query"/>'s filters, by status. The query's
+    /// <see cref="TransactionQuery.Status"/>, <see cref="TransactionQuery.Limit"/> and
+    /// <see cref="TransactionQuery.Cursor"/> are ignored: the counts are the dashboard's tabs.</summary>
+    Task<TransactionCounts> CountAsync(TransactionQuery query, CancellationToken cancellationToken);
+
     /// <summary>Gids of non-terminal transactions whose <see cref="TransactionState.NextWakeAt"/> is at or
     /// before <paramref name="dueBy"/> (or unset), earliest first.</summary>
     Task<IReadOnlyList<string>> ListDueAsync(DateTimeOffset dueBy, int limit, CancellationToken cancellationToken);
@@ -43,14 +48,38 @@ public interface ITransactionStore
 /// <summary>A stored journal entry.</summary>
 public sealed record JournalRecord(long Sequence, string Gid, JournalEntry Entry);
 
-/// <summary>Filters of a listing. <see cref="Cursor"/> is the opaque <see cref="TransactionPage.NextCursor"/> of the previous page.</summary>
+/// <summary>Filters of a listing. <see cref="Cursor"/> is the opaque <see cref="TransactionPage.NextCursor"/> of the previous page.
+/// <see cref="Since"/> is inclusive, <see cref="Until"/> exclusive (consecutive ranges do not overlap);
+/// <see cref="GidContains"/> matches ordinally (case-sensitive, as gids are compared everywhere).</summary>
 public sealed record TransactionQuery(
     TransactionStatus? Status = null,
     Protocol? Protocol = null,
     bool? Stuck = null,
     DateTimeOffset? Since = null,
     int Limit = 50,
-    string? Cursor = null);
+    string? Cursor = null,
+    DateTimeOffset? Until = null,
+    string? GidContains = null)
+{
+    /// <summary>True when <paramref name="state"/> passes every filter but the paging (for in-memory stores).</summary>
+    public bool Matches(TransactionState state, bool ignoreStatus = false)
+    {
+        ArgumentNullException.ThrowIfNull(state);
+        return (ignoreStatus || Status is null || state.Status == Status)
+            && (Protocol is null || state.Spec.Protocol == Protocol)
+            && (Stuck is null || state.Stuck == Stuck)
+            && (Since is null || state.CreatedAt >= Since)
+            && (Until is null || state.CreatedAt < Until)
+            && (string.IsNullOrEmpty(GidContains) || state.Gid.Contains(GidContains, StringComparison.Ordinal));
+    }
+}
+
+/// <summary>Transactions by status, and how many of them are stuck.</summary>
+public sealed record TransactionCounts(IReadOnlyDictionary<TransactionStatus, long> ByStatus, long Stuck)
+{
+    /// <summary>All of them.</summary>
+    public long Total => ByStatus.Values.Sum();
+}
 
 /// <summary>One page of a listing.</summary>
 public sealed record TransactionPage(IReadOnlyList<TransactionState> Items, string? NextCursor);

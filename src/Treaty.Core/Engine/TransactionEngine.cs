@@ -601,7 +601,9 @@ public sealed partial class TransactionEngine : IAsyncDisposable
                 outcome = BranchOutcome.Unknown(null, ex.Message);
             }
 
-            _engine._observer.BranchCalled(state, call, outcome, _engine._time.GetElapsedTime(started));
+            var elapsed = _engine._time.GetElapsedTime(started);
+            outcome = outcome with { Duration = elapsed };
+            _engine._observer.BranchCalled(state, call, outcome, elapsed);
             await HandleSafelyAsync(new OperationCompleted(invoke.Branch, invoke.Op, invoke.Attempt, outcome));
         }
 

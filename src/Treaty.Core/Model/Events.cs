@@ -48,6 +48,13 @@ public enum OutcomeKind
 /// <summary>The outcome of one branch call, as data.</summary>
 public sealed record BranchOutcome(OutcomeKind Kind, int? StatusCode, string? Error, string? ResultJson)
 {
+    /// <summary>The participant's answer as text, clipped for the timeline; null when there was none
+    /// (or the invoker keeps none). Shown to operators, never interpreted.</summary>
+    public string? Body { get; init; }
+
+    /// <summary>How long the call took, measured by the engine; null when not measured.</summary>
+    public TimeSpan? Duration { get; init; }
+
     public static BranchOutcome Success(int statusCode, string? resultJson) => new(OutcomeKind.Succeeded, statusCode, null, resultJson);
 
     public static BranchOutcome Failure(int statusCode, string? error) => new(OutcomeKind.Failed, statusCode, error, null);
@@ -156,7 +163,9 @@ public sealed record Finish(TransactionStatus Status) : Command;
 /// <summary>Something an operator must know (the transaction became stuck).</summary>
 public sealed record Alert(string Kind, string Message) : Command;
 
-/// <summary>One row of the append-only attempt/event log.</summary>
+/// <summary>One row of the append-only attempt/event log. For an answered attempt,
+/// <c>DurationMs</c> is how long the call took and <c>Body</c> the participant's answer, clipped
+/// (see <see cref="BodyClip"/>).</summary>
 public sealed record JournalEntry(
     DateTimeOffset At,
     string Kind,
@@ -164,7 +173,49 @@ public sealed record JournalEntry(
     string? Op = null,
     int? Attempt = null,
     int? StatusCode = null,
-    string? Detail = null);
+    string? Detail = null,
+    long? DurationMs = null,
+    string? Body = null);
+
+/// <summary>Clips text kept for operators (the timeline's bodies) to a number of UTF-8 bytes.</summary>
+public static class BodyClip
+{
+    /// <summary>Appended to a clipped body.</summary>
+    public const string Marker = "…[clipped]";
+
+    /// <summary>The text if its UTF-8 form fits in <paramref name="maxBytes"/>; else its longest prefix
+    /// that fits (never splitting a character) followed by <see cref="Marker"/>. Null and empty stay null.
+    /// <paramref name="maxBytes"/> 0 keeps nothing.</summary>
+    public static string? Clip(string? text, int maxBytes)
+    {
+        if (string.IsNullOrEmpty(text) || maxBytes <= 0)
+        {
+            return null;
+        }
+
+        if (System.Text.Encoding.UTF8.GetMaxByteCount(text.Length) <= maxBytes || System.Text.Encoding.UTF8.GetByteCount(text) <= maxBytes)
+        {
+            return text;
+        }
+
+        var bytes = 0;
+        var end = 0;
+        while (end < text.Length)
+        {
+            var width = char.IsHighSurrogate(text[end]) && end + 1 < text.Length && char.IsLowSurrogate(text[end + 1]) ? 2 : 1;
+            var size = System.Text.Encoding.UTF8.GetByteCount(text.AsSpan(end, width));
+            if (bytes + size > maxBytes)
+            {
+                break;
+            }
+
+            bytes += size;
+            end += width;
+        }
+
+        return text[..end] + Marker;
+    }
+}
 
 /// <summary>The journal's kinds, as stored.</summary>
 public static class JournalKinds

@@ -449,7 +449,7 @@ public sealed class TransactionStep
         switch (outcome.Kind)
         {
             case OutcomeKind.Succeeded:
-                _journal.Add(new(Now, JournalKinds.AttemptSucceeded, name, op.Op, op.Attempts, outcome.StatusCode));
+                _journal.Add(new(Now, JournalKinds.AttemptSucceeded, name, op.Op, op.Attempts, outcome.StatusCode, null, Millis(outcome), outcome.Body));
                 Settle(completed.Branch, op with
                 {
                     Status = OpStatus.Succeeded,
@@ -462,7 +462,7 @@ public sealed class TransactionStep
                 return true;
 
             case OutcomeKind.Failed when _machine.ObligationOf(_state, completed.Branch, op.Op) != Obligation.Required:
-                _journal.Add(new(Now, JournalKinds.AttemptFailed, name, op.Op, op.Attempts, outcome.StatusCode, outcome.Error));
+                _journal.Add(new(Now, JournalKinds.AttemptFailed, name, op.Op, op.Attempts, outcome.StatusCode, outcome.Error, Millis(outcome), outcome.Body));
                 Settle(completed.Branch, op with
                 {
                     Status = OpStatus.Failed,
@@ -476,11 +476,13 @@ public sealed class TransactionStep
             default:
                 // Unknown, or a "failure" of an operation that may not fail: retry it.
                 _journal.Add(new(Now, outcome.Kind == OutcomeKind.Failed ? JournalKinds.AttemptFailed : JournalKinds.AttemptUnknown,
-                    name, op.Op, op.Attempts, outcome.StatusCode, outcome.Error));
+                    name, op.Op, op.Attempts, outcome.StatusCode, outcome.Error, Millis(outcome), outcome.Body));
                 Unknown(completed.Branch, op, outcome.StatusCode, outcome.Error ?? "unknown outcome");
                 return true;
         }
     }
+
+    private static long? Millis(BranchOutcome outcome) => outcome.Duration is { } d ? (long)Math.Round(d.TotalMilliseconds) : null;
 
     /// <summary>An in-flight call whose answer will never come: journaled, then handled as unknown.</summary>
     private void Lost(int? branch, OpState op, string why)

@@ -19,6 +19,7 @@ namespace Treaty.Core.Serialization;
 [JsonSerializable(typeof(TransactionView))]
 [JsonSerializable(typeof(TransactionListView))]
 [JsonSerializable(typeof(EventListView))]
+[JsonSerializable(typeof(TransactionCountsView))]
 [JsonSerializable(typeof(ProblemView))]
 [JsonSerializable(typeof(Dictionary<string, string>))]
 public sealed partial class TreatyJsonContext : JsonSerializerContext;

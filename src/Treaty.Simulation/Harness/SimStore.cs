@@ -183,15 +183,20 @@ internal sealed class SimStore(SimScheduler scheduler, Random random, Func<Trans
     public Task<TransactionPage> ListAsync(TransactionQuery query, CancellationToken cancellationToken)
     {
         var items = _durable.Values
-            .Where(s => (query.Status is null || s.Status == query.Status)
-                && (query.Protocol is null || s.Spec.Protocol == query.Protocol)
-                && (query.Stuck is null || s.Stuck == query.Stuck)
-                && (query.Since is null || s.CreatedAt >= query.Since))
+            .Where(s => query.Matches(s))
             .OrderByDescending(s => s.CreatedAt)
             .ThenBy(s => s.Gid, StringComparer.Ordinal)
             .Take(query.Limit)
             .ToList();
         return Task.FromResult(new TransactionPage(items, null));
+    }
+
+    public Task<TransactionCounts> CountAsync(TransactionQuery query, CancellationToken cancellationToken)
+    {
+        var matching = _durable.Values.Where(s => query.Matches(s, ignoreStatus: true)).ToList();
+        return Task.FromResult(new TransactionCounts(
+            Enum.GetValues<TransactionStatus>().ToDictionary(status => status, status => (long)matching.Count(s => s.Status == status)),
+            matching.Count(s => s.Stuck)));
     }
 
     public Task<IReadOnlyList<string>> ListDueAsync(DateTimeOffset dueBy, int limit, CancellationToken cancellationToken) =>

@@ -122,14 +122,22 @@ internal sealed class InMemoryTransactionStore(Timeline timeline) : ITransaction
         lock (_lock)
         {
             var items = _states.Values
-                .Where(s => (query.Status is null || s.Status == query.Status)
-                    && (query.Protocol is null || s.Spec.Protocol == query.Protocol)
-                    && (query.Stuck is null || s.Stuck == query.Stuck)
-                    && (query.Since is null || s.CreatedAt >= query.Since))
+                .Where(s => query.Matches(s))
                 .OrderByDescending(s => s.CreatedAt)
                 .Take(query.Limit)
                 .ToList();
             return Task.FromResult(new TransactionPage(items, null));
+        }
+    }
+
+    public Task<TransactionCounts> CountAsync(TransactionQuery query, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            var matching = _states.Values.Where(s => query.Matches(s, ignoreStatus: true)).ToList();
+            return Task.FromResult(new TransactionCounts(
+                Enum.GetValues<TransactionStatus>().ToDictionary(status => status, status => (long)matching.Count(s => s.Status == status)),
+                matching.Count(s => s.Stuck)));
         }
     }
 

@@ -291,6 +291,30 @@ public sealed partial class ObservabilityTests(ObservabilityFixture fixture) : I
     }
 
     [Fact]
+    public async Task OtlpExport_OverGrpc_SendsSpansAndMetrics()
+    {
+        await using var receiver = await OtlpReceiver.StartAsync(grpc: true);
+        await using var coordinator = await InProcessCoordinator.StartAsync(prefix: "treaty-otlp-grpc", configureOptions: o =>
+        {
+            o.OtlpEndpoint = receiver.BaseAddress.AbsoluteUri;
+            o.OtlpProtocol = "grpc";
+            o.OtlpExportInterval = TimeSpan.FromMilliseconds(200);
+        });
+        var gid = Api.NewGid("otel-grpc");
+        using (var response = await Api.SubmitAsync(coordinator.Http, Json.Saga(gid, Api.PayloadNode(),
+            Json.Step("s1", Url(gid, "s1", "action"), Url(gid, "s1", "compensate")))))
+        {
+            response.IsSuccessStatusCode.ShouldBeTrue(await response.Content.ReadAsStringAsync());
+        }
+
+        await Api.WaitForStatusAsync(coordinator.Http, gid, "committed");
+
+        await Eventually.Until(() => receiver.Received(OtlpReceiver.GrpcTraces, "treaty.submit", "treaty.branch action", gid), "the spans over gRPC");
+        await Eventually.Until(() => receiver.Received(OtlpReceiver.GrpcMetrics, "treaty.transactions.finished", "treaty.store.batch.size"), "the metrics over gRPC");
+        receiver.ContentTypes.ShouldAllBe(t => t.StartsWith("application/grpc", StringComparison.Ordinal));
+    }
+
+    [Fact]
     public async Task Serve_WithOtlpEndpoint_ExportsSpansToTheCollector()
     {
         await using var receiver = await OtlpReceiver.StartAsync();
@@ -455,16 +479,39 @@ internal sealed class OtlpReceiver : IAsyncDisposable
 
     public IReadOnlyList<string> ContentTypes => [.. _contentTypes];
 
-    public static async Task<OtlpReceiver> StartAsync()
+    /// <summary>The gRPC methods of the OTLP collector services.</summary>
+    public const string GrpcTraces = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+    public const string GrpcMetrics = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
+
+    public const string GrpcLogs = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
+
+    /// <param name="grpc">Serve OTLP/gRPC (HTTP/2 without TLS) instead of OTLP/HTTP.</param>
+    public static async Task<OtlpReceiver> StartAsync(bool grpc = false)
     {
         var builder = WebApplication.CreateSlimBuilder();
         builder.WebHost.UseUrls("http://127.0.0.1:0");
+        if (grpc)
+        {
+            builder.WebHost.ConfigureKestrel(k => k.ConfigureEndpointDefaults(e => e.Protocols = Microsoft.AspNetCore.Server.Kestrel.Core.HttpProtocols.Http2));
+        }
+
         builder.Logging.SetMinimumLevel(LogLevel.Warning);
         var app = builder.Build();
         var receiver = new OtlpReceiver(app);
-        foreach (var signal in new[] { "traces", "metrics", "logs" })
+        if (grpc)
         {
-            app.MapPost("/v1/" + signal, receiver.AcceptAsync);
+            foreach (var method in new[] { GrpcTraces, GrpcMetrics, GrpcLogs })
+            {
+                app.MapPost(method, receiver.AcceptGrpcAsync);
+            }
+        }
+        else
+        {
+            foreach (var signal in new[] { "traces", "metrics", "logs" })
+            {
+                app.MapPost("/v1/" + signal, receiver.AcceptAsync);
+            }
         }
 
         await app.StartAsync();
@@ -489,6 +536,18 @@ internal sealed class OtlpReceiver : IAsyncDisposable
         _bodies.Enqueue((context.Request.Path.Value!, body.ToArray()));
         context.Response.ContentType = "application/x-protobuf";
         context.Response.StatusCode = StatusCodes.Status200OK;
+    }
+
+    /// <summary>One unary gRPC call: a length-prefixed request, an empty Export*ServiceResponse, grpc-status 0.</summary>
+    private async Task AcceptGrpcAsync(HttpContext context)
+    {
+        using var body = new MemoryStream();
+        await context.Request.Body.CopyToAsync(body, context.RequestAborted);
+        _contentTypes.Enqueue(context.Request.ContentType ?? "");
+        _bodies.Enqueue((context.Request.Path.Value!, body.ToArray()));
+        context.Response.ContentType = "application/grpc";
+        await context.Response.Body.WriteAsync(new byte[5], context.RequestAborted); // not compressed, length 0
+        context.Response.AppendTrailer("grpc-status", "0");
     }
 
     public async ValueTask DisposeAsync()

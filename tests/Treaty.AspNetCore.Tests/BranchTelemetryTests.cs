@@ -96,6 +96,24 @@ public sealed class BranchTelemetryTests(BranchTelemetryFixture fixture) : IClas
     }
 
     [Fact]
+    public async Task KitMetrics_RecordEachCallsDuration_ByOpBarrierDecisionAndStatus()
+    {
+        using var metrics = new MetricRecorder(TreatyParticipantTelemetry.MeterName);
+        var gid = NewGid("kit-metric");
+        var view = await fixture.Coordinator.Client.Saga(gid).WithPayload(Payload)
+            .Step("pay", fixture.Url("pay"), fixture.Url("pay"))
+            .Step("declined", fixture.Url("declined"), fixture.Url("declined"))
+            .SubmitAsync(wait: Wait);
+        view.Status.ShouldBe("aborted");
+
+        var durations = await Eventually(() => metrics.Of("treaty.participant.branch.duration").ToList(), 3);
+        durations.ShouldAllBe(m => m.Unit == "ms" && m.Value >= 0);
+        durations.ShouldContain(m => m.Has("op", "action") && m.Has("barrier", "executed") && m.Has("http.response.status_code", 200));
+        durations.ShouldContain(m => m.Has("op", "action") && m.Has("http.response.status_code", 409));
+        durations.ShouldContain(m => m.Has("op", "compensate") && m.Has("http.response.status_code", 200));
+    }
+
+    [Fact]
     public async Task KitLogs_OfABranchCall_CarryTheGidScope()
     {
         var gid = NewGid("kit-log");

@@ -36,7 +36,7 @@ public static class ShopApp
     {
         ArgumentNullException.ThrowIfNull(options);
         options.Validate();
-        var dataDir = Path.GetFullPath(options.DataDir);
+        var dataDir = Path.GetFullPath(options.DataDir, Environment.CurrentDirectory); // relative to where the user started it
         Directory.CreateDirectory(dataDir);
 
         var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions

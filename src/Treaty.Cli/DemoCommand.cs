@@ -30,7 +30,7 @@ internal static class DemoCommand
             keep, dataDir, protocol, experiment,
         };
         command.SetAction((parse, cancellationToken) => RunAsync(
-            new DemoPlan(parse.GetValue(protocol), parse.GetValue(experiment)), parse.GetValue(keep), parse.GetValue(dataDir), AnsiConsole.Console, cancellationToken));
+            new DemoPlan(parse.GetValue(protocol), parse.GetValue(experiment)), parse.GetValue(keep), parse.GetValue(dataDir) is { } dir ? UserPath.Resolve(dir) : null, CliConsole.Out(parse), cancellationToken));
         return command;
     }
 
@@ -48,11 +48,6 @@ internal static class DemoCommand
 
     public static async Task<int> RunAsync(DemoPlan plan, bool keep, string? dataDir, IAnsiConsole console, CancellationToken cancellationToken)
     {
-        if (Console.IsOutputRedirected && console.Profile.Width < 160)
-        {
-            console.Profile.Width = 160; // a log or a pipe: keep the tables readable
-        }
-
         console.MarkupLine("[bold]Treaty demo[/]: a coordinator and three Shop services, each its own process, database and port.");
         DemoEnvironment env;
         try

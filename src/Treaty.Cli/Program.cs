@@ -8,4 +8,4 @@ var root = new RootCommand("treaty: a distributed transaction coordinator")
     TxCommands.Create(),
     SimulateCommand.Create(),
 };
-return await root.Parse(args).InvokeAsync();
+return await CliConsole.RunAsync(root, args);

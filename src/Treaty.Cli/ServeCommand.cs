@@ -48,7 +48,7 @@ internal static class ServeCommand
             var options = new TreatyServerOptions
             {
                 Urls = parse.GetValue(urls)!,
-                DataDir = parse.GetValue(dataDir)!,
+                DataDir = UserPath.Resolve(parse.GetValue(dataDir)!),
                 CallbackSecret = ResolveCallbackSecret(parse.GetValue(callbackSecret), Environment.GetEnvironmentVariable(CallbackSecretVariable)),
                 AlertWebhook = parse.GetValue(alertWebhook),
                 AlertSecret = ResolveCallbackSecret(parse.GetValue(alertSecret), Environment.GetEnvironmentVariable(AlertSecretVariable)),

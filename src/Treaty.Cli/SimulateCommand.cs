@@ -20,7 +20,7 @@ internal static class SimulateCommand
         var variant = new Option<string?>("--variant") { Description = "Run a known-bad variant instead of the correct system (the names are in docs/testing.md)" };
         var gid = new Option<string?>("--gid") { Description = "Print only this transaction's story (its decisions, its participants', the partitions and crashes), repeated calls folded" };
         var command = new Command("simulate", "Run one seed of the deterministic simulation and print its trace") { seed, mode, variant, gid };
-        command.SetAction(parse => Run(AnsiConsole.Console, parse.GetValue(seed), parse.GetValue(mode) == "partition", parse.GetValue(variant), parse.GetValue(gid)));
+        command.SetAction(parse => Run(CliConsole.Out(parse), parse.GetValue(seed), parse.GetValue(mode) == "partition", parse.GetValue(variant), parse.GetValue(gid)));
         return command;
     }
 

@@ -1,7 +1,9 @@
 using System.CommandLine;
+using System.Text.Json;
 using Spectre.Console;
 using Treaty.Client;
 using Treaty.Core.Contracts;
+using Treaty.Core.Serialization;
 
 namespace Treaty.Cli;
 
@@ -11,29 +13,36 @@ internal static class TxCommands
     public static Command Create()
     {
         var server = new Option<string>("--server") { Description = "Coordinator URL", DefaultValueFactory = _ => Server.TreatyServerDefaults.Urls, Recursive = true };
-        var tx = new Command("tx", "Inspect and operate transactions") { server };
+        var output = OutputFormat.CreateOption();
+        var tx = new Command("tx", "Inspect and operate transactions") { server, output };
 
         var stuck = new Option<bool>("--stuck") { Description = "Only transactions waiting for an operator" };
         var status = new Option<string?>("--status") { Description = "pending, running, aborting, committed or aborted" };
         var limit = new Option<int>("--limit") { Description = "At most this many", DefaultValueFactory = _ => 50 };
         var list = new Command("list", "List transactions, newest first") { stuck, status, limit };
-        list.SetAction((parse, ct) => RunAsync(parse.GetValue(server)!, client =>
-            ListAsync(client, parse.GetValue(stuck), AnsiConsole.Console, ct, parse.GetValue(status), parse.GetValue(limit)), ct));
+        list.SetAction((parse, ct) => RunAsync(parse, parse.GetValue(server)!, (client, console, _) => parse.GetValue(output) == OutputFormat.Json
+            ? ListJsonAsync(client, parse.GetValue(stuck), parse.InvocationConfiguration.Output, ct, parse.GetValue(status), parse.GetValue(limit))
+            : ListAsync(client, parse.GetValue(stuck), console, ct, parse.GetValue(status), parse.GetValue(limit)), ct));
 
         var gid = new Argument<string>("gid") { Description = "Transaction id" };
         var show = new Command("show", "Show a transaction: branches, attempts, timeline") { gid };
-        show.SetAction((parse, ct) => RunAsync(parse.GetValue(server)!, client => ShowAsync(client, parse.GetValue(gid)!, AnsiConsole.Console, ct), ct));
+        show.SetAction((parse, ct) => RunAsync(parse, parse.GetValue(server)!, (client, console, error) => parse.GetValue(output) == OutputFormat.Json
+            ? ShowJsonAsync(client, parse.GetValue(gid)!, parse.InvocationConfiguration.Output, error, ct)
+            : ShowAsync(client, parse.GetValue(gid)!, console, ct, error), ct));
 
         var retry = new Command("retry", "Retry a transaction's waiting operations now (restarts their retry budget)") { gid };
-        retry.SetAction((parse, ct) => RunAsync(parse.GetValue(server)!, client => RetryAsync(client, parse.GetValue(gid)!, AnsiConsole.Console, ct), ct));
+        retry.SetAction((parse, ct) => RunAsync(parse, parse.GetValue(server)!, async (client, console, _) =>
+        {
+            var view = await client.RetryAsync(parse.GetValue(gid)!, ct);
+            return Print(parse, console, view, $"Retry accepted: {view.Gid} is {view.Status}{(view.Stuck ? " (still stuck)" : "")}.");
+        }, ct));
 
         var reason = new Option<string?>("--reason") { Description = "Why (kept in the audit trail)" };
         var abort = new Command("abort", "Abort a transaction that has not passed its pivot (compensates what was applied)") { gid, reason };
-        abort.SetAction((parse, ct) => RunAsync(parse.GetValue(server)!, async client =>
+        abort.SetAction((parse, ct) => RunAsync(parse, parse.GetValue(server)!, async (client, console, _) =>
         {
             var view = await client.AbortAsync(parse.GetValue(gid)!, parse.GetValue(reason), ct);
-            AnsiConsole.MarkupLineInterpolated($"Abort accepted: {view.Gid} is {view.Status}.");
-            return 0;
+            return Print(parse, console, view, $"Abort accepted: {view.Gid} is {view.Status}.");
         }, ct));
 
         tx.Subcommands.Add(list);
@@ -41,36 +50,76 @@ internal static class TxCommands
         tx.Subcommands.Add(retry);
         tx.Subcommands.Add(abort);
         return tx;
+
+        int Print(ParseResult parse, IAnsiConsole console, TransactionView view, string text)
+        {
+            if (parse.GetValue(output) == OutputFormat.Json)
+            {
+                CliConsole.WriteJson(parse.InvocationConfiguration.Output, JsonSerializer.SerializeToNode(view, TreatyJsonContext.Default.TransactionView)!);
+            }
+            else
+            {
+                console.WriteLine(text);
+            }
+
+            return 0;
+        }
     }
 
-    private static async Task<int> RunAsync(string server, Func<TreatyClient, Task<int>> action, CancellationToken cancellationToken)
+    /// <summary>Runs <paramref name="action"/> with a client and the output console; failures go to standard error.</summary>
+    private static async Task<int> RunAsync(ParseResult parse, string server, Func<TreatyClient, IAnsiConsole, IAnsiConsole, Task<int>> action, CancellationToken cancellationToken)
     {
+        var error = CliConsole.Error(parse);
         if (!Uri.TryCreate(server, UriKind.Absolute, out var uri))
         {
-            await Console.Error.WriteLineAsync($"--server: '{server}' is not an absolute URL.");
-            return 2;
+            error.MarkupLineInterpolated($"[red]--server[/]: '{server}' is not an absolute URL.");
+            return CliConsole.UsageError;
         }
 
         using var client = new TreatyClient(uri);
         try
         {
-            return await action(client);
+            return await action(client, CliConsole.Out(parse), error);
         }
         catch (TreatyApiException ex)
         {
-            AnsiConsole.MarkupLineInterpolated($"[red]{ex.StatusCode} {ex.Title}[/]: {ex.Detail}");
-            return 1;
+            error.MarkupLineInterpolated($"[red]{ex.StatusCode} {ex.Title}[/]: {ex.Detail}");
+            return CliConsole.Failure;
         }
         catch (HttpRequestException ex)
         {
-            AnsiConsole.MarkupLineInterpolated($"[red]Cannot reach {server}[/]: {ex.Message}");
-            return 1;
+            error.MarkupLineInterpolated($"[red]Cannot reach {server}[/]: {ex.Message}");
+            return CliConsole.Failure;
         }
         catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
         {
-            AnsiConsole.MarkupLineInterpolated($"[red]{server} did not answer in time[/]");
-            return 1;
+            error.MarkupLineInterpolated($"[red]{server} did not answer in time[/]");
+            return CliConsole.Failure;
         }
+    }
+
+    /// <summary><c>tx list -o json</c>: the listing as the API returns it (<c>items</c>, <c>nextCursor</c>).</summary>
+    public static async Task<int> ListJsonAsync(TreatyClient client, bool stuckOnly, TextWriter output, CancellationToken cancellationToken, string? status = null, int limit = 50)
+    {
+        var page = await client.ListAsync(new TransactionListQuery { Stuck = stuckOnly ? true : null, Status = status, Limit = limit }, cancellationToken);
+        CliConsole.WriteJson(output, JsonSerializer.SerializeToNode(page, TreatyJsonContext.Default.TransactionListView)!);
+        return 0;
+    }
+
+    /// <summary><c>tx show -o json</c>: the transaction as the API returns it, with its timeline under <c>events</c>.</summary>
+    public static async Task<int> ShowJsonAsync(TreatyClient client, string gid, TextWriter output, IAnsiConsole error, CancellationToken cancellationToken)
+    {
+        var view = await client.GetAsync(gid, cancellationToken);
+        if (view is null)
+        {
+            return NoSuchTransaction(error, gid);
+        }
+
+        var events = await client.GetEventsAsync(gid, cancellationToken);
+        var json = JsonSerializer.SerializeToNode(view, TreatyJsonContext.Default.TransactionView)!.AsObject();
+        json["events"] = JsonSerializer.SerializeToNode(events, TreatyJsonContext.Default.EventListView)!["events"]!.DeepClone();
+        CliConsole.WriteJson(output, json);
+        return 0;
     }
 
     public static async Task<int> ListAsync(TreatyClient client, bool stuckOnly, IAnsiConsole console, CancellationToken cancellationToken, string? status = null, int limit = 50)
@@ -79,7 +128,8 @@ internal static class TxCommands
         var table = new Table().Border(TableBorder.Simple);
         foreach (var column in new[] { "gid", "protocol", "status", "phase", "stuck", "branches", "updated", "reason" })
         {
-            table.AddColumn(column);
+            // An id is copied and pasted: never wrapped, whatever the width.
+            table.AddColumn(new TableColumn(column) { NoWrap = column is "gid" or "updated" });
         }
 
         foreach (var item in page.Items)
@@ -100,13 +150,13 @@ internal static class TxCommands
         return 0;
     }
 
-    public static async Task<int> ShowAsync(TreatyClient client, string gid, IAnsiConsole console, CancellationToken cancellationToken)
+    // error: where "no such transaction" goes; null: the console itself.
+    public static async Task<int> ShowAsync(TreatyClient client, string gid, IAnsiConsole console, CancellationToken cancellationToken, IAnsiConsole? error = null)
     {
         var view = await client.GetAsync(gid, cancellationToken);
         if (view is null)
         {
-            console.MarkupLineInterpolated($"[red]No transaction {gid}[/]");
-            return 1;
+            return NoSuchTransaction(error ?? console, gid);
         }
 
         console.MarkupLine($"[bold]{Markup.Escape(view.Gid)}[/] {view.Protocol} {Colour(view.Status)}{(view.Stuck ? " [red](stuck)[/]" : "")}");
@@ -156,6 +206,13 @@ internal static class TxCommands
 
         console.Write(timeline);
         return 0;
+    }
+
+    // A failure, not a usage error: the gid may well exist on another coordinator.
+    private static int NoSuchTransaction(IAnsiConsole error, string gid)
+    {
+        error.MarkupLineInterpolated($"[red]No transaction {gid}[/]");
+        return CliConsole.Failure;
     }
 
     private static void AddOps(Table table, string name, string status, string? vote, IReadOnlyDictionary<string, OperationView> ops)

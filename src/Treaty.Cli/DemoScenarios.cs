@@ -302,7 +302,7 @@ internal sealed class DemoScenarios(DemoEnvironment env, Func<string, Task>? sho
                 return;
             }
 
-            await Task.Delay(TimeSpan.FromMilliseconds(50), ct);
+            await Task.Delay(TimeSpan.FromMilliseconds(50), TimeProvider.System, ct);
         }
     }
 

@@ -20,6 +20,7 @@ internal sealed class DemoScenarios(DemoEnvironment env, Func<string, Task>? sho
     private static readonly decimal InitialMoney = 2000.00m + 50.00m;
     private static readonly Dictionary<string, int> InitialStock = new() { ["book"] = 100, ["laptop"] = 5, ["pen"] = 0 };
     private static readonly TimeSpan Patience = TimeSpan.FromSeconds(60);
+    private static readonly TimeSpan Settling = TimeSpan.FromSeconds(10);
 
     public IEnumerable<(string Name, Func<CancellationToken, Task<ScenarioResult>> Run)> All() =>
     [
@@ -187,6 +188,7 @@ internal sealed class DemoScenarios(DemoEnvironment env, Func<string, Task>? sho
     /// <summary>Money and stock conserved, nothing held, every transaction terminal or visibly stuck, no order left PENDING.</summary>
     public async Task<IReadOnlyList<Check>> InvariantsAsync(CancellationToken ct)
     {
+        await NothingHeldAsync(ct);
         var checks = new List<Check>();
         var orders = (await env.GetJsonAsync(env.OrderUrl + "/orders", ct))["orders"]!.AsArray();
         var confirmed = orders.Where(o => Str(o, "status") == "CONFIRMED").ToList();
@@ -270,6 +272,37 @@ internal sealed class DemoScenarios(DemoEnvironment env, Func<string, Task>? sho
             }
 
             await Task.Delay(TimeSpan.FromMilliseconds(25), TimeProvider.System, ct);
+        }
+    }
+
+    /// <summary>
+    /// Waits (up to <see cref="Settling"/>) until no wallet and no stock holds anything. An aborted
+    /// 2PC or 3PC is terminal at its decision: presumed abort sends the rollbacks without waiting for
+    /// them, so the participants release their holds a moment later. The checks that follow still
+    /// fail if something stays held.
+    /// </summary>
+    public async Task NothingHeldAsync(CancellationToken ct)
+    {
+        var clock = Stopwatch.StartNew();
+        while (clock.Elapsed < Settling)
+        {
+            var held = 0m;
+            foreach (var customer in new[] { "alice", "bob" })
+            {
+                held += Dec(await env.GetJsonAsync($"{env.PaymentUrl}/wallets/{customer}", ct), "held");
+            }
+
+            foreach (var sku in InitialStock.Keys)
+            {
+                held += (await StockAsync(sku, ct)).Held;
+            }
+
+            if (held == 0)
+            {
+                return;
+            }
+
+            await Task.Delay(TimeSpan.FromMilliseconds(50), TimeProvider.System, ct);
         }
     }
 

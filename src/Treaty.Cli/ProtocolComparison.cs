@@ -55,6 +55,7 @@ internal sealed class ProtocolComparison(DemoScenarios scenarios)
         var order = await scenarios.OrderAsync(orderId, ct);
         var latency = clock.Elapsed;
         var tx = await scenarios.WaitTerminalAsync(gid, ct);
+        await scenarios.NothingHeldAsync(ct); // an aborted 2PC/3PC's rollbacks land just after its decision
         var stockAfter = await scenarios.StockAsync(sku, ct);
         var reason = Str(order, "reason") ?? "";
         var committed = @case.Status == "CONFIRMED";

@@ -24,6 +24,15 @@ internal static class ServeCommand
             Description = $"Sign alerts (Treaty-Signature) with this secret, at least {TreatyServerDefaults.MinCallbackSecretLength} characters; " +
                 $"{AlertSecretVariable} does the same without showing the secret in the process list",
         };
+        var otlpEndpoint = new Option<string?>("--otlp-endpoint")
+        {
+            Description = $"Export traces, metrics and logs over OTLP to this collector (e.g. http://127.0.0.1:4318); {OtlpEndpointVariable} is read when not given",
+        };
+        var otlpProtocol = new Option<string?>("--otlp-protocol")
+        {
+            Description = $"OTLP transport: http (protobuf, the default) or grpc; {OtlpProtocolVariable} is read when not given",
+        };
+        otlpProtocol.AcceptOnlyFromAmong(TreatyServerDefaults.OtlpProtocol, TreatyServerDefaults.OtlpProtocolGrpc);
         var timelineBodyBytes = new Option<int>("--timeline-body-bytes")
         {
             Description = $"Keep this much (UTF-8 bytes, 0 to {TreatyServerDefaults.MaxTimelineBodyBytes}) of every participant answer for the dashboard's timeline",
@@ -31,7 +40,7 @@ internal static class ServeCommand
         };
         var command = new Command("serve", "Run the coordinator (HTTP API, engine, recovery) on the embedded SQLite store")
         {
-            urls, dataDir, callbackSecret, alertWebhook, alertSecret,
+            urls, dataDir, callbackSecret, alertWebhook, alertSecret, otlpEndpoint, otlpProtocol,
         };
         command.Options.Add(timelineBodyBytes);
         var security = new ServeSecurityFlags();
@@ -49,6 +58,8 @@ internal static class ServeCommand
                 CallbackSecret = ResolveCallbackSecret(parse.GetValue(callbackSecret), Environment.GetEnvironmentVariable(CallbackSecretVariable)),
                 AlertWebhook = parse.GetValue(alertWebhook),
                 AlertSecret = ResolveCallbackSecret(parse.GetValue(alertSecret), Environment.GetEnvironmentVariable(AlertSecretVariable)),
+                OtlpEndpoint = ResolveCallbackSecret(parse.GetValue(otlpEndpoint), Environment.GetEnvironmentVariable(OtlpEndpointVariable)),
+                OtlpProtocol = ResolveOtlpProtocol(parse.GetValue(otlpProtocol), Environment.GetEnvironmentVariable(OtlpProtocolVariable)),
                 TimelineBodyBytes = parse.GetValue(timelineBodyBytes),
             };
             security.Apply(parse, options);
@@ -74,6 +85,19 @@ internal static class ServeCommand
 
     /// <summary>The environment variable read when <c>--alert-secret</c> is not given.</summary>
     internal const string AlertSecretVariable = "TREATY_ALERT_SECRET";
+
+    /// <summary>The standard OpenTelemetry variable read when <c>--otlp-endpoint</c> is not given.</summary>
+    internal const string OtlpEndpointVariable = "OTEL_EXPORTER_OTLP_ENDPOINT";
+
+    /// <summary>The standard OpenTelemetry variable read when <c>--otlp-protocol</c> is not given.</summary>
+    internal const string OtlpProtocolVariable = "OTEL_EXPORTER_OTLP_PROTOCOL";
+
+    /// <summary>The flag wins; the variable's <c>http/protobuf</c> (its default) is <c>http</c>; anything
+    /// else is passed on for validation to name.</summary>
+    internal static string ResolveOtlpProtocol(string? flag, string? environment) =>
+        !string.IsNullOrEmpty(flag) ? flag
+        : string.IsNullOrEmpty(environment) || environment == "http/protobuf" ? TreatyServerDefaults.OtlpProtocol
+        : environment;
 
     /// <summary>The flag wins over the environment; an empty value means "no secret".</summary>
     internal static string? ResolveCallbackSecret(string? flag, string? environment) =>

@@ -45,4 +45,20 @@ internal sealed class CompositeEngineObserver(params IEngineObserver[] observers
             observer.Alert(state, alert);
         }
     }
+
+    public void Decided(TransactionState previous, TransactionState next)
+    {
+        foreach (var observer in observers)
+        {
+            observer.Decided(previous, next);
+        }
+    }
+
+    public void StuckChanged(TransactionState state, bool stuck)
+    {
+        foreach (var observer in observers)
+        {
+            observer.StuckChanged(state, stuck);
+        }
+    }
 }

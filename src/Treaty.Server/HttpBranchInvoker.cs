@@ -46,6 +46,10 @@ internal sealed partial class HttpBranchInvoker : IBranchInvoker, IDisposable
             ConnectTimeout = TimeSpan.FromSeconds(5),
             UseProxy = false, // a proxy would connect on our behalf, past the address check below.
             ConnectCallback = allowlist.ConnectAsync, // resolves DNS itself; connects to allowed addresses only.
+            // The invoker writes traceparent itself (see InvokeAsync). HttpClient leaves a traceparent
+            // already on the request alone, but would still add the ambient activity's tracestate and
+            // baggage (the submit request's, say); no propagator: only the invoker's header goes out.
+            ActivityHeadersPropagator = null,
         };
         _http = new HttpClient(handler) { Timeout = Timeout.InfiniteTimeSpan };
     }
@@ -97,26 +101,31 @@ internal sealed partial class HttpBranchInvoker : IBranchInvoker, IDisposable
             request.Headers.Add("Treaty-Attempt", call.Attempt.ToString(System.Globalization.CultureInfo.InvariantCulture));
             request.Headers.Add("Idempotency-Key", call.IdempotencyKey);
             request.Headers.Accept.Add(new MediaTypeWithQualityHeaderValue("application/json"));
-            if (activity is null)
-            {
-                // No listener sampled a span: still pass the trace context on.
-                request.Headers.TryAddWithoutValidation("traceparent", $"00-{trace.TraceId.ToHexString()}-{ActivitySpanId.CreateRandom().ToHexString()}-01");
-            }
+            // Always, and only here: the participant's span is a child of this client span, or, when no
+            // listener sampled one, still of this transaction's trace.
+            request.Headers.TryAddWithoutValidation("traceparent", Traceparent(activity, trace));
 
             using var response = await _http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, linked.Token);
             var status = (int)response.StatusCode;
             var (body, clipped) = await ReadBodyAsync(response, linked.Token);
             activity?.SetTag("http.response.status_code", status);
+            if (status >= 500)
+            {
+                activity?.SetStatus(ActivityStatusCode.Error);
+            }
+
             var outcome = clipped ? StoredBodyCap.Clipped(status, body!, response.Content.Headers.ContentLength, _maxResultBytes) : BranchOutcome.FromHttp(status, body);
             return outcome with { Body = BodyClip.Clip(body, _timelineBodyBytes) };
         }
         catch (OperationCanceledException) when (timeout.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
         {
+            activity?.SetStatus(ActivityStatusCode.Error, "timeout");
             return BranchOutcome.Unknown(null, $"no answer within {call.Timeout.TotalMilliseconds:0} ms");
         }
         catch (HttpRequestException ex)
         {
             LogCallFailed(_logger, call.Gid, call.Branch ?? "-", call.Op, ex.Message);
+            activity?.SetStatus(ActivityStatusCode.Error, ex.Message);
             return BranchOutcome.Unknown(null, ex.Message);
         }
         catch (IOException ex)
@@ -124,6 +133,11 @@ internal sealed partial class HttpBranchInvoker : IBranchInvoker, IDisposable
             return BranchOutcome.Unknown(null, ex.Message);
         }
     }
+
+    /// <summary>The W3C <c>traceparent</c> of a call: the client span's id, or a fresh span id in the transaction's trace.</summary>
+    internal static string Traceparent(Activity? activity, ActivityContext trace) => activity is { IdFormat: ActivityIdFormat.W3C }
+        ? $"00-{activity.TraceId.ToHexString()}-{activity.SpanId.ToHexString()}-{(activity.Recorded ? "01" : "00")}"
+        : $"00-{trace.TraceId.ToHexString()}-{ActivitySpanId.CreateRandom().ToHexString()}-01";
 
     internal static ActivityContext TraceOf(string gid)
     {

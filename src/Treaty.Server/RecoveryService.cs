@@ -53,10 +53,10 @@ internal sealed partial class RecoveryService(
         return gids.Count;
     }
 
-    [LoggerMessage(EventId = 3001, Level = LogLevel.Information, Message = "Recovery: resumed {Count} unfinished transactions")]
+    [LoggerMessage(EventId = 2002, Level = LogLevel.Information, Message = "Recovery: resumed {Count} unfinished transactions")]
     private static partial void LogStartupRecovery(ILogger logger, int count);
 
-    [LoggerMessage(EventId = 3002, Level = LogLevel.Warning, Message = "Recovery scan failed")]
+    [LoggerMessage(EventId = 2003, Level = LogLevel.Warning, Message = "Recovery scan failed")]
     private static partial void LogScanFailed(ILogger logger, Exception exception);
 }
 

@@ -113,12 +113,14 @@ public static class TransactionsApi
                 parsedRequest.UnsupportedProtocol ? ProblemTypes.UnsupportedProtocol : ProblemTypes.Validation);
         }
 
+        using var activity = TreatyTelemetry.StartSubmit(parsedRequest.Spec!, CallerTrace(context));
         if (allowlist.Check(parsedRequest.Spec!) is { Count: > 0 } refused)
         {
             return Problems.Validation(context, refused, ProblemTypes.ParticipantNotAllowed);
         }
 
         var result = await engine.SubmitAsync(parsedRequest.Spec!, parsedRequest.Fingerprint!, cancellationToken);
+        activity?.SetTag("treaty.submit.result", result.Status.ToString());
         if (result.Status == SubmitStatus.Conflict)
         {
             return Problems.Create(StatusCodes.Status409Conflict, ProblemTypes.GidConflict, "Gid already used",
@@ -135,6 +137,19 @@ public static class TransactionsApi
         context.Response.Headers.Location = location;
         return Results.Json(View(engine, state), TreatyJsonContext.Default.TransactionView,
             statusCode: state.IsTerminal ? StatusCodes.Status200OK : StatusCodes.Status202Accepted);
+    }
+
+    /// <summary>The caller's trace: the request's activity when the host made one, else its <c>traceparent</c>.</summary>
+    private static System.Diagnostics.ActivityContext CallerTrace(HttpContext context)
+    {
+        if (System.Diagnostics.Activity.Current is { } current)
+        {
+            return current.Context;
+        }
+
+        return System.Diagnostics.ActivityContext.TryParse(context.Request.Headers.TraceParent, context.Request.Headers.TraceState, isRemote: true, out var parsed)
+            ? parsed
+            : default;
     }
 
     /// <summary>Reads <c>?wait=</c>; a problem to answer when it is not a duration within the limit.</summary>

@@ -74,7 +74,12 @@ public static class TreatyServer
         services.AddSingleton<IProtocolMachine, ThreePhaseCommitMachine>();
         services.AddSingleton<IProtocolMachine, MessageMachine>();
         services.AddSingleton<TreatyTelemetry>();
-        services.AddSingleton<TransactionEngine>();
+        services.AddSingleton(sp =>
+        {
+            var engine = ActivatorUtilities.CreateInstance<TransactionEngine>(sp);
+            sp.GetRequiredService<TreatyTelemetry>().Track(engine); // the in-flight and stuck gauges
+            return engine;
+        });
         services.AddHostedService<StoreInitializer>();
         services.AddHostedService<RecoveryService>();
         if (options.AlertWebhook is null)
@@ -87,6 +92,7 @@ public static class TreatyServer
             services.AddHostedService(sp => sp.GetRequiredService<AlertMonitor>());
             services.AddSingleton<IEngineObserver>(sp => new CompositeEngineObserver(sp.GetRequiredService<TreatyTelemetry>(), sp.GetRequiredService<AlertMonitor>()));
         }
+        services.AddTreatyOtlpExport(options);
         services.AddProblemDetails();
         services.AddOpenApi();
         services.Configure<JsonOptions>(json =>

@@ -60,6 +60,16 @@ public sealed class TreatyServerOptions
     /// <summary>Longest delay between two tries of an undelivered alert.</summary>
     public TimeSpan AlertRetryMaxDelay { get; set; } = TreatyServerDefaults.AlertRetryMaxDelay;
 
+    /// <summary>Where traces, metrics and logs go over OTLP, e.g. <c>http://127.0.0.1:4318</c> (HTTP: the
+    /// <c>/v1/traces</c>, <c>/v1/metrics</c> and <c>/v1/logs</c> paths are appended) or
+    /// <c>http://127.0.0.1:4317</c> (gRPC); null exports nothing.</summary>
+    public string? OtlpEndpoint { get; set; }
+
+    /// <summary>OTLP transport: <c>http</c> (protobuf over HTTP, the default) or <c>grpc</c>.</summary>
+    public string OtlpProtocol { get; set; } = TreatyServerDefaults.OtlpProtocol;
+
+    /// <summary>How often metrics are exported, and the longest a finished span or a log waits for its batch.</summary>
+    public TimeSpan OtlpExportInterval { get; set; } = TreatyServerDefaults.OtlpExportInterval;
     /// <summary>Client keys (submit and read), each <c>NAME:SECRET</c> or a bare secret; several for rotation.
     /// None here and in <see cref="OperatorKeys"/>: no authentication, loopback only. Never logged.</summary>
     public IList<string> ApiKeys { get; } = new List<string>();
@@ -134,6 +144,22 @@ public sealed class TreatyServerOptions
             problems.Add("AlertReconcileInterval and AlertRetryInitialDelay must be positive, and AlertRetryMaxDelay at least AlertRetryInitialDelay.");
         }
 
+        if (OtlpEndpoint is not null
+            && !(Uri.TryCreate(OtlpEndpoint, UriKind.Absolute, out var otlp) && (otlp.Scheme == Uri.UriSchemeHttp || otlp.Scheme == Uri.UriSchemeHttps)))
+        {
+            problems.Add("OtlpEndpoint must be an absolute http or https URL.");
+        }
+
+        if (OtlpProtocol is not (TreatyServerDefaults.OtlpProtocol or TreatyServerDefaults.OtlpProtocolGrpc))
+        {
+            problems.Add("OtlpProtocol must be http or grpc.");
+        }
+
+        if (OtlpExportInterval < TimeSpan.FromMilliseconds(10) || OtlpExportInterval > TimeSpan.FromHours(1))
+        {
+            problems.Add("OtlpExportInterval must be between 10 ms and 1 h.");
+        }
+
         Security.SecuritySettings.Validate(this, problems);
         if (problems.Count > 0)
         {
@@ -160,4 +186,9 @@ public static class TreatyServerDefaults
     public static readonly TimeSpan AlertReconcileInterval = TimeSpan.FromSeconds(10);
     public static readonly TimeSpan AlertRetryInitialDelay = TimeSpan.FromSeconds(1);
     public static readonly TimeSpan AlertRetryMaxDelay = TimeSpan.FromMinutes(1);
+    /// <summary>OTLP over HTTP (protobuf).</summary>
+    public const string OtlpProtocol = "http";
+    /// <summary>OTLP over gRPC.</summary>
+    public const string OtlpProtocolGrpc = "grpc";
+    public static readonly TimeSpan OtlpExportInterval = TimeSpan.FromSeconds(10);
 }

@@ -100,6 +100,7 @@ internal sealed class GroupCommitWriter
 
     private void Execute(List<WriteRequest> batch)
     {
+        var started = System.Diagnostics.Stopwatch.GetTimestamp();
         try
         {
             _writer.Begin();
@@ -127,6 +128,7 @@ internal sealed class GroupCommitWriter
         }
 
         Interlocked.Increment(ref _committedBatches);
+        StoreMetrics.Committed(batch.Count, started);
         Log.BatchCommitted(_logger, batch.Count);
         foreach (var request in batch)
         {

@@ -3,8 +3,10 @@ using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Routing;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
+using Treaty.AspNetCore.Diagnostics;
 using Treaty.AspNetCore.InDoubt;
 using Treaty.Core.Contracts;
+using Treaty.Core.Diagnostics;
 
 namespace Treaty.AspNetCore.Barrier;
 
@@ -72,6 +74,9 @@ public static class BarrierEndpointRouteBuilderExtensions
         {
             return;
         }
+
+        using var scope = logger.BeginGidScope(call.Gid);
+        using var activity = TreatyParticipantTelemetry.StartBranch(http, call);
 
         BarrierAnswer answer;
         try

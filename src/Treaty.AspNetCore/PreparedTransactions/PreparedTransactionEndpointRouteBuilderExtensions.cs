@@ -5,8 +5,10 @@ using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 using Treaty.AspNetCore.Barrier;
 using Treaty.AspNetCore.Data;
+using Treaty.AspNetCore.Diagnostics;
 using Treaty.AspNetCore.InDoubt;
 using Treaty.Core.Contracts;
+using Treaty.Core.Diagnostics;
 
 namespace Treaty.AspNetCore.PreparedTransactions;
 
@@ -73,6 +75,9 @@ public static class PreparedTransactionEndpointRouteBuilderExtensions
         {
             return;
         }
+
+        using var scope = logger.BeginGidScope(call.Gid);
+        using var activity = TreatyParticipantTelemetry.StartBranch(http, call);
 
         if (!PreparedTransactionRules.Serves(call.Op))
         {

@@ -2,6 +2,7 @@ using System.Collections.Concurrent;
 using System.Collections.Frozen;
 using System.Collections.Immutable;
 using Microsoft.Extensions.Logging;
+using Treaty.Core.Diagnostics;
 using Treaty.Core.Model;
 
 namespace Treaty.Core.Engine;
@@ -80,6 +81,24 @@ public sealed partial class TransactionEngine : IAsyncDisposable
     /// <summary>Transactions currently held in memory.</summary>
     public int ActiveCount => _active.Count;
 
+    /// <summary>Transactions held in memory that wait for an operator (their latest durable state is stuck).</summary>
+    public int StuckCount
+    {
+        get
+        {
+            var stuck = 0;
+            foreach (var runner in _active.Values)
+            {
+                if (runner.Current is { Stuck: true })
+                {
+                    stuck++;
+                }
+            }
+
+            return stuck;
+        }
+    }
+
     /// <summary>The protocols registered with this engine.</summary>
     public IReadOnlyCollection<Protocol> Protocols => _machines.Keys;
 
@@ -93,6 +112,7 @@ public sealed partial class TransactionEngine : IAsyncDisposable
     public async Task<SubmitResult> SubmitAsync(TransactionSpec spec, string fingerprint, CancellationToken cancellationToken)
     {
         var machine = MachineFor(spec.Protocol) ?? throw new InvalidOperationException($"Protocol {spec.Protocol} is not registered.");
+        using var scope = _logger.BeginGidScope(spec.Gid);
         if (_active.TryGetValue(spec.Gid, out var running) && running.Current is { } current)
         {
             return Existing(current, fingerprint);
@@ -108,6 +128,7 @@ public sealed partial class TransactionEngine : IAsyncDisposable
             return Existing(existing, fingerprint);
         }
 
+        LogSubmitted(_logger, spec.Gid, spec.Protocol.ToWire(), spec.Branches.Length);
         _observer.Submitted(first);
         var runner = new Runner(this, machine, first);
         if (!_active.TryAdd(spec.Gid, runner))
@@ -157,6 +178,7 @@ public sealed partial class TransactionEngine : IAsyncDisposable
     /// <summary>Loads a non-terminal transaction from the store and drives it (recovery).</summary>
     public async Task ResumeAsync(string gid, CancellationToken cancellationToken)
     {
+        using var scope = _logger.BeginGidScope(gid);
         if (_active.ContainsKey(gid))
         {
             return;
@@ -181,19 +203,32 @@ public sealed partial class TransactionEngine : IAsyncDisposable
     }
 
     /// <summary>Operator: retry now, restarting the retry budget of waiting operations.</summary>
-    public Task<AdminResult> RetryAsync(string gid, string actor, CancellationToken cancellationToken) =>
-        AdminAsync(gid, new AdminRetry(actor), static (_, s) => !s.IsTerminal, cancellationToken);
+    public async Task<AdminResult> RetryAsync(string gid, string actor, CancellationToken cancellationToken)
+    {
+        using var scope = _logger.BeginGidScope(gid);
+        var result = await AdminAsync(gid, new AdminRetry(actor), static (_, s) => !s.IsTerminal, cancellationToken);
+        LogOperatorAction(_logger, actor, "retry", gid, result.Status.ToString());
+        return result;
+    }
 
     /// <summary>Operator: abort (compensate) a transaction that has not passed the point of no return.</summary>
-    public Task<AdminResult> AbortAsync(string gid, string actor, string? reason, CancellationToken cancellationToken) =>
-        AdminAsync(gid, new AdminAbort(actor, reason), static (m, s) => m.CanAbort(s), cancellationToken);
+    public async Task<AdminResult> AbortAsync(string gid, string actor, string? reason, CancellationToken cancellationToken)
+    {
+        using var scope = _logger.BeginGidScope(gid);
+        var result = await AdminAsync(gid, new AdminAbort(actor, reason), static (m, s) => m.CanAbort(s), cancellationToken);
+        LogOperatorAction(_logger, actor, "abort", gid, result.Status.ToString());
+        return result;
+    }
 
     /// <summary>
     /// The two-phase message's sender committed its local transaction: deliver the registered
     /// message. Accepted only while it is <see cref="TransactionStatus.Prepared"/>.
     /// </summary>
-    public Task<AdminResult> SubmitPreparedAsync(string gid, CancellationToken cancellationToken) =>
-        AdminAsync(gid, new SenderCommitted(), static (_, s) => s.Status == TransactionStatus.Prepared, cancellationToken);
+    public async Task<AdminResult> SubmitPreparedAsync(string gid, CancellationToken cancellationToken)
+    {
+        using var scope = _logger.BeginGidScope(gid);
+        return await AdminAsync(gid, new SenderCommitted(), static (_, s) => s.Status == TransactionStatus.Prepared, cancellationToken);
+    }
 
     private async Task<AdminResult> AdminAsync(
         string gid,
@@ -251,6 +286,7 @@ public sealed partial class TransactionEngine : IAsyncDisposable
     private async Task NotifyAsync(TransactionState state, NotifyOperation notify)
     {
         await Task.Yield();
+        using var scope = _logger.BeginGidScope(state.Gid);
         for (var attempt = 1; !_stopping.IsCancellationRequested; attempt++)
         {
             var call = new BranchCall(state.Gid, notify.BranchName, notify.Op, notify.Url, attempt, state.Spec.PayloadJson, notify.Timeout);
@@ -327,6 +363,7 @@ public sealed partial class TransactionEngine : IAsyncDisposable
         /// <summary>Acts on the first decision, which the submit already persisted.</summary>
         public async Task StartAsync(IReadOnlyList<Command> commands)
         {
+            using var scope = _engine._logger.BeginGidScope(Gid);
             await _gate.WaitAsync();
             try
             {
@@ -340,6 +377,8 @@ public sealed partial class TransactionEngine : IAsyncDisposable
 
         public async Task HandleAsync(TransactionEvent @event)
         {
+            // The decision loop: timers, answers and resumes all come through here.
+            using var scope = _engine._logger.BeginGidScope(Gid);
             await _gate.WaitAsync();
             try
             {
@@ -467,9 +506,27 @@ public sealed partial class TransactionEngine : IAsyncDisposable
                 return false;
             }
 
-            // Writes of one runner complete in order (each waits for the one before it).
+            // Writes of one runner complete in order (each waits for the one before it), so the
+            // durable state replaced here is the decision's predecessor.
+            var previous = Volatile.Read(ref _durable);
             Volatile.Write(ref _durable, next);
             _engine._observer.Persisted(next, forced);
+            if (previous.Outcome is null && next.Outcome is { } outcome)
+            {
+                LogDecided(_engine._logger, Gid, outcome.ToWire(), next.Reason ?? "-");
+            }
+
+            _engine._observer.Decided(previous, next);
+            if (previous.Stuck != next.Stuck)
+            {
+                if (!next.Stuck)
+                {
+                    LogUnstuck(_engine._logger, Gid);
+                }
+
+                _engine._observer.StuckChanged(next, next.Stuck);
+            }
+
             return true;
         }
 
@@ -531,6 +588,7 @@ public sealed partial class TransactionEngine : IAsyncDisposable
         {
             // Leave the caller's gate before doing I/O.
             await Task.Yield();
+            using var scope = _engine._logger.BeginGidScope(Gid);
             BranchOutcome outcome;
             var call = new BranchCall(Gid, invoke.BranchName, invoke.Op, invoke.Url, invoke.Attempt, state.Spec.PayloadJson, invoke.Timeout);
             var started = _engine._time.GetTimestamp();
@@ -586,6 +644,18 @@ public sealed partial class TransactionEngine : IAsyncDisposable
 
     [LoggerMessage(EventId = 1005, Level = LogLevel.Error, Message = "Handling an event of {Gid} failed")]
     private static partial void LogHandleFailed(ILogger logger, Exception exception, string gid);
+
+    [LoggerMessage(EventId = 1006, Level = LogLevel.Debug, Message = "Transaction {Gid} submitted ({Protocol}, {Branches} branches)")]
+    private static partial void LogSubmitted(ILogger logger, string gid, string protocol, int branches);
+
+    [LoggerMessage(EventId = 1007, Level = LogLevel.Information, Message = "Transaction {Gid} decided: {Outcome} (reason: {Reason})")]
+    private static partial void LogDecided(ILogger logger, string gid, string outcome, string reason);
+
+    [LoggerMessage(EventId = 1008, Level = LogLevel.Information, Message = "Transaction {Gid} is no longer stuck")]
+    private static partial void LogUnstuck(ILogger logger, string gid);
+
+    [LoggerMessage(EventId = 1009, Level = LogLevel.Information, Message = "Operator {Actor} asked to {Action} transaction {Gid}: {Result}")]
+    private static partial void LogOperatorAction(ILogger logger, string actor, string action, string gid, string result);
 }
 
 /// <summary>Hooks for metrics and tests; called after the decision is durable.</summary>
@@ -604,6 +674,18 @@ public interface IEngineObserver
     void Finished(TransactionState state);
 
     void Alert(TransactionState state, Alert alert);
+
+    /// <summary>A decision after the first is durable: <paramref name="previous"/> is the durable
+    /// state it replaced. An outcome set for the first time is the coordinator's decision (commit or
+    /// abort); a move to <see cref="TransactionStatus.Aborting"/> starts the compensations.</summary>
+    void Decided(TransactionState previous, TransactionState next)
+    {
+    }
+
+    /// <summary>The transaction started (<paramref name="stuck"/> true) or stopped waiting for an operator.</summary>
+    void StuckChanged(TransactionState state, bool stuck)
+    {
+    }
 }
 
 internal sealed class NullEngineObserver : IEngineObserver

@@ -3,6 +3,7 @@ using System.Net.Http.Headers;
 using System.Text;
 using System.Text.Json;
 using System.Threading.Channels;
+using Treaty.Core.Diagnostics;
 using Treaty.Core.Engine;
 using Treaty.Core.Model;
 using Treaty.Core.Security;
@@ -165,6 +166,7 @@ internal sealed partial class AlertMonitor : BackgroundService, IEngineObserver
     /// <summary>Records whatever alerts <paramref name="gid"/>'s durable state calls for.</summary>
     private async Task CheckAsync(string gid, CancellationToken cancellationToken)
     {
+        using var scope = _logger.BeginGidScope(gid);
         var state = await _store.GetAsync(gid, cancellationToken);
         var ledger = await _outbox!.LedgerAsync(gid, cancellationToken);
         var episodes = 0;
@@ -216,6 +218,7 @@ internal sealed partial class AlertMonitor : BackgroundService, IEngineObserver
         var due = await _outbox!.DueAsync(_time.GetUtcNow(), 50, cancellationToken);
         foreach (var row in due)
         {
+            using var scope = _logger.BeginGidScope(row.Gid);
             var attempts = row.Attempts + 1;
             var error = await PostAsync(row, cancellationToken);
             if (error is null)

@@ -306,6 +306,29 @@ public sealed class EngineTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Observer_SeesEachDurableDecisionWithItsPredecessor_TheAbortOnce_AndStuckBothWays()
+    {
+        await _engine.SubmitAsync(Checkout(new RetryPolicy(1, 100, 60_000)), "fp-1", Ct);
+        (await ExpectCallAsync("order.action#1")).Succeed();
+        (await ExpectCallAsync("payment.action#1")).Fail();
+        (await ExpectCallAsync("order.compensate#1")).Unknown();
+        await _store.WaitForAsync("tx-1", s => s.Stuck);
+        await WaitUntilAsync(() => _observer.StuckChanges.Count == 1);
+        await _engine.RetryAsync("tx-1", "alice", Ct);
+        (await ExpectCallAsync("order.compensate#2")).Succeed();
+        await _engine.WaitAsync("tx-1", TimeSpan.FromMinutes(1), Ct);
+        await WaitUntilAsync(() => _observer.FinishedStates.Count == 1);
+
+        var decisions = _observer.Decisions.ToList();
+        decisions.ShouldAllBe(d => d.Next.Version == d.Previous.Version + 1, "each decision follows the durable state it replaced");
+        var decided = decisions.Where(d => d.Previous.Outcome is null && d.Next.Outcome is not null).ShouldHaveSingleItem();
+        decided.Next.Outcome.ShouldBe(TransactionOutcome.Abort);
+        decided.Next.Status.ShouldBe(TransactionStatus.Aborting);
+        _observer.StuckChanges.ShouldBe([true, false]);
+        decisions[^1].Next.Status.ShouldBe(TransactionStatus.Aborted);
+    }
+
+    [Fact]
     public async Task RetryAsync_TransactionNotLoaded_ResumesItAndIsAccepted()
     {
         await _engine.SubmitAsync(Checkout(), "fp-1", Ct);

@@ -262,4 +262,14 @@ internal sealed class RecordingObserver : IEngineObserver
     public void Finished(TransactionState state) => FinishedStates.Enqueue(state);
 
     public void Alert(TransactionState state, Alert alert) => Alerts.Enqueue(alert);
+
+    /// <summary>Every durable decision after the submit: (previous, next).</summary>
+    public ConcurrentQueue<(TransactionState Previous, TransactionState Next)> Decisions { get; } = new();
+
+    /// <summary>Every change of the stuck flag, in order.</summary>
+    public ConcurrentQueue<bool> StuckChanges { get; } = new();
+
+    public void Decided(TransactionState previous, TransactionState next) => Decisions.Enqueue((previous, next));
+
+    public void StuckChanged(TransactionState state, bool stuck) => StuckChanges.Enqueue(stuck);
 }

@@ -45,7 +45,11 @@ public sealed class ShopKeyTests
             async () => (await http.GetFromJsonAsync<JsonObject>($"/orders/{orderId}"))!["status"]!.GetValue<string>(),
             status => status == "CONFIRMED", $"order {orderId} confirmed");
 
-        var transactions = await Api.ListAsync(coordinator.Http("ops:" + SecureServer.OperatorSecret));
+        // The order is confirmed by the saga's last step; the coordinator records the commit when
+        // that step's answer is back, a moment later.
+        var operatorHttp = coordinator.Http("ops:" + SecureServer.OperatorSecret);
+        var transactions = await Eventually.Async(
+            () => Api.ListAsync(operatorHttp), page => page.Items.Any(t => t.Status == "committed"), "the checkout's saga committed");
         transactions.Items.ShouldContain(t => t.Status == "committed");
     }
 

@@ -1,0 +1,57 @@
+using System.Text.Json;
+using System.Text.Json.Serialization.Metadata;
+using Treaty.AspNetCore.Data;
+
+namespace Treaty.Messaging;
+
+/// <summary>
+/// Publishes events through the transactional outbox: the row is written in the caller's own
+/// local transaction, so it commits (and is later relayed) exactly when the caller's state change
+/// commits. Nothing is sent until then.
+/// </summary>
+public sealed class Outbox
+{
+    private readonly string _source;
+    private readonly TimeProvider _time;
+    private readonly Action _nudge;
+
+    internal Outbox(string source, TimeProvider time, Action nudge)
+    {
+        _source = source;
+        _time = time;
+        _nudge = nudge;
+    }
+
+    /// <summary>Writes an event of <paramref name="type"/> with a JSON <paramref name="payload"/> in <paramref name="transaction"/>; returns its message id.</summary>
+    public Task<string> PublishAsync(ParticipantTransaction transaction, string type, string correlationId, JsonElement payload, CancellationToken cancellationToken) =>
+        PublishRawAsync(transaction, type, correlationId, payload.GetRawText(), cancellationToken);
+
+    /// <summary>Writes an event whose payload <paramref name="jsonTypeInfo"/> serializes (a source-generated context); returns its message id.</summary>
+    public Task<string> PublishAsync<T>(ParticipantTransaction transaction, string type, string correlationId, T payload, JsonTypeInfo<T> jsonTypeInfo, CancellationToken cancellationToken) =>
+        PublishRawAsync(transaction, type, correlationId, JsonSerializer.Serialize(payload, jsonTypeInfo), cancellationToken);
+
+    private async Task<string> PublishRawAsync(ParticipantTransaction transaction, string type, string correlationId, string json, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(transaction);
+        ArgumentException.ThrowIfNullOrWhiteSpace(type);
+        ArgumentException.ThrowIfNullOrWhiteSpace(correlationId);
+        var now = _time.GetUtcNow();
+        // Version 7: time-ordered, so ids sort roughly by publication and index well.
+        var messageId = Guid.CreateVersion7(now).ToString();
+        await using var insert = transaction.CreateCommand(
+            MessagingSql.InsertOutbox,
+            ("message_id", messageId),
+            ("type", type),
+            ("correlation_id", correlationId),
+            ("body", json),
+            ("trace_parent", TreatyMessagingTelemetry.CurrentTraceParent()),
+            ("source", _source),
+            ("created_at", MessagingSql.Time(transaction.Dialect, now)));
+        await insert.ExecuteNonQueryAsync(cancellationToken);
+
+        // The row is not committed yet; the nudge only makes the relay look soon. If it looks
+        // before the commit it finds nothing and the poll (or the next nudge) picks the row up.
+        _nudge();
+        return messageId;
+    }
+}

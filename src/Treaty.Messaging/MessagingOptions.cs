@@ -8,7 +8,10 @@ public sealed class MessagingOptions
     /// <summary>This service's name: the source of what it publishes and the subscriber name of its inbox. Required.</summary>
     public string ServiceName { get; set; } = "";
 
-    /// <summary>The service's own database, where the outbox, inbox, attempts and dead letters live with its state. Required.</summary>
+    /// <summary>
+    /// The service's own database, where the outbox, inbox, attempts and dead letters live with its
+    /// state. When null, the <see cref="ParticipantDatabase"/> registered in the container is used.
+    /// </summary>
     public ParticipantDatabase? Database { get; set; }
 
     /// <summary>Failed handlings of one message before it moves to the dead letters.</summary>
@@ -31,11 +34,6 @@ public sealed class MessagingOptions
         if (string.IsNullOrWhiteSpace(ServiceName))
         {
             throw new InvalidOperationException("Treaty.Messaging needs MessagingOptions.ServiceName.");
-        }
-
-        if (Database is null)
-        {
-            throw new InvalidOperationException("Treaty.Messaging needs MessagingOptions.Database (the service's own ParticipantDatabase).");
         }
 
         if (MaxAttempts < 1 || RelayBatchSize < 1 || RetryDelay <= TimeSpan.Zero || MaxRetryDelay < RetryDelay || RelayPollInterval <= TimeSpan.Zero)

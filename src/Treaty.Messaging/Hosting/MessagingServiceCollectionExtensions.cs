@@ -33,8 +33,8 @@ public static class MessagingServiceCollectionExtensions
         services.AddSingleton(builder.Routes);
         services.AddSingleton<EmbeddedDispatcher>();
         services.AddSingleton(provider => builder.TransportFactory(provider));
-        services.AddSingleton(provider => new ConsumerPipeline(options.Database!, options, provider.GetRequiredService<TimeProvider>(), Logger<ConsumerPipeline>(provider)));
-        services.AddSingleton(provider => new OutboxRelay(options.Database!, provider.GetRequiredService<IMessageTransport>(), options, provider.GetRequiredService<TimeProvider>(), Logger<OutboxRelay>(provider)));
+        services.AddSingleton(provider => new ConsumerPipeline(Database(provider), options, provider.GetRequiredService<TimeProvider>(), Logger<ConsumerPipeline>(provider)));
+        services.AddSingleton(provider => new OutboxRelay(Database(provider), provider.GetRequiredService<IMessageTransport>(), options, provider.GetRequiredService<TimeProvider>(), Logger<OutboxRelay>(provider)));
         services.AddSingleton(provider => new ReplayWorker(provider.GetRequiredService<ConsumerPipeline>(), builder.Consumers, options, provider.GetRequiredService<TimeProvider>(), Logger<ReplayWorker>(provider)));
         services.AddSingleton(provider =>
         {
@@ -44,16 +44,21 @@ public static class MessagingServiceCollectionExtensions
         services.AddSingleton(provider =>
         {
             var worker = provider.GetRequiredService<ReplayWorker>();
-            return new DeadLetters(options.Database!, options.ServiceName, provider.GetRequiredService<TimeProvider>(), worker.Nudge);
+            return new DeadLetters(Database(provider), options.ServiceName, provider.GetRequiredService<TimeProvider>(), worker.Nudge);
         });
 
         // Order matters: tables first, then the subscriptions, then the relay and the replays.
         services.AddSingleton<IHostedService>(provider => new MessagingStarter(
-            options.Database!, provider.GetRequiredService<IMessageTransport>(), provider.GetRequiredService<ConsumerPipeline>(), builder.Consumers, Logger<MessagingStarter>(provider)));
+            provider,
+            Database(provider), provider.GetRequiredService<IMessageTransport>(), provider.GetRequiredService<ConsumerPipeline>(), builder.Consumers, Logger<MessagingStarter>(provider)));
         services.AddSingleton<IHostedService>(provider => provider.GetRequiredService<OutboxRelay>());
         services.AddSingleton<IHostedService>(provider => provider.GetRequiredService<ReplayWorker>());
         return builder;
     }
+
+    // The database given in the options, else the service's registered ParticipantDatabase (the one the barrier uses).
+    private static ParticipantDatabase Database(IServiceProvider provider) =>
+        provider.GetRequiredService<MessagingOptions>().Database ?? provider.GetRequiredService<ParticipantDatabase>();
 
     private static ILogger<T> Logger<T>(IServiceProvider provider) => provider.GetService<ILogger<T>>() ?? NullLogger<T>.Instance;
 }
@@ -83,9 +88,20 @@ public sealed class TreatyMessagingBuilder
     /// <summary>Handles messages of <paramref name="type"/> with <paramref name="consumer"/>, in the inbox's transaction. One handler per type.</summary>
     public TreatyMessagingBuilder Subscribe(string type, MessageConsumer consumer)
     {
-        ArgumentException.ThrowIfNullOrWhiteSpace(type);
         ArgumentNullException.ThrowIfNull(consumer);
-        Consumers.Add(type, consumer);
+        return Subscribe(type, _ => consumer);
+    }
+
+    /// <summary>
+    /// Handles messages of <paramref name="type"/> with the handler <paramref name="factory"/> makes
+    /// from the container when the host starts (to reach the <see cref="Outbox"/> for follow-up
+    /// events, say). One handler per type.
+    /// </summary>
+    public TreatyMessagingBuilder Subscribe(string type, Func<IServiceProvider, MessageConsumer> factory)
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(type);
+        ArgumentNullException.ThrowIfNull(factory);
+        Consumers.Add(type, factory);
         return this;
     }
 
@@ -108,6 +124,7 @@ public sealed class TreatyMessagingBuilder
 
 /// <summary>Creates the tables, then subscribes this service's handlers with the transport; unsubscribes on stop.</summary>
 internal sealed class MessagingStarter(
+    IServiceProvider services,
     ParticipantDatabase database,
     IMessageTransport transport,
     ConsumerPipeline pipeline,
@@ -120,6 +137,7 @@ internal sealed class MessagingStarter(
     {
         await EnsureSchemaAsync(database, cancellationToken);
         MessagingLog.SchemaReady(logger, database.Dialect);
+        consumers.Resolve(services);
         if (consumers.Types.Count > 0)
         {
             _subscription = await transport.SubscribeAsync(

@@ -247,17 +247,41 @@ internal sealed class ReplayWorker(
 /// <summary>This service's handlers, one per message type, registered explicitly.</summary>
 internal sealed class ConsumerRegistry
 {
+    private readonly Dictionary<string, Func<IServiceProvider, MessageConsumer>> _factories = new(StringComparer.Ordinal);
     private readonly Dictionary<string, MessageConsumer> _consumers = new(StringComparer.Ordinal);
 
-    public IReadOnlyList<string> Types => [.. _consumers.Keys];
+    public IReadOnlyList<string> Types => [.. _factories.Keys];
 
-    public void Add(string type, MessageConsumer consumer)
+    public void Add(string type, MessageConsumer consumer) => Add(type, _ => consumer);
+
+    public void Add(string type, Func<IServiceProvider, MessageConsumer> factory)
     {
-        if (!_consumers.TryAdd(type, consumer))
+        if (!_factories.TryAdd(type, factory))
         {
             throw new InvalidOperationException($"A handler for '{type}' is already registered; one handler per type per service.");
         }
     }
 
-    public bool TryGet(string type, out MessageConsumer consumer) => _consumers.TryGetValue(type, out consumer!);
+    /// <summary>Makes the handlers from the container, once, before the first delivery.</summary>
+    public void Resolve(IServiceProvider services)
+    {
+        lock (_consumers)
+        {
+            foreach (var (type, factory) in _factories)
+            {
+                if (!_consumers.ContainsKey(type))
+                {
+                    _consumers[type] = factory(services);
+                }
+            }
+        }
+    }
+
+    public bool TryGet(string type, out MessageConsumer consumer)
+    {
+        lock (_consumers)
+        {
+            return _consumers.TryGetValue(type, out consumer!);
+        }
+    }
 }

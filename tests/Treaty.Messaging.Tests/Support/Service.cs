@@ -48,6 +48,8 @@ internal sealed class Service
             service.Consumers.Add(type, consumer);
         }
 
+        service.Consumers.Resolve(Microsoft.Extensions.DependencyInjection.ServiceCollectionContainerBuilderExtensions.BuildServiceProvider(new Microsoft.Extensions.DependencyInjection.ServiceCollection()));
+
         await MessagingStarter.EnsureSchemaAsync(database, CancellationToken.None);
         await database.ExecuteDdlAsync(
             "CREATE TABLE IF NOT EXISTS orders (id TEXT PRIMARY KEY, status TEXT NOT NULL); CREATE TABLE IF NOT EXISTS effects (subscriber TEXT NOT NULL, message_id TEXT NOT NULL);",

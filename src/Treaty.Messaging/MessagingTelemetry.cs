@@ -37,33 +37,33 @@ public static class TreatyMessagingTelemetry
         Activity.Current is { IdFormat: ActivityIdFormat.W3C } current ? current.Id : null;
 }
 
-/// <summary>Log messages of Treaty.Messaging (event ids 4401-4449).</summary>
+/// <summary>Log messages of Treaty.Messaging (event ids 4501-4549).</summary>
 internal static partial class MessagingLog
 {
-    [LoggerMessage(EventId = 4401, Level = LogLevel.Information, Message = "Messaging tables ready ({Dialect})")]
+    [LoggerMessage(EventId = 4501, Level = LogLevel.Information, Message = "Messaging tables ready ({Dialect})")]
     public static partial void SchemaReady(ILogger logger, Treaty.AspNetCore.Data.SqlDialect dialect);
 
-    [LoggerMessage(EventId = 4402, Level = LogLevel.Warning, Message = "The relay could not send {Count} outbox message(s) over {Transport} (failure {Failures} in a row); retrying in {Delay}")]
+    [LoggerMessage(EventId = 4502, Level = LogLevel.Warning, Message = "The relay could not send {Count} outbox message(s) over {Transport} (failure {Failures} in a row); retrying in {Delay}")]
     public static partial void SendFailed(ILogger logger, Exception exception, int count, string transport, int failures, TimeSpan delay);
 
-    [LoggerMessage(EventId = 4403, Level = LogLevel.Debug, Message = "Duplicate delivery of {MessageId} ({Type}) to {Subscriber}: already handled, acknowledged")]
+    [LoggerMessage(EventId = 4503, Level = LogLevel.Debug, Message = "Duplicate delivery of {MessageId} ({Type}) to {Subscriber}: already handled, acknowledged")]
     public static partial void Duplicate(ILogger logger, string messageId, string type, string subscriber);
 
-    [LoggerMessage(EventId = 4404, Level = LogLevel.Warning, Message = "Handling {MessageId} ({Type}) in {Subscriber} failed (attempt {Attempt} of {MaxAttempts}); rolled back, will retry")]
+    [LoggerMessage(EventId = 4504, Level = LogLevel.Warning, Message = "Handling {MessageId} ({Type}) in {Subscriber} failed (attempt {Attempt} of {MaxAttempts}); rolled back, will retry")]
     public static partial void HandlerFailed(ILogger logger, Exception exception, string messageId, string type, string subscriber, int attempt, int maxAttempts);
 
-    [LoggerMessage(EventId = 4405, Level = LogLevel.Error, Message = "Message {MessageId} ({Type}) dead-lettered in {Subscriber} after {Attempts} attempts")]
+    [LoggerMessage(EventId = 4505, Level = LogLevel.Error, Message = "Message {MessageId} ({Type}) dead-lettered in {Subscriber} after {Attempts} attempts")]
     public static partial void DeadLettered(ILogger logger, Exception exception, string messageId, string type, string subscriber, int attempts);
 
-    [LoggerMessage(EventId = 4406, Level = LogLevel.Information, Message = "Dead letter {Id} ({MessageId}) put back for delivery by an operator")]
+    [LoggerMessage(EventId = 4506, Level = LogLevel.Information, Message = "Dead letter {Id} ({MessageId}) put back for delivery by an operator")]
     public static partial void Replaying(ILogger logger, long id, string messageId);
 
-    [LoggerMessage(EventId = 4407, Level = LogLevel.Information, Message = "Dead letter {Id} ({MessageId}) handled on replay")]
+    [LoggerMessage(EventId = 4507, Level = LogLevel.Information, Message = "Dead letter {Id} ({MessageId}) handled on replay")]
     public static partial void Replayed(ILogger logger, long id, string messageId);
 
-    [LoggerMessage(EventId = 4408, Level = LogLevel.Warning, Message = "No subscriber is routed for {Type} ({MessageId}); the message is dropped")]
+    [LoggerMessage(EventId = 4508, Level = LogLevel.Warning, Message = "No subscriber is routed for {Type} ({MessageId}); the message is dropped")]
     public static partial void NoRoute(ILogger logger, string type, string messageId);
 
-    [LoggerMessage(EventId = 4409, Level = LogLevel.Error, Message = "The replay worker failed; retrying")]
+    [LoggerMessage(EventId = 4509, Level = LogLevel.Error, Message = "The replay worker failed; retrying")]
     public static partial void ReplayLoopFailed(ILogger logger, Exception exception);
 }

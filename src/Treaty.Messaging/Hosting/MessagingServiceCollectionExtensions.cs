@@ -44,7 +44,7 @@ public static class MessagingServiceCollectionExtensions
         services.AddSingleton(provider =>
         {
             var worker = provider.GetRequiredService<ReplayWorker>();
-            return new DeadLetters(Database(provider), options.ServiceName, provider.GetRequiredService<TimeProvider>(), worker.Nudge);
+            return new DeadLetters(Database(provider), options.ServiceName, provider.GetRequiredService<TimeProvider>(), worker.Nudge, Logger<DeadLetters>(provider));
         });
 
         // Order matters: tables first, then the subscriptions, then the relay and the replays.

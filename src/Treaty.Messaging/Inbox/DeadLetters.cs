@@ -55,9 +55,11 @@ public sealed class DeadLetters
     private readonly string _subscriber;
     private readonly TimeProvider _time;
     private readonly Action _nudge;
+    private readonly ILogger _logger;
 
-    internal DeadLetters(ParticipantDatabase database, string subscriber, TimeProvider time, Action nudge)
+    internal DeadLetters(ParticipantDatabase database, string subscriber, TimeProvider time, Action nudge, ILogger logger)
     {
+        _logger = logger;
         _database = database;
         _subscriber = subscriber;
         _time = time;
@@ -105,6 +107,7 @@ public sealed class DeadLetters
         }
 
         await transaction.CommitAsync(cancellationToken);
+        MessagingLog.Replaying(_logger, id, found[0].MessageId);
         _nudge();
         return true;
     }

@@ -18,7 +18,7 @@ internal sealed class Service
         Relay = new OutboxRelay(database, transport, options, time, NullLogger<OutboxRelay>.Instance);
         Outbox = new Outbox(options.ServiceName, time, Relay.Nudge);
         Replays = new ReplayWorker(Pipeline, Consumers, options, time, NullLogger<ReplayWorker>.Instance);
-        DeadLetters = new DeadLetters(database, options.ServiceName, time, Replays.Nudge);
+        DeadLetters = new DeadLetters(database, options.ServiceName, time, Replays.Nudge, NullLogger<DeadLetters>.Instance);
     }
 
     public ParticipantDatabase Database { get; }

@@ -59,6 +59,62 @@ public abstract class MessagingGuaranteeTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Relay_AsAService_SendsARowWhenItsTransactionCommits_WithoutWaitingForThePoll()
+    {
+        var orders = await StartAsync("orders");
+        await orders.Relay.StartAsync(CancellationToken.None);
+        try
+        {
+            await PlaceOrderAsync(orders, "o-rolled-back", commit: false);
+            string messageId;
+            await using (var tx = await orders.Database.BeginAsync(CancellationToken.None))
+            {
+                messageId = await orders.Outbox.PublishAsync(tx, "order.created", "o-1", JsonDocument.Parse("{}").RootElement, CancellationToken.None);
+                // Time for a relay woken too early (at the insert) to look, find nothing and sleep
+                // until the poll; on PostgreSQL it would (SQLite makes it wait for the commit).
+                await Task.Delay(300);
+                await tx.CommitAsync(CancellationToken.None);
+            }
+
+            // The manual clock never moves: only the nudge of the commit can wake the relay.
+            await EventuallyAsync(() => _transport.Sent.Any(message => message.MessageId == messageId));
+            _transport.Sent.ShouldHaveSingleItem();
+        }
+        finally
+        {
+            await orders.Relay.StopAsync(CancellationToken.None);
+        }
+    }
+
+    [Fact]
+    public async Task Relay_AfterASendFailure_TriesAgainOnlyAfterTheBackoff_ThenSends()
+    {
+        var orders = await StartAsync("orders");
+        _transport.FailNextSends = 1;
+        await orders.Relay.StartAsync(CancellationToken.None);
+        try
+        {
+            var messageId = await PlaceOrderAsync(orders, "o-1", commit: true);
+            await EventuallyAsync(() => _transport.SendCalls == 1);
+            await Task.Delay(300); // real time; the backoff runs on the manual clock, which has not moved
+            _transport.SendCalls.ShouldBe(1);
+            (await orders.ScalarAsync("SELECT send_attempts FROM treaty_outbox")).ShouldBe(1);
+
+            await EventuallyAsync(() =>
+            {
+                _time.Advance(MessagingDefaults.RetryDelay);
+                return _transport.Sent.Any(message => message.MessageId == messageId);
+            });
+            _transport.SendCalls.ShouldBe(2);
+            await EventuallyAsync(async () => await orders.ScalarAsync("SELECT COUNT(*) FROM treaty_outbox WHERE sent_at IS NULL") == 0);
+        }
+        finally
+        {
+            await orders.Relay.StopAsync(CancellationToken.None);
+        }
+    }
+
+    [Fact]
     public async Task DuplicateDelivery_IsHandledOnce()
     {
         var calls = 0;
@@ -255,6 +311,26 @@ public abstract class MessagingGuaranteeTests : IAsyncLifetime
 
     private static Task<DeliveryOutcome> DeliverAsync(Service service, TransportMessage message) =>
         service.Pipeline.DeliverAsync(message, service.Consumers.TryGet(message.Type, out var consumer) ? consumer : throw new InvalidOperationException(), CancellationToken.None);
+
+    private static async Task EventuallyAsync(Func<bool> condition)
+    {
+        var deadline = Stopwatch.StartNew();
+        while (!condition())
+        {
+            deadline.Elapsed.ShouldBeLessThan(TimeSpan.FromSeconds(10), "the condition never held");
+            await Task.Delay(25);
+        }
+    }
+
+    private static async Task EventuallyAsync(Func<Task<bool>> condition)
+    {
+        var deadline = Stopwatch.StartNew();
+        while (!await condition())
+        {
+            deadline.Elapsed.ShouldBeLessThan(TimeSpan.FromSeconds(10), "the condition never held");
+            await Task.Delay(25);
+        }
+    }
 
     private static MessageConsumer PoisonUnless(Func<bool> fixedCause) => async (tx, message, ct) =>
     {

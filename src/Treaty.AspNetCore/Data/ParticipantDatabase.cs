@@ -51,6 +51,7 @@ public sealed class ParticipantTransaction : IAsyncDisposable
 {
     private readonly Action? _onDisposed;
     private readonly bool _ownsConnection;
+    private List<Action>? _afterCommit;
     private bool _completed;
     private bool _disposed;
 
@@ -92,7 +93,18 @@ public sealed class ParticipantTransaction : IAsyncDisposable
     {
         await Transaction.CommitAsync(cancellationToken);
         _completed = true;
+        if (_afterCommit is { } callbacks)
+        {
+            _afterCommit = null;
+            foreach (var callback in callbacks)
+            {
+                callback();
+            }
+        }
     }
+
+    /// <summary>Runs <paramref name="callback"/> once this transaction has committed (never if it rolls back); the outbox wakes its relay this way.</summary>
+    internal void AfterCommit(Action callback) => (_afterCommit ??= []).Add(callback);
 
     /// <summary>The transaction ended on the server by other means (<c>PREPARE TRANSACTION</c>): dispose sends nothing.</summary>
     internal void MarkCompleted() => _completed = true;

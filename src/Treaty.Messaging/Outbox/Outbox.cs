@@ -49,9 +49,9 @@ public sealed class Outbox
             ("created_at", MessagingSql.Time(transaction.Dialect, now)));
         await insert.ExecuteNonQueryAsync(cancellationToken);
 
-        // The row is not committed yet; the nudge only makes the relay look soon. If it looks
-        // before the commit it finds nothing and the poll (or the next nudge) picks the row up.
-        _nudge();
+        // Wake the relay when the row is visible to it: after the commit, not now (on PostgreSQL
+        // it would look before the commit, find nothing and wait for the poll).
+        transaction.AfterCommit(_nudge);
         return messageId;
     }
 }

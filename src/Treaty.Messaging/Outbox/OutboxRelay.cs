@@ -72,7 +72,7 @@ internal sealed class OutboxRelay(
             {
                 failures++;
                 wait = Backoff.Delay(failures, options.RetryDelay, options.MaxRetryDelay);
-                MessagingLog.SendFailed(logger, exception, options.RelayBatchSize, transport.Name, failures, wait);
+                MessagingLog.SendFailed(logger, exception, transport.Name, failures, wait);
                 // After a failure wait the backoff out: a nudge must not turn it into a hot loop.
                 try
                 {

@@ -18,11 +18,23 @@ internal sealed class InMemoryTransport : IMessageTransport
 
     public bool CrashAfterNextSend { get; set; }
 
+    /// <summary>How many of the next SendAsync calls fail before delivering anything (a subscriber or broker unreachable).</summary>
+    public int FailNextSends { get; set; }
+
+    public int SendCalls { get; private set; }
+
     public List<TransportMessage> Sent { get; } = [];
 
     public async Task SendAsync(IReadOnlyList<TransportMessage> messages, CancellationToken cancellationToken)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
+        SendCalls++;
+        if (FailNextSends > 0)
+        {
+            FailNextSends--;
+            throw new HttpRequestException("connection refused (simulated)");
+        }
+
         foreach (var message in messages)
         {
             List<MessageHandler> handlers;

@@ -87,6 +87,43 @@ public sealed class EmbeddedEndToEndTests : IAsyncLifetime
         (await orders.Services.GetRequiredService<DeadLetters>().ListAsync(CancellationToken.None)).ShouldBeEmpty();
     }
 
+    [Fact]
+    public async Task Endpoint_AnswersRetryWith503AndRetryAfter_DeadLetteredAndDuplicatesWith200_MalformedWith400()
+    {
+        var port = FreePort();
+        var db = new SqliteParticipantDatabase(Path.Combine(_dir.Path, "wallet.db"));
+        var wallet = await StartAsync(port, services => services
+            .AddTreatyMessaging(o => { o.ServiceName = "wallet"; o.Database = db; o.MaxAttempts = 2; o.RetryDelay = TimeSpan.FromSeconds(2); })
+            .Subscribe("order.created", (tx, message, ct) => message.CorrelationId == "poison"
+                ? throw new InvalidOperationException("poison")
+                : Task.CompletedTask));
+        using var http = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{port}/") };
+
+        async Task<HttpResponseMessage> PostAsync(string id, string type, string correlationId)
+        {
+            using var request = new HttpRequestMessage(HttpMethod.Post, "treaty/messages") { Content = new StringContent("{}") };
+            request.Headers.Add("Treaty-Message-Id", id);
+            request.Headers.Add("Treaty-Message-Type", type);
+            request.Headers.Add("Treaty-Correlation-Id", correlationId);
+            request.Headers.Add("Treaty-Source", "orders");
+            request.Headers.Add("Treaty-Created-At", "2026-12-06T12:00:00.0000000Z");
+            return await http.SendAsync(request);
+        }
+
+        var retry = await PostAsync("m-poison", "order.created", "poison");
+        retry.StatusCode.ShouldBe(HttpStatusCode.ServiceUnavailable);
+        retry.Headers.RetryAfter!.Delta.ShouldBe(TimeSpan.FromSeconds(2));
+        (await PostAsync("m-poison", "order.created", "poison")).StatusCode.ShouldBe(HttpStatusCode.OK); // dead-lettered
+        (await PostAsync("m-good", "order.created", "o-1")).StatusCode.ShouldBe(HttpStatusCode.OK);
+        (await PostAsync("m-good", "order.created", "o-1")).StatusCode.ShouldBe(HttpStatusCode.OK); // duplicate
+        (await PostAsync("m-other", "nobody.subscribed", "o-1")).StatusCode.ShouldBe(HttpStatusCode.ServiceUnavailable);
+        (await http.PostAsync("treaty/messages", new StringContent("{}"))).StatusCode.ShouldBe(HttpStatusCode.BadRequest);
+
+        var letter = (await wallet.Services.GetRequiredService<DeadLetters>().ListAsync(CancellationToken.None)).ShouldHaveSingleItem();
+        letter.MessageId.ShouldBe("m-poison");
+        letter.Attempts.Count.ShouldBe(2);
+    }
+
     private async Task<WebApplication> StartAsync(int port, Action<IServiceCollection> configure)
     {
         var builder = WebApplication.CreateSlimBuilder();

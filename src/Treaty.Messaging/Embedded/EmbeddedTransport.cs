@@ -38,7 +38,7 @@ public sealed class EmbeddedRoutes
 /// which the receiving side does only after its inbox committed the message (or dead-lettered it).
 /// Anything else throws, so the relay keeps the rows and sends again.
 /// </summary>
-internal sealed class EmbeddedTransport(HttpClient http, EmbeddedRoutes routes, EmbeddedDispatcher dispatcher, ILogger<EmbeddedTransport>? logger = null) : IMessageTransport
+internal sealed class EmbeddedTransport(HttpClient http, EmbeddedRoutes routes, EmbeddedDispatcher dispatcher, ILogger<EmbeddedTransport>? logger = null, bool ownsHttpClient = false) : IMessageTransport
 {
     public const string Path = "/treaty/messages";
     private readonly ILogger _logger = logger ?? NullLogger<EmbeddedTransport>.Instance;
@@ -88,7 +88,15 @@ internal sealed class EmbeddedTransport(HttpClient http, EmbeddedRoutes routes, 
 
     public ValueTask DisposeAsync()
     {
-        _disposed = true;
+        if (!_disposed)
+        {
+            _disposed = true;
+            if (ownsHttpClient)
+            {
+                http.Dispose();
+            }
+        }
+
         return ValueTask.CompletedTask;
     }
 }

@@ -73,7 +73,8 @@ public sealed class TreatyMessagingBuilder
             new HttpClient { Timeout = TimeSpan.FromSeconds(30) },
             Routes,
             provider.GetRequiredService<EmbeddedDispatcher>(),
-            provider.GetService<ILogger<EmbeddedTransport>>());
+            provider.GetService<ILogger<EmbeddedTransport>>(),
+            ownsHttpClient: true);
     }
 
     /// <summary>The service collection, for transports' own extension methods.</summary>

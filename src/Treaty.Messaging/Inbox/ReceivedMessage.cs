@@ -32,7 +32,11 @@ public sealed record ReceivedMessage(
     int Attempt)
 {
     /// <summary>The payload as a JSON element.</summary>
-    public JsonElement Json() => JsonDocument.Parse(Body).RootElement.Clone();
+    public JsonElement Json()
+    {
+        using var document = JsonDocument.Parse(Body);
+        return document.RootElement.Clone();
+    }
 
     /// <summary>The payload deserialized with a source-generated <paramref name="jsonTypeInfo"/>.</summary>
     public T? Read<T>(JsonTypeInfo<T> jsonTypeInfo) => JsonSerializer.Deserialize(Body.Span, jsonTypeInfo);

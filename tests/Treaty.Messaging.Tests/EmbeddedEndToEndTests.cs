@@ -92,7 +92,8 @@ public sealed class EmbeddedEndToEndTests : IAsyncLifetime
     {
         var port = FreePort();
         var db = new SqliteParticipantDatabase(Path.Combine(_dir.Path, "wallet.db"));
-        var wallet = await StartAsync(port, services => services
+        var logs = new CapturingLoggerProvider();
+        var wallet = await StartAsync(port, logs: logs, configure: services => services
             .AddTreatyMessaging(o => { o.ServiceName = "wallet"; o.Database = db; o.MaxAttempts = 2; o.RetryDelay = TimeSpan.FromSeconds(2); })
             .Subscribe("order.created", (tx, message, ct) => message.CorrelationId == "poison"
                 ? throw new InvalidOperationException("poison")
@@ -122,13 +123,23 @@ public sealed class EmbeddedEndToEndTests : IAsyncLifetime
         var letter = (await wallet.Services.GetRequiredService<DeadLetters>().ListAsync(CancellationToken.None)).ShouldHaveSingleItem();
         letter.MessageId.ShouldBe("m-poison");
         letter.Attempts.Count.ShouldBe(2);
+        var failed = logs.Logs.Where(log => log.EventId.Id is 4504 or 4505).ToList();
+        failed.Select(log => log.EventId.Id).ShouldBe([4504, 4505]);
+        failed.ShouldAllBe(log => log.ScopeGid == "poison");
+        logs.Logs.ShouldContain(log => log.EventId.Id == 4503 && log.ScopeGid == "o-1"); // the duplicate
     }
 
-    private async Task<WebApplication> StartAsync(int port, Action<IServiceCollection> configure)
+    private async Task<WebApplication> StartAsync(int port, Action<IServiceCollection> configure, CapturingLoggerProvider? logs = null)
     {
         var builder = WebApplication.CreateSlimBuilder();
         builder.WebHost.UseUrls($"http://127.0.0.1:{port}");
         builder.Logging.ClearProviders();
+        if (logs is not null)
+        {
+            builder.Logging.SetMinimumLevel(LogLevel.Debug);
+            builder.Logging.AddProvider(logs);
+        }
+
         configure(builder.Services);
         var app = builder.Build();
         app.MapTreatyMessaging();

@@ -132,6 +132,44 @@ public abstract class MessagingGuaranteeTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task ConcurrentDeliveriesOfOneMessage_AreHandledOnce()
+    {
+        var calls = 0;
+        var wallet = await StartAsync("wallet", consumers: new()
+        {
+            ["order.created"] = async (tx, message, ct) =>
+            {
+                Interlocked.Increment(ref calls);
+                await Service.RecordEffectAsync(tx, "wallet", message.MessageId);
+                await Task.Delay(50, ct); // hold the inbox row uncommitted while the copies arrive
+            },
+        });
+        var message = Message("order.created", "o-1");
+
+        var outcomes = await Task.WhenAll(Enumerable.Range(0, 8).Select(_ => Task.Run(() => DeliverAsync(wallet, message))));
+
+        outcomes.ShouldAllBe(outcome => outcome == DeliveryOutcome.Handled);
+        calls.ShouldBe(1);
+        (await wallet.EffectsAsync(message.MessageId)).ShouldBe(1);
+    }
+
+    [Fact]
+    public async Task Relay_SendsCommittedRowsInPublicationOrder_AndMarksEachSentOnce()
+    {
+        var orders = await StartAsync("orders");
+        var published = new List<string>();
+        for (var i = 0; i < 7; i++)
+        {
+            published.Add(await PlaceOrderAsync(orders, $"o-{i}", commit: true));
+        }
+
+        (await orders.Relay.RelayOnceAsync(CancellationToken.None)).ShouldBe(7);
+        (await orders.Relay.RelayOnceAsync(CancellationToken.None)).ShouldBe(0);
+
+        _transport.Sent.Select(message => message.MessageId).ShouldBe(published);
+    }
+
+    [Fact]
     public async Task PoisonMessage_DeadLettersAfterMaxAttempts_WhileOtherMessagesKeepFlowing()
     {
         var wallet = await StartAsync("wallet", maxAttempts: 3, consumers: new() { ["order.created"] = PoisonUnless(() => false) });

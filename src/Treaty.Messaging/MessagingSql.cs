@@ -21,6 +21,7 @@ internal static class MessagingSql
             created_at TEXT NOT NULL,
             sent_at TEXT NULL,
             send_attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at TEXT NULL,
             last_error TEXT NULL
         );
         CREATE INDEX IF NOT EXISTS treaty_outbox_unsent ON treaty_outbox (seq) WHERE sent_at IS NULL;
@@ -38,6 +39,7 @@ internal static class MessagingSql
             created_at timestamptz NOT NULL,
             sent_at timestamptz NULL,
             send_attempts integer NOT NULL DEFAULT 0,
+            next_attempt_at timestamptz NULL,
             last_error text NULL
         );
         CREATE INDEX IF NOT EXISTS treaty_outbox_unsent ON treaty_outbox (seq) WHERE sent_at IS NULL;
@@ -133,15 +135,20 @@ internal static class MessagingSql
         VALUES (@message_id, @type, @correlation_id, @body, @trace_parent, @source, @created_at)
         """;
 
-    public const string SelectUnsent = """
-        SELECT seq, message_id, type, correlation_id, body, trace_parent, source, created_at
-        FROM treaty_outbox WHERE sent_at IS NULL ORDER BY seq LIMIT @limit
+    // Rows whose last send failed wait for their next_attempt_at; the others go in publication order.
+    public const string SelectDue = """
+        SELECT seq, message_id, type, correlation_id, body, trace_parent, source, created_at, send_attempts
+        FROM treaty_outbox WHERE sent_at IS NULL AND (next_attempt_at IS NULL OR next_attempt_at <= @now)
+        ORDER BY seq LIMIT @limit
         """;
+
+    public const string NextDue =
+        "SELECT MIN(next_attempt_at) FROM treaty_outbox WHERE sent_at IS NULL AND next_attempt_at IS NOT NULL";
 
     public const string MarkSent = "UPDATE treaty_outbox SET sent_at = @now WHERE seq = @seq";
 
     public const string RecordSendFailure =
-        "UPDATE treaty_outbox SET send_attempts = send_attempts + 1, last_error = @error WHERE seq = @seq";
+        "UPDATE treaty_outbox SET send_attempts = send_attempts + 1, last_error = @error, next_attempt_at = @next WHERE seq = @seq";
 
     // ON CONFLICT DO NOTHING: the primary key decides, so two concurrent deliveries of one message
     // cannot both pass (the second waits for the first's commit, then inserts nothing).

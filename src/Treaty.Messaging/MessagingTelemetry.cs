@@ -43,8 +43,11 @@ internal static partial class MessagingLog
     [LoggerMessage(EventId = 4501, Level = LogLevel.Information, Message = "Messaging tables ready ({Dialect})")]
     public static partial void SchemaReady(ILogger logger, Treaty.AspNetCore.Data.SqlDialect dialect);
 
-    [LoggerMessage(EventId = 4502, Level = LogLevel.Warning, Message = "The relay could not send the outbox's messages over {Transport} (failure {Failures} in a row); retrying in {Delay}")]
-    public static partial void SendFailed(ILogger logger, Exception exception, string transport, int failures, TimeSpan delay);
+    [LoggerMessage(EventId = 4502, Level = LogLevel.Warning, Message = "The relay could not send {Failed} of {Read} outbox message(s) over {Transport}; each is tried again after its backoff (treaty_outbox.last_error)")]
+    public static partial void SendFailed(ILogger logger, string transport, int failed, int read);
+
+    [LoggerMessage(EventId = 4510, Level = LogLevel.Error, Message = "The relay failed to read or update the outbox (failure {Failures} in a row); trying again in {Delay}")]
+    public static partial void RelayFailed(ILogger logger, Exception exception, int failures, TimeSpan delay);
 
     [LoggerMessage(EventId = 4503, Level = LogLevel.Debug, Message = "Duplicate delivery of {MessageId} ({Type}) to {Subscriber}: already handled, acknowledged")]
     public static partial void Duplicate(ILogger logger, string messageId, string type, string subscriber);

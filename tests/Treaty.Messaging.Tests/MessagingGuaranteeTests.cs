@@ -32,8 +32,8 @@ public abstract class MessagingGuaranteeTests : IAsyncLifetime
 
         (await orders.ScalarAsync("SELECT COUNT(*) FROM orders")).ShouldBe(1);
         (await orders.ScalarAsync("SELECT COUNT(*) FROM treaty_outbox")).ShouldBe(1);
-        (await orders.Relay.RelayOnceAsync(CancellationToken.None)).ShouldBe(1);
-        (await orders.Relay.RelayOnceAsync(CancellationToken.None)).ShouldBe(0);
+        (await orders.Relay.RelayOnceAsync(CancellationToken.None)).ShouldBe(new RelayPass(1, 1, 0));
+        (await orders.Relay.RelayOnceAsync(CancellationToken.None)).ShouldBe(new RelayPass(0, 0, 0));
         handled.ShouldBe(["o-committed"]);
         (await orders.ScalarAsync("SELECT COUNT(*) FROM treaty_outbox WHERE sent_at IS NULL")).ShouldBe(0);
     }
@@ -163,10 +163,31 @@ public abstract class MessagingGuaranteeTests : IAsyncLifetime
             published.Add(await PlaceOrderAsync(orders, $"o-{i}", commit: true));
         }
 
-        (await orders.Relay.RelayOnceAsync(CancellationToken.None)).ShouldBe(7);
-        (await orders.Relay.RelayOnceAsync(CancellationToken.None)).ShouldBe(0);
+        (await orders.Relay.RelayOnceAsync(CancellationToken.None)).ShouldBe(new RelayPass(7, 7, 0));
+        (await orders.Relay.RelayOnceAsync(CancellationToken.None)).ShouldBe(new RelayPass(0, 0, 0));
 
         _transport.Sent.Select(message => message.MessageId).ShouldBe(published);
+    }
+
+    [Fact]
+    public async Task Relay_AMessageNoSubscriberCanTakeNow_DoesNotHoldBackTheOthers()
+    {
+        var orders = await StartAsync("orders");
+        var wallet = await StartAsync("wallet", maxAttempts: 100, consumers: new() { ["order.created"] = PoisonUnless(() => false) });
+        var first = await PlaceOrderAsync(orders, "o-1", commit: true);
+        var poison = await PlaceOrderAsync(orders, "poison", commit: true);
+        var last = await PlaceOrderAsync(orders, "o-3", commit: true);
+
+        (await orders.Relay.RelayOnceAsync(CancellationToken.None)).ShouldBe(new RelayPass(3, 2, 1));
+
+        (await wallet.EffectsAsync(first)).ShouldBe(1);
+        (await wallet.EffectsAsync(last)).ShouldBe(1);
+        (await orders.ScalarAsync("SELECT COUNT(*) FROM treaty_outbox WHERE sent_at IS NULL AND message_id = @id", ("id", poison))).ShouldBe(1);
+        (await orders.ScalarAsync("SELECT send_attempts FROM treaty_outbox WHERE message_id = @id", ("id", poison))).ShouldBe(1);
+        (await orders.Relay.RelayOnceAsync(CancellationToken.None)).Read.ShouldBe(0);
+        _time.Advance(MessagingDefaults.RetryDelay);
+        (await orders.Relay.RelayOnceAsync(CancellationToken.None)).ShouldBe(new RelayPass(1, 0, 1));
+        (await orders.Relay.UntilNextDueAsync(CancellationToken.None)).ShouldBe(MessagingDefaults.RetryDelay * 2); // doubled
     }
 
     [Fact]
@@ -258,9 +279,11 @@ public abstract class MessagingGuaranteeTests : IAsyncLifetime
         var messageId = await PlaceOrderAsync(orders, "o-1", commit: true);
 
         _transport.CrashAfterNextSend = true;
-        await Should.ThrowAsync<IOException>(() => orders.Relay.RelayOnceAsync(CancellationToken.None));
+        (await orders.Relay.RelayOnceAsync(CancellationToken.None)).ShouldBe(new RelayPass(1, 0, 1));
         (await orders.ScalarAsync("SELECT COUNT(*) FROM treaty_outbox WHERE sent_at IS NULL")).ShouldBe(1);
-        (await orders.Relay.RelayOnceAsync(CancellationToken.None)).ShouldBe(1);
+        (await orders.Relay.RelayOnceAsync(CancellationToken.None)).Read.ShouldBe(0); // backing off
+        _time.Advance(MessagingDefaults.RetryDelay);
+        (await orders.Relay.RelayOnceAsync(CancellationToken.None)).ShouldBe(new RelayPass(1, 1, 0));
 
         _transport.Sent.Count(message => message.MessageId == messageId).ShouldBe(2);
         deliveries.ShouldBe(1);
@@ -287,9 +310,11 @@ public abstract class MessagingGuaranteeTests : IAsyncLifetime
         });
         var messageId = await PlaceOrderAsync(orders, "o-1", commit: true);
 
-        await Should.ThrowAsync<InvalidOperationException>(() => orders.Relay.RelayOnceAsync(CancellationToken.None));
+        (await orders.Relay.RelayOnceAsync(CancellationToken.None)).Failed.ShouldBe(1);
         (await orders.ScalarAsync("SELECT COUNT(*) FROM treaty_outbox WHERE sent_at IS NULL")).ShouldBe(1);
-        (await orders.Relay.RelayOnceAsync(CancellationToken.None)).ShouldBe(1);
+        (await orders.Relay.UntilNextDueAsync(CancellationToken.None)).ShouldBe(MessagingDefaults.RetryDelay);
+        _time.Advance(MessagingDefaults.RetryDelay);
+        (await orders.Relay.RelayOnceAsync(CancellationToken.None)).Sent.ShouldBe(1);
 
         (await wallet.EffectsAsync(messageId)).ShouldBe(1);
     }
@@ -325,19 +350,21 @@ public abstract class MessagingGuaranteeTests : IAsyncLifetime
     public async Task ConsumerSpan_ContinuesThePublishersTrace_AndCarriesTheCorrelationId()
     {
         using var listener = Listen(TreatyMessagingTelemetry.ActivitySourceName);
-        var spans = new List<Activity>();
-        listener.ActivityStopped = spans.Add;
+        var spans = new System.Collections.Concurrent.ConcurrentQueue<Activity>();
+        listener.ActivityStopped = spans.Enqueue; // every test's spans: the listener is global
         var wallet = await StartAsync("wallet", consumers: new() { ["order.created"] = (tx, message, ct) => Task.CompletedTask });
         var traceParent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
-        await DeliverAsync(wallet, Message("order.created", "o-9") with { TraceParent = traceParent });
+        var gid = "o-" + Guid.NewGuid();
 
-        var span = spans.ShouldHaveSingleItem();
+        await DeliverAsync(wallet, Message("order.created", gid) with { TraceParent = traceParent });
+
+        var span = spans.Where(a => a.GetTagItem("treaty.gid") as string == gid).ShouldHaveSingleItem();
         span.OperationName.ShouldBe("treaty.consume order.created");
         span.Kind.ShouldBe(ActivityKind.Consumer);
         span.TraceId.ToHexString().ShouldBe("0af7651916cd43dd8448eb211c80319c");
         span.ParentSpanId.ToHexString().ShouldBe("b7ad6b7169203331");
-        span.GetTagItem("treaty.gid").ShouldBe("o-9");
+        span.GetTagItem("treaty.gid").ShouldBe(gid);
         span.GetTagItem("treaty.messaging.outcome").ShouldBe("handled");
     }
 

@@ -7,10 +7,18 @@ using Treaty.Messaging.Transport;
 
 namespace Treaty.Messaging;
 
+/// <summary>What one pass of the relay did.</summary>
+/// <param name="Read">Due rows read.</param>
+/// <param name="Sent">Rows the transport accepted and that are now marked sent.</param>
+/// <param name="Failed">Rows the transport refused; each waits for its own backoff.</param>
+internal readonly record struct RelayPass(int Read, int Sent, int Failed);
+
 /// <summary>
-/// Moves committed outbox rows to the transport, in order, and marks them sent only after the
-/// transport accepted them: a crash in between sends them again (the consumers' inboxes drop the
-/// copy). Woken by every publish, and by a poll for rows written by other processes.
+/// Moves committed outbox rows to the transport, in publication order, and marks them sent only
+/// after the transport accepted them: a crash in between sends them again (the consumers' inboxes
+/// drop the copy). A row the transport refuses backs off on its own (<c>next_attempt_at</c>) so it
+/// does not hold back the others. Woken by every commit that published, and by a poll for rows
+/// written by other processes.
 /// </summary>
 internal sealed class OutboxRelay(
     ParticipantDatabase database,
@@ -23,28 +31,66 @@ internal sealed class OutboxRelay(
 
     public void Nudge() => _nudges.Writer.TryWrite(true);
 
-    /// <summary>Sends one batch of unsent rows and marks them sent; returns how many were sent. Throws what the transport threw.</summary>
-    public async Task<int> RelayOnceAsync(CancellationToken cancellationToken)
+    /// <summary>
+    /// Sends the due rows (one batch) and marks the accepted ones sent. The batch goes to the
+    /// transport whole; if that fails, row by row, so one message nobody can take now (a subscriber
+    /// down, a handler answering Retry) is the only one that waits. Database errors throw.
+    /// </summary>
+    public async Task<RelayPass> RelayOnceAsync(CancellationToken cancellationToken)
     {
-        var batch = await ReadUnsentAsync(cancellationToken);
+        var batch = await ReadDueAsync(cancellationToken);
         if (batch.Count == 0)
         {
-            return 0;
+            return new RelayPass(0, 0, 0);
         }
 
-        var messages = batch.ConvertAll(row => row.Message);
-        try
+        var failure = await TrySendAsync(batch, cancellationToken);
+        if (failure is null)
         {
-            await transport.SendAsync(messages, cancellationToken);
-        }
-        catch (Exception exception) when (exception is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
-        {
-            await RecordFailureAsync(batch, exception, cancellationToken);
-            throw;
+            await MarkSentAsync(batch, cancellationToken);
+            return new RelayPass(batch.Count, batch.Count, 0);
         }
 
-        await MarkSentAsync(batch, cancellationToken);
-        return batch.Count;
+        if (batch.Count == 1)
+        {
+            await RecordFailureAsync(batch[0], failure, cancellationToken);
+            return new RelayPass(1, 0, 1);
+        }
+
+        // Rows before the failing one may have been delivered already; sending them again is
+        // harmless (the inboxes drop copies), and simpler than trusting a partial answer.
+        var sent = 0;
+        foreach (var row in batch)
+        {
+            if (await TrySendAsync([row], cancellationToken) is { } error)
+            {
+                await RecordFailureAsync(row, error, cancellationToken);
+                continue;
+            }
+
+            await MarkSentAsync([row], cancellationToken);
+            sent++;
+        }
+
+        return new RelayPass(batch.Count, sent, batch.Count - sent);
+    }
+
+    /// <summary>How long until the earliest backed-off row is due (null: none is waiting).</summary>
+    public async Task<TimeSpan?> UntilNextDueAsync(CancellationToken cancellationToken)
+    {
+        await using var transaction = await database.BeginAsync(cancellationToken);
+        await using var select = transaction.CreateCommand(MessagingSql.NextDue);
+        DateTimeOffset? next = null;
+        await using (var reader = await select.ExecuteReaderAsync(cancellationToken))
+        {
+            if (await reader.ReadAsync(cancellationToken))
+            {
+                next = MessagingSql.ReadNullableTime(reader, 0);
+            }
+        }
+
+        await transaction.CommitAsync(cancellationToken);
+        return next is { } due ? Max(due - time.GetUtcNow(), TimeSpan.Zero) : null;
     }
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
@@ -55,14 +101,20 @@ internal sealed class OutboxRelay(
             TimeSpan wait;
             try
             {
-                var sent = await RelayOnceAsync(stoppingToken);
+                var pass = await RelayOnceAsync(stoppingToken);
                 failures = 0;
-                if (sent == options.RelayBatchSize)
+                if (pass.Read == options.RelayBatchSize && pass.Sent > 0)
                 {
                     continue; // more may be waiting
                 }
 
-                wait = options.RelayPollInterval;
+                if (pass.Failed > 0)
+                {
+                    MessagingLog.SendFailed(logger, transport.Name, pass.Failed, pass.Read);
+                }
+
+                var untilDue = await UntilNextDueAsync(stoppingToken);
+                wait = untilDue is { } due && due < options.RelayPollInterval ? due : options.RelayPollInterval;
             }
             catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
             {
@@ -70,10 +122,10 @@ internal sealed class OutboxRelay(
             }
             catch (Exception exception)
             {
+                // The database, not the transport: wait the backoff out, so a nudge cannot make a hot loop.
                 failures++;
                 wait = Backoff.Delay(failures, options.RetryDelay, options.MaxRetryDelay);
-                MessagingLog.SendFailed(logger, exception, transport.Name, failures, wait);
-                // After a failure wait the backoff out: a nudge must not turn it into a hot loop.
+                MessagingLog.RelayFailed(logger, exception, failures, wait);
                 try
                 {
                     await Task.Delay(wait, time, stoppingToken);
@@ -90,9 +142,29 @@ internal sealed class OutboxRelay(
         }
     }
 
-    private async Task WaitForNudgeAsync(TimeSpan poll, CancellationToken stoppingToken)
+    private static TimeSpan Max(TimeSpan a, TimeSpan b) => a > b ? a : b;
+
+    private async Task<Exception?> TrySendAsync(List<OutboxRow> rows, CancellationToken cancellationToken)
     {
-        using var timeout = new CancellationTokenSource(poll, time);
+        try
+        {
+            await transport.SendAsync(rows.ConvertAll(row => row.Message), cancellationToken);
+            return null;
+        }
+        catch (Exception exception) when (exception is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
+        {
+            return exception;
+        }
+    }
+
+    private async Task WaitForNudgeAsync(TimeSpan wait, CancellationToken stoppingToken)
+    {
+        if (wait <= TimeSpan.Zero)
+        {
+            return;
+        }
+
+        using var timeout = new CancellationTokenSource(wait, time);
         using var linked = CancellationTokenSource.CreateLinkedTokenSource(timeout.Token, stoppingToken);
         try
         {
@@ -101,21 +173,25 @@ internal sealed class OutboxRelay(
         }
         catch (OperationCanceledException)
         {
-            // the poll interval passed, or the host is stopping; the loop decides.
+            // the wait is over, or the host is stopping; the loop decides.
         }
     }
 
-    private async Task<List<OutboxRow>> ReadUnsentAsync(CancellationToken cancellationToken)
+    private async Task<List<OutboxRow>> ReadDueAsync(CancellationToken cancellationToken)
     {
         var rows = new List<OutboxRow>();
         await using var transaction = await database.BeginAsync(cancellationToken);
-        await using var select = transaction.CreateCommand(MessagingSql.SelectUnsent, ("limit", options.RelayBatchSize));
+        await using var select = transaction.CreateCommand(
+            MessagingSql.SelectDue,
+            ("now", MessagingSql.Time(database.Dialect, time.GetUtcNow())),
+            ("limit", options.RelayBatchSize));
         await using (var reader = await select.ExecuteReaderAsync(cancellationToken))
         {
             while (await reader.ReadAsync(cancellationToken))
             {
                 rows.Add(new OutboxRow(
                     reader.GetInt64(0),
+                    reader.GetInt32(8),
                     new TransportMessage(
                         MessageId: reader.GetString(1),
                         Type: reader.GetString(2),
@@ -131,11 +207,11 @@ internal sealed class OutboxRelay(
         return rows;
     }
 
-    private async Task MarkSentAsync(List<OutboxRow> batch, CancellationToken cancellationToken)
+    private async Task MarkSentAsync(List<OutboxRow> rows, CancellationToken cancellationToken)
     {
         await using var transaction = await database.BeginAsync(cancellationToken);
         var now = MessagingSql.Time(database.Dialect, time.GetUtcNow());
-        foreach (var row in batch)
+        foreach (var row in rows)
         {
             await using var update = transaction.CreateCommand(MessagingSql.MarkSent, ("now", now), ("seq", row.Seq));
             await update.ExecuteNonQueryAsync(cancellationToken);
@@ -144,24 +220,18 @@ internal sealed class OutboxRelay(
         await transaction.CommitAsync(cancellationToken);
     }
 
-    private async Task RecordFailureAsync(List<OutboxRow> batch, Exception exception, CancellationToken cancellationToken)
+    private async Task RecordFailureAsync(OutboxRow row, Exception exception, CancellationToken cancellationToken)
     {
-        try
-        {
-            await using var transaction = await database.BeginAsync(cancellationToken);
-            foreach (var row in batch)
-            {
-                await using var update = transaction.CreateCommand(MessagingSql.RecordSendFailure, ("error", exception.Message), ("seq", row.Seq));
-                await update.ExecuteNonQueryAsync(cancellationToken);
-            }
-
-            await transaction.CommitAsync(cancellationToken);
-        }
-        catch (Exception recordError) when (recordError is not OperationCanceledException)
-        {
-            // Only bookkeeping for operators; the rows stay unsent either way.
-        }
+        var next = time.GetUtcNow() + Backoff.Delay(row.SendAttempts + 1, options.RetryDelay, options.MaxRetryDelay);
+        await using var transaction = await database.BeginAsync(cancellationToken);
+        await using var update = transaction.CreateCommand(
+            MessagingSql.RecordSendFailure,
+            ("error", exception.Message),
+            ("next", MessagingSql.Time(database.Dialect, next)),
+            ("seq", row.Seq));
+        await update.ExecuteNonQueryAsync(cancellationToken);
+        await transaction.CommitAsync(cancellationToken);
     }
 
-    private sealed record OutboxRow(long Seq, TransportMessage Message);
+    private sealed record OutboxRow(long Seq, int SendAttempts, TransportMessage Message);
 }

@@ -93,9 +93,10 @@ public sealed class EmbeddedEndToEndTests : IAsyncLifetime
         var port = FreePort();
         var db = new SqliteParticipantDatabase(Path.Combine(_dir.Path, "wallet.db"));
         var logs = new CapturingLoggerProvider();
+        var fixedCause = false;
         var wallet = await StartAsync(port, logs: logs, configure: services => services
             .AddTreatyMessaging(o => { o.ServiceName = "wallet"; o.Database = db; o.MaxAttempts = 2; o.RetryDelay = TimeSpan.FromSeconds(2); })
-            .Subscribe("order.created", (tx, message, ct) => message.CorrelationId == "poison"
+            .Subscribe("order.created", (tx, message, ct) => message.CorrelationId == "poison" && !Volatile.Read(ref fixedCause)
                 ? throw new InvalidOperationException("poison")
                 : Task.CompletedTask));
         using var http = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{port}/") };
@@ -127,6 +128,20 @@ public sealed class EmbeddedEndToEndTests : IAsyncLifetime
         failed.Select(log => log.EventId.Id).ShouldBe([4504, 4505]);
         failed.ShouldAllBe(log => log.ScopeGid == "poison");
         logs.Logs.ShouldContain(log => log.EventId.Id == 4503 && log.ScopeGid == "o-1"); // the duplicate
+
+        // The operator fixes the cause and replays: the hosted replay worker handles it.
+        Volatile.Write(ref fixedCause, true);
+        var deadLetters = wallet.Services.GetRequiredService<DeadLetters>();
+        (await deadLetters.ReplayAsync(letter.Id, CancellationToken.None)).ShouldBeTrue();
+        var deadline = DateTimeOffset.UtcNow.AddSeconds(10);
+        while ((await deadLetters.ListAsync(CancellationToken.None)).Single().Status != "replayed")
+        {
+            DateTimeOffset.UtcNow.ShouldBeLessThan(deadline, "the replay was not handled");
+            await Task.Delay(50);
+        }
+
+        (await PostAsync("m-poison", "order.created", "poison")).StatusCode.ShouldBe(HttpStatusCode.OK); // now a duplicate
+        logs.Logs.Count(log => log.EventId.Id == 4507).ShouldBe(1);
     }
 
     private async Task<WebApplication> StartAsync(int port, Action<IServiceCollection> configure, CapturingLoggerProvider? logs = null)

@@ -32,6 +32,13 @@ public abstract class TransportComplianceTests : IAsyncLifetime
     /// </summary>
     protected abstract Task<IMessageTransport> CreateTransportAsync(string service, IReadOnlyList<Subscription> topology);
 
+    /// <summary>
+    /// Unique per test (xUnit makes one instance per test): prefix shared resources with it (queue
+    /// and exchange names on a broker) so tests running one after another, or in parallel classes,
+    /// never see each other's messages.
+    /// </summary>
+    protected string TestId { get; } = Guid.NewGuid().ToString("N")[..12];
+
     /// <summary>How long a test waits for an expected delivery.</summary>
     protected virtual TimeSpan DeliveryTimeout => TimeSpan.FromSeconds(20);
 

@@ -29,6 +29,16 @@ public sealed class MessagingOptions
     /// <summary>The most outbox rows the relay hands to the transport at once.</summary>
     public int RelayBatchSize { get; set; } = MessagingDefaults.RelayBatchSize;
 
+    /// <summary>
+    /// The delay after the <paramref name="failures"/>-th failure in a row: the coordinator's own
+    /// backoff (<see cref="Treaty.Core.Model.Backoff"/>: doubling from <see cref="RetryDelay"/>,
+    /// capped at <see cref="MaxRetryDelay"/>, with equal jitter from <paramref name="random01"/>),
+    /// so a burst of failures does not come back all at once.
+    /// </summary>
+    internal TimeSpan RetryBackoff(int failures, double random01) => failures < 1
+        ? TimeSpan.Zero
+        : Treaty.Core.Model.Backoff.Delay(failures, new Treaty.Core.Model.RetryPolicy(MaxAttempts, (long)RetryDelay.TotalMilliseconds, (long)MaxRetryDelay.TotalMilliseconds), random01);
+
     internal void Validate()
     {
         if (string.IsNullOrWhiteSpace(ServiceName))
@@ -60,21 +70,4 @@ public static class MessagingDefaults
 
     /// <summary>1 s.</summary>
     public static readonly TimeSpan RelayPollInterval = TimeSpan.FromSeconds(1);
-}
-
-/// <summary>The retry delays: pure, so tests call them directly.</summary>
-internal static class Backoff
-{
-    /// <summary>The delay after the <paramref name="failures"/>-th consecutive failure (1-based): <paramref name="first"/> doubled, capped at <paramref name="max"/>.</summary>
-    public static TimeSpan Delay(int failures, TimeSpan first, TimeSpan max)
-    {
-        if (failures < 1)
-        {
-            return TimeSpan.Zero;
-        }
-
-        var exponent = Math.Min(failures - 1, 30);
-        var ticks = first.Ticks * Math.Pow(2, exponent);
-        return ticks >= max.Ticks ? max : TimeSpan.FromTicks((long)ticks);
-    }
 }

@@ -163,8 +163,10 @@ internal sealed class ReplayWorker(
     ConsumerRegistry consumers,
     MessagingOptions options,
     TimeProvider time,
-    ILogger<ReplayWorker> logger) : BackgroundService
+    ILogger<ReplayWorker> logger,
+    Func<double>? random01 = null) : BackgroundService
 {
+    private readonly Func<double> _random01 = random01 ?? Random.Shared.NextDouble;
     private readonly Channel<bool> _nudges = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite });
     private readonly Dictionary<long, int> _failures = [];
 
@@ -200,7 +202,7 @@ internal sealed class ReplayWorker(
             else if (outcome == DeliveryOutcome.Retry)
             {
                 var failures = _failures[letter.Id] = _failures.GetValueOrDefault(letter.Id) + 1;
-                var next = time.GetUtcNow() + Backoff.Delay(failures, options.RetryDelay, options.MaxRetryDelay);
+                var next = time.GetUtcNow() + options.RetryBackoff(failures, _random01());
                 await using var postpone = transaction.CreateCommand(MessagingSql.PostponeReplay, ("next", MessagingSql.Time(database.Dialect, next)), ("id", letter.Id));
                 await postpone.ExecuteNonQueryAsync(cancellationToken);
             }

@@ -25,8 +25,11 @@ internal sealed class OutboxRelay(
     IMessageTransport transport,
     MessagingOptions options,
     TimeProvider time,
-    ILogger<OutboxRelay> logger) : BackgroundService
+    ILogger<OutboxRelay> logger,
+    Func<double>? random01 = null) : BackgroundService
 {
+    private readonly Func<double> _random01 = random01 ?? Random.Shared.NextDouble;
+
     private readonly Channel<bool> _nudges = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite });
 
     public void Nudge() => _nudges.Writer.TryWrite(true);
@@ -124,7 +127,7 @@ internal sealed class OutboxRelay(
             {
                 // The database, not the transport: wait the backoff out, so a nudge cannot make a hot loop.
                 failures++;
-                wait = Backoff.Delay(failures, options.RetryDelay, options.MaxRetryDelay);
+                wait = options.RetryBackoff(failures, _random01());
                 MessagingLog.RelayFailed(logger, exception, failures, wait);
                 try
                 {
@@ -222,7 +225,7 @@ internal sealed class OutboxRelay(
 
     private async Task RecordFailureAsync(OutboxRow row, Exception exception, CancellationToken cancellationToken)
     {
-        var next = time.GetUtcNow() + Backoff.Delay(row.SendAttempts + 1, options.RetryDelay, options.MaxRetryDelay);
+        var next = time.GetUtcNow() + options.RetryBackoff(row.SendAttempts + 1, _random01());
         await using var transaction = await database.BeginAsync(cancellationToken);
         await using var update = transaction.CreateCommand(
             MessagingSql.RecordSendFailure,

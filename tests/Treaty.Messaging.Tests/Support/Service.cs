@@ -15,13 +15,16 @@ internal sealed class Service
         Database = database;
         Options = options;
         Pipeline = new ConsumerPipeline(database, options, time, NullLogger<ConsumerPipeline>.Instance);
-        Relay = new OutboxRelay(database, transport, options, time, NullLogger<OutboxRelay>.Instance);
+        Relay = new OutboxRelay(database, transport, options, time, NullLogger<OutboxRelay>.Instance, FullDelay);
         Outbox = new Outbox(options.ServiceName, time, Relay.Nudge);
-        Replays = new ReplayWorker(Pipeline, Consumers, options, time, NullLogger<ReplayWorker>.Instance);
+        Replays = new ReplayWorker(Pipeline, Consumers, options, time, NullLogger<ReplayWorker>.Instance, FullDelay);
         DeadLetters = new DeadLetters(database, options.ServiceName, time, Replays.Nudge, NullLogger<DeadLetters>.Instance);
     }
 
     public ParticipantDatabase Database { get; }
+
+    // The jitter's random value pinned at its top, so every backoff is exactly the doubled delay.
+    private static double FullDelay() => 1.0;
 
     public MessagingOptions Options { get; }
 

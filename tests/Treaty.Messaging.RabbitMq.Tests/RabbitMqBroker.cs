@@ -32,6 +32,9 @@ public sealed class RabbitMqBroker : IAsyncLifetime
     /// <summary>How long the last start took until AMQP connections were accepted.</summary>
     public TimeSpan LastStartTime { get; private set; }
 
+    /// <summary>How long the first start took (a fresh node: it creates its database).</summary>
+    public TimeSpan FirstStartTime { get; private set; }
+
     /// <summary>The node's log directory, for failure messages.</summary>
     public string LogDirectory => Path.Combine(_directory, "log");
 
@@ -138,6 +141,8 @@ public sealed class RabbitMqBroker : IAsyncLifetime
         }
 
         LastStartTime = started.Elapsed;
+        if (FirstStartTime == TimeSpan.Zero)
+            FirstStartTime = started.Elapsed;
     }
 
     private string PidFile => Path.Combine(_directory, "pid");

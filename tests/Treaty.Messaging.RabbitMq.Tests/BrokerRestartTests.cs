@@ -75,4 +75,34 @@ public sealed class BrokerRestartTests(RabbitMqBroker broker, ITestOutputHelper 
         messages.Select(m => m.MessageId).Except(received.Keys).ShouldBeEmpty("no message lost");
         received.Keys.Except(messages.Select(m => m.MessageId)).ShouldBeEmpty();
     }
+
+    [Fact]
+    public async Task Send_WhenTheBrokerDoesNotConfirmInTime_Throws_AndSucceedsOnceItAnswers()
+    {
+        var exchange = Messages.Exchange();
+        var options = Messages.Options(broker, exchange);
+        options.ConfirmTimeout = TimeSpan.FromSeconds(1);
+        await using var transport = RabbitMqTransport.Create(options);
+        await transport.DeclareSubscriptionAsync(new Subscription("payment", ["order.created"]), default);
+        await transport.SendAsync([Messages.New("order.created")], default); // the publishing channel is open
+        var message = Messages.New("order.created");
+
+        // A frozen node keeps its sockets open: the publish leaves, the confirm never comes.
+        await broker.PauseAsync(true);
+        try
+        {
+            var clock = Stopwatch.StartNew();
+            await Should.ThrowAsync<TimeoutException>(() => transport.SendAsync([message], default));
+            clock.Elapsed.ShouldBeGreaterThanOrEqualTo(TimeSpan.FromMilliseconds(900));
+        }
+        finally
+        {
+            await broker.PauseAsync(false);
+        }
+
+        // The relay sends it again; the first copy may have arrived too (the consumer deduplicates).
+        await transport.SendAsync([message], default);
+        await using var raw = await RawChannel.OpenAsync(broker);
+        (await raw.Channel.MessageCountAsync(RabbitMqTopology.MainQueue(exchange, "payment"))).ShouldBeInRange(2u, 3u);
+    }
 }

@@ -69,6 +69,13 @@ public sealed class RabbitMqBroker : IAsyncLifetime
         await StartServerAsync();
     }
 
+    /// <summary>Freezes (SIGSTOP) or thaws (SIGCONT) the node: its sockets stay open but it answers nothing.</summary>
+    public async Task PauseAsync(bool paused)
+    {
+        var pid = (await File.ReadAllTextAsync(PidFile)).Trim();
+        await RunAsync("kill", paused ? "-STOP" : "-CONT", pid);
+    }
+
     /// <summary>Stops the node, the epmd it used and deletes its files, whatever state the tests left.</summary>
     public async Task DisposeAsync()
     {

@@ -250,4 +250,31 @@ public sealed class RabbitMqTransportTests(RabbitMqBroker broker)
         var main = RabbitMqTopology.MainQueue(exchange, "payment");
         (await raw.Channel.MessageCountAsync(RabbitMqTopology.DeadLetterQueue(main))).ShouldBe(0u, "the kit keeps its own dead letters; the transport only acknowledges");
     }
+
+    [Fact]
+    public async Task Prefetch_LimitsTheUnacknowledgedDeliveriesOfOneSubscriber()
+    {
+        var exchange = Messages.Exchange();
+        var options = Messages.Options(broker, exchange);
+        options.PrefetchCount = 3;
+        await using var transport = RabbitMqTransport.Create(options);
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var recorder = new Recorder();
+        await using var subscription = await transport.SubscribeAsync(new Subscription("payment", ["order.created"]), async (m, ct) =>
+        {
+            await release.Task.WaitAsync(ct); // holds every delivery unacknowledged
+            return await recorder.Handle(m, ct);
+        }, default);
+        await transport.SendAsync(Enumerable.Range(0, 10).Select(_ => Messages.New("order.created")).ToList(), default);
+
+        await using var raw = await RawChannel.OpenAsync(broker);
+        var main = RabbitMqTopology.MainQueue(exchange, "payment");
+        // The broker hands the consumer 3 and keeps 7 ready while none is acknowledged.
+        await recorder.WaitUntil(() => raw.Channel.MessageCountAsync(main).GetAwaiter().GetResult() == 7u, Wait, "7 ready");
+        await Task.Delay(300);
+        (await raw.Channel.MessageCountAsync(main)).ShouldBe(7u);
+
+        release.SetResult();
+        await recorder.WaitUntil(() => recorder.Count >= 10, Wait, "all 10 once released");
+    }
 }

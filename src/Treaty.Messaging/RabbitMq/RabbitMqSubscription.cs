@@ -52,8 +52,8 @@ internal sealed class RabbitMqSubscription : IAsyncDisposable
         }
 
         // Closing the channel returns every unacknowledged delivery to the queue, to be delivered again.
+        // _stopping is not disposed: a handler still finishing may read its token.
         await RabbitMqTransport.CloseQuietlyAsync(_channel);
-        _stopping.Dispose();
     }
 
     private async Task OnDeliveryAsync(BasicDeliverEventArgs delivery)

@@ -75,9 +75,12 @@ public sealed class RabbitMqTransport : IMessageTransport
             return;
 
         await _publishLock.WaitAsync(cancellationToken);
+        // The timeout covers everything the broker has to answer: opening the channel and the confirms.
+        using var deadline = new CancellationTokenSource(_options.ConfirmTimeout, _options.TimeProvider);
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, deadline.Token);
         try
         {
-            var channel = await GetPublishChannelAsync(cancellationToken);
+            var channel = await GetPublishChannelAsync(linked.Token);
             // Every publish is started before any confirm is awaited, so a batch costs one round trip, not one each.
             var confirms = new List<Task>(messages.Count);
             foreach (var message in messages)
@@ -85,20 +88,27 @@ public sealed class RabbitMqTransport : IMessageTransport
                 confirms.Add(channel.BasicPublishAsync(_options.ExchangeName, message.Type, mandatory: false, ToProperties(message), message.Body, cancellationToken).AsTask());
             }
 
+            var all = Task.WhenAll(confirms);
             try
             {
-                await Task.WhenAll(confirms).WaitAsync(_options.ConfirmTimeout, _options.TimeProvider, cancellationToken);
+                await all.WaitAsync(linked.Token);
             }
-            catch (TimeoutException)
+            catch (OperationCanceledException)
             {
-                RabbitMqLog.ConfirmTimedOut(_logger, messages.Count, _options.ConfirmTimeout);
-                throw new TimeoutException($"RabbitMQ did not confirm {messages.Count} message(s) within {_options.ConfirmTimeout}.");
-            }
-            catch (PublishException e)
-            {
-                RabbitMqLog.PublishNacked(_logger, e);
+                // The confirms may still fail later; observe them so they do not surface as unobserved exceptions.
+                _ = all.ContinueWith(static t => t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
                 throw;
             }
+        }
+        catch (OperationCanceledException) when (deadline.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
+        {
+            RabbitMqLog.ConfirmTimedOut(_logger, messages.Count, _options.ConfirmTimeout);
+            throw new TimeoutException($"RabbitMQ did not confirm {messages.Count} message(s) within {_options.ConfirmTimeout}.");
+        }
+        catch (PublishException e)
+        {
+            RabbitMqLog.PublishNacked(_logger, e);
+            throw;
         }
         finally
         {

@@ -32,3 +32,24 @@ public sealed class RabbitMqTransportOptionsTests
         options.RetryDelay.ShouldBe(TimeSpan.FromSeconds(5));
     }
 }
+
+public sealed class UseRabbitMqTests
+{
+    [Fact]
+    public async Task UseRabbitMq_RegistersOneRabbitMqTransport_WithTheConfiguredOptions()
+    {
+        var services = new Microsoft.Extensions.DependencyInjection.ServiceCollection();
+        services.UseRabbitMq(new Uri("amqp://127.0.0.1:5672/"), o => o.ExchangeName = "shop.events");
+        await using var provider = Microsoft.Extensions.DependencyInjection.ServiceCollectionContainerBuilderExtensions.BuildServiceProvider(services);
+        var transport = Microsoft.Extensions.DependencyInjection.ServiceProviderServiceExtensions.GetRequiredService<Transport.IMessageTransport>(provider);
+        transport.Name.ShouldBe("rabbitmq");
+        var rabbit = transport.ShouldBeOfType<RabbitMqTransport>();
+        rabbit.Options.ExchangeName.ShouldBe("shop.events");
+        Microsoft.Extensions.DependencyInjection.ServiceProviderServiceExtensions.GetRequiredService<Transport.IMessageTransport>(provider).ShouldBeSameAs(transport);
+    }
+
+    [Fact]
+    public void UseRabbitMq_WithBadOptions_ThrowsAtRegistration() =>
+        Should.Throw<ArgumentException>(() => new Microsoft.Extensions.DependencyInjection.ServiceCollection()
+            .UseRabbitMq(new Uri("amqp://127.0.0.1/"), o => o.RetryDelay = TimeSpan.Zero)).Message.ShouldContain("RetryDelay");
+}

@@ -105,4 +105,25 @@ public sealed class BrokerRestartTests(RabbitMqBroker broker, ITestOutputHelper 
         await using var raw = await RawChannel.OpenAsync(broker);
         (await raw.Channel.MessageCountAsync(RabbitMqTopology.MainQueue(exchange, "payment"))).ShouldBeInRange(2u, 3u);
     }
+
+    [Fact]
+    public async Task Dispose_WhileTheBrokerDoesNotAnswer_ReturnsWithinSeconds()
+    {
+        var exchange = Messages.Exchange();
+        var transport = RabbitMqTransport.Create(Messages.Options(broker, exchange));
+        await using var subscription = await transport.SubscribeAsync(new Subscription("payment", ["order.created"]), (_, _) => Task.FromResult(DeliveryOutcome.Handled), default);
+        await transport.SendAsync([Messages.New("order.created")], default);
+        await broker.PauseAsync(true);
+        try
+        {
+            var clock = Stopwatch.StartNew();
+            await transport.DisposeAsync();
+            output.WriteLine($"disposed in {clock.Elapsed.TotalSeconds:F1} s");
+            clock.Elapsed.ShouldBeLessThan(TimeSpan.FromSeconds(10));
+        }
+        finally
+        {
+            await broker.PauseAsync(false);
+        }
+    }
 }

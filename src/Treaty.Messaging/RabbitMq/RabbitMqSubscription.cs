@@ -35,25 +35,35 @@ internal sealed class RabbitMqSubscription : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
+        using var deadline = new CancellationTokenSource(RabbitMqDefaults.ShutdownTimeout, _transport.Options.TimeProvider);
+        await StopAsync(deadline.Token);
+    }
+
+    /// <summary>Cancels the consumer and closes its channel, waiting for the broker until <paramref name="deadline"/>.</summary>
+    public async Task StopAsync(CancellationToken deadline)
+    {
         if (Interlocked.Exchange(ref _disposed, 1) == 1)
             return;
         _transport.Remove(this);
         await _stopping.CancelAsync();
-        if (_consumerTag is not null && _channel.IsOpen)
+        // Closing the channel (which cancels the consumer) returns every unacknowledged delivery to the queue, to be
+        // delivered again. _stopping is not disposed: a handler still finishing may read its token.
+        await RabbitMqTransport.BoundedAsync(async () =>
         {
-            try
+            if (_consumerTag is not null && _channel.IsOpen)
             {
-                await _channel.BasicCancelAsync(_consumerTag);
+                try
+                {
+                    await _channel.BasicCancelAsync(_consumerTag);
+                }
+                catch (Exception e) when (e is AlreadyClosedException or OperationInterruptedException or IOException or OperationCanceledException)
+                {
+                    // Gone with the channel.
+                }
             }
-            catch (Exception e) when (e is AlreadyClosedException or OperationInterruptedException or IOException)
-            {
-                // Gone with the channel.
-            }
-        }
 
-        // Closing the channel returns every unacknowledged delivery to the queue, to be delivered again.
-        // _stopping is not disposed: a handler still finishing may read its token.
-        await RabbitMqTransport.CloseQuietlyAsync(_channel);
+            await RabbitMqTransport.CloseQuietlyAsync(_channel);
+        }, deadline);
     }
 
     private async Task OnDeliveryAsync(BasicDeliverEventArgs delivery)

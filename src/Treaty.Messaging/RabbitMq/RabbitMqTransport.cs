@@ -159,41 +159,47 @@ public sealed class RabbitMqTransport : IMessageTransport
         ArgumentNullException.ThrowIfNull(subscription);
         ValidateSubscription(subscription);
         var connection = await GetConnectionAsync(cancellationToken);
-        await using var channel = await connection.CreateChannelAsync(cancellationToken: cancellationToken);
-        await RabbitMqTopology.DeclareSubscriberAsync(channel, _options.ExchangeName, subscription, _options.RetryDelay, cancellationToken);
-        await channel.CloseAsync(cancellationToken);
+        var channel = await connection.CreateChannelAsync(cancellationToken: cancellationToken);
+        try
+        {
+            await RabbitMqTopology.DeclareSubscriberAsync(channel, _options.ExchangeName, subscription, _options.RetryDelay, cancellationToken);
+        }
+        finally
+        {
+            await CloseQuietlyAsync(channel);
+        }
     }
 
-    /// <summary>Stops every subscription and closes the connection.</summary>
+    /// <summary>
+    /// Stops every subscription and closes the connection, waiting for the broker at most
+    /// <see cref="RabbitMqDefaults.ShutdownTimeout"/> in all; what the broker has not answered by then finishes in
+    /// the background. Unacknowledged deliveries are redelivered once the connection is gone.
+    /// </summary>
     public async ValueTask DisposeAsync()
     {
         if (_disposed)
             return;
         _disposed = true;
+        // The client's own RPC timeout (20 s) ignores cancellation, so each step is abandoned, not cancelled, at the
+        // shared deadline.
+        using var deadline = new CancellationTokenSource(RabbitMqDefaults.ShutdownTimeout, _options.TimeProvider);
         RabbitMqSubscription[] subscriptions;
         lock (_subscriptionsLock)
             subscriptions = [.. _subscriptions];
         foreach (var subscription in subscriptions)
-            await subscription.DisposeAsync();
+            await subscription.StopAsync(deadline.Token);
 
-        if (_publishChannel is not null)
-            await CloseQuietlyAsync(_publishChannel);
-        if (_connection is not null)
+        if (_publishChannel is { } publishChannel)
+            await BoundedAsync(() => CloseQuietlyAsync(publishChannel), deadline.Token);
+        if (_connection is { } connection)
         {
-            try
+            await BoundedAsync(async () =>
             {
-                await _connection.CloseAsync();
-            }
-            catch (Exception e) when (e is AlreadyClosedException or OperationInterruptedException or IOException)
-            {
-                // Closing a connection the broker already dropped.
-            }
-
-            await _connection.DisposeAsync();
+                // abort: ignore the errors of a connection that is already gone.
+                await connection.CloseAsync(200, "Goodbye", RabbitMqDefaults.ShutdownTimeout, abort: true, CancellationToken.None);
+                await connection.DisposeAsync();
+            }, deadline.Token);
         }
-
-        _connectLock.Dispose();
-        _publishLock.Dispose();
     }
 
     internal void Remove(RabbitMqSubscription subscription)
@@ -219,6 +225,7 @@ public sealed class RabbitMqTransport : IMessageTransport
         }
     }
 
+    /// <summary>Closes a channel, quietly if it is already gone.</summary>
     internal static async Task CloseQuietlyAsync(IChannel channel)
     {
         try
@@ -226,12 +233,30 @@ public sealed class RabbitMqTransport : IMessageTransport
             if (channel.IsOpen)
                 await channel.CloseAsync();
         }
-        catch (Exception e) when (e is AlreadyClosedException or OperationInterruptedException or IOException or ObjectDisposedException)
+        catch (Exception e) when (e is AlreadyClosedException or OperationInterruptedException or IOException or ObjectDisposedException or OperationCanceledException)
         {
             // The channel went with its connection.
         }
 
         await channel.DisposeAsync();
+    }
+
+    /// <summary>Runs a shutdown step, waiting for it until <paramref name="deadline"/>; after that it goes on alone.</summary>
+    internal static async Task BoundedAsync(Func<Task> step, CancellationToken deadline)
+    {
+        var task = Task.Run(step, CancellationToken.None);
+        try
+        {
+            await task.WaitAsync(deadline);
+        }
+        catch (OperationCanceledException) when (deadline.IsCancellationRequested)
+        {
+            _ = task.ContinueWith(static t => t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
+        }
+        catch (Exception e) when (e is AlreadyClosedException or OperationInterruptedException or IOException or ObjectDisposedException or OperationCanceledException)
+        {
+            // Already gone.
+        }
     }
 
     private static BasicProperties ToProperties(TransportMessage message) => RabbitMqMessageMapping.ToProperties(message);

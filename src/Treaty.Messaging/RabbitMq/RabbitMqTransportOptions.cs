@@ -80,6 +80,9 @@ public static class RabbitMqDefaults
     /// <summary>Wait for publisher confirms.</summary>
     public static readonly TimeSpan ConfirmTimeout = TimeSpan.FromSeconds(30);
 
+    /// <summary>How long disposing a transport or a subscription waits for the broker in all; the rest finishes in the background.</summary>
+    public static readonly TimeSpan ShutdownTimeout = TimeSpan.FromSeconds(3);
+
     /// <summary>Wait between reconnection attempts.</summary>
     public static readonly TimeSpan NetworkRecoveryInterval = TimeSpan.FromSeconds(2);
 }

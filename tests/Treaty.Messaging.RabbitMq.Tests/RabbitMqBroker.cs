@@ -46,6 +46,8 @@ public sealed class RabbitMqBroker : IAsyncLifetime
         Directory.CreateDirectory(_directory);
         await File.WriteAllTextAsync(Path.Combine(_directory, "enabled_plugins"), "[].\n");
         await RunAsync("chown", "-R", "rabbitmq:rabbitmq", _directory);
+        // A test host stopped before the fixtures' disposal (Ctrl-C, a run's timeout) still takes its node along.
+        AppDomain.CurrentDomain.ProcessExit += OnProcessExit;
         Port = FreePort();
         _distPort = FreePort();
         _epmdPort = FreePort();
@@ -79,6 +81,7 @@ public sealed class RabbitMqBroker : IAsyncLifetime
     /// <summary>Stops the node, the epmd it used and deletes its files, whatever state the tests left.</summary>
     public async Task DisposeAsync()
     {
+        AppDomain.CurrentDomain.ProcessExit -= OnProcessExit;
         await StopServerAsync(kill: true);
         if (_epmd is { } epmd)
         {
@@ -197,6 +200,27 @@ public sealed class RabbitMqBroker : IAsyncLifetime
             server.Dispose();
             _server = null;
         }
+    }
+
+    private void OnProcessExit(object? sender, EventArgs e)
+    {
+        try
+        {
+            if (File.Exists(PidFile) && int.TryParse(File.ReadAllText(PidFile).Trim(), out var pid))
+            {
+                using var beam = Process.GetProcessById(pid);
+                beam.Kill(entireProcessTree: true);
+            }
+        }
+        catch (Exception ex) when (ex is ArgumentException or InvalidOperationException or IOException or System.ComponentModel.Win32Exception)
+        {
+            // Already gone.
+        }
+
+        if (_server is { } server)
+            KillQuietly(server);
+        if (_epmd is { } epmd)
+            KillQuietly(epmd);
     }
 
     private static void KillQuietly(Process process)

@@ -20,6 +20,7 @@ public sealed class RabbitMqBroker : IAsyncLifetime
     private readonly string _directory = Path.Combine(Path.GetTempPath(), "treaty-rabbitmq-" + Guid.NewGuid().ToString("N")[..12]);
     private Process? _epmd;
     private Process? _server;
+    private Process? _watchdog;
     private int _epmdPort;
     private int _distPort;
 
@@ -46,8 +47,6 @@ public sealed class RabbitMqBroker : IAsyncLifetime
         Directory.CreateDirectory(_directory);
         await File.WriteAllTextAsync(Path.Combine(_directory, "enabled_plugins"), "[].\n");
         await RunAsync("chown", "-R", "rabbitmq:rabbitmq", _directory);
-        // A test host stopped before the fixtures' disposal (Ctrl-C, a run's timeout) still takes its node along.
-        AppDomain.CurrentDomain.ProcessExit += OnProcessExit;
         Port = FreePort();
         _distPort = FreePort();
         _epmdPort = FreePort();
@@ -56,6 +55,7 @@ public sealed class RabbitMqBroker : IAsyncLifetime
             _epmd = Process.Start(new ProcessStartInfo(Epmd) { ArgumentList = { "-port", _epmdPort.ToString(System.Globalization.CultureInfo.InvariantCulture), "-address", "127.0.0.1" }, UseShellExecute = false })
                 ?? throw new InvalidOperationException("epmd did not start");
             await StartServerAsync();
+            StartWatchdog();
         }
         catch
         {
@@ -81,7 +81,13 @@ public sealed class RabbitMqBroker : IAsyncLifetime
     /// <summary>Stops the node, the epmd it used and deletes its files, whatever state the tests left.</summary>
     public async Task DisposeAsync()
     {
-        AppDomain.CurrentDomain.ProcessExit -= OnProcessExit;
+        if (_watchdog is { } watchdog)
+        {
+            KillQuietly(watchdog);
+            watchdog.Dispose();
+            _watchdog = null;
+        }
+
         await StopServerAsync(kill: true);
         if (_epmd is { } epmd)
         {
@@ -202,25 +208,21 @@ public sealed class RabbitMqBroker : IAsyncLifetime
         }
     }
 
-    private void OnProcessExit(object? sender, EventArgs e)
+    /// <summary>
+    /// A test host killed before it disposes its fixtures (a run's timeout, SIGKILL) would leave the node running:
+    /// a shell that outlives it kills the node (whichever beam.smp the pid file names then) and the epmd once the
+    /// host is gone, and deletes the files.
+    /// </summary>
+    private void StartWatchdog()
     {
-        try
-        {
-            if (File.Exists(PidFile) && int.TryParse(File.ReadAllText(PidFile).Trim(), out var pid))
-            {
-                using var beam = Process.GetProcessById(pid);
-                beam.Kill(entireProcessTree: true);
-            }
-        }
-        catch (Exception ex) when (ex is ArgumentException or InvalidOperationException or IOException or System.ComponentModel.Win32Exception)
-        {
-            // Already gone.
-        }
-
-        if (_server is { } server)
-            KillQuietly(server);
-        if (_epmd is { } epmd)
-            KillQuietly(epmd);
+        var script = $$"""
+            while kill -0 {{Environment.ProcessId}} 2>/dev/null; do sleep 1; done
+            [ -f '{{PidFile}}' ] && kill -9 "$(cat '{{PidFile}}')"
+            kill {{_epmd!.Id}}
+            rm -rf '{{_directory}}'
+            """;
+        _watchdog = Process.Start(new ProcessStartInfo("/bin/sh") { ArgumentList = { "-c", script }, UseShellExecute = false })
+            ?? throw new InvalidOperationException("the watchdog shell did not start");
     }
 
     private static void KillQuietly(Process process)

@@ -324,7 +324,10 @@ public sealed class RabbitMqTransport : IMessageTransport
             }
             else
             {
-                throw new AlreadyClosedException(_publishChannel.CloseReason!);
+                // The connection is down and the client is reconnecting: fail this send; the relay sends it again.
+                throw _publishChannel.CloseReason is { } lost
+                    ? new AlreadyClosedException(lost)
+                    : new InvalidOperationException("The RabbitMQ connection is being recovered.");
             }
         }
 

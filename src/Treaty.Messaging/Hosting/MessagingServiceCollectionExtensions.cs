@@ -32,7 +32,9 @@ public static class MessagingServiceCollectionExtensions
         services.AddSingleton(builder.Consumers);
         services.AddSingleton(builder.Routes);
         services.AddSingleton<EmbeddedDispatcher>();
-        services.AddSingleton(provider => builder.TransportFactory(provider));
+        // TryAdd: a transport registered before (services.UseRabbitMq, which replaces whatever is
+        // there when it comes after) wins over the builder's default.
+        services.TryAddSingleton<IMessageTransport>(provider => builder.TransportFactory(provider));
         services.AddSingleton(provider => new ConsumerPipeline(Database(provider), options, provider.GetRequiredService<TimeProvider>(), Logger<ConsumerPipeline>(provider)));
         services.AddSingleton(provider => new OutboxRelay(Database(provider), provider.GetRequiredService<IMessageTransport>(), options, provider.GetRequiredService<TimeProvider>(), Logger<OutboxRelay>(provider)));
         services.AddSingleton(provider => new ReplayWorker(provider.GetRequiredService<ConsumerPipeline>(), builder.Consumers, options, provider.GetRequiredService<TimeProvider>(), Logger<ReplayWorker>(provider)));

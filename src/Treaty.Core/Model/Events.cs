@@ -253,6 +253,8 @@ public static class JournalKinds
     public const string Registered = "registered";
     /// <summary>The sender of a two-phase message submitted it (its local transaction committed).</summary>
     public const string SenderCommitted = "sender-committed";
+    /// <summary>A service of a choreographed saga reported an event (branch: the service, op: the event's type).</summary>
+    public const string Event = "event";
 }
 
 /// <summary>The result of one <c>Decide</c>: the next state, what to do, and what to log.</summary>

@@ -162,3 +162,28 @@ public static class ChoreographyEventParser
         return text;
     }
 }
+
+/// <summary>
+/// One event of a choreographed saga as a service reports it (<c>POST /api/v1/choreography/events</c>).
+/// </summary>
+/// <param name="MessageId">The event's id (the outbox message id): reporting it twice is harmless.</param>
+/// <param name="Type">What happened, such as <c>payment.reserved</c>.</param>
+/// <param name="Service">The service that emitted it.</param>
+/// <param name="CorrelationId">The saga's gid (the order id).</param>
+public sealed record ChoreographyEventRequest(string MessageId, string Type, string Service, string CorrelationId)
+{
+    /// <summary>When the service emitted it (kept for the timeline; the coordinator's time is authoritative).</summary>
+    public DateTimeOffset? At { get; init; }
+
+    /// <summary>The event's payload (clipped for the timeline).</summary>
+    public JsonElement? Payload { get; init; }
+
+    /// <summary>Set on the event that ends the saga: <c>completed</c>, <c>compensated</c> or <c>failed</c>.</summary>
+    public string? Outcome { get; init; }
+
+    /// <summary>How long until the next event is expected; the saga is stuck without one.</summary>
+    public long? TimeoutMs { get; init; }
+}
+
+/// <summary>A batch of reported events.</summary>
+public sealed record ReportChoreographyEventsRequest(IReadOnlyList<ChoreographyEventRequest> Events);

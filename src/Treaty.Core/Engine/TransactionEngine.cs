@@ -515,7 +515,7 @@ public sealed partial class TransactionEngine : IAsyncDisposable
             }
 
             var calls = decision.Commands.Any(IsCall);
-            var lazy = !calls && !decision.Commands.Any(c => c is Finish) && !_engine.UnsafeActBeforePersist;
+            var lazy = !calls && !decision.Commands.Any(c => c is Finish) && !decision.Acknowledged && !_engine.UnsafeActBeforePersist;
             var forced = !lazy && calls && decision.WriteAhead;
             var next = decision.Next with { Version = _state.Version + 1, ForcedWrites = _state.ForcedWrites + (forced ? 1 : 0) };
             if (lazy)

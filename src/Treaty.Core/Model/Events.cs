@@ -268,5 +268,12 @@ public sealed record Decision(TransactionState Next, ImmutableArray<Command> Com
     /// </summary>
     public bool WriteAhead { get; init; } = true;
 
+    /// <summary>
+    /// True: the engine answers the request that caused the decision only once it is durable, even
+    /// when nothing leaves the coordinator on it (a reported choreography event: its reporter stops
+    /// reporting once answered, so a crash must not take the event back).
+    /// </summary>
+    public bool Acknowledged { get; init; }
+
     public bool Changed(TransactionState previous) => !ReferenceEquals(previous, Next);
 }

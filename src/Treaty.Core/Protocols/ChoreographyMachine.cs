@@ -83,6 +83,14 @@ public sealed class ChoreographyMachine : IProtocolMachine
     /// <inheritdoc />
     public Decision Decide(TransactionState state, TransactionEvent @event, DecisionContext context)
     {
+        // Every change is written before it is answered or shown: a reporter stops reporting an event
+        // once it is answered, and an operator's retry must show at once.
+        var decision = DecideCore(state, @event, context);
+        return decision.Changed(state) ? decision with { Acknowledged = true } : decision;
+    }
+
+    private Decision DecideCore(TransactionState state, TransactionEvent @event, DecisionContext context)
+    {
         var watch = state.Choreography ?? new([], state.CreatedAt, _defaultTimeoutMs, null, null);
         var now = context.Now;
         switch (@event)

@@ -22,5 +22,6 @@ namespace Treaty.Core.Serialization;
 [JsonSerializable(typeof(TransactionCountsView))]
 [JsonSerializable(typeof(ProblemView))]
 [JsonSerializable(typeof(ChoreographyReportView))]
+[JsonSerializable(typeof(ReportChoreographyEventsRequest))]
 [JsonSerializable(typeof(Dictionary<string, string>))]
 public sealed partial class TreatyJsonContext : JsonSerializerContext;

@@ -62,8 +62,11 @@ public static class WireMapper
         if (state.Spec.Protocol == Protocol.Choreography)
         {
             // A choreography's branches are the services seen, their operations the event types they
-            // reported; nothing has a URL because the coordinator never calls them.
-            return new BranchView(state.Branches[index].Name, reading.Status, [], false, Operations(state.Branches[index].Ops, static _ => ""));
+            // reported; nothing has a URL because the coordinator never calls them. Services are in the
+            // order they were first heard from, and each "depends on" the one before, so the graph
+            // draws the flow of the events.
+            IReadOnlyList<string> after = index == 0 ? [] : [state.Branches[index - 1].Name];
+            return new BranchView(state.Branches[index].Name, reading.Status, after, false, Operations(state.Branches[index].Ops, static _ => ""));
         }
 
         var spec = state.Spec.Branches[index];

@@ -472,7 +472,7 @@ function transactionView(gid) {
         field('Deadline', tx.deadline ? formatTime(tx.deadline) : null),
         field('Next wake-up', tx.nextWakeAt ? formatTime(tx.nextWakeAt) : null),
         field('Reason', tx.reason, 'tx-reason'),
-        field('Stuck on', tx.stuck && tx.stuckOn ? `${tx.stuckOn.branch ? `${tx.stuckOn.branch}.` : ''}${tx.stuckOn.op} after ${tx.stuckOn.attempts} attempts: ${tx.stuckOn.lastError || `HTTP ${tx.stuckOn.lastStatusCode}`}` : null, 'tx-stuck-on'),
+        field('Stuck on', tx.stuck && tx.stuckOn && tx.protocol === 'choreography' ? `${tx.stuckOn.lastError} (${tx.stuckOn.attempts} events, last from ${tx.stuckOn.branch || '-'})` : tx.stuck && tx.stuckOn ? `${tx.stuckOn.branch ? `${tx.stuckOn.branch}.` : ''}${tx.stuckOn.op} after ${tx.stuckOn.attempts} attempts: ${tx.stuckOn.lastError || `HTTP ${tx.stuckOn.lastStatusCode}`}` : null, 'tx-stuck-on'),
         field('Writes', tx.writes ? `${tx.writes.total} (${tx.writes.forced} forced before a call)` : null)),
       h('details', { class: 'payload' }, h('summary', {}, 'Payload'), h('pre', {}, JSON.stringify(tx.payload, null, 2))));
   }

@@ -349,7 +349,7 @@ public static class TransactionsApi
             }
             else
             {
-                errors.Add(new("protocol", "Use one of saga, tcc, 2pc, 3pc, msg."));
+                errors.Add(new("protocol", "Use one of saga, tcc, 2pc, 3pc, msg, choreography."));
             }
         }
 

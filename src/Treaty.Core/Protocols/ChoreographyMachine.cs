@@ -30,6 +30,9 @@ public sealed class ChoreographyMachine : IProtocolMachine
 
     private const string Watching = "watching";
 
+    /// <summary>How often a stuck choreography is looked at again (it changes nothing; it keeps it off the recovery's always-due list).</summary>
+    public static readonly TimeSpan StuckRecheck = TimeSpan.FromHours(1);
+
     private static readonly ProtocolShape ChoreographyShape = new(
         BranchOperations: [],
         RequiredOperations: [],
@@ -107,7 +110,7 @@ public sealed class ChoreographyMachine : IProtocolMachine
                     JournalEntry[] journal = @event is Resumed ? [new(now, JournalKinds.Resumed)] : [];
                     if (state.Stuck || watch.DueBy > now)
                     {
-                        return journal.Length == 0 && state.NextWakeAt == (state.Stuck ? null : watch.DueBy)
+                        return journal.Length == 0 && (state.Stuck ? state.NextWakeAt > now : state.NextWakeAt == watch.DueBy)
                             ? Unchanged(state)
                             : Watch(state, now, journal, []);
                     }
@@ -228,9 +231,17 @@ public sealed class ChoreographyMachine : IProtocolMachine
         return index >= 0 ? branches.SetItem(index, branch) : branches.Add(branch);
     }
 
-    /// <summary>A running saga: wake at its due time unless it is already stuck (then only an event or an operator moves it).</summary>
+    /// <summary>
+    /// A running saga: wake at its due time. Once stuck only an event or an operator moves it, but it
+    /// still gets a far wake-up (<see cref="StuckRecheck"/>): a non-terminal transaction without one
+    /// would be due for recovery at every pass, ahead of every other.
+    /// </summary>
     private static Decision Watch(TransactionState next, DateTimeOffset now, IEnumerable<JournalEntry> journal, ImmutableArray<Command> commands) =>
-        new(next with { UpdatedAt = now, NextWakeAt = next.Stuck ? null : next.Choreography!.DueBy }, commands, [.. journal]);
+        new(next with
+        {
+            UpdatedAt = now,
+            NextWakeAt = next.Stuck ? now + StuckRecheck : next.Choreography!.DueBy,
+        }, commands, [.. journal]);
 
     private static Decision End(TransactionState next, TransactionStatus terminal, DateTimeOffset now, IEnumerable<JournalEntry> journal)
     {

@@ -121,8 +121,11 @@ public sealed class ChoreographyMachineTests
         due.Journal.Select(j => j.Kind).ShouldBe([JournalKinds.Stuck]);
         run.State.Status.ShouldBe(TransactionStatus.Running);
 
-        var again = run.FireTimerAt(run.Now.AddMinutes(1));
+        run.State.NextWakeAt.ShouldBe(run.Now + ChoreographyMachine.StuckRecheck); // never "always due" for recovery
+        var again = run.FireTimerAt(run.Now + ChoreographyMachine.StuckRecheck);
         again.Commands.ShouldBeEmpty(); // one alert per episode
+        run.State.Stuck.ShouldBeTrue();
+        run.State.NextWakeAt.ShouldBe(run.Now + ChoreographyMachine.StuckRecheck);
     }
 
     [Fact]

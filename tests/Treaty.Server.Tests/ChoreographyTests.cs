@@ -135,7 +135,14 @@ public sealed class ChoreographyTests
         (await Api.ListAsync(coordinator.Http, "?stuck=true&protocol=choreography")).Items.ShouldContain(i => i.Gid == gid);
 
         (await coordinator.Client.RetryAsync(gid)).Stuck.ShouldBeFalse();
+        await webhook.WaitForAsync(a => a.Kind == "resolved" && a.Gid == gid);
         await Api.WaitUntilAsync(coordinator.Http, gid, v => v.Stuck, "stuck again after the restarted wait");
+        await webhook.WaitForAsync(a => a.Kind == "stuck" && a.Gid == gid && a.Id == $"{gid}/stuck/2");
+
+        // An event clears the mark too: the saga moves again.
+        (await coordinator.Client.ReportEventsAsync([Event(gid, "m3", "inventory.reserved", "inventory", timeoutMs: 60_000)])).Events[0].Status.ShouldBe("running");
+        (await Api.GetAsync(coordinator.Http, gid)).ShouldNotBeNull().Stuck.ShouldBeFalse();
+        await webhook.WaitForAsync(a => a.Kind == "resolved" && a.Gid == gid && a.Id == $"{gid}/resolved/2");
 
         var aborted = await coordinator.Client.AbortAsync(gid, "customer gave up");
         aborted.Status.ShouldBe("aborted");

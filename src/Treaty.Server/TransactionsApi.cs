@@ -191,6 +191,7 @@ public static class TransactionsApi
                 ReportStatus.Recorded => "recorded",
                 ReportStatus.Duplicate => "duplicate",
                 ReportStatus.OtherProtocol => "conflict",
+                ReportStatus.Full => "ignored",
                 _ => "busy",
             };
             if (result.Status is ReportStatus.OtherProtocol or ReportStatus.Busy)

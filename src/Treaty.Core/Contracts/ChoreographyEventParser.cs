@@ -13,7 +13,8 @@ public sealed record ParsedEvents(IReadOnlyList<ChoreographyEvent> Events, IRead
 /// <summary>One reported event as the API answers it.</summary>
 /// <param name="MessageId">The event's id.</param>
 /// <param name="Gid">The saga it belongs to.</param>
-/// <param name="Result"><c>recorded</c>, <c>duplicate</c> (its id was recorded before) or <c>conflict</c> (the gid is another protocol's).</param>
+/// <param name="Result"><c>recorded</c>, <c>duplicate</c> (its id was recorded before), <c>ignored</c> (the saga
+/// already holds the most events one may record, 1000) or <c>conflict</c> (the gid is another protocol's).</param>
 /// <param name="Status">The saga's status after it.</param>
 public sealed record ReportedEventView(string MessageId, string Gid, string Result, string? Status);
 

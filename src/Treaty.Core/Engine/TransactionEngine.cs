@@ -19,6 +19,8 @@ public enum ReportStatus
     OtherProtocol,
     /// <summary>Too many concurrent writers; the reporter should try again.</summary>
     Busy,
+    /// <summary>The saga already holds <see cref="TreatyDefaults.MaxChoreographyEvents"/> events: not recorded.</summary>
+    Full,
 }
 
 /// <summary>The outcome of <see cref="TransactionEngine.ReportEventAsync"/> and the state after it.</summary>
@@ -273,6 +275,11 @@ public sealed partial class TransactionEngine : IAsyncDisposable
             }
 
             var duplicate = state.Choreography?.MessageIds.Contains(@event.MessageId, StringComparer.Ordinal) == true;
+            if (!duplicate && state.Choreography?.MessageIds.Length >= TreatyDefaults.MaxChoreographyEvents)
+            {
+                return new ReportResult(ReportStatus.Full, state);
+            }
+
             if (!state.IsTerminal)
             {
                 var result = await AdminAsync(gid, new EventReported(@event), static (_, s) => !s.IsTerminal, cancellationToken);

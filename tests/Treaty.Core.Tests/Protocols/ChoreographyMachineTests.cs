@@ -198,6 +198,21 @@ public sealed class ChoreographyMachineTests
     }
 
     [Fact]
+    public void Decide_MoreEventsThanTheCap_TheRestIgnored()
+    {
+        var run = Run();
+        for (var i = 0; i < TreatyDefaults.MaxChoreographyEvents; i++)
+        {
+            run.Send(Event($"m{i}", "tick", "clock"));
+        }
+
+        var over = run.Send(Event("one-too-many", "tick", "clock"));
+
+        over.Journal.ShouldBeEmpty();
+        run.State.Choreography!.MessageIds.Length.ShouldBe(TreatyDefaults.MaxChoreographyEvents);
+    }
+
+    [Fact]
     public void Validate_ASubmit_RefusedBecauseEventsCreateAChoreography()
     {
         new ChoreographyMachine().Validate(ChoreographyMachine.SpecFor("x")).ShouldHaveSingleItem().Field.ShouldBe("protocol");

@@ -175,6 +175,32 @@ public sealed class DashboardTests(DashboardFixture fixture) : IClassFixture<Das
     }
 
     [Fact]
+    public async Task Stuck_AChoreographyWithoutItsNextEvent_IsInTheStuckView_AndTheOperatorAbortsIt()
+    {
+        var gid = DashboardFixture.NewGid("choreostuck");
+        await fixture.Coordinator.Client.ReportEventsAsync(
+        [
+            new Treaty.Core.Contracts.ChoreographyEventRequest("m1", "order.created", "order", gid),
+            new Treaty.Core.Contracts.ChoreographyEventRequest("m2", "payment.reserved", "payment", gid) { TimeoutMs = 200 },
+        ]);
+        await fixture.WaitForAsync(gid, tx => tx["stuck"]!.GetValue<bool>(), "stuck");
+
+        await _page.GotoAsync("/#/stuck");
+
+        var row = _page.Locator($"#stuck-rows tr[data-gid='{gid}']");
+        await Expect(row).ToContainTextAsync("payment.next-event");
+        await Expect(row).ToContainTextAsync("no next event within its timeout");
+        var abort = row.Locator("button[data-action=abort]");
+        await abort.ClickAsync();
+        await abort.ClickAsync(); // the second click confirms
+
+        await Expect(row).ToHaveCountAsync(0);
+        await fixture.WaitForAsync(gid, tx => tx["status"]!.GetValue<string>() == "aborted", "aborted");
+        await _page.GotoAsync($"/#/tx/{gid}");
+        await Expect(_page.Locator("#timeline tr[data-kind=operator-abort]")).ToContainTextAsync("nothing to call");
+    }
+
+    [Fact]
     public async Task Transaction_TwoPhaseCommit_ShowsEveryVoteAndTheDecision()
     {
         var gid = DashboardFixture.NewGid("2pc");

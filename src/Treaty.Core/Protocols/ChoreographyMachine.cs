@@ -164,6 +164,10 @@ public sealed class ChoreographyMachine : IProtocolMachine
         {
             notes.Add($"after the saga ended ({state.Status.ToWire()}): recorded, the outcome stands");
         }
+        else if (state.Stuck)
+        {
+            notes.Add("moving again: no longer stuck");
+        }
 
         var journal = new List<JournalEntry> { new(now, JournalKinds.Event, e.Service, e.Type, sequence, null, string.Join("; ", notes), null, e.PayloadJson) };
         var next = state with
@@ -188,10 +192,6 @@ public sealed class ChoreographyMachine : IProtocolMachine
                 LastService = e.Service,
             },
         };
-        if (state.Stuck)
-        {
-            journal.Add(new(now, JournalKinds.Phase, e.Service, e.Type, Detail: "moving again: no longer stuck"));
-        }
 
         switch (e.Outcome)
         {

@@ -144,8 +144,9 @@ public sealed class ChoreographyMachineTests
         run.FireTimerAt(run.Now.AddSeconds(2));
         run.State.Stuck.ShouldBeTrue();
 
-        run.Send(Event("m2", "payment.reserved", "payment", timeoutMs: 2_000));
+        var moved = run.Send(Event("m2", "payment.reserved", "payment", timeoutMs: 2_000));
 
+        moved.Journal.ShouldHaveSingleItem().Detail.ShouldNotBeNull().ShouldContain("no longer stuck");
         run.State.Stuck.ShouldBeFalse();
         run.State.NextWakeAt.ShouldBe(run.Now.AddSeconds(2));
     }

@@ -178,7 +178,12 @@ internal static class TxCommands
             console.MarkupLineInterpolated($"reason: {view.Reason}");
         }
 
-        if (view.StuckOn is { } stuck)
+        if (view.StuckOn is { } waiting && view.Protocol == Core.Model.ProtocolNames.Choreography)
+        {
+            // Nobody is called: the saga waits for an event that did not come.
+            console.MarkupLineInterpolated($"[red]stuck[/] after {waiting.Attempts} events, last from {waiting.Branch ?? "-"}: {waiting.LastError}");
+        }
+        else if (view.StuckOn is { } stuck)
         {
             console.MarkupLineInterpolated($"[red]stuck on {(stuck.Branch is null ? "" : stuck.Branch + ".")}{stuck.Op}[/] after {stuck.Attempts} attempts, last: {stuck.LastError ?? stuck.LastStatusCode?.ToString(System.Globalization.CultureInfo.InvariantCulture) ?? "no answer"}");
         }

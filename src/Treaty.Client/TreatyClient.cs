@@ -147,6 +147,25 @@ public sealed class TreatyClient : IDisposable
         return await ReadAsync(response, TreatyJsonContext.Default.TransactionView, cancellationToken).ConfigureAwait(false);
     }
 
+    /// <summary>
+    /// Reports events of choreographed sagas to the coordinator (<c>POST /api/v1/choreography/events</c>),
+    /// so it can show each saga's timeline and flag one that stops moving. The first event of a gid
+    /// creates its transaction (protocol <c>choreography</c>); an event whose message id was reported
+    /// before changes nothing, so an outbox relay may report again after a crash.
+    /// </summary>
+    /// <param name="events">1 to 100 events, recorded in this order.</param>
+    /// <param name="cancellationToken">Cancels the request.</param>
+    /// <returns>Per event: <c>recorded</c> or <c>duplicate</c>, and its saga's status.</returns>
+    /// <exception cref="TreatyApiException">400 naming the invalid fields (then nothing was recorded),
+    /// 409 when a gid belongs to a transaction of another protocol, or another error answer.</exception>
+    public async Task<ChoreographyReportView> ReportEventsAsync(IEnumerable<ChoreographyEventRequest> events, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(events);
+        using var content = JsonContent.Create(new ReportChoreographyEventsRequest([.. events]), TreatyJsonContext.Default.ReportChoreographyEventsRequest);
+        using var response = await _http.PostAsync(Resolve("api/v1/choreography/events"), content, cancellationToken).ConfigureAwait(false);
+        return await ReadAsync(response, TreatyJsonContext.Default.ChoreographyReportView, cancellationToken).ConfigureAwait(false);
+    }
+
     /// <summary>Reads one transaction (<c>GET /api/v1/transactions/{gid}</c>).</summary>
     /// <returns>The transaction, or null when the coordinator does not know the gid.</returns>
     /// <exception cref="TreatyApiException">An error answer other than 404.</exception>

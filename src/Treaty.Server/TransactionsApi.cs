@@ -23,6 +23,13 @@ public static class TransactionsApi
             .WithSummary("Transactions by status, with the listing's filters (all but status)")
             .Produces<TransactionCountsView>()
             .Produces<ProblemView>(StatusCodes.Status400BadRequest, "application/problem+json");
+        v1.MapPost("/choreography/events", ReportEventsAsync)
+            .WithName("ReportChoreographyEvents")
+            .WithSummary("Report events of choreographed sagas (one event, or { events: [...] }); the first event of a gid creates it")
+            .Produces<ChoreographyReportView>()
+            .Produces<ProblemView>(StatusCodes.Status400BadRequest, "application/problem+json")
+            .Produces<ProblemView>(StatusCodes.Status409Conflict, "application/problem+json")
+            .Produces<ProblemView>(StatusCodes.Status413PayloadTooLarge, "application/problem+json");
         var api = v1.MapGroup("/transactions");
         api.MapPost("", SubmitAsync)
             .WithName("SubmitTransaction")
@@ -137,6 +144,75 @@ public static class TransactionsApi
         context.Response.Headers.Location = location;
         return Results.Json(View(engine, state), TreatyJsonContext.Default.TransactionView,
             statusCode: state.IsTerminal ? StatusCodes.Status200OK : StatusCodes.Status202Accepted);
+    }
+
+    /// <summary>
+    /// Records reported events of choreographed sagas. Every event is validated before any is
+    /// stored; then each is recorded in order (a duplicate message id changes nothing).
+    /// </summary>
+    private static async Task<IResult> ReportEventsAsync(HttpContext context, TransactionEngine engine, TreatyServerOptions options, CancellationToken cancellationToken)
+    {
+        if (!IsJson(context.Request.ContentType))
+        {
+            return Problems.Create(StatusCodes.Status415UnsupportedMediaType, ProblemTypes.UnsupportedMediaType,
+                "Unsupported media type", "Send the events as application/json.", context);
+        }
+
+        JsonElement body;
+        try
+        {
+            body = await JsonSerializer.DeserializeAsync(context.Request.Body, TreatyJsonContext.Default.JsonElement, cancellationToken);
+        }
+        catch (JsonException ex)
+        {
+            return Problems.Create(StatusCodes.Status400BadRequest, ProblemTypes.MalformedJson, "Malformed JSON",
+                $"The body is not valid JSON: {FirstSentence(ex.Message)}", context,
+                new Dictionary<string, string[]> { [ex.Path ?? "$"] = [FirstSentence(ex.Message)] });
+        }
+        catch (BadHttpRequestException ex) when (ex.StatusCode == StatusCodes.Status413PayloadTooLarge)
+        {
+            return TooLarge(context, options);
+        }
+
+        var parsed = ChoreographyEventParser.Parse(body, options.TimelineBodyBytes);
+        if (!parsed.IsValid)
+        {
+            return Problems.Validation(context, parsed.Errors);
+        }
+
+        var results = new List<ReportedEventView>(parsed.Events.Count);
+        var conflicts = new List<ValidationError>();
+        for (var i = 0; i < parsed.Events.Count; i++)
+        {
+            var reported = parsed.Events[i];
+            var result = await engine.ReportEventAsync(reported, cancellationToken);
+            var word = result.Status switch
+            {
+                ReportStatus.Recorded => "recorded",
+                ReportStatus.Duplicate => "duplicate",
+                ReportStatus.OtherProtocol => "conflict",
+                ReportStatus.Full => "ignored",
+                _ => "busy",
+            };
+            if (result.Status is ReportStatus.OtherProtocol or ReportStatus.Busy)
+            {
+                var field = parsed.Events.Count == 1 && !body.TryGetProperty("events", out _) ? "correlationId" : $"events[{i}].correlationId";
+                conflicts.Add(new(field, result.Status == ReportStatus.OtherProtocol
+                    ? $"Transaction '{reported.CorrelationId}' is a {result.State?.Spec.Protocol.ToWire()} transaction, not a choreography."
+                    : $"Transaction '{reported.CorrelationId}' is busy; report the event again."));
+            }
+
+            results.Add(new(reported.MessageId, reported.CorrelationId, word, result.State?.Status.ToWire()));
+        }
+
+        if (conflicts.Count > 0)
+        {
+            var errors = conflicts.GroupBy(c => c.Field).ToDictionary(g => g.Key, g => g.Select(c => c.Message).ToArray());
+            return Problems.Create(StatusCodes.Status409Conflict, ProblemTypes.GidConflict, "Gid already used",
+                $"{conflicts.Count} of {parsed.Events.Count} events were not recorded; the others were.", context, errors);
+        }
+
+        return Results.Json(new ChoreographyReportView(results), TreatyJsonContext.Default.ChoreographyReportView);
     }
 
     /// <summary>The caller's trace: the request's activity when the host made one, else its <c>traceparent</c>.</summary>
@@ -274,7 +350,7 @@ public static class TransactionsApi
             }
             else
             {
-                errors.Add(new("protocol", "Use one of saga, tcc, 2pc, 3pc, msg."));
+                errors.Add(new("protocol", "Use one of saga, tcc, 2pc, 3pc, msg, choreography."));
             }
         }
 

@@ -73,6 +73,7 @@ public static class TreatyServer
         services.AddSingleton<IProtocolMachine, TwoPhaseCommitMachine>();
         services.AddSingleton<IProtocolMachine, ThreePhaseCommitMachine>();
         services.AddSingleton<IProtocolMachine, MessageMachine>();
+        services.AddSingleton<IProtocolMachine>(new ChoreographyMachine(options.ChoreographyTimeout));
         services.AddSingleton<TreatyTelemetry>();
         services.AddSingleton(sp =>
         {

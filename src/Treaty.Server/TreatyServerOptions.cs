@@ -25,6 +25,10 @@ public sealed class TreatyServerOptions
     /// at most <see cref="TreatyServerDefaults.MaxTimelineBodyBytes"/>); the dashboard shows it.</summary>
     public int TimelineBodyBytes { get; set; } = TreatyServerDefaults.TimelineBodyBytes;
 
+    /// <summary>How long a choreographed saga may go without a reported event before it is stuck,
+    /// when its last event named no <c>timeoutMs</c>.</summary>
+    public TimeSpan ChoreographyTimeout { get; set; } = TimeSpan.FromMilliseconds(Core.Model.TreatyDefaults.ChoreographyTimeoutMs);
+
     /// <summary>Connections per participant host kept by the branch invoker.</summary>
     public int MaxConnectionsPerParticipant { get; set; } = TreatyServerDefaults.MaxConnectionsPerParticipant;
 
@@ -95,6 +99,11 @@ public sealed class TreatyServerOptions
         if (string.IsNullOrWhiteSpace(Urls))
         {
             problems.Add("Urls is required.");
+        }
+
+        if (ChoreographyTimeout <= TimeSpan.Zero || ChoreographyTimeout.TotalMilliseconds > Core.Model.TreatyDefaults.MaxTimeoutMs)
+        {
+            problems.Add("ChoreographyTimeout must be positive and at most 30 days.");
         }
 
         if (MaxRequestBodyBytes is < 1024 or > 64 * 1024 * 1024)

@@ -48,6 +48,7 @@ internal static class StoredValues
         Core.Model.Protocol.TwoPhaseCommit => "2pc",
         Core.Model.Protocol.ThreePhaseCommit => "3pc",
         Core.Model.Protocol.Msg => "msg",
+        Core.Model.Protocol.Choreography => "choreography",
         _ => throw new ArgumentOutOfRangeException(nameof(protocol), protocol, "Unknown protocol."),
     };
 

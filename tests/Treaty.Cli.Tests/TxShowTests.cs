@@ -53,6 +53,35 @@ public sealed class TxShowTests
         output.ShouldMatch(@"notified\s+payment\.rollback");
     }
 
+    [Fact]
+    public async Task TxShow_Choreography_PrintsTheServicesAndTheReportedEventsInOrder()
+    {
+        await using var coordinator = await InProcessCoordinator.StartAsync();
+        await coordinator.Client.ReportEventsAsync(
+        [
+            new ChoreographyEventRequest("m1", "order.created", "order", "show-choreo"),
+            new ChoreographyEventRequest("m2", "payment.failed", "payment", "show-choreo"),
+            new ChoreographyEventRequest("m3", "order.cancelled", "order", "show-choreo") { Outcome = "compensated" },
+        ]);
+
+        var text = new StringWriter();
+        var console = AnsiConsole.Create(new AnsiConsoleSettings
+        {
+            Out = new AnsiConsoleOutput(text),
+            ColorSystem = ColorSystemSupport.NoColors,
+            Interactive = InteractionSupport.No,
+        });
+        console.Profile.Width = 200;
+
+        (await TxCommands.ShowAsync(coordinator.Client, "show-choreo", console, CancellationToken.None)).ShouldBe(0);
+
+        var output = text.ToString();
+        output.ShouldMatch(@"show-choreo\S* choreography aborted");
+        output.ShouldContain("reason: order reported order.cancelled (compensated)", customMessage: output);
+        output.ShouldMatch(@"payment\s+reported\s+payment\.failed\s+succeeded\s+1");
+        output.ShouldMatch(@"event\s+order\.order\.created\s+1[\s\S]*event\s+payment\.payment\.failed\s+2[\s\S]*event\s+order\.order\.cancelled\s+3");
+    }
+
     private static BranchRequest Branch(string name, string url) =>
         new() { Name = name, Prepare = url + "/prepare", Commit = url + "/commit", Rollback = url + "/rollback" };
 

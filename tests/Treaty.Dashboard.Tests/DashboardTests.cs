@@ -146,6 +146,61 @@ public sealed class DashboardTests(DashboardFixture fixture) : IClassFixture<Das
     }
 
     [Fact]
+    public async Task Transaction_Choreography_ShowsTheReportedServicesAsAFlowAndEveryEventInTheTimeline()
+    {
+        var gid = DashboardFixture.NewGid("choreo");
+        Treaty.Core.Contracts.ChoreographyEventRequest Event(string id, string type, string service, string? outcome = null) =>
+            new(id, type, service, gid) { Outcome = outcome, Payload = System.Text.Json.JsonSerializer.SerializeToElement(new Dictionary<string, string> { ["orderId"] = gid }) };
+        await fixture.Coordinator.Client.ReportEventsAsync(
+        [
+            Event("m1", "order.created", "order"),
+            Event("m2", "payment.reserved", "payment"),
+            Event("m3", "inventory.reserved", "inventory"),
+            Event("m4", "order.confirmed", "order", "completed"),
+        ]);
+
+        await _page.GotoAsync($"/#/tx/{gid}");
+
+        await Expect(_page.Locator("#tx-protocol")).ToHaveTextAsync("choreography");
+        await Expect(_page.Locator("svg.graph g.node")).ToHaveCountAsync(3);
+        await Expect(_page.Locator("svg.graph path.edge[data-from=order][data-to=payment]")).ToHaveCountAsync(1);
+        await Expect(_page.Locator("svg.graph path.edge[data-from=payment][data-to=inventory]")).ToHaveCountAsync(1);
+        var events = _page.Locator("#timeline tr[data-kind=event]");
+        await Expect(events).ToHaveCountAsync(4);
+        var payment = events.Filter(new() { HasText = "payment · payment.reserved" });
+        await payment.Locator("details summary").ClickAsync();
+        await Expect(payment.Locator("details pre")).ToContainTextAsync(gid);
+        await Expect(_page.Locator("#timeline tr[data-kind=committed]")).ToHaveCountAsync(1);
+        await Expect(_page.Locator("#branches tr[data-branch=order]")).ToHaveCountAsync(2);
+    }
+
+    [Fact]
+    public async Task Stuck_AChoreographyWithoutItsNextEvent_IsInTheStuckView_AndTheOperatorAbortsIt()
+    {
+        var gid = DashboardFixture.NewGid("choreostuck");
+        await fixture.Coordinator.Client.ReportEventsAsync(
+        [
+            new Treaty.Core.Contracts.ChoreographyEventRequest("m1", "order.created", "order", gid),
+            new Treaty.Core.Contracts.ChoreographyEventRequest("m2", "payment.reserved", "payment", gid) { TimeoutMs = 200 },
+        ]);
+        await fixture.WaitForAsync(gid, tx => tx["stuck"]!.GetValue<bool>(), "stuck");
+
+        await _page.GotoAsync("/#/stuck");
+
+        var row = _page.Locator($"#stuck-rows tr[data-gid='{gid}']");
+        await Expect(row).ToContainTextAsync("payment.next-event");
+        await Expect(row).ToContainTextAsync("no next event within its timeout");
+        var abort = row.Locator("button[data-action=abort]");
+        await abort.ClickAsync();
+        await abort.ClickAsync(); // the second click confirms
+
+        await Expect(row).ToHaveCountAsync(0);
+        await fixture.WaitForAsync(gid, tx => tx["status"]!.GetValue<string>() == "aborted", "aborted");
+        await _page.GotoAsync($"/#/tx/{gid}");
+        await Expect(_page.Locator("#timeline tr[data-kind=operator-abort]")).ToContainTextAsync("nothing to call");
+    }
+
+    [Fact]
     public async Task Transaction_TwoPhaseCommit_ShowsEveryVoteAndTheDecision()
     {
         var gid = DashboardFixture.NewGid("2pc");

@@ -95,6 +95,29 @@ public abstract class StoreComplianceTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Choreography_StateWithItsEventsRoundTrips_AcrossAReopen_AndFiltersByProtocol()
+    {
+        var machine = new Core.Protocols.ChoreographyMachine(TimeSpan.FromSeconds(5));
+        var created = machine.Create(Core.Protocols.ChoreographyMachine.SpecFor("choreo"), Core.Protocols.ChoreographyMachine.Fingerprint, T0);
+        var context = new Core.Engine.DecisionContext(T0, new SeededRandomSource(1));
+        var v1 = machine.Decide(created, new Submitted(), context).Next with { Version = 1 };
+        await Store.InsertAsync(v1, [Entry(JournalKinds.Submitted)], Ct);
+        var reported = machine.Decide(v1, new EventReported(new ChoreographyEvent("m1", "order.created", "order", "choreo", T0, """{"amount":25}""", null, 2_000)), context);
+        var v2 = reported.Next with { Version = 2 };
+        await Store.UpdateAsync(v2, reported.Journal, Ct);
+
+        Store = await ReopenStoreAsync();
+
+        var stored = await Store.GetAsync("choreo", Ct);
+        ShouldBeSameState(stored, v2);
+        stored!.Choreography.ShouldNotBeNull().MessageIds.ShouldBe(["m1"]);
+        stored.Choreography.TimeoutMs.ShouldBe(2_000);
+        stored.NextWakeAt.ShouldBe(T0.AddSeconds(2));
+        (await Store.ListAsync(new TransactionQuery(Protocol: Protocol.Choreography), Ct)).Items.ShouldHaveSingleItem().Gid.ShouldBe("choreo");
+        (await Store.GetJournalAsync("choreo", Ct)).Select(r => r.Entry.Kind).ShouldBe([JournalKinds.Submitted, JournalKinds.Event]);
+    }
+
+    [Fact]
     public async Task Insert_ExistingGid_ReturnsStoredStateAndWritesNothing()
     {
         var first = NewState("dup");

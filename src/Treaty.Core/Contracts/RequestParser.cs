@@ -48,6 +48,12 @@ public static class RequestParser
             unsupported = true;
             errors.Add(new("protocol", $"Unknown protocol '{Truncate(request.Protocol)}': use one of saga, tcc, 2pc, 3pc, msg."));
         }
+        else if (protocol == Protocol.Choreography)
+        {
+            // Not a submit: a choreography has no branches to call; its services report its events.
+            errors.Add(new("protocol", "A choreography is created by the first event its services report (POST /api/v1/choreography/events), not by a submit."));
+            return new ParsedRequest(null, null, errors, false);
+        }
         else if ((machine = machineFor(protocol)) is null)
         {
             unsupported = true;

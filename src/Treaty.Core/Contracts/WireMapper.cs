@@ -58,8 +58,18 @@ public static class WireMapper
 
     private static BranchView ToView(TransactionState state, int index, IProtocolMachine machine)
     {
-        var spec = state.Spec.Branches[index];
         var reading = machine.ReadBranch(state, index);
+        if (state.Spec.Protocol == Protocol.Choreography)
+        {
+            // A choreography's branches are the services seen, their operations the event types they
+            // reported; nothing has a URL because the coordinator never calls them. Services are in the
+            // order they were first heard from, and each "depends on" the one before, so the graph
+            // draws the flow of the events.
+            IReadOnlyList<string> after = index == 0 ? [] : [state.Branches[index - 1].Name];
+            return new BranchView(state.Branches[index].Name, reading.Status, after, false, Operations(state.Branches[index].Ops, static _ => ""));
+        }
+
+        var spec = state.Spec.Branches[index];
         return new BranchView(spec.Name, reading.Status, spec.DependsOn, spec.Pivot, Operations(state.Branches[index].Ops, spec.UrlOf))
         {
             Vote = reading.Vote,

@@ -4,8 +4,27 @@ using System.Collections.Immutable;
 using Microsoft.Extensions.Logging;
 using Treaty.Core.Diagnostics;
 using Treaty.Core.Model;
+using Treaty.Core.Protocols;
 
 namespace Treaty.Core.Engine;
+
+/// <summary>How a reported choreography event was taken.</summary>
+public enum ReportStatus
+{
+    /// <summary>Recorded in the saga's timeline.</summary>
+    Recorded,
+    /// <summary>Its message id was recorded before: nothing changed.</summary>
+    Duplicate,
+    /// <summary>The gid belongs to a transaction of another protocol: nothing recorded.</summary>
+    OtherProtocol,
+    /// <summary>Too many concurrent writers; the reporter should try again.</summary>
+    Busy,
+    /// <summary>The saga already holds <see cref="TreatyDefaults.MaxChoreographyEvents"/> events: not recorded.</summary>
+    Full,
+}
+
+/// <summary>The outcome of <see cref="TransactionEngine.ReportEventAsync"/> and the state after it.</summary>
+public sealed record ReportResult(ReportStatus Status, TransactionState? State);
 
 /// <summary>How a submit ended.</summary>
 public enum SubmitStatus
@@ -230,6 +249,70 @@ public sealed partial class TransactionEngine : IAsyncDisposable
         return await AdminAsync(gid, new SenderCommitted(), static (_, s) => s.Status == TransactionStatus.Prepared, cancellationToken);
     }
 
+    /// <summary>
+    /// Records an event a service of a choreographed saga reported. The first event of an unknown
+    /// gid creates the transaction; a message id already recorded changes nothing; an event after
+    /// the end is recorded without changing the outcome. Refused (with the state) when the gid
+    /// belongs to a transaction of another protocol.
+    /// </summary>
+    public async Task<ReportResult> ReportEventAsync(ChoreographyEvent @event, CancellationToken cancellationToken)
+    {
+        var gid = @event.CorrelationId;
+        using var scope = _logger.BeginGidScope(gid);
+        var machine = MachineFor(Protocol.Choreography) ?? throw new InvalidOperationException("The choreography protocol is not registered.");
+        for (var tries = 0; tries < 5; tries++)
+        {
+            var state = await GetAsync(gid, cancellationToken);
+            if (state is null)
+            {
+                var submitted = await SubmitAsync(ChoreographyMachine.SpecFor(gid), ChoreographyMachine.Fingerprint, cancellationToken);
+                state = submitted.State;
+            }
+
+            if (state.Spec.Protocol != Protocol.Choreography)
+            {
+                return new ReportResult(ReportStatus.OtherProtocol, state);
+            }
+
+            var duplicate = state.Choreography?.MessageIds.Contains(@event.MessageId, StringComparer.Ordinal) == true;
+            if (!duplicate && state.Choreography?.MessageIds.Length >= TreatyDefaults.MaxChoreographyEvents)
+            {
+                return new ReportResult(ReportStatus.Full, state);
+            }
+
+            if (!state.IsTerminal)
+            {
+                var result = await AdminAsync(gid, new EventReported(@event), static (_, s) => !s.IsTerminal, cancellationToken);
+                if (result.Status == AdminStatus.Accepted)
+                {
+                    return new ReportResult(duplicate ? ReportStatus.Duplicate : ReportStatus.Recorded, result.State!);
+                }
+
+                continue; // it ended (or unloaded) meanwhile: look again
+            }
+
+            // Ended and unloaded: nothing drives it any more, so record the late event directly.
+            var decision = machine.Decide(state, new EventReported(@event), new DecisionContext(_time.GetUtcNow(), _random));
+            if (!decision.Changed(state))
+            {
+                return new ReportResult(ReportStatus.Duplicate, state);
+            }
+
+            var next = decision.Next with { Version = state.Version + 1 };
+            try
+            {
+                await _store.UpdateAsync(next, decision.Journal, cancellationToken);
+                return new ReportResult(ReportStatus.Recorded, next);
+            }
+            catch (ConcurrencyConflictException)
+            {
+                // another late event got there first; look again
+            }
+        }
+
+        return new ReportResult(ReportStatus.Busy, await GetAsync(gid, cancellationToken));
+    }
+
     private async Task<AdminResult> AdminAsync(
         string gid,
         TransactionEvent @event,
@@ -439,7 +522,7 @@ public sealed partial class TransactionEngine : IAsyncDisposable
             }
 
             var calls = decision.Commands.Any(IsCall);
-            var lazy = !calls && !decision.Commands.Any(c => c is Finish) && !_engine.UnsafeActBeforePersist;
+            var lazy = !calls && !decision.Commands.Any(c => c is Finish) && !decision.Acknowledged && !_engine.UnsafeActBeforePersist;
             var forced = !lazy && calls && decision.WriteAhead;
             var next = decision.Next with { Version = _state.Version + 1, ForcedWrites = _state.ForcedWrites + (forced ? 1 : 0) };
             if (lazy)

@@ -253,6 +253,8 @@ public static class JournalKinds
     public const string Registered = "registered";
     /// <summary>The sender of a two-phase message submitted it (its local transaction committed).</summary>
     public const string SenderCommitted = "sender-committed";
+    /// <summary>A service of a choreographed saga reported an event (branch: the service, op: the event's type).</summary>
+    public const string Event = "event";
 }
 
 /// <summary>The result of one <c>Decide</c>: the next state, what to do, and what to log.</summary>
@@ -265,6 +267,13 @@ public sealed record Decision(TransactionState Next, ImmutableArray<Command> Com
     /// presumes abort anyway).
     /// </summary>
     public bool WriteAhead { get; init; } = true;
+
+    /// <summary>
+    /// True: the engine answers the request that caused the decision only once it is durable, even
+    /// when nothing leaves the coordinator on it (a reported choreography event: its reporter stops
+    /// reporting once answered, so a crash must not take the event back).
+    /// </summary>
+    public bool Acknowledged { get; init; }
 
     public bool Changed(TransactionState previous) => !ReferenceEquals(previous, Next);
 }

@@ -13,6 +13,9 @@ public enum Protocol
     ThreePhaseCommit,
     /// <summary>Two-phase message.</summary>
     Msg,
+    /// <summary>Choreographed saga: no orchestrator; the services report their events and the
+    /// coordinator only watches (it never calls a participant).</summary>
+    Choreography,
 }
 
 /// <summary>Wire names of protocols and operations.</summary>
@@ -23,6 +26,7 @@ public static class ProtocolNames
     public const string TwoPhaseCommit = "2pc";
     public const string ThreePhaseCommit = "3pc";
     public const string Msg = "msg";
+    public const string Choreography = "choreography";
 
     /// <summary>Saga forward operation; also the two-phase message's delivery to a branch.</summary>
     public const string Action = "action";
@@ -58,6 +62,7 @@ public static class ProtocolNames
         Protocol.TwoPhaseCommit => TwoPhaseCommit,
         Protocol.ThreePhaseCommit => ThreePhaseCommit,
         Protocol.Msg => Msg,
+        Protocol.Choreography => Choreography,
         _ => throw new ArgumentOutOfRangeException(nameof(protocol)),
     };
 
@@ -70,6 +75,7 @@ public static class ProtocolNames
             case TwoPhaseCommit: protocol = Protocol.TwoPhaseCommit; return true;
             case ThreePhaseCommit: protocol = Protocol.ThreePhaseCommit; return true;
             case Msg: protocol = Protocol.Msg; return true;
+            case Choreography: protocol = Protocol.Choreography; return true;
             default: protocol = default; return false;
         }
     }

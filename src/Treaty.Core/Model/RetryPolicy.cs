@@ -25,4 +25,8 @@ public static class TreatyDefaults
     public const int MaxUrlLength = 2048;
     public const long MaxTimeoutMs = 30L * 24 * 3600 * 1000;
     public const int MaxRetryAttempts = 1000;
+    /// <summary>How long a choreographed saga may wait for its next event before it is stuck, when the last event named no <c>timeoutMs</c>.</summary>
+    public const long ChoreographyTimeoutMs = 30_000;
+    /// <summary>Events one choreographed saga may record (its message ids are kept for deduplication).</summary>
+    public const int MaxChoreographyEvents = 1000;
 }

@@ -242,6 +242,9 @@ public sealed record TransactionState(
     /// </summary>
     public int ForcedWrites { get; init; }
 
+    /// <summary>A choreographed saga's reported-event bookkeeping; null for every other protocol.</summary>
+    public ChoreographyState? Choreography { get; init; }
+
     /// <summary>The transaction's own operations, not any branch's (msg's <c>queryPrepared</c>).</summary>
     public ImmutableArray<OpState> Ops
     {

@@ -21,5 +21,7 @@ namespace Treaty.Core.Serialization;
 [JsonSerializable(typeof(EventListView))]
 [JsonSerializable(typeof(TransactionCountsView))]
 [JsonSerializable(typeof(ProblemView))]
+[JsonSerializable(typeof(ChoreographyReportView))]
+[JsonSerializable(typeof(ReportChoreographyEventsRequest))]
 [JsonSerializable(typeof(Dictionary<string, string>))]
 public sealed partial class TreatyJsonContext : JsonSerializerContext;

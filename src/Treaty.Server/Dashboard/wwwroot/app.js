@@ -7,7 +7,7 @@ import { renderGraph, tone } from './graph.js';
 
 const POLL_MS = 1500;
 const STATUSES = ['prepared', 'pending', 'running', 'aborting', 'committed', 'aborted'];
-const PROTOCOLS = ['saga', 'tcc', '2pc', '3pc', 'msg'];
+const PROTOCOLS = ['saga', 'tcc', '2pc', '3pc', 'msg', 'choreography'];
 const PAGE_SIZE = 50;
 
 const main = document.getElementById('main');
@@ -472,7 +472,7 @@ function transactionView(gid) {
         field('Deadline', tx.deadline ? formatTime(tx.deadline) : null),
         field('Next wake-up', tx.nextWakeAt ? formatTime(tx.nextWakeAt) : null),
         field('Reason', tx.reason, 'tx-reason'),
-        field('Stuck on', tx.stuck && tx.stuckOn ? `${tx.stuckOn.branch ? `${tx.stuckOn.branch}.` : ''}${tx.stuckOn.op} after ${tx.stuckOn.attempts} attempts: ${tx.stuckOn.lastError || `HTTP ${tx.stuckOn.lastStatusCode}`}` : null, 'tx-stuck-on'),
+        field('Stuck on', tx.stuck && tx.stuckOn && tx.protocol === 'choreography' ? `${tx.stuckOn.lastError} (${tx.stuckOn.attempts} events, last from ${tx.stuckOn.branch || '-'})` : tx.stuck && tx.stuckOn ? `${tx.stuckOn.branch ? `${tx.stuckOn.branch}.` : ''}${tx.stuckOn.op} after ${tx.stuckOn.attempts} attempts: ${tx.stuckOn.lastError || `HTTP ${tx.stuckOn.lastStatusCode}`}` : null, 'tx-stuck-on'),
         field('Writes', tx.writes ? `${tx.writes.total} (${tx.writes.forced} forced before a call)` : null)),
       h('details', { class: 'payload' }, h('summary', {}, 'Payload'), h('pre', {}, JSON.stringify(tx.payload, null, 2))));
   }
@@ -524,7 +524,7 @@ function transactionView(gid) {
     timeline.replaceChildren(...events.map((e) => {
       const bodies = [];
       if (e.kind === 'attempt-started' && e.op) bodies.push(bodyDetails(`${e.sequence}-req`, 'request', requestBody(tx, e)));
-      if (e.body) bodies.push(bodyDetails(`${e.sequence}-res`, 'response', pretty(e.body)));
+      if (e.body) bodies.push(bodyDetails(`${e.sequence}-res`, e.kind === 'event' ? 'payload' : 'response', pretty(e.body)));
       const result = [e.statusCode ? `HTTP ${e.statusCode}` : '', e.detail || ''].filter(Boolean).join(' · ');
       return h('tr', { class: `kind-${e.kind} ${KIND_CLASS[e.kind] || ''}`, 'data-kind': e.kind, 'data-seq': e.sequence },
         h('td', { class: 'time' }, formatTime(e.at)),

@@ -11,7 +11,7 @@ const PAD = 16;
 /** The colour family of a branch state ("succeeded", "compensating", "voted-no", ...). */
 export function tone(status) {
   const s = String(status || '');
-  if (/^(succeeded|confirmed|committed|delivered|reserved|prepared|pre-committed|voted-yes)$/.test(s)) return 'ok';
+  if (/^(succeeded|confirmed|committed|delivered|reported|reserved|prepared|pre-committed|voted-yes)$/.test(s)) return 'ok';
   if (/^(failed|unknown|refused|voted-no|pre-commit-refused|exhausted)$/.test(s)) return 'bad';
   if (/^(compensated|cancelled|rolled-back|rollback-sent|aborted)$/.test(s)) return 'undone';
   if (/^(compensating|cancelling|rolling-back|aborting)$/.test(s)) return 'undoing';
@@ -45,7 +45,7 @@ export function layout(branches) {
     positions[i] = { x: PAD + d * (NODE_W + GAP_X), y: PAD + row * (NODE_H + GAP_Y) };
   }));
   const width = PAD * 2 + columns.length * NODE_W + Math.max(0, columns.length - 1) * GAP_X;
-  const height = PAD * 2 + Math.max(...columns.map((c) => c.length)) * (NODE_H + GAP_Y) - GAP_Y;
+  const height = PAD * 2 + Math.max(0, ...columns.map((c) => c.length)) * (NODE_H + GAP_Y) - GAP_Y;
   return { positions, width, height, index };
 }
 

@@ -3,6 +3,7 @@ using Microsoft.AspNetCore.Diagnostics;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.Logging;
+using Shop.Choreography;
 using Shop.Infrastructure;
 using Shop.Inventory;
 using Shop.Order;
@@ -14,6 +15,7 @@ using Treaty.AspNetCore.InDoubt;
 using Treaty.AspNetCore.SemanticLocks;
 using Treaty.AspNetCore.Signatures;
 using Treaty.Client;
+using Treaty.Messaging;
 
 namespace Shop;
 
@@ -70,7 +72,7 @@ public static class ShopApp
         var database = new ShopDatabase(Path.Combine(dataDir, fileName));
         try
         {
-            database.Initialize(schema, seed);
+            database.Initialize(schema + ChoreographyReporter.Schema, seed);
         }
         catch
         {
@@ -98,6 +100,12 @@ public static class ShopApp
                 resolver.FirstRecheckDelay = Clamp(options.InDoubtAfter / 2, TimeSpan.FromMilliseconds(200), TimeSpan.FromSeconds(5));
                 resolver.RequestTimeout = Clamp(options.InDoubtAfter / 2, TimeSpan.FromMilliseconds(500), TimeSpan.FromSeconds(10));
             });
+        }
+
+        var choreography = ShopChoreography.Enabled(options);
+        if (choreography)
+        {
+            ShopChoreography.Add(builder, options, database);
         }
 
         if (options.Service == ShopService.Order)
@@ -141,6 +149,11 @@ public static class ShopApp
             }, ct);
             return Results.Json(new HealthView("ok", name), ShopJsonContext.Web.HealthView);
         });
+
+        if (choreography)
+        {
+            app.MapTreatyMessaging();
+        }
 
         switch (options.Service)
         {

@@ -149,6 +149,7 @@ internal sealed record HealthView(string Status, string Service);
 [JsonSerializable(typeof(CallCountView))]
 [JsonSerializable(typeof(CallCountsView))]
 [JsonSerializable(typeof(HealthView))]
+[JsonSerializable(typeof(Shop.Choreography.ChoreographyPayload))]
 internal sealed partial class ShopJsonContext : JsonSerializerContext
 {
     /// <summary>

@@ -35,6 +35,12 @@ public sealed class ShopOptions
     public string? InventoryUrl { get; init; }
 
     /// <summary>
+    /// The Order service (<c>--order</c>). With the three services' URLs and the coordinator, a
+    /// service also runs the choreographed checkout: its events travel between them over loopback HTTP.
+    /// </summary>
+    public string? OrderUrl { get; init; }
+
+    /// <summary>
     /// This service's address as the coordinator should call it back (Order service). Default: the
     /// first address the server bound, so <c>http://127.0.0.1:0</c> works too.
     /// </summary>
@@ -74,7 +80,7 @@ public sealed class ShopOptions
     /// <summary>The command line usage.</summary>
     public const string Usage =
         "usage: Shop --service order|payment|inventory --urls URL --data-dir DIR " +
-        "[--coordinator URL --payment URL --inventory URL] [--public-url URL] [--callback-secret SECRET] [--coordinator-key KEY] [--in-doubt-after SECONDS] [--faults]";
+        "[--coordinator URL --payment URL --inventory URL] [--order URL] [--public-url URL] [--callback-secret SECRET] [--coordinator-key KEY] [--in-doubt-after SECONDS] [--faults]";
 
     /// <summary>The environment variable read when <c>--coordinator-key</c> is not given.</summary>
     public const string CoordinatorKeyVariable = "TREATY_COORDINATOR_KEY";
@@ -124,7 +130,7 @@ public sealed class ShopOptions
                 throw new ArgumentException($"Unexpected argument '{arg}'.");
             }
 
-            if (name is not ("service" or "urls" or "data-dir" or "coordinator" or "payment" or "inventory" or "public-url" or "callback-secret" or "coordinator-key" or "in-doubt-after"))
+            if (name is not ("service" or "urls" or "data-dir" or "coordinator" or "payment" or "inventory" or "order" or "public-url" or "callback-secret" or "coordinator-key" or "in-doubt-after"))
             {
                 throw new ArgumentException($"Unknown option '--{name}'.");
             }
@@ -153,6 +159,7 @@ public sealed class ShopOptions
             CoordinatorUrl = values.GetValueOrDefault("coordinator"),
             PaymentUrl = values.GetValueOrDefault("payment"),
             InventoryUrl = values.GetValueOrDefault("inventory"),
+            OrderUrl = values.GetValueOrDefault("order"),
             PublicUrl = values.GetValueOrDefault("public-url"),
             CallbackSecret = values.GetValueOrDefault("callback-secret") is { Length: > 0 } flag
                 ? flag
@@ -188,6 +195,11 @@ public sealed class ShopOptions
         if (string.IsNullOrWhiteSpace(DataDir))
         {
             throw new ArgumentException("DataDir is required.");
+        }
+
+        if (OrderUrl is not null)
+        {
+            RequireHttpUrl(OrderUrl, "--order");
         }
 
         if (PublicUrl is not null)

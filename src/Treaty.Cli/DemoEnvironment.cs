@@ -126,7 +126,7 @@ internal sealed class DemoEnvironment : IAsyncDisposable
         [
             "--service", service, "--urls", url, "--data-dir", Path.Combine(Root, service),
             "--coordinator", CoordinatorUrl, "--payment", PaymentUrl,
-            "--inventory", InventoryUrl, "--faults",
+            "--inventory", InventoryUrl, "--order", OrderUrl, "--faults",
         ];
         if (InDoubtAfter is { } after)
         {

@@ -5,7 +5,7 @@ using static Treaty.Cli.DemoScenarios;
 namespace Treaty.Cli;
 
 /// <summary>One checkout case under one protocol, as the demo's protocol table shows it.</summary>
-/// <param name="Protocol">saga, tcc, 2pc or 3pc.</param>
+/// <param name="Protocol">saga, tcc, 2pc, 3pc or choreography.</param>
 /// <param name="Case">Which checkout.</param>
 /// <param name="Outcome">The order's final status and reason.</param>
 /// <param name="Latency">From the checkout's 202 to the order's final status, as the customer waits.</param>
@@ -25,7 +25,7 @@ internal sealed record ProtocolRow(string Protocol, string Case, string Outcome,
 /// </summary>
 internal sealed class ProtocolComparison(DemoScenarios scenarios)
 {
-    public static readonly string[] Protocols = ["saga", "tcc", "2pc", "3pc"];
+    public static readonly string[] Protocols = ["saga", "tcc", "2pc", "3pc", "choreography"];
 
     private static readonly (string Name, string Customer, (string Sku, int Qty)[] Items, string Status, decimal Charged, string Reason)[] Cases =
     [
@@ -68,7 +68,8 @@ internal sealed class ProtocolComparison(DemoScenarios scenarios)
             Expect($"{sku} sold {(committed ? @case.Items[0].Qty : 0)}", stockAfter.Sold - stock.Sold, committed ? @case.Items[0].Qty : 0),
             Expect($"{sku} nothing held", stockAfter.Held, 0),
         };
-        if (committed || protocol == "saga" && @case.Reason == "stock")
+        // A saga (orchestrated or choreographed) debits first: stock refused means one debit and one refund.
+        if (committed || protocol is "saga" or "choreography" && @case.Reason == "stock")
         {
             checks.Add(await scenarios.LedgerOnceAsync(@case.Customer, gid, expectRefund: !committed, ct));
         }

@@ -25,7 +25,7 @@ public sealed class DemoTests
             output.ShouldContain($"✓ {scenario}", customMessage: output);
         }
 
-        foreach (var protocol in new[] { "saga", "tcc", "2pc", "3pc" })
+        foreach (var protocol in new[] { "saga", "tcc", "2pc", "3pc", "choreography" })
         {
             output.ShouldContain($"✓ checkout under {protocol}: CONFIRMED, CANCELLED, CANCELLED", customMessage: output);
         }
@@ -42,6 +42,7 @@ public sealed class DemoTests
 
     [Theory]
     [InlineData("--protocol", "2pc", "✓ checkout under 2pc: CONFIRMED, CANCELLED, CANCELLED")]
+    [InlineData("--protocol", "choreography", "✓ checkout under choreography: CONFIRMED, CANCELLED, CANCELLED")]
     [InlineData("--experiment", "double-charge", "✓ double-charge:")]
     public async Task Demo_OnePart_RunsOnlyThatPart(string option, string value, string expected)
     {

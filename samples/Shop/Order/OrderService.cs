@@ -26,6 +26,9 @@ internal sealed partial class OrderService(ShopDatabase database, OrderTransacti
     /// <summary>Set by <see cref="AbortReasonMiddleware"/> for the cancel handler: fetched before the kit's transaction.</summary>
     private const string AbortReasonItem = "shop.order.abort-reason";
 
+    /// <summary>The checkout driven by events between the services (<see cref="Choreography.ShopChoreography"/>), not by the coordinator.</summary>
+    public const string ChoreographyProtocol = "choreography";
+
     private const int MaxCustomerIdLength = 64;
     private const int MaxItems = 20;
     private const int MaxQty = 1000;
@@ -78,14 +81,31 @@ internal sealed partial class OrderService(ShopDatabase database, OrderTransacti
             return Problems.Validation(errors);
         }
 
+        var choreography = checkout.Protocol == ChoreographyProtocol;
+        var publisher = choreography ? http.RequestServices.GetService<Choreography.ChoreographyPublisher>() : null;
+        if (choreography && publisher is null)
+        {
+            return Problems.Validation(new Dictionary<string, string[]>(StringComparer.Ordinal)
+            {
+                ["protocol"] = ["Protocol 'choreography' needs the service started with --order, --payment, --inventory and --coordinator."],
+            });
+        }
+
         var now = timeProvider.GetUtcNow();
         var orderId = NewOrderId();
+        // A choreographed order is never submitted to the coordinator: its events drive it.
         var order = new OrderRow(orderId, OrderTransaction.GidOf(orderId), checkout.CustomerId, checkout.AmountCents, checkout.Items,
-            OrderStatus.Pending, null, SubmitState.Unsent, now, now, checkout.Protocol);
+            OrderStatus.Pending, null, choreography ? SubmitState.Accepted : SubmitState.Unsent, now, now, checkout.Protocol);
         var (connection, sqlite) = ShopTransaction.Of(transaction);
         await OrderStore.InsertAsync(connection, sqlite, order, ct);
         // PENDING until its saga confirms or cancels it: readers see it as processing.
         await locks.TryAcquireAsync(transaction, OrderStore.LockOf(orderId), order.Gid, ct);
+        if (publisher is not null)
+        {
+            // In the kit's transaction: the order, its stored 202 and order.created commit together.
+            await publisher.PublishAsync(transaction, Choreography.ShopEvents.OrderCreated, order.Gid,
+                new Choreography.ChoreographyPayload(orderId, checkout.CustomerId, Money.FromCents(checkout.AmountCents), checkout.Items), null, ct);
+        }
 
         http.Items[FaultEndpoints.CheckoutCommittedItem] = orderId;
         // After the kit's commit and the answer: submit now (the outbox's loop would, a moment later).
@@ -331,11 +351,9 @@ internal sealed partial class OrderService(ShopDatabase database, OrderTransacti
     {
         var errors = new Dictionary<string, string[]>(StringComparer.Ordinal);
         var protocol = request.Protocol ?? "saga";
-        if (!OrderTransaction.Protocols.Contains(protocol))
+        if (!OrderTransaction.Protocols.Contains(protocol) && protocol != ChoreographyProtocol)
         {
-            errors["protocol"] = [protocol == "choreography"
-                ? "Protocol 'choreography' is not supported by this shop yet; use saga, tcc, 2pc or 3pc."
-                : "protocol must be one of saga, tcc, 2pc, 3pc."];
+            errors["protocol"] = ["protocol must be one of saga, tcc, 2pc, 3pc, choreography."];
         }
 
         if (string.IsNullOrWhiteSpace(request.CustomerId))

@@ -1,0 +1,247 @@
+using Microsoft.AspNetCore.Builder;
+using Microsoft.Data.Sqlite;
+using Shop.Infrastructure;
+using Shop.Inventory;
+using Shop.Order;
+using Shop.Payment;
+using Treaty.AspNetCore.Data;
+using Treaty.AspNetCore.SemanticLocks;
+using Treaty.Messaging;
+
+namespace Shop.Choreography;
+
+/// <summary>The events of the choreographed checkout.</summary>
+internal static class ShopEvents
+{
+    public const string OrderCreated = "order.created";
+    public const string PaymentReserved = "payment.reserved";
+    public const string PaymentFailed = "payment.failed";
+    public const string PaymentRefunded = "payment.refunded";
+    public const string InventoryReserved = "inventory.reserved";
+    public const string InventoryFailed = "inventory.failed";
+    public const string OrderConfirmed = "order.confirmed";
+    public const string OrderCancelled = "order.cancelled";
+
+    /// <summary>How long the coordinator waits for the next event before it flags the saga as stuck.</summary>
+    public const long NextEventTimeoutMs = 30_000;
+}
+
+/// <summary>What every event of a checkout carries: enough for each handler to act on the state it finds.</summary>
+internal sealed record ChoreographyPayload(string OrderId, string CustomerId, decimal Amount, IReadOnlyList<OrderItem> Items, string? Reason = null);
+
+/// <summary>
+/// The Shop's choreographed checkout (<c>protocol: "choreography"</c>): no orchestrator. Each service
+/// handles the events of the others in its inbox transaction and publishes its own through its
+/// outbox in that same transaction; <see cref="ChoreographyReporter"/> tells the coordinator what
+/// was published, so the saga shows as a timeline there.
+/// <code>
+/// order.created → payment: debit → payment.reserved | payment.failed
+/// payment.reserved → inventory: take the stock → inventory.reserved | inventory.failed
+/// inventory.failed → payment: refund → payment.refunded
+/// inventory.reserved → order: CONFIRMED (order.confirmed); payment.failed | payment.refunded → order: CANCELLED (order.cancelled)
+/// </code>
+/// Inventory's step is the pivot: once the stock is taken nothing after it can fail, so it is sold
+/// at once (nothing stays held) and the order's confirmation cannot be refused.
+/// </summary>
+internal static class ShopChoreography
+{
+    /// <summary>True when the service knows the three services' addresses: the embedded transport routes by them.</summary>
+    public static bool Enabled(ShopOptions options) =>
+        options.OrderUrl is not null && options.PaymentUrl is not null && options.InventoryUrl is not null && options.CoordinatorUrl is not null;
+
+    public static void Add(WebApplicationBuilder builder, ShopOptions options, ShopDatabase database)
+    {
+        var name = options.Service.ToString().ToLowerInvariant();
+        builder.Services.AddSingleton(provider => new ChoreographyPublisher(provider.GetRequiredService<Outbox>(), name, options.TimeProvider));
+        builder.Services.AddSingleton(_ => new ChoreographyReporter(database, new Treaty.Client.TreatyClient(new Uri(options.CoordinatorUrl!), options.CoordinatorKey),
+            options.TimeProvider, _.GetRequiredService<ILogger<ChoreographyReporter>>()));
+        builder.Services.AddHostedService(provider => provider.GetRequiredService<ChoreographyReporter>());
+
+        var messaging = builder.Services.AddTreatyMessaging(o => o.ServiceName = name);
+        var wallet = new WalletChoreography(options.TimeProvider);
+        var stock = new StockChoreography(options.TimeProvider);
+        switch (options.Service)
+        {
+            case ShopService.Payment:
+                messaging.Subscribe(ShopEvents.OrderCreated, p => Handler(p, wallet.OnOrderCreatedAsync));
+                messaging.Subscribe(ShopEvents.InventoryFailed, p => Handler(p, wallet.OnInventoryFailedAsync));
+                break;
+            case ShopService.Inventory:
+                messaging.Subscribe(ShopEvents.PaymentReserved, p => Handler(p, stock.OnPaymentReservedAsync));
+                break;
+            case ShopService.Order:
+                messaging.Subscribe(ShopEvents.InventoryReserved, p => OrderHandler(p, confirm: true));
+                messaging.Subscribe(ShopEvents.PaymentFailed, p => OrderHandler(p, confirm: false));
+                messaging.Subscribe(ShopEvents.PaymentRefunded, p => OrderHandler(p, confirm: false));
+                break;
+        }
+
+        var order = new Uri(options.OrderUrl!.TrimEnd('/') + "/");
+        var payment = new Uri(options.PaymentUrl!.TrimEnd('/') + "/");
+        var inventory = new Uri(options.InventoryUrl!.TrimEnd('/') + "/");
+        messaging.UseEmbeddedTransport(routes => routes
+            .Route(ShopEvents.OrderCreated, payment)
+            .Route(ShopEvents.PaymentReserved, inventory)
+            .Route(ShopEvents.PaymentFailed, order)
+            .Route(ShopEvents.InventoryReserved, order)
+            .Route(ShopEvents.InventoryFailed, payment)
+            .Route(ShopEvents.PaymentRefunded, order));
+    }
+
+    private static MessageConsumer Handler(IServiceProvider provider, Func<ParticipantTransaction, ChoreographyPayload, string, ChoreographyPublisher, CancellationToken, Task> handle)
+    {
+        var publisher = provider.GetRequiredService<ChoreographyPublisher>();
+        return (tx, message, ct) => handle(tx, Read(message), message.CorrelationId, publisher, ct);
+    }
+
+    private static MessageConsumer OrderHandler(IServiceProvider provider, bool confirm)
+    {
+        var publisher = provider.GetRequiredService<ChoreographyPublisher>();
+        var locks = provider.GetRequiredService<SemanticLockManager>();
+        var time = provider.GetRequiredService<TimeProvider>();
+        return async (tx, message, ct) =>
+        {
+            var payload = Read(message);
+            var (connection, transaction) = ShopTransaction.Of(tx);
+            var order = await OrderStore.FindAsync(connection, transaction, payload.OrderId, ct);
+            if (order is null || order.Status != OrderStatus.Pending)
+            {
+                return; // decided already (a late or repeated event under another id): nothing to change
+            }
+
+            var status = confirm ? OrderStatus.Confirmed : OrderStatus.Cancelled;
+            var reason = confirm ? null : payload.Reason ?? "the checkout was compensated";
+            await OrderStore.SetStatusAsync(connection, transaction, order.OrderId, status, reason, time.GetUtcNow(), ct);
+            await locks.ReleaseAsync(tx, OrderStore.LockOf(order.OrderId), order.Gid, ct);
+            await publisher.PublishAsync(tx, confirm ? ShopEvents.OrderConfirmed : ShopEvents.OrderCancelled, order.Gid, payload with { Reason = reason },
+                confirm ? "completed" : "compensated", ct);
+        };
+    }
+
+    private static ChoreographyPayload Read(ReceivedMessage message) =>
+        message.Read(ShopJsonContext.Web.ChoreographyPayload) ?? throw new InvalidOperationException($"{message.Type} {message.MessageId} has no checkout payload.");
+}
+
+/// <summary>Publishes an event through the outbox and queues its report to the coordinator, both in the caller's transaction.</summary>
+internal sealed class ChoreographyPublisher(Outbox outbox, string service, TimeProvider time)
+{
+    public async Task PublishAsync(ParticipantTransaction tx, string type, string gid, ChoreographyPayload payload, string? outcome, CancellationToken ct)
+    {
+        var messageId = await outbox.PublishAsync(tx, type, gid, payload, ShopJsonContext.Web.ChoreographyPayload, ct);
+        var (connection, transaction) = ShopTransaction.Of(tx);
+        await Sql.ExecuteAsync(connection, transaction,
+            "INSERT INTO shop_event_reports (message_id, type, service, gid, payload, outcome, timeout_ms, at) VALUES ($id, $type, $service, $gid, $payload, $outcome, $timeout, $at)", ct,
+            ("$id", messageId), ("$type", type), ("$service", service), ("$gid", gid),
+            ("$payload", System.Text.Json.JsonSerializer.Serialize(payload, ShopJsonContext.Web.ChoreographyPayload)),
+            ("$outcome", outcome), ("$timeout", outcome is null ? ShopEvents.NextEventTimeoutMs : null), ("$at", Sql.Timestamp(time.GetUtcNow())));
+    }
+}
+
+/// <summary>Payment's side: the wallet debit and its refund (the saga's effects, driven by events).</summary>
+internal sealed class WalletChoreography(TimeProvider time)
+{
+    public async Task OnOrderCreatedAsync(ParticipantTransaction tx, ChoreographyPayload payload, string gid, ChoreographyPublisher publisher, CancellationToken ct)
+    {
+        var (connection, transaction) = ShopTransaction.Of(tx);
+        if (await LedgerAsync(connection, transaction, gid, "debit", ct))
+        {
+            return; // debited already for this checkout: never twice
+        }
+
+        var wallet = await WalletQueries.FindAsync(connection, transaction, payload.CustomerId, ct);
+        var refusal = wallet switch
+        {
+            null => $"There is no wallet for customer '{payload.CustomerId}'.",
+            { LockedBy: { } holder } => throw new InvalidOperationException($"The wallet of '{payload.CustomerId}' is locked by {holder}; retried."),
+            _ when payload.Amount > wallet.Limit => $"The amount {payload.Amount} exceeds the per-order limit {wallet.Limit} of customer '{payload.CustomerId}'.",
+            _ when payload.Amount > wallet.Balance => $"The balance {wallet.Balance} of customer '{payload.CustomerId}' does not cover {payload.Amount}.",
+            _ => null,
+        };
+        if (refusal is not null)
+        {
+            await publisher.PublishAsync(tx, ShopEvents.PaymentFailed, gid, payload with { Reason = refusal }, null, ct);
+            return;
+        }
+
+        var cents = CentsOf(payload);
+        await Sql.ExecuteAsync(connection, transaction,
+            "UPDATE wallets SET balance_cents = balance_cents - $amount WHERE customer_id = $id", ct, ("$amount", cents), ("$id", payload.CustomerId));
+        await InsertLedgerAsync(connection, transaction, gid, payload.CustomerId, "debit", cents, ct);
+        await publisher.PublishAsync(tx, ShopEvents.PaymentReserved, gid, payload, null, ct);
+    }
+
+    public async Task OnInventoryFailedAsync(ParticipantTransaction tx, ChoreographyPayload payload, string gid, ChoreographyPublisher publisher, CancellationToken ct)
+    {
+        var (connection, transaction) = ShopTransaction.Of(tx);
+        if (!await LedgerAsync(connection, transaction, gid, "debit", ct) || await LedgerAsync(connection, transaction, gid, "refund", ct))
+        {
+            return; // nothing debited, or refunded already
+        }
+
+        var cents = CentsOf(payload);
+        await Sql.ExecuteAsync(connection, transaction,
+            "UPDATE wallets SET balance_cents = balance_cents + $amount WHERE customer_id = $id", ct, ("$amount", cents), ("$id", payload.CustomerId));
+        await InsertLedgerAsync(connection, transaction, gid, payload.CustomerId, "refund", cents, ct);
+        await publisher.PublishAsync(tx, ShopEvents.PaymentRefunded, gid, payload, null, ct);
+    }
+
+    private static long CentsOf(ChoreographyPayload payload) =>
+        Money.TryToCents(payload.Amount, out var cents) ? cents : throw new InvalidOperationException($"Bad amount {payload.Amount} in order {payload.OrderId}.");
+
+    private static async Task<bool> LedgerAsync(SqliteConnection connection, SqliteTransaction transaction, string gid, string kind, CancellationToken ct)
+    {
+        await using var command = Sql.Command(connection, transaction, "SELECT 1 FROM ledger WHERE gid = $gid AND kind = $kind", ("$gid", gid), ("$kind", kind));
+        return await command.ExecuteScalarAsync(ct) is not null;
+    }
+
+    private Task<int> InsertLedgerAsync(SqliteConnection connection, SqliteTransaction transaction, string gid, string customerId, string kind, long cents, CancellationToken ct) =>
+        Sql.ExecuteAsync(connection, transaction,
+            "INSERT INTO ledger (gid, customer_id, kind, amount_cents, at) VALUES ($gid, $id, $kind, $amount, $at)", ct,
+            ("$gid", gid), ("$id", customerId), ("$kind", kind), ("$amount", cents), ("$at", Sql.Timestamp(time.GetUtcNow())));
+}
+
+/// <summary>Inventory's side: takes the whole order's stock or none of it.</summary>
+internal sealed class StockChoreography(TimeProvider time)
+{
+    public async Task OnPaymentReservedAsync(ParticipantTransaction tx, ChoreographyPayload payload, string gid, ChoreographyPublisher publisher, CancellationToken ct)
+    {
+        var (connection, transaction) = ShopTransaction.Of(tx);
+        await using (var taken = Sql.Command(connection, transaction, "SELECT 1 FROM holds WHERE gid = $gid LIMIT 1", ("$gid", gid)))
+        {
+            if (await taken.ExecuteScalarAsync(ct) is not null)
+            {
+                return; // taken already for this checkout
+            }
+        }
+
+        var items = payload.Items.GroupBy(i => i.Sku, StringComparer.Ordinal).Select(g => new OrderItem(g.Key, g.Sum(i => i.Qty))).ToList();
+        foreach (var item in items) // check every line before touching any
+        {
+            var row = await StockQueries.FindAsync(connection, transaction, item.Sku, ct);
+            var refusal = row switch
+            {
+                null => $"There is no SKU '{item.Sku}'.",
+                { LockedBy: { } holder } => throw new InvalidOperationException($"'{item.Sku}' is locked by {holder}; retried."),
+                _ when row.Available < item.Qty => $"Out of stock: '{item.Sku}' has {row.Available} available, {item.Qty} requested.",
+                _ => null,
+            };
+            if (refusal is not null)
+            {
+                await publisher.PublishAsync(tx, ShopEvents.InventoryFailed, gid, payload with { Reason = refusal }, null, ct);
+                return;
+            }
+        }
+
+        var now = Sql.Timestamp(time.GetUtcNow());
+        foreach (var item in items)
+        {
+            await Sql.ExecuteAsync(connection, transaction,
+                "UPDATE stock SET available = available - $qty, sold = sold + $qty WHERE sku = $sku", ct, ("$qty", item.Qty), ("$sku", item.Sku));
+            await Sql.ExecuteAsync(connection, transaction,
+                "INSERT INTO holds (gid, sku, qty, order_id, state, at, settled_at) VALUES ($gid, $sku, $qty, $order, 'sold', $at, $at)", ct,
+                ("$gid", gid), ("$sku", item.Sku), ("$qty", item.Qty), ("$order", payload.OrderId), ("$at", now));
+        }
+
+        await publisher.PublishAsync(tx, ShopEvents.InventoryReserved, gid, payload, null, ct);
+    }
+}

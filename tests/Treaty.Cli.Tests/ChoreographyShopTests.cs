@@ -122,6 +122,69 @@ public sealed class ChoreographyShopTests(ShopKitEnvironment fixture, ITestOutpu
         (await LedgerAsync("bob", gid, ct)).ShouldBe((1, 0));
     }
 
+    [Fact]
+    public async Task Choreography_AReportTheCoordinatorRefuses_DoesNotHoldBackTheNextCheckoutsTimeline()
+    {
+        var ct = CancellationToken.None;
+        // A saga's gid: the coordinator refuses (409) any choreography event for it, for good.
+        var sagaGid = await SagaCheckoutAsync("alice", "laptop", ct);
+        await WaitTerminalAsync(sagaGid, ct);
+        var body = new JsonObject
+        {
+            ["orderId"] = "ord-not-here-" + Guid.NewGuid().ToString("N")[..8],
+            ["customerId"] = "alice",
+            ["amount"] = 1500.00m,
+            ["items"] = new JsonArray(new JsonObject { ["sku"] = "laptop", ["qty"] = 1 }),
+        }.ToJsonString();
+        // Over the limit: Payment publishes payment.failed under the saga's gid, and reports it.
+        (await DeliverAsync(Env.PaymentUrl, Guid.CreateVersion7().ToString(), "order.created", sagaGid, body, ct)).ShouldBeTrue();
+
+        var (_, gid) = await CheckoutAsync("alice", "laptop", 1, ct);
+
+        (await WaitTerminalAsync(gid, ct))["status"]!.GetValue<string>().ShouldBe("aborted");
+        await ShouldReportAsync(gid, ct, "order.created", "payment.failed", "order.cancelled");
+        var saga = await Env.GetJsonAsync($"{Env.CoordinatorUrl}/api/v1/transactions/{sagaGid}", ct);
+        saga["protocol"]!.GetValue<string>().ShouldBe("saga");
+        saga.ToJsonString().ShouldNotContain("payment.failed");
+        // Payment keeps the refused report, marked refused for good: it is not sent again and again.
+        var clock = Stopwatch.StartNew();
+        long? state = null;
+        while (state != 2 && clock.Elapsed < Patience)
+        {
+            state = ReportState(Path.Combine(Env.Root, "payment", "payment.db"), sagaGid);
+            await Task.Delay(TimeSpan.FromMilliseconds(50), TimeProvider.System, ct);
+        }
+
+        state.ShouldBe(2);
+        ReportState(Path.Combine(Env.Root, "payment", "payment.db"), gid).ShouldBe(1);
+    }
+
+    private static long? ReportState(string database, string gid)
+    {
+        using var connection = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={database};Mode=ReadOnly;Pooling=False");
+        connection.Open();
+        using var command = connection.CreateCommand();
+        command.CommandText = "SELECT MIN(reported) FROM shop_event_reports WHERE gid = $gid";
+        command.Parameters.AddWithValue("$gid", gid);
+        return command.ExecuteScalar() is long value ? value : null;
+    }
+
+    private async Task<string> SagaCheckoutAsync(string customer, string sku, CancellationToken ct)
+    {
+        var body = new JsonObject
+        {
+            ["customerId"] = customer,
+            ["items"] = new JsonArray(new JsonObject { ["sku"] = sku, ["qty"] = 1 }),
+            ["protocol"] = "saga",
+        };
+        using var request = new HttpRequestMessage(HttpMethod.Post, Env.OrderUrl + "/checkout") { Content = JsonContent.Create(body) };
+        request.Headers.Add("Idempotency-Key", "saga-" + Guid.NewGuid().ToString("N"));
+        using var response = await Env.Http.SendAsync(request, ct);
+        var text = await response.Content.ReadAsStringAsync(ct);
+        ((int)response.StatusCode).ShouldBe(202, text);
+        return JsonNode.Parse(text)!["gid"]!.GetValue<string>();
+    }
+
     /// <summary>
     /// Every service reports its own events, independently: the terminal one may reach the
     /// coordinator before an earlier one of another service, which then joins the timeline.

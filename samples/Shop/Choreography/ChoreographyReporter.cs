@@ -1,4 +1,5 @@
 using System.Text.Json;
+using Microsoft.AspNetCore.Http;
 using Shop.Infrastructure;
 using Treaty.Client;
 using Treaty.Core.Contracts;
@@ -92,19 +93,65 @@ internal sealed partial class ChoreographyReporter(ShopDatabase database, Treaty
             return 0;
         }
 
-        await client.ReportEventsAsync(events, ct);
+        // 1 = reported, 2 = refused by the coordinator for good (kept, never sent again); absent: try again later.
+        var states = new Dictionary<string, int>(StringComparer.Ordinal);
+        try
+        {
+            await client.ReportEventsAsync(events, ct);
+            events.ForEach(e => states[e.MessageId] = 1);
+        }
+        catch (TreatyApiException e) when (e.StatusCode is StatusCodes.Status400BadRequest or StatusCodes.Status409Conflict)
+        {
+            // One event the coordinator will never take (invalid, or its gid is another protocol's
+            // transaction) must not make the others be sent again forever: one at a time, to know which.
+            foreach (var one in events)
+            {
+                states[one.MessageId] = await ReportOneAsync(one, ct);
+            }
+        }
+
         await database.WriteAsync(async participant =>
         {
             var (connection, transaction) = ShopTransaction.Of(participant);
-            foreach (var e in events)
+            foreach (var (id, state) in states)
             {
-                await Sql.ExecuteAsync(connection, transaction, "UPDATE shop_event_reports SET reported = 1 WHERE message_id = $id", ct, ("$id", e.MessageId));
+                await Sql.ExecuteAsync(connection, transaction, "UPDATE shop_event_reports SET reported = $state WHERE message_id = $id", ct,
+                    ("$id", id), ("$state", state));
             }
 
-            return events.Count;
+            return states.Count;
         }, ct);
-        return events.Count;
+        return states.Values.All(s => s != 0) ? events.Count : 0; // some left for later: wait before the next round
     }
+
+    /// <summary>1 when recorded, 2 when refused for good, 0 when it should be tried again (a busy transaction).</summary>
+    private async Task<int> ReportOneAsync(ChoreographyEventRequest one, CancellationToken ct)
+    {
+        try
+        {
+            await client.ReportEventsAsync([one], ct);
+            return 1;
+        }
+        catch (TreatyApiException refused) when (refused.StatusCode == StatusCodes.Status400BadRequest)
+        {
+            LogRejected(one.Type, one.CorrelationId, refused.Message);
+            return 2;
+        }
+        catch (TreatyApiException refused) when (refused.StatusCode == StatusCodes.Status409Conflict)
+        {
+            // 409 is also "busy, report again": refused for good only when the gid is another protocol's.
+            if ((await client.GetAsync(one.CorrelationId, ct))?.Protocol is { } protocol && protocol != "choreography")
+            {
+                LogRejected(one.Type, one.CorrelationId, refused.Message);
+                return 2;
+            }
+
+            return 0;
+        }
+    }
+
+    [LoggerMessage(EventId = 41, Level = LogLevel.Warning, Message = "The coordinator refused the report of {Type} for {Gid} (not retried): {Detail}")]
+    private partial void LogRejected(string type, string gid, string detail);
 
     [LoggerMessage(EventId = 40, Level = LogLevel.Warning, Message = "Could not report choreography events to the coordinator (retried): {Detail}")]
     private partial void LogFailed(string detail);

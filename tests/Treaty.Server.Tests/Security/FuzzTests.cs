@@ -428,8 +428,13 @@ public sealed class FuzzTests(ITestOutputHelper output)
 
         private string Fill(string pattern) =>
             System.Text.RegularExpressions.Regex.Replace(pattern, "{[^}]+}", m => m.Value.Contains("documentName", StringComparison.Ordinal)
-                ? Uri.EscapeDataString("v" + OddString(2))
+                ? Uri.EscapeDataString(NotTheDocument("v" + OddString(2)))
                 : Uri.EscapeDataString(OddString()));
+
+        /// <summary>Never the real OpenAPI document's name (a random "v" + two characters was "v1" once in CI, and
+        /// a GET of the real document rightly answers 200).</summary>
+        private static string NotTheDocument(string name) =>
+            string.Equals(name.Trim(), "v1", StringComparison.OrdinalIgnoreCase) ? name + "-0" : name;
 
         private string Query(string path, bool listing)
         {

@@ -13,6 +13,15 @@ public enum ShopService
     Inventory,
 }
 
+/// <summary>What carries the choreographed checkout's events between the services (<c>--transport</c>).</summary>
+public enum ShopTransport
+{
+    /// <summary>The messaging kit's embedded transport: loopback HTTP between the services' addresses.</summary>
+    Embedded,
+    /// <summary>RabbitMQ (<c>--rabbitmq URL</c>): one exchange, one queue per service.</summary>
+    RabbitMq,
+}
+
 /// <summary>How to start one Shop service.</summary>
 public sealed class ShopOptions
 {
@@ -68,6 +77,12 @@ public sealed class ShopOptions
     /// </summary>
     public TimeSpan InDoubtAfter { get; init; } = TimeSpan.FromSeconds(30);
 
+    /// <summary>The choreography's transport (<c>--transport embedded|rabbitmq</c>); embedded by default.</summary>
+    public ShopTransport Transport { get; init; } = ShopTransport.Embedded;
+
+    /// <summary>The RabbitMQ broker (<c>--rabbitmq amqp://user:password@host:port/vhost</c>); required with <c>--transport rabbitmq</c>.</summary>
+    public string? RabbitMqUri { get; init; }
+
     /// <summary>Exposes <c>/_faults</c> (fault injection and call counters) for tests and the demo.</summary>
     public bool EnableFaults { get; init; }
 
@@ -80,7 +95,7 @@ public sealed class ShopOptions
     /// <summary>The command line usage.</summary>
     public const string Usage =
         "usage: Shop --service order|payment|inventory --urls URL --data-dir DIR " +
-        "[--coordinator URL --payment URL --inventory URL] [--order URL] [--public-url URL] [--callback-secret SECRET] [--coordinator-key KEY] [--in-doubt-after SECONDS] [--faults]";
+        "[--coordinator URL --payment URL --inventory URL] [--order URL] [--public-url URL] [--callback-secret SECRET] [--coordinator-key KEY] [--in-doubt-after SECONDS] [--transport embedded|rabbitmq] [--rabbitmq URL] [--faults]";
 
     /// <summary>The environment variable read when <c>--coordinator-key</c> is not given.</summary>
     public const string CoordinatorKeyVariable = "TREATY_COORDINATOR_KEY";
@@ -130,7 +145,7 @@ public sealed class ShopOptions
                 throw new ArgumentException($"Unexpected argument '{arg}'.");
             }
 
-            if (name is not ("service" or "urls" or "data-dir" or "coordinator" or "payment" or "inventory" or "order" or "public-url" or "callback-secret" or "coordinator-key" or "in-doubt-after"))
+            if (name is not ("service" or "urls" or "data-dir" or "coordinator" or "payment" or "inventory" or "order" or "public-url" or "callback-secret" or "coordinator-key" or "in-doubt-after" or "transport" or "rabbitmq"))
             {
                 throw new ArgumentException($"Unknown option '--{name}'.");
             }
@@ -167,6 +182,13 @@ public sealed class ShopOptions
             CoordinatorKey = values.GetValueOrDefault("coordinator-key") is { Length: > 0 } key
                 ? key
                 : Environment.GetEnvironmentVariable(CoordinatorKeyVariable) is { Length: > 0 } fromEnvironment ? fromEnvironment : null,
+            Transport = values.GetValueOrDefault("transport") switch
+            {
+                null or "embedded" => ShopTransport.Embedded,
+                "rabbitmq" => ShopTransport.RabbitMq,
+                var other => throw new ArgumentException($"--transport must be embedded or rabbitmq, not '{other}'."),
+            },
+            RabbitMqUri = values.GetValueOrDefault("rabbitmq"),
             EnableFaults = faults,
             InDoubtAfter = values.GetValueOrDefault("in-doubt-after") is { } after
                 ? double.TryParse(after, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var seconds) && seconds is > 0 and <= 86_400
@@ -216,6 +238,26 @@ public sealed class ShopOptions
         if (CoordinatorUrl is not null)
         {
             RequireHttpUrl(CoordinatorUrl, "--coordinator");
+        }
+
+        if (Transport == ShopTransport.RabbitMq)
+        {
+            if (string.IsNullOrWhiteSpace(RabbitMqUri))
+            {
+                throw new ArgumentException("--transport rabbitmq needs the broker: --rabbitmq amqp://user:password@host:port/vhost.");
+            }
+
+            if (!Uri.TryCreate(RabbitMqUri, UriKind.Absolute, out var broker) || broker.Scheme is not ("amqp" or "amqps"))
+            {
+                // The URL may carry a password: the message does not repeat it.
+                throw new ArgumentException("--rabbitmq must be an absolute amqp:// or amqps:// URL.");
+            }
+
+            RequireHttpUrl(CoordinatorUrl, "--transport rabbitmq: --coordinator");
+        }
+        else if (RabbitMqUri is not null)
+        {
+            throw new ArgumentException("--rabbitmq is only used with --transport rabbitmq.");
         }
 
         if (InDoubtAfter <= TimeSpan.Zero)

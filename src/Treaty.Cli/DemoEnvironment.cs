@@ -62,11 +62,14 @@ internal sealed class DemoEnvironment : IAsyncDisposable
     /// <summary>How long a Shop service waits for an outcome before it asks the coordinator (<c>--in-doubt-after</c>); null for its default.</summary>
     public TimeSpan? InDoubtAfter { get; private init; }
 
-    public static async Task<DemoEnvironment> StartAsync(string? dataDir, CancellationToken cancellationToken, TimeSpan? inDoubtAfter = null)
+    /// <summary>More arguments for every Shop service (e.g. <c>--transport rabbitmq --rabbitmq URL</c>).</summary>
+    public IReadOnlyList<string> ShopArguments { get; private init; } = [];
+
+    public static async Task<DemoEnvironment> StartAsync(string? dataDir, CancellationToken cancellationToken, TimeSpan? inDoubtAfter = null, IReadOnlyList<string>? shopArguments = null)
     {
         var root = dataDir ?? Path.Combine(Path.GetTempPath(), "treaty-demo-" + Guid.NewGuid().ToString("N")[..8]);
         Directory.CreateDirectory(root);
-        var environment = new DemoEnvironment(root, deleteRoot: dataDir is null) { InDoubtAfter = inDoubtAfter };
+        var environment = new DemoEnvironment(root, deleteRoot: dataDir is null) { InDoubtAfter = inDoubtAfter, ShopArguments = shopArguments ?? [] };
         try
         {
             var shopDll = Path.Combine(AppContext.BaseDirectory, "Shop.dll");
@@ -132,6 +135,8 @@ internal sealed class DemoEnvironment : IAsyncDisposable
         {
             args.AddRange(["--in-doubt-after", after.TotalSeconds.ToString(System.Globalization.CultureInfo.InvariantCulture)]);
         }
+
+        args.AddRange(ShopArguments);
 
         return ChildProcess.StartDotnet(service, shopDll, args,
             new Dictionary<string, string> { [CallbackSecretVariable] = CallbackSecret });

@@ -7,6 +7,8 @@ using Shop.Payment;
 using Treaty.AspNetCore.Data;
 using Treaty.AspNetCore.SemanticLocks;
 using Treaty.Messaging;
+using Treaty.Messaging.RabbitMq;
+using Treaty.Messaging.Transport;
 
 namespace Shop.Choreography;
 
@@ -45,9 +47,24 @@ internal sealed record ChoreographyPayload(string OrderId, string CustomerId, de
 /// </summary>
 internal static class ShopChoreography
 {
-    /// <summary>True when the service knows the three services' addresses: the embedded transport routes by them.</summary>
+    /// <summary>The exchange the three services share on RabbitMQ (<c>--transport rabbitmq</c>).</summary>
+    public const string RabbitMqExchange = "treaty.shop";
+
+    /// <summary>
+    /// True when the service can run the choreography: it knows the coordinator and either the broker
+    /// (<c>--transport rabbitmq</c>) or the three services' addresses (the embedded transport routes by them).
+    /// </summary>
     public static bool Enabled(ShopOptions options) =>
-        options.OrderUrl is not null && options.PaymentUrl is not null && options.InventoryUrl is not null && options.CoordinatorUrl is not null;
+        options.CoordinatorUrl is not null && (options.Transport == ShopTransport.RabbitMq
+            || (options.OrderUrl is not null && options.PaymentUrl is not null && options.InventoryUrl is not null));
+
+    /// <summary>The events each service consumes: its subscription, and on RabbitMQ its queue's bindings.</summary>
+    public static IReadOnlyList<Subscription> Subscriptions { get; } =
+    [
+        new("payment", [ShopEvents.OrderCreated, ShopEvents.InventoryFailed]),
+        new("inventory", [ShopEvents.PaymentReserved]),
+        new("order", [ShopEvents.InventoryReserved, ShopEvents.PaymentFailed, ShopEvents.PaymentRefunded]),
+    ];
 
     public static void Add(WebApplicationBuilder builder, ShopOptions options, ShopDatabase database)
     {
@@ -56,6 +73,19 @@ internal static class ShopChoreography
         builder.Services.AddSingleton(_ => new ChoreographyReporter(database, new Treaty.Client.TreatyClient(new Uri(options.CoordinatorUrl!), options.CoordinatorKey),
             options.TimeProvider, _.GetRequiredService<ILogger<ChoreographyReporter>>()));
         builder.Services.AddHostedService(provider => provider.GetRequiredService<ChoreographyReporter>());
+
+        if (options.Transport == ShopTransport.RabbitMq)
+        {
+            // Registered before the messaging kit, so its hosted service runs first: every service declares the
+            // three services' queues at startup, whichever starts first, before its outbox publishes anything
+            // (the exchange drops an event no queue is bound to yet).
+            builder.Services.UseRabbitMq(new Uri(options.RabbitMqUri!), o =>
+            {
+                o.ExchangeName = RabbitMqExchange;
+                o.ConnectionName = "shop-" + name;
+            });
+            builder.Services.AddHostedService(provider => new RabbitMqQueuesDeclarer(provider.GetRequiredService<IMessageTransport>()));
+        }
 
         var messaging = builder.Services.AddTreatyMessaging(o => o.ServiceName = name);
         var wallet = new WalletChoreography(options.TimeProvider);
@@ -74,6 +104,11 @@ internal static class ShopChoreography
                 messaging.Subscribe(ShopEvents.PaymentFailed, p => OrderHandler(p, confirm: false));
                 messaging.Subscribe(ShopEvents.PaymentRefunded, p => OrderHandler(p, confirm: false));
                 break;
+        }
+
+        if (options.Transport == ShopTransport.RabbitMq)
+        {
+            return; // the registered RabbitMQ transport wins over the embedded default
         }
 
         var order = new Uri(options.OrderUrl!.TrimEnd('/') + "/");
@@ -120,6 +155,21 @@ internal static class ShopChoreography
 
     private static ChoreographyPayload Read(ReceivedMessage message) =>
         message.Read(ShopJsonContext.Web.ChoreographyPayload) ?? throw new InvalidOperationException($"{message.Type} {message.MessageId} has no checkout payload.");
+}
+
+/// <summary>Declares the three services' queues on RabbitMQ at startup (idempotent: the same topology every time).</summary>
+internal sealed class RabbitMqQueuesDeclarer(IMessageTransport transport) : IHostedService
+{
+    public async Task StartAsync(CancellationToken cancellationToken)
+    {
+        var rabbit = transport as RabbitMqTransport ?? throw new InvalidOperationException($"Expected the RabbitMQ transport, found {transport.GetType().Name}.");
+        foreach (var subscription in ShopChoreography.Subscriptions)
+        {
+            await rabbit.DeclareSubscriptionAsync(subscription, cancellationToken);
+        }
+    }
+
+    public Task StopAsync(CancellationToken cancellationToken) => Task.CompletedTask;
 }
 
 /// <summary>Publishes an event through the outbox and queues its report to the coordinator, both in the caller's transaction.</summary>

@@ -1,7 +1,4 @@
 using System.Diagnostics;
-using System.Globalization;
-using System.Net.Http.Json;
-using System.Text.Json.Nodes;
 using Treaty.Messaging.RabbitMq.Tests;
 using Xunit.Abstractions;
 
@@ -43,32 +40,32 @@ public sealed class RabbitMqShopEnvironment : IAsyncLifetime
 [Collection(nameof(ChaosCollection))]
 public sealed class ChoreographyRabbitMqShopTests(RabbitMqShopEnvironment fixture, ITestOutputHelper output) : IClassFixture<RabbitMqShopEnvironment>
 {
-    private static readonly TimeSpan Patience = TimeSpan.FromSeconds(60);
-
     private DemoEnvironment Env => fixture.Env;
+
+    private ChoreographyShop Shop => new(Env);
 
     [Fact]
     public async Task RabbitMq_Book_OrderConfirmed_OneDebit_StockSold_NothingHeld_TimelineCommitted()
     {
         var ct = CancellationToken.None;
-        var balance = await BalanceAsync("alice", ct);
-        var book = await StockAsync("book", ct);
+        var balance = await Shop.BalanceAsync("alice", ct);
+        var book = await Shop.StockAsync("book", ct);
 
-        var (orderId, gid) = await CheckoutAsync("alice", "book", ct);
-        var tx = await WaitTerminalAsync(gid, ct);
+        var (orderId, gid) = await Shop.CheckoutAsync("alice", "book", 1, ct);
+        var tx = await Shop.WaitTerminalAsync(gid, ct);
 
         tx["status"]!.GetValue<string>().ShouldBe("committed");
         tx["protocol"]!.GetValue<string>().ShouldBe("choreography");
-        await ShouldReportAsync(gid, ct, "order.created", "payment.reserved", "inventory.reserved", "order.confirmed");
-        var order = await WaitOrderDecidedAsync(orderId, ct);
+        await Shop.ShouldReportAsync(gid, ct, "order.created", "payment.reserved", "inventory.reserved", "order.confirmed");
+        var order = await Shop.WaitOrderDecidedAsync(orderId, ct);
         order["status"]!.GetValue<string>().ShouldBe("CONFIRMED");
-        (balance - await BalanceAsync("alice", ct)).ShouldBe(25.00m);
-        (await LedgerAsync("alice", gid, ct)).ShouldBe((1, 0));
-        var after = await StockAsync("book", ct);
+        (balance - await Shop.BalanceAsync("alice", ct)).ShouldBe(25.00m);
+        (await Shop.LedgerAsync("alice", gid, ct)).ShouldBe((1, 0));
+        var after = await Shop.StockAsync("book", ct);
         (after.Sold - book.Sold).ShouldBe(1);
         (after.Available + after.Sold).ShouldBe(book.Available + book.Sold);
         after.Held.ShouldBe(0);
-        (await HeldMoneyAsync("alice", ct)).ShouldBe(0m);
+        (await Shop.HeldMoneyAsync("alice", ct)).ShouldBe(0m);
     }
 
     [Fact]
@@ -90,117 +87,21 @@ public sealed class ChoreographyRabbitMqShopTests(RabbitMqShopEnvironment fixtur
     public async Task RabbitMq_PenOutOfStock_PaymentRefunded_OrderCancelledWithTheStock_MoneyConserved()
     {
         var ct = CancellationToken.None;
-        var balance = await BalanceAsync("alice", ct);
-        var pen = await StockAsync("pen", ct);
+        var balance = await Shop.BalanceAsync("alice", ct);
+        var pen = await Shop.StockAsync("pen", ct);
 
-        var (orderId, gid) = await CheckoutAsync("alice", "pen", ct);
-        var tx = await WaitTerminalAsync(gid, ct);
+        var (orderId, gid) = await Shop.CheckoutAsync("alice", "pen", 1, ct);
+        var tx = await Shop.WaitTerminalAsync(gid, ct);
 
         tx["status"]!.GetValue<string>().ShouldBe("aborted");
-        await ShouldReportAsync(gid, ct, "order.created", "payment.reserved", "inventory.failed", "payment.refunded", "order.cancelled");
-        var order = await WaitOrderDecidedAsync(orderId, ct);
+        await Shop.ShouldReportAsync(gid, ct, "order.created", "payment.reserved", "inventory.failed", "payment.refunded", "order.cancelled");
+        var order = await Shop.WaitOrderDecidedAsync(orderId, ct);
         order["status"]!.GetValue<string>().ShouldBe("CANCELLED");
         order["reason"]!.GetValue<string>().ShouldContain("stock", Case.Insensitive);
-        (await BalanceAsync("alice", ct)).ShouldBe(balance);
-        (await LedgerAsync("alice", gid, ct)).ShouldBe((1, 1));
-        (await StockAsync("pen", ct)).ShouldBe(pen);
-        (await HeldMoneyAsync("alice", ct)).ShouldBe(0m);
-    }
-
-    private async Task ShouldReportAsync(string gid, CancellationToken ct, params string[] types)
-    {
-        var clock = Stopwatch.StartNew();
-        var text = "";
-        while (clock.Elapsed < Patience)
-        {
-            text = (await Env.GetJsonAsync($"{Env.CoordinatorUrl}/api/v1/transactions/{gid}", ct)).ToJsonString();
-            if (types.All(type => text.Contains("\"" + type + "\"", StringComparison.Ordinal)))
-            {
-                return;
-            }
-
-            await Task.Delay(TimeSpan.FromMilliseconds(50), TimeProvider.System, ct);
-        }
-
-        foreach (var type in types)
-        {
-            text.ShouldContain("\"" + type + "\"", customMessage: text);
-        }
-    }
-
-    private async Task<(string OrderId, string Gid)> CheckoutAsync(string customer, string sku, CancellationToken ct)
-    {
-        var body = new JsonObject
-        {
-            ["customerId"] = customer,
-            ["items"] = new JsonArray(new JsonObject { ["sku"] = sku, ["qty"] = 1 }),
-            ["protocol"] = "choreography",
-        };
-        using var request = new HttpRequestMessage(HttpMethod.Post, Env.OrderUrl + "/checkout") { Content = JsonContent.Create(body) };
-        request.Headers.Add("Idempotency-Key", "choreo-rmq-" + Guid.NewGuid().ToString("N"));
-        using var response = await Env.Http.SendAsync(request, ct);
-        var text = await response.Content.ReadAsStringAsync(ct);
-        ((int)response.StatusCode).ShouldBe(202, text);
-        var answer = JsonNode.Parse(text)!;
-        return (answer["orderId"]!.GetValue<string>(), answer["gid"]!.GetValue<string>());
-    }
-
-    private async Task<JsonNode> WaitOrderDecidedAsync(string orderId, CancellationToken ct)
-    {
-        var clock = Stopwatch.StartNew();
-        while (true)
-        {
-            var order = await Env.GetJsonAsync($"{Env.OrderUrl}/orders/{orderId}", ct);
-            if (order["status"]!.GetValue<string>() != "PENDING" || clock.Elapsed > Patience)
-            {
-                return order;
-            }
-
-            await Task.Delay(TimeSpan.FromMilliseconds(50), TimeProvider.System, ct);
-        }
-    }
-
-    private async Task<decimal> BalanceAsync(string customer, CancellationToken ct) =>
-        decimal.Parse((await Env.GetJsonAsync($"{Env.PaymentUrl}/wallets/{customer}", ct))["balance"]!.ToJsonString(), CultureInfo.InvariantCulture);
-
-    private async Task<decimal> HeldMoneyAsync(string customer, CancellationToken ct) =>
-        decimal.Parse((await Env.GetJsonAsync($"{Env.PaymentUrl}/wallets/{customer}", ct))["held"]!.ToJsonString(), CultureInfo.InvariantCulture);
-
-    private async Task<(int Available, int Held, int Sold)> StockAsync(string sku, CancellationToken ct)
-    {
-        var stock = await Env.GetJsonAsync($"{Env.InventoryUrl}/stock/{sku}", ct);
-        return (stock["available"]!.GetValue<int>(), stock["held"]!.GetValue<int>(), stock["sold"]!.GetValue<int>());
-    }
-
-    private async Task<(int Debits, int Refunds)> LedgerAsync(string customer, string gid, CancellationToken ct)
-    {
-        var entries = (await Env.GetJsonAsync($"{Env.PaymentUrl}/wallets/{customer}/ledger", ct))["entries"]!.AsArray()
-            .Where(e => e!["gid"]!.GetValue<string>() == gid).ToList();
-        return (entries.Count(e => e!["kind"]!.GetValue<string>() == "debit"), entries.Count(e => e!["kind"]!.GetValue<string>() == "refund"));
-    }
-
-    private async Task<JsonNode> WaitTerminalAsync(string gid, CancellationToken ct)
-    {
-        var clock = Stopwatch.StartNew();
-        string? last = null;
-        while (clock.Elapsed < Patience)
-        {
-            using var response = await Env.Http.GetAsync($"{Env.CoordinatorUrl}/api/v1/transactions/{gid}", ct);
-            if (response.IsSuccessStatusCode)
-            {
-                last = await response.Content.ReadAsStringAsync(ct);
-                var tx = JsonNode.Parse(last)!;
-                if (tx["status"]!.GetValue<string>() is "committed" or "aborted")
-                {
-                    output.WriteLine(last);
-                    return tx;
-                }
-            }
-
-            await Task.Delay(TimeSpan.FromMilliseconds(50), TimeProvider.System, ct);
-        }
-
-        throw new TimeoutException($"{gid} did not end within {Patience.TotalSeconds:0} s: {last}");
+        (await Shop.BalanceAsync("alice", ct)).ShouldBe(balance);
+        (await Shop.LedgerAsync("alice", gid, ct)).ShouldBe((1, 1));
+        (await Shop.StockAsync("pen", ct)).ShouldBe(pen);
+        (await Shop.HeldMoneyAsync("alice", ct)).ShouldBe(0m);
     }
 }
 

@@ -19,71 +19,73 @@ public sealed class ChoreographyShopTests(ShopKitEnvironment fixture, ITestOutpu
 
     private DemoEnvironment Env => fixture.Env;
 
+    private ChoreographyShop Shop => new(Env);
+
     [Fact]
     public async Task Choreography_Book_OrderConfirmed_OneDebit_StockSold_NothingHeld_TimelineCommitted()
     {
         var ct = CancellationToken.None;
-        var balance = await BalanceAsync("alice", ct);
-        var book = await StockAsync("book", ct);
+        var balance = await Shop.BalanceAsync("alice", ct);
+        var book = await Shop.StockAsync("book", ct);
 
-        var (orderId, gid) = await CheckoutAsync("alice", "book", 1, ct);
-        var tx = await WaitTerminalAsync(gid, ct);
+        var (orderId, gid) = await Shop.CheckoutAsync("alice", "book", 1, ct);
+        var tx = await Shop.WaitTerminalAsync(gid, ct);
 
         tx["status"]!.GetValue<string>().ShouldBe("committed");
         tx["protocol"]!.GetValue<string>().ShouldBe("choreography");
-        await ShouldReportAsync(gid, ct, "order.created", "payment.reserved", "inventory.reserved", "order.confirmed");
-        var order = await WaitOrderDecidedAsync(orderId, ct);
+        await Shop.ShouldReportAsync(gid, ct, "order.created", "payment.reserved", "inventory.reserved", "order.confirmed");
+        var order = await Shop.WaitOrderDecidedAsync(orderId, ct);
         order["status"]!.GetValue<string>().ShouldBe("CONFIRMED");
         order["processing"]!.GetValue<bool>().ShouldBeFalse();
-        (balance - await BalanceAsync("alice", ct)).ShouldBe(25.00m);
-        (await LedgerAsync("alice", gid, ct)).ShouldBe((1, 0));
-        var after = await StockAsync("book", ct);
+        (balance - await Shop.BalanceAsync("alice", ct)).ShouldBe(25.00m);
+        (await Shop.LedgerAsync("alice", gid, ct)).ShouldBe((1, 0));
+        var after = await Shop.StockAsync("book", ct);
         (after.Sold - book.Sold).ShouldBe(1);
         after.Held.ShouldBe(0);
-        (await HeldMoneyAsync("alice", ct)).ShouldBe(0m);
+        (await Shop.HeldMoneyAsync("alice", ct)).ShouldBe(0m);
     }
 
     [Fact]
     public async Task Choreography_LaptopOverTheLimit_OrderCancelledWithTheLimit_NothingMoved()
     {
         var ct = CancellationToken.None;
-        var balance = await BalanceAsync("alice", ct);
-        var laptop = await StockAsync("laptop", ct);
+        var balance = await Shop.BalanceAsync("alice", ct);
+        var laptop = await Shop.StockAsync("laptop", ct);
 
-        var (orderId, gid) = await CheckoutAsync("alice", "laptop", 1, ct);
-        var tx = await WaitTerminalAsync(gid, ct);
+        var (orderId, gid) = await Shop.CheckoutAsync("alice", "laptop", 1, ct);
+        var tx = await Shop.WaitTerminalAsync(gid, ct);
 
         tx["status"]!.GetValue<string>().ShouldBe("aborted");
-        await ShouldReportAsync(gid, ct, "order.created", "payment.failed", "order.cancelled");
-        var order = await WaitOrderDecidedAsync(orderId, ct);
+        await Shop.ShouldReportAsync(gid, ct, "order.created", "payment.failed", "order.cancelled");
+        var order = await Shop.WaitOrderDecidedAsync(orderId, ct);
         order["status"]!.GetValue<string>().ShouldBe("CANCELLED");
         order["reason"]!.GetValue<string>().ShouldContain("limit");
-        (await BalanceAsync("alice", ct)).ShouldBe(balance);
-        (await LedgerAsync("alice", gid, ct)).ShouldBe((0, 0));
-        var after = await StockAsync("laptop", ct);
+        (await Shop.BalanceAsync("alice", ct)).ShouldBe(balance);
+        (await Shop.LedgerAsync("alice", gid, ct)).ShouldBe((0, 0));
+        var after = await Shop.StockAsync("laptop", ct);
         after.ShouldBe(laptop);
-        (await HeldMoneyAsync("alice", ct)).ShouldBe(0m);
+        (await Shop.HeldMoneyAsync("alice", ct)).ShouldBe(0m);
     }
 
     [Fact]
     public async Task Choreography_PenOutOfStock_PaymentRefunded_OrderCancelledWithTheStock_MoneyConserved()
     {
         var ct = CancellationToken.None;
-        var balance = await BalanceAsync("alice", ct);
-        var pen = await StockAsync("pen", ct);
+        var balance = await Shop.BalanceAsync("alice", ct);
+        var pen = await Shop.StockAsync("pen", ct);
 
-        var (orderId, gid) = await CheckoutAsync("alice", "pen", 1, ct);
-        var tx = await WaitTerminalAsync(gid, ct);
+        var (orderId, gid) = await Shop.CheckoutAsync("alice", "pen", 1, ct);
+        var tx = await Shop.WaitTerminalAsync(gid, ct);
 
         tx["status"]!.GetValue<string>().ShouldBe("aborted");
-        await ShouldReportAsync(gid, ct, "order.created", "payment.reserved", "inventory.failed", "payment.refunded", "order.cancelled");
-        var order = await WaitOrderDecidedAsync(orderId, ct);
+        await Shop.ShouldReportAsync(gid, ct, "order.created", "payment.reserved", "inventory.failed", "payment.refunded", "order.cancelled");
+        var order = await Shop.WaitOrderDecidedAsync(orderId, ct);
         order["status"]!.GetValue<string>().ShouldBe("CANCELLED");
         order["reason"]!.GetValue<string>().ShouldContain("stock", Case.Insensitive);
-        (await BalanceAsync("alice", ct)).ShouldBe(balance);
-        (await LedgerAsync("alice", gid, ct)).ShouldBe((1, 1));
-        (await StockAsync("pen", ct)).ShouldBe(pen);
-        (await HeldMoneyAsync("alice", ct)).ShouldBe(0m);
+        (await Shop.BalanceAsync("alice", ct)).ShouldBe(balance);
+        (await Shop.LedgerAsync("alice", gid, ct)).ShouldBe((1, 1));
+        (await Shop.StockAsync("pen", ct)).ShouldBe(pen);
+        (await Shop.HeldMoneyAsync("alice", ct)).ShouldBe(0m);
     }
 
     [Fact]
@@ -91,8 +93,8 @@ public sealed class ChoreographyShopTests(ShopKitEnvironment fixture, ITestOutpu
     {
         var ct = CancellationToken.None;
         var gid = "checkout-dup-" + Guid.NewGuid().ToString("N")[..12];
-        var balance = await BalanceAsync("bob", ct);
-        var book = await StockAsync("book", ct);
+        var balance = await Shop.BalanceAsync("bob", ct);
+        var book = await Shop.StockAsync("book", ct);
         var body = new JsonObject
         {
             ["orderId"] = gid["checkout-".Length..],
@@ -108,18 +110,18 @@ public sealed class ChoreographyShopTests(ShopKitEnvironment fixture, ITestOutpu
         // A republish under a new id (a publisher that crashed before marking its row sent, then resent it).
         (await DeliverAsync(Env.PaymentUrl, Guid.CreateVersion7().ToString(), "order.created", gid, body, ct)).ShouldBeTrue();
 
-        (await LedgerAsync("bob", gid, ct)).ShouldBe((1, 0));
-        (balance - await BalanceAsync("bob", ct)).ShouldBe(25.00m);
+        (await Shop.LedgerAsync("bob", gid, ct)).ShouldBe((1, 0));
+        (balance - await Shop.BalanceAsync("bob", ct)).ShouldBe(25.00m);
         // payment.reserved went out once: inventory sells the book once.
         var clock = Stopwatch.StartNew();
-        while ((await StockAsync("book", ct)).Sold == book.Sold && clock.Elapsed < Patience)
+        while ((await Shop.StockAsync("book", ct)).Sold == book.Sold && clock.Elapsed < Patience)
         {
             await Task.Delay(TimeSpan.FromMilliseconds(50), TimeProvider.System, ct);
         }
 
         await Task.Delay(TimeSpan.FromSeconds(1), TimeProvider.System, ct);
-        (await StockAsync("book", ct)).Sold.ShouldBe(book.Sold + 1);
-        (await LedgerAsync("bob", gid, ct)).ShouldBe((1, 0));
+        (await Shop.StockAsync("book", ct)).Sold.ShouldBe(book.Sold + 1);
+        (await Shop.LedgerAsync("bob", gid, ct)).ShouldBe((1, 0));
     }
 
     [Fact]
@@ -128,7 +130,7 @@ public sealed class ChoreographyShopTests(ShopKitEnvironment fixture, ITestOutpu
         var ct = CancellationToken.None;
         // A saga's gid: the coordinator refuses (409) any choreography event for it, for good.
         var sagaGid = await SagaCheckoutAsync("alice", "laptop", ct);
-        await WaitTerminalAsync(sagaGid, ct);
+        await Shop.WaitTerminalAsync(sagaGid, ct);
         var body = new JsonObject
         {
             ["orderId"] = "ord-not-here-" + Guid.NewGuid().ToString("N")[..8],
@@ -139,10 +141,10 @@ public sealed class ChoreographyShopTests(ShopKitEnvironment fixture, ITestOutpu
         // Over the limit: Payment publishes payment.failed under the saga's gid, and reports it.
         (await DeliverAsync(Env.PaymentUrl, Guid.CreateVersion7().ToString(), "order.created", sagaGid, body, ct)).ShouldBeTrue();
 
-        var (_, gid) = await CheckoutAsync("alice", "laptop", 1, ct);
+        var (_, gid) = await Shop.CheckoutAsync("alice", "laptop", 1, ct);
 
-        (await WaitTerminalAsync(gid, ct))["status"]!.GetValue<string>().ShouldBe("aborted");
-        await ShouldReportAsync(gid, ct, "order.created", "payment.failed", "order.cancelled");
+        (await Shop.WaitTerminalAsync(gid, ct))["status"]!.GetValue<string>().ShouldBe("aborted");
+        await Shop.ShouldReportAsync(gid, ct, "order.created", "payment.failed", "order.cancelled");
         var saga = await Env.GetJsonAsync($"{Env.CoordinatorUrl}/api/v1/transactions/{sagaGid}", ct);
         saga["protocol"]!.GetValue<string>().ShouldBe("saga");
         saga.ToJsonString().ShouldNotContain("payment.failed");
@@ -185,31 +187,6 @@ public sealed class ChoreographyShopTests(ShopKitEnvironment fixture, ITestOutpu
         return JsonNode.Parse(text)!["gid"]!.GetValue<string>();
     }
 
-    /// <summary>
-    /// Every service reports its own events, independently: the terminal one may reach the
-    /// coordinator before an earlier one of another service, which then joins the timeline.
-    /// </summary>
-    private async Task ShouldReportAsync(string gid, CancellationToken ct, params string[] types)
-    {
-        var clock = Stopwatch.StartNew();
-        var text = "";
-        while (clock.Elapsed < Patience)
-        {
-            text = (await Env.GetJsonAsync($"{Env.CoordinatorUrl}/api/v1/transactions/{gid}", ct)).ToJsonString();
-            if (types.All(type => text.Contains("\"" + type + "\"", StringComparison.Ordinal)))
-            {
-                return;
-            }
-
-            await Task.Delay(TimeSpan.FromMilliseconds(50), TimeProvider.System, ct);
-        }
-
-        foreach (var type in types)
-        {
-            text.ShouldContain("\"" + type + "\"", customMessage: text);
-        }
-    }
-
     private async Task<bool> DeliverAsync(string serviceUrl, string messageId, string type, string gid, string body, CancellationToken ct)
     {
         using var request = new HttpRequestMessage(HttpMethod.Post, serviceUrl + "/treaty/messages")
@@ -224,80 +201,5 @@ public sealed class ChoreographyShopTests(ShopKitEnvironment fixture, ITestOutpu
         using var response = await Env.Http.SendAsync(request, ct);
         output.WriteLine($"{type} {messageId} → {(int)response.StatusCode}");
         return response.IsSuccessStatusCode;
-    }
-
-    private async Task<(string OrderId, string Gid)> CheckoutAsync(string customer, string sku, int qty, CancellationToken ct)
-    {
-        var body = new JsonObject
-        {
-            ["customerId"] = customer,
-            ["items"] = new JsonArray(new JsonObject { ["sku"] = sku, ["qty"] = qty }),
-            ["protocol"] = "choreography",
-        };
-        using var request = new HttpRequestMessage(HttpMethod.Post, Env.OrderUrl + "/checkout") { Content = JsonContent.Create(body) };
-        request.Headers.Add("Idempotency-Key", "choreo-" + Guid.NewGuid().ToString("N"));
-        using var response = await Env.Http.SendAsync(request, ct);
-        var text = await response.Content.ReadAsStringAsync(ct);
-        ((int)response.StatusCode).ShouldBe(202, text);
-        var answer = JsonNode.Parse(text)!;
-        return (answer["orderId"]!.GetValue<string>(), answer["gid"]!.GetValue<string>());
-    }
-
-    private async Task<JsonNode> WaitOrderDecidedAsync(string orderId, CancellationToken ct)
-    {
-        var clock = Stopwatch.StartNew();
-        while (true)
-        {
-            var order = await Env.GetJsonAsync($"{Env.OrderUrl}/orders/{orderId}", ct);
-            if (order["status"]!.GetValue<string>() != "PENDING" || clock.Elapsed > Patience)
-            {
-                return order;
-            }
-
-            await Task.Delay(TimeSpan.FromMilliseconds(50), TimeProvider.System, ct);
-        }
-    }
-
-    private async Task<decimal> BalanceAsync(string customer, CancellationToken ct) =>
-        decimal.Parse((await Env.GetJsonAsync($"{Env.PaymentUrl}/wallets/{customer}", ct))["balance"]!.ToJsonString(), CultureInfo.InvariantCulture);
-
-    private async Task<decimal> HeldMoneyAsync(string customer, CancellationToken ct) =>
-        decimal.Parse((await Env.GetJsonAsync($"{Env.PaymentUrl}/wallets/{customer}", ct))["held"]!.ToJsonString(), CultureInfo.InvariantCulture);
-
-    private async Task<(int Available, int Held, int Sold)> StockAsync(string sku, CancellationToken ct)
-    {
-        var stock = await Env.GetJsonAsync($"{Env.InventoryUrl}/stock/{sku}", ct);
-        return (stock["available"]!.GetValue<int>(), stock["held"]!.GetValue<int>(), stock["sold"]!.GetValue<int>());
-    }
-
-    private async Task<(int Debits, int Refunds)> LedgerAsync(string customer, string gid, CancellationToken ct)
-    {
-        var entries = (await Env.GetJsonAsync($"{Env.PaymentUrl}/wallets/{customer}/ledger", ct))["entries"]!.AsArray()
-            .Where(e => e!["gid"]!.GetValue<string>() == gid).ToList();
-        return (entries.Count(e => e!["kind"]!.GetValue<string>() == "debit"), entries.Count(e => e!["kind"]!.GetValue<string>() == "refund"));
-    }
-
-    private async Task<JsonNode> WaitTerminalAsync(string gid, CancellationToken ct)
-    {
-        var clock = Stopwatch.StartNew();
-        string? last = null;
-        while (clock.Elapsed < Patience)
-        {
-            using var response = await Env.Http.GetAsync($"{Env.CoordinatorUrl}/api/v1/transactions/{gid}", ct);
-            if (response.IsSuccessStatusCode)
-            {
-                last = await response.Content.ReadAsStringAsync(ct);
-                var tx = JsonNode.Parse(last)!;
-                if (tx["status"]!.GetValue<string>() is "committed" or "aborted")
-                {
-                    output.WriteLine(last);
-                    return tx;
-                }
-            }
-
-            await Task.Delay(TimeSpan.FromMilliseconds(50), TimeProvider.System, ct);
-        }
-
-        throw new TimeoutException($"{gid} did not end within {Patience.TotalSeconds:0} s: {last}");
     }
 }

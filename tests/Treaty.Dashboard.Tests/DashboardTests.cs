@@ -205,6 +205,9 @@ public sealed class DashboardTests(DashboardFixture fixture) : IClassFixture<Das
     {
         var gid = DashboardFixture.NewGid("2pc");
         fixture.Participant.Fail($"{gid}/bank/prepare", 409);
+        // A 2PC aborts at its first NO without waiting for the other votes: the NO comes last so
+        // that both votes are in the timeline (CI once saw only the NO).
+        fixture.Participant.Delay($"{gid}/bank/prepare", TimeSpan.FromMilliseconds(500));
         await fixture.SubmitAsync("2pc", gid,
         [
             fixture.Branch(gid, "shop", ["prepare", "commit", "rollback"]),

@@ -34,10 +34,12 @@ public static class Api
             content.Headers.ContentType = MediaTypeHeaderValue.Parse(contentType);
         }
 
-        using (content)
-        {
-            return await http.PostAsync(path, content);
-        }
+        // A body the server will refuse for its size goes out as curl sends one: after
+        // "Expect: 100-continue", so the 413 arrives before the body and the server's closing
+        // the connection cannot break the client's write (a "Broken pipe" race, seen once in CI).
+        using var request = new HttpRequestMessage(HttpMethod.Post, path) { Content = content };
+        request.Headers.ExpectContinue = content.Headers.ContentLength > 64 * 1024;
+        return await http.SendAsync(request);
     }
 
     public static Task<HttpResponseMessage> SubmitAsync(HttpClient http, JsonObject body, string query = "") =>

@@ -4,7 +4,7 @@ using Treaty.AspNetCore.Data;
 
 namespace Treaty.Messaging;
 
-/// <summary>The kit's four tables and the statements on them, per dialect.</summary>
+/// <summary>The kit's tables (and the reports', <see cref="ReportSql"/>) and the statements on them, per dialect.</summary>
 internal static class MessagingSql
 {
     // The outbox: one row per published message, written in the publisher's own transaction.
@@ -125,8 +125,8 @@ internal static class MessagingSql
 
     public static string Schema(SqlDialect dialect) => dialect switch
     {
-        SqlDialect.Sqlite => SqliteOutbox + SqliteConsumer,
-        SqlDialect.PostgreSql => PostgreSqlOutbox + PostgreSqlConsumer,
+        SqlDialect.Sqlite => SqliteOutbox + SqliteConsumer + ReportSql.Schema(dialect),
+        SqlDialect.PostgreSql => PostgreSqlOutbox + PostgreSqlConsumer + ReportSql.Schema(dialect),
         _ => throw new ArgumentOutOfRangeException(nameof(dialect), dialect, null),
     };
 

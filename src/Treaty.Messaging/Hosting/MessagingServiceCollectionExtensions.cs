@@ -41,7 +41,8 @@ public static class MessagingServiceCollectionExtensions
         services.AddSingleton(provider =>
         {
             var relay = provider.GetRequiredService<OutboxRelay>();
-            return new Outbox(options.ServiceName, provider.GetRequiredService<TimeProvider>(), relay.Nudge);
+            // With ReportTo, each event's report row is written with it (null: this service does not report).
+            return new Outbox(options.ServiceName, provider.GetRequiredService<TimeProvider>(), relay.Nudge, provider.GetService<ReportWriter>());
         });
         services.AddSingleton(provider =>
         {

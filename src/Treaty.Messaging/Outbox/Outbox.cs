@@ -7,30 +7,48 @@ namespace Treaty.Messaging;
 /// <summary>
 /// Publishes events through the transactional outbox: the row is written in the caller's own
 /// local transaction, so it commits (and is later relayed) exactly when the caller's state change
-/// commits. Nothing is sent until then.
+/// commits. Nothing is sent until then. When the service reports to the coordinator
+/// (<see cref="ReportingBuilderExtensions.ReportTo"/>), the event's report row is written in that
+/// same transaction too.
 /// </summary>
 public sealed class Outbox
 {
     private readonly string _source;
     private readonly TimeProvider _time;
     private readonly Action _nudge;
+    private readonly ReportWriter? _reports;
 
-    internal Outbox(string source, TimeProvider time, Action nudge)
+    internal Outbox(string source, TimeProvider time, Action nudge, ReportWriter? reports = null)
     {
         _source = source;
         _time = time;
         _nudge = nudge;
+        _reports = reports;
     }
 
     /// <summary>Writes an event of <paramref name="type"/> with a JSON <paramref name="payload"/> in <paramref name="transaction"/>; returns its message id.</summary>
     public Task<string> PublishAsync(ParticipantTransaction transaction, string type, string correlationId, JsonElement payload, CancellationToken cancellationToken) =>
-        PublishRawAsync(transaction, type, correlationId, payload.GetRawText(), cancellationToken);
+        PublishRawAsync(transaction, type, correlationId, payload.GetRawText(), null, cancellationToken);
+
+    /// <summary>
+    /// Writes an event of <paramref name="type"/> with a JSON <paramref name="payload"/> in <paramref name="transaction"/>,
+    /// reported to the coordinator as <paramref name="options"/> say (its outcome, the next event's timeout); returns its message id.
+    /// </summary>
+    public Task<string> PublishAsync(ParticipantTransaction transaction, string type, string correlationId, JsonElement payload, PublishOptions options, CancellationToken cancellationToken) =>
+        PublishRawAsync(transaction, type, correlationId, payload.GetRawText(), options ?? throw new ArgumentNullException(nameof(options)), cancellationToken);
 
     /// <summary>Writes an event whose payload <paramref name="jsonTypeInfo"/> serializes (a source-generated context); returns its message id.</summary>
     public Task<string> PublishAsync<T>(ParticipantTransaction transaction, string type, string correlationId, T payload, JsonTypeInfo<T> jsonTypeInfo, CancellationToken cancellationToken) =>
-        PublishRawAsync(transaction, type, correlationId, JsonSerializer.Serialize(payload, jsonTypeInfo), cancellationToken);
+        PublishRawAsync(transaction, type, correlationId, JsonSerializer.Serialize(payload, jsonTypeInfo), null, cancellationToken);
 
-    private async Task<string> PublishRawAsync(ParticipantTransaction transaction, string type, string correlationId, string json, CancellationToken cancellationToken)
+    /// <summary>
+    /// Writes an event whose payload <paramref name="jsonTypeInfo"/> serializes, reported to the coordinator
+    /// as <paramref name="options"/> say (its outcome, the next event's timeout); returns its message id.
+    /// </summary>
+    public Task<string> PublishAsync<T>(ParticipantTransaction transaction, string type, string correlationId, T payload, JsonTypeInfo<T> jsonTypeInfo, PublishOptions options, CancellationToken cancellationToken) =>
+        PublishRawAsync(transaction, type, correlationId, JsonSerializer.Serialize(payload, jsonTypeInfo), options ?? throw new ArgumentNullException(nameof(options)), cancellationToken);
+
+    private async Task<string> PublishRawAsync(ParticipantTransaction transaction, string type, string correlationId, string json, PublishOptions? options, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(transaction);
         ArgumentException.ThrowIfNullOrWhiteSpace(type);
@@ -48,6 +66,10 @@ public sealed class Outbox
             ("source", _source),
             ("created_at", MessagingSql.Time(transaction.Dialect, now)));
         await insert.ExecuteNonQueryAsync(cancellationToken);
+        if (_reports is not null)
+        {
+            await _reports.WriteAsync(transaction, messageId, type, correlationId, json, now, options, cancellationToken);
+        }
 
         // Wake the relay when the row is visible to it: after the commit, not now (on PostgreSQL
         // it would look before the commit, find nothing and wait for the poll).

@@ -1,0 +1,311 @@
+using System.Text.Json;
+using System.Threading.Channels;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Treaty.AspNetCore.Data;
+using Treaty.Client;
+using Treaty.Core.Contracts;
+
+namespace Treaty.Messaging;
+
+/// <summary>What one pass of the reporter did.</summary>
+/// <param name="Read">Due report rows read.</param>
+/// <param name="Reported">Rows the coordinator answered for good (recorded, duplicate, ignored or refused), now marked.</param>
+/// <param name="Failed">Rows that could not be reported now; each waits for its own backoff.</param>
+internal readonly record struct ReportPass(int Read, int Reported, int Failed);
+
+/// <summary>
+/// Sends the committed report rows to the coordinator (<c>POST /api/v1/choreography/events</c>)
+/// and marks them only after it answered: a crash in between reports them again, which the
+/// coordinator ignores (it dedupes by message id). While the coordinator cannot be reached, each row
+/// backs off on its own. It runs beside the outbox relay, never in its way: the events travel
+/// whether or not the coordinator hears of them.
+/// </summary>
+/// <param name="database">The service's database, where the report rows are.</param>
+/// <param name="http">The coordinator's client (its base address, key and timeout); disposed with the reporter.</param>
+/// <param name="options">Batch size and backoff.</param>
+/// <param name="time">The clock of the backoff and the polls.</param>
+/// <param name="logger">Where failures are logged.</param>
+/// <param name="random01">The jitter's random source (tests pin it).</param>
+internal sealed class ChoreographyReporter(
+    ParticipantDatabase database,
+    HttpClient http,
+    ChoreographyReportingOptions options,
+    TimeProvider time,
+    ILogger<ChoreographyReporter> logger,
+    Func<double>? random01 = null) : BackgroundService
+{
+    private const string Refused = "refused";
+    private readonly TreatyClient _client = new(http, time);
+    private readonly Func<double> _random01 = random01 ?? Random.Shared.NextDouble;
+    private readonly Channel<bool> _nudges = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite });
+
+    public void Nudge() => _nudges.Writer.TryWrite(true);
+
+    /// <summary>
+    /// Reports the due rows (one batch). The coordinator validates a whole request before it records
+    /// any of it, so a batch it refuses (400, or 409 for a gid of another protocol) goes again one
+    /// event at a time: the one it will never take is marked refused and stops coming back, the
+    /// others are recorded. Database errors throw.
+    /// </summary>
+    public async Task<ReportPass> ReportOnceAsync(CancellationToken cancellationToken)
+    {
+        var batch = await ReadDueAsync(cancellationToken);
+        if (batch.Count == 0)
+        {
+            return new ReportPass(0, 0, 0);
+        }
+
+        Exception? failure;
+        try
+        {
+            var answer = await _client.ReportEventsAsync(batch.Select(row => row.Request), cancellationToken);
+            var results = answer.Events.GroupBy(e => e.MessageId, StringComparer.Ordinal).ToDictionary(g => g.Key, g => g.First().Result, StringComparer.Ordinal);
+            await MarkAsync(batch.ConvertAll(row => (row, results.GetValueOrDefault(row.Request.MessageId, "recorded"), (string?)null)), cancellationToken);
+            return new ReportPass(batch.Count, batch.Count, 0);
+        }
+        catch (TreatyApiException refused) when (refused.StatusCode is 400 or 409)
+        {
+            return await ReportEachAsync(batch, cancellationToken);
+        }
+        catch (Exception exception) when (IsUnreachable(exception, cancellationToken))
+        {
+            failure = exception;
+        }
+
+        foreach (var row in batch)
+        {
+            await RecordFailureAsync(row, failure.Message, cancellationToken);
+        }
+
+        ReportingLog.ReportFailed(logger, batch.Count, failure.Message);
+        return new ReportPass(batch.Count, 0, batch.Count);
+    }
+
+    /// <summary>How long until the earliest backed-off row is due (null: none is waiting).</summary>
+    public async Task<TimeSpan?> UntilNextDueAsync(CancellationToken cancellationToken)
+    {
+        await using var transaction = await database.BeginAsync(cancellationToken);
+        await using var select = transaction.CreateCommand(ReportSql.NextDue);
+        DateTimeOffset? next = null;
+        await using (var reader = await select.ExecuteReaderAsync(cancellationToken))
+        {
+            if (await reader.ReadAsync(cancellationToken))
+            {
+                next = MessagingSql.ReadNullableTime(reader, 0);
+            }
+        }
+
+        await transaction.CommitAsync(cancellationToken);
+        return next is { } due ? (due - time.GetUtcNow() is var left && left > TimeSpan.Zero ? left : TimeSpan.Zero) : null;
+    }
+
+    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    {
+        var failures = 0;
+        while (!stoppingToken.IsCancellationRequested)
+        {
+            TimeSpan wait;
+            try
+            {
+                var pass = await ReportOnceAsync(stoppingToken);
+                failures = 0;
+                if (pass.Read == options.BatchSize && pass.Reported > 0)
+                {
+                    continue; // more may be waiting
+                }
+
+                var untilDue = await UntilNextDueAsync(stoppingToken);
+                wait = untilDue is { } due && due < options.PollInterval ? due : options.PollInterval;
+            }
+            catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
+            {
+                return;
+            }
+            catch (Exception exception)
+            {
+                // The database, not the coordinator: wait the backoff out, so a nudge cannot make a hot loop.
+                failures++;
+                wait = options.Backoff(failures, _random01());
+                ReportingLog.LoopFailed(logger, exception, failures, wait);
+                try
+                {
+                    await Task.Delay(wait, time, stoppingToken);
+                }
+                catch (OperationCanceledException)
+                {
+                    return;
+                }
+
+                continue;
+            }
+
+            await WaitForNudgeAsync(wait, stoppingToken);
+        }
+    }
+
+    public override void Dispose()
+    {
+        base.Dispose();
+        _client.Dispose();
+        http.Dispose();
+    }
+
+    // Connection refused, a timeout, a 5xx or any other answer that is not about the events
+    // themselves (401 with a wrong key, say): the report waits and goes again.
+    private static bool IsUnreachable(Exception exception, CancellationToken cancellationToken) =>
+        exception is HttpRequestException or TreatyApiException or JsonException or TimeoutException
+        || (exception is OperationCanceledException && !cancellationToken.IsCancellationRequested);
+
+    private async Task<ReportPass> ReportEachAsync(List<ReportRow> batch, CancellationToken cancellationToken)
+    {
+        var reported = 0;
+        foreach (var row in batch)
+        {
+            string? result = null;
+            string? error = null;
+            try
+            {
+                result = (await _client.ReportEventsAsync([row.Request], cancellationToken)).Events.FirstOrDefault()?.Result ?? "recorded";
+            }
+            catch (Exception exception) when (IsUnreachable(exception, cancellationToken))
+            {
+                error = exception.Message;
+                if (exception is TreatyApiException { StatusCode: 400 or 409 } refused
+                    && (refused.StatusCode == 400 || await IsOtherProtocolAsync(row, cancellationToken)))
+                {
+                    // Never accepted, however often it is sent: kept, marked, not sent again.
+                    (result, error) = (Refused, refused.Detail ?? refused.Message);
+                    ReportingLog.Rejected(logger, row.Request.Type, row.Request.CorrelationId, error);
+                }
+
+                // Otherwise 409 "busy" (report again), or the coordinator went away meanwhile: backs off.
+            }
+
+            if (result is null)
+            {
+                await RecordFailureAsync(row, error!, cancellationToken);
+                continue;
+            }
+
+            await MarkAsync([(row, result, error)], cancellationToken);
+            reported++;
+        }
+
+        return new ReportPass(batch.Count, reported, batch.Count - reported);
+    }
+
+    // 409 means the gid is another protocol's transaction (for good) or is busy (report again).
+    private async Task<bool> IsOtherProtocolAsync(ReportRow row, CancellationToken cancellationToken)
+    {
+        try
+        {
+            return (await _client.GetAsync(row.Request.CorrelationId, cancellationToken))?.Protocol is { } protocol && protocol != "choreography";
+        }
+        catch (Exception exception) when (IsUnreachable(exception, cancellationToken))
+        {
+            return false;
+        }
+    }
+
+    private async Task WaitForNudgeAsync(TimeSpan wait, CancellationToken stoppingToken)
+    {
+        if (wait <= TimeSpan.Zero)
+        {
+            return;
+        }
+
+        using var timeout = new CancellationTokenSource(wait, time);
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(timeout.Token, stoppingToken);
+        try
+        {
+            await _nudges.Reader.WaitToReadAsync(linked.Token);
+            _nudges.Reader.TryRead(out _);
+        }
+        catch (OperationCanceledException)
+        {
+            // the wait is over, or the host is stopping; the loop decides.
+        }
+    }
+
+    private async Task<List<ReportRow>> ReadDueAsync(CancellationToken cancellationToken)
+    {
+        var rows = new List<ReportRow>();
+        await using var transaction = await database.BeginAsync(cancellationToken);
+        await using var select = transaction.CreateCommand(
+            ReportSql.SelectDue,
+            ("now", MessagingSql.Time(database.Dialect, time.GetUtcNow())),
+            ("limit", options.BatchSize));
+        await using (var reader = await select.ExecuteReaderAsync(cancellationToken))
+        {
+            while (await reader.ReadAsync(cancellationToken))
+            {
+                JsonElement? payload;
+                try
+                {
+                    using var document = JsonDocument.Parse(reader.GetString(5));
+                    payload = document.RootElement.Clone();
+                }
+                catch (JsonException)
+                {
+                    payload = null; // the outbox only holds JSON; a hand-edited row still reports its event
+                }
+
+                rows.Add(new ReportRow(
+                    reader.GetInt64(0),
+                    reader.GetInt32(9),
+                    new ChoreographyEventRequest(reader.GetString(1), reader.GetString(2), reader.GetString(3), reader.GetString(4))
+                    {
+                        Payload = payload,
+                        Outcome = reader.IsDBNull(6) ? null : reader.GetString(6),
+                        TimeoutMs = reader.IsDBNull(7) ? null : reader.GetInt64(7),
+                        At = MessagingSql.ReadTime(reader, 8),
+                    }));
+            }
+        }
+
+        await transaction.CommitAsync(cancellationToken);
+        return rows;
+    }
+
+    private async Task MarkAsync(List<(ReportRow Row, string Result, string? Error)> rows, CancellationToken cancellationToken)
+    {
+        await using var transaction = await database.BeginAsync(cancellationToken);
+        var now = MessagingSql.Time(database.Dialect, time.GetUtcNow());
+        foreach (var (row, result, error) in rows)
+        {
+            await using var update = transaction.CreateCommand(ReportSql.MarkReported, ("now", now), ("result", result), ("error", error), ("seq", row.Seq));
+            await update.ExecuteNonQueryAsync(cancellationToken);
+        }
+
+        await transaction.CommitAsync(cancellationToken);
+    }
+
+    private async Task RecordFailureAsync(ReportRow row, string error, CancellationToken cancellationToken)
+    {
+        var next = time.GetUtcNow() + options.Backoff(row.Attempts + 1, _random01());
+        await using var transaction = await database.BeginAsync(cancellationToken);
+        await using var update = transaction.CreateCommand(
+            ReportSql.RecordFailure,
+            ("error", error),
+            ("next", MessagingSql.Time(database.Dialect, next)),
+            ("seq", row.Seq));
+        await update.ExecuteNonQueryAsync(cancellationToken);
+        await transaction.CommitAsync(cancellationToken);
+    }
+
+    private sealed record ReportRow(long Seq, int Attempts, ChoreographyEventRequest Request);
+}
+
+/// <summary>Log messages of the choreography reporter (event ids 4530-4539 of Treaty.Messaging's 4501-4549).</summary>
+internal static partial class ReportingLog
+{
+    [LoggerMessage(EventId = 4530, Level = LogLevel.Warning, Message = "Could not report {Count} choreography event(s) to the coordinator; each is tried again after its backoff (treaty_reports.last_error): {Detail}")]
+    public static partial void ReportFailed(ILogger logger, int count, string detail);
+
+    [LoggerMessage(EventId = 4531, Level = LogLevel.Warning, Message = "The coordinator refused the report of {Type} for {Gid} (not sent again): {Detail}")]
+    public static partial void Rejected(ILogger logger, string type, string gid, string detail);
+
+    [LoggerMessage(EventId = 4532, Level = LogLevel.Error, Message = "The reporter failed to read or update treaty_reports (failure {Failures} in a row); trying again in {Delay}")]
+    public static partial void LoopFailed(ILogger logger, Exception exception, int failures, TimeSpan delay);
+}

@@ -72,7 +72,7 @@ public static class ShopApp
         var database = new ShopDatabase(Path.Combine(dataDir, fileName));
         try
         {
-            database.Initialize(schema + ChoreographyReporter.Schema, seed);
+            database.Initialize(schema, seed);
         }
         catch
         {
@@ -105,7 +105,7 @@ public static class ShopApp
         var choreography = ShopChoreography.Enabled(options);
         if (choreography)
         {
-            ShopChoreography.Add(builder, options, database);
+            ShopChoreography.Add(builder, options);
         }
 
         if (options.Service == ShopService.Order)

@@ -150,25 +150,26 @@ public sealed class ChoreographyShopTests(ShopKitEnvironment fixture, ITestOutpu
         saga.ToJsonString().ShouldNotContain("payment.failed");
         // Payment keeps the refused report, marked refused for good: it is not sent again and again.
         var clock = Stopwatch.StartNew();
-        long? state = null;
-        while (state != 2 && clock.Elapsed < Patience)
+        string? state = null;
+        while (state != "refused" && clock.Elapsed < Patience)
         {
             state = ReportState(Path.Combine(Env.Root, "payment", "payment.db"), sagaGid);
             await Task.Delay(TimeSpan.FromMilliseconds(50), TimeProvider.System, ct);
         }
 
-        state.ShouldBe(2);
-        ReportState(Path.Combine(Env.Root, "payment", "payment.db"), gid).ShouldBe(1);
+        state.ShouldBe("refused");
+        ReportState(Path.Combine(Env.Root, "payment", "payment.db"), gid).ShouldBe("recorded");
     }
 
-    private static long? ReportState(string database, string gid)
+    /// <summary>The messaging kit's verdict on the gid's reports (treaty_reports.result), once every one is answered; else null.</summary>
+    private static string? ReportState(string database, string gid)
     {
         using var connection = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={database};Mode=ReadOnly;Pooling=False");
         connection.Open();
         using var command = connection.CreateCommand();
-        command.CommandText = "SELECT MIN(reported) FROM shop_event_reports WHERE gid = $gid";
+        command.CommandText = "SELECT CASE WHEN COUNT(*) > 0 AND COUNT(reported_at) = COUNT(*) THEN MIN(result) END FROM treaty_reports WHERE correlation_id = $gid";
         command.Parameters.AddWithValue("$gid", gid);
-        return command.ExecuteScalar() is long value ? value : null;
+        return command.ExecuteScalar() as string;
     }
 
     private async Task<string> SagaCheckoutAsync(string customer, string sku, CancellationToken ct)

@@ -6,6 +6,7 @@ using Shop.Order;
 using Shop.Payment;
 using Treaty.AspNetCore.Data;
 using Treaty.AspNetCore.SemanticLocks;
+using Treaty.Core.Model;
 using Treaty.Messaging;
 using Treaty.Messaging.RabbitMq;
 using Treaty.Messaging.Transport;
@@ -25,7 +26,7 @@ internal static class ShopEvents
     public const string OrderCancelled = "order.cancelled";
 
     /// <summary>How long the coordinator waits for the next event before it flags the saga as stuck.</summary>
-    public const long NextEventTimeoutMs = 30_000;
+    public static readonly TimeSpan NextEventTimeout = TimeSpan.FromSeconds(30);
 }
 
 /// <summary>What every event of a checkout carries: enough for each handler to act on the state it finds.</summary>
@@ -34,8 +35,8 @@ internal sealed record ChoreographyPayload(string OrderId, string CustomerId, de
 /// <summary>
 /// The Shop's choreographed checkout (<c>protocol: "choreography"</c>): no orchestrator. Each service
 /// handles the events of the others in its inbox transaction and publishes its own through its
-/// outbox in that same transaction; <see cref="ChoreographyReporter"/> tells the coordinator what
-/// was published, so the saga shows as a timeline there.
+/// outbox in that same transaction; the messaging kit reports what was published to the coordinator
+/// (<c>ReportTo</c>), so the saga shows as a timeline there.
 /// <code>
 /// order.created → payment: debit → payment.reserved | payment.failed
 /// payment.reserved → inventory: take the stock → inventory.reserved | inventory.failed
@@ -66,13 +67,10 @@ internal static class ShopChoreography
         new("order", [ShopEvents.InventoryReserved, ShopEvents.PaymentFailed, ShopEvents.PaymentRefunded]),
     ];
 
-    public static void Add(WebApplicationBuilder builder, ShopOptions options, ShopDatabase database)
+    public static void Add(WebApplicationBuilder builder, ShopOptions options)
     {
         var name = options.Service.ToString().ToLowerInvariant();
-        builder.Services.AddSingleton(provider => new ChoreographyPublisher(provider.GetRequiredService<Outbox>(), name, options.TimeProvider));
-        builder.Services.AddSingleton(_ => new ChoreographyReporter(database, new Treaty.Client.TreatyClient(new Uri(options.CoordinatorUrl!), options.CoordinatorKey),
-            options.TimeProvider, _.GetRequiredService<ILogger<ChoreographyReporter>>()));
-        builder.Services.AddHostedService(provider => provider.GetRequiredService<ChoreographyReporter>());
+        builder.Services.AddSingleton(provider => new ChoreographyPublisher(provider.GetRequiredService<Outbox>()));
 
         if (options.Transport == ShopTransport.RabbitMq)
         {
@@ -87,7 +85,16 @@ internal static class ShopChoreography
             builder.Services.AddHostedService(provider => new RabbitMqQueuesDeclarer(provider.GetRequiredService<IMessageTransport>()));
         }
 
-        var messaging = builder.Services.AddTreatyMessaging(o => o.ServiceName = name);
+        // Every event published is reported to the coordinator, in the transaction that publishes it:
+        // the checkout's outcome is the order's last event, and the coordinator flags a checkout stuck
+        // when its next event does not come within the timeout.
+        var messaging = builder.Services.AddTreatyMessaging(o => o.ServiceName = name)
+            .ReportTo(new Uri(options.CoordinatorUrl!), options.CoordinatorKey, report =>
+            {
+                report.NextEventTimeout = ShopEvents.NextEventTimeout;
+                report.Outcome(ShopEvents.OrderConfirmed, ChoreographyOutcome.Completed);
+                report.Outcome(ShopEvents.OrderCancelled, ChoreographyOutcome.Compensated);
+            });
         var wallet = new WalletChoreography(options.TimeProvider);
         var stock = new StockChoreography(options.TimeProvider);
         switch (options.Service)
@@ -148,8 +155,7 @@ internal static class ShopChoreography
             var reason = confirm ? null : payload.Reason ?? "the checkout was compensated";
             await OrderStore.SetStatusAsync(connection, transaction, order.OrderId, status, reason, time.GetUtcNow(), ct);
             await locks.ReleaseAsync(tx, OrderStore.LockOf(order.OrderId), order.Gid, ct);
-            await publisher.PublishAsync(tx, confirm ? ShopEvents.OrderConfirmed : ShopEvents.OrderCancelled, order.Gid, payload with { Reason = reason },
-                confirm ? "completed" : "compensated", ct);
+            await publisher.PublishAsync(tx, confirm ? ShopEvents.OrderConfirmed : ShopEvents.OrderCancelled, order.Gid, payload with { Reason = reason }, ct);
         };
     }
 
@@ -172,19 +178,14 @@ internal sealed class RabbitMqQueuesDeclarer(IMessageTransport transport) : IHos
     public Task StopAsync(CancellationToken cancellationToken) => Task.CompletedTask;
 }
 
-/// <summary>Publishes an event through the outbox and queues its report to the coordinator, both in the caller's transaction.</summary>
-internal sealed class ChoreographyPublisher(Outbox outbox, string service, TimeProvider time)
+/// <summary>
+/// Publishes a checkout event through the outbox, in the caller's transaction; the kit writes its
+/// report to the coordinator in that transaction too (<c>ReportTo</c> in <see cref="ShopChoreography.Add"/>).
+/// </summary>
+internal sealed class ChoreographyPublisher(Outbox outbox)
 {
-    public async Task PublishAsync(ParticipantTransaction tx, string type, string gid, ChoreographyPayload payload, string? outcome, CancellationToken ct)
-    {
-        var messageId = await outbox.PublishAsync(tx, type, gid, payload, ShopJsonContext.Web.ChoreographyPayload, ct);
-        var (connection, transaction) = ShopTransaction.Of(tx);
-        await Sql.ExecuteAsync(connection, transaction,
-            "INSERT INTO shop_event_reports (message_id, type, service, gid, payload, outcome, timeout_ms, at) VALUES ($id, $type, $service, $gid, $payload, $outcome, $timeout, $at)", ct,
-            ("$id", messageId), ("$type", type), ("$service", service), ("$gid", gid),
-            ("$payload", System.Text.Json.JsonSerializer.Serialize(payload, ShopJsonContext.Web.ChoreographyPayload)),
-            ("$outcome", outcome), ("$timeout", outcome is null ? ShopEvents.NextEventTimeoutMs : null), ("$at", Sql.Timestamp(time.GetUtcNow())));
-    }
+    public Task<string> PublishAsync(ParticipantTransaction tx, string type, string gid, ChoreographyPayload payload, CancellationToken ct) =>
+        outbox.PublishAsync(tx, type, gid, payload, ShopJsonContext.Web.ChoreographyPayload, ct);
 }
 
 /// <summary>Payment's side: the wallet debit and its refund (the saga's effects, driven by events).</summary>
@@ -209,7 +210,7 @@ internal sealed class WalletChoreography(TimeProvider time)
         };
         if (refusal is not null)
         {
-            await publisher.PublishAsync(tx, ShopEvents.PaymentFailed, gid, payload with { Reason = refusal }, null, ct);
+            await publisher.PublishAsync(tx, ShopEvents.PaymentFailed, gid, payload with { Reason = refusal }, ct);
             return;
         }
 
@@ -217,7 +218,7 @@ internal sealed class WalletChoreography(TimeProvider time)
         await Sql.ExecuteAsync(connection, transaction,
             "UPDATE wallets SET balance_cents = balance_cents - $amount WHERE customer_id = $id", ct, ("$amount", cents), ("$id", payload.CustomerId));
         await InsertLedgerAsync(connection, transaction, gid, payload.CustomerId, "debit", cents, ct);
-        await publisher.PublishAsync(tx, ShopEvents.PaymentReserved, gid, payload, null, ct);
+        await publisher.PublishAsync(tx, ShopEvents.PaymentReserved, gid, payload, ct);
     }
 
     public async Task OnInventoryFailedAsync(ParticipantTransaction tx, ChoreographyPayload payload, string gid, ChoreographyPublisher publisher, CancellationToken ct)
@@ -232,7 +233,7 @@ internal sealed class WalletChoreography(TimeProvider time)
         await Sql.ExecuteAsync(connection, transaction,
             "UPDATE wallets SET balance_cents = balance_cents + $amount WHERE customer_id = $id", ct, ("$amount", cents), ("$id", payload.CustomerId));
         await InsertLedgerAsync(connection, transaction, gid, payload.CustomerId, "refund", cents, ct);
-        await publisher.PublishAsync(tx, ShopEvents.PaymentRefunded, gid, payload, null, ct);
+        await publisher.PublishAsync(tx, ShopEvents.PaymentRefunded, gid, payload, ct);
     }
 
     private static long CentsOf(ChoreographyPayload payload) =>
@@ -277,7 +278,7 @@ internal sealed class StockChoreography(TimeProvider time)
             };
             if (refusal is not null)
             {
-                await publisher.PublishAsync(tx, ShopEvents.InventoryFailed, gid, payload with { Reason = refusal }, null, ct);
+                await publisher.PublishAsync(tx, ShopEvents.InventoryFailed, gid, payload with { Reason = refusal }, ct);
                 return;
             }
         }
@@ -292,6 +293,6 @@ internal sealed class StockChoreography(TimeProvider time)
                 ("$gid", gid), ("$sku", item.Sku), ("$qty", item.Qty), ("$order", payload.OrderId), ("$at", now));
         }
 
-        await publisher.PublishAsync(tx, ShopEvents.InventoryReserved, gid, payload, null, ct);
+        await publisher.PublishAsync(tx, ShopEvents.InventoryReserved, gid, payload, ct);
     }
 }

@@ -104,7 +104,7 @@ internal sealed partial class OrderService(ShopDatabase database, OrderTransacti
         {
             // In the kit's transaction: the order, its stored 202 and order.created commit together.
             await publisher.PublishAsync(transaction, Choreography.ShopEvents.OrderCreated, order.Gid,
-                new Choreography.ChoreographyPayload(orderId, checkout.CustomerId, Money.FromCents(checkout.AmountCents), checkout.Items), null, ct);
+                new Choreography.ChoreographyPayload(orderId, checkout.CustomerId, Money.FromCents(checkout.AmountCents), checkout.Items), ct);
         }
 
         http.Items[FaultEndpoints.CheckoutCommittedItem] = orderId;

@@ -7,7 +7,9 @@ namespace Treaty.Cli;
 /// <summary>
 /// <c>treaty demo</c>: the Shop end to end. By default it runs the saga's failure scenarios, the
 /// checkout cases under every protocol (one table), and every experiment; <c>--protocol</c> and
-/// <c>--experiment</c> run one part. It exits 0 only if every check held.
+/// <c>--experiment</c> run one part; <c>--transport rabbitmq --rabbitmq URL</c> runs the choreographed
+/// checkout's events over a RabbitMQ broker instead of HTTP between the services. It exits 0 only if
+/// every check held, 2 on a usage error.
 /// </summary>
 internal static class DemoCommand
 {
@@ -25,12 +27,32 @@ internal static class DemoCommand
             Description = "Run only this experiment: " + string.Join(", ", ExperimentCatalogue.All.Select(e => e.Name)),
         };
         experiment.AcceptOnlyFromAmong([.. ExperimentCatalogue.All.Select(e => e.Name)]);
+        var transport = new Option<string?>(DemoTransport.TransportOption)
+        {
+            Description = "How the choreographed checkout's events travel between the Shop's services: embedded (default, HTTP between them) or rabbitmq (needs --rabbitmq)",
+        };
+        var rabbitMq = new Option<string?>(DemoTransport.RabbitMqOption)
+        {
+            Description = "The RabbitMQ broker for --transport rabbitmq, e.g. amqp://guest:guest@127.0.0.1:5672/",
+        };
         var command = new Command("demo", "Start the coordinator and the Shop (Order, Payment, Inventory), run the checkout scenarios under every protocol and the experiments")
         {
-            keep, dataDir, protocol, experiment,
+            keep, dataDir, protocol, experiment, transport, rabbitMq,
         };
-        command.SetAction((parse, cancellationToken) => RunAsync(
-            new DemoPlan(parse.GetValue(protocol), parse.GetValue(experiment)), parse.GetValue(keep), parse.GetValue(dataDir) is { } dir ? UserPath.Resolve(dir) : null, CliConsole.Out(parse), cancellationToken));
+        command.SetAction((parse, cancellationToken) =>
+        {
+            // Checked before anything starts: a wrong flag costs no process.
+            var (chosen, error) = DemoTransport.Parse(parse.GetValue(transport), parse.GetValue(rabbitMq));
+            if (chosen is null)
+            {
+                CliConsole.Error(parse).MarkupLineInterpolated($"[red]{error}[/]");
+                return Task.FromResult(CliConsole.UsageError);
+            }
+
+            return RunAsync(
+                new DemoPlan(parse.GetValue(protocol), parse.GetValue(experiment)), parse.GetValue(keep), parse.GetValue(dataDir) is { } dir ? UserPath.Resolve(dir) : null,
+                CliConsole.Out(parse), cancellationToken, chosen);
+        });
         return command;
     }
 
@@ -46,14 +68,16 @@ internal static class DemoCommand
             : ExperimentCatalogue.All.Where(e => e.Name == Experiment);
     }
 
-    public static async Task<int> RunAsync(DemoPlan plan, bool keep, string? dataDir, IAnsiConsole console, CancellationToken cancellationToken)
+    public static async Task<int> RunAsync(DemoPlan plan, bool keep, string? dataDir, IAnsiConsole console, CancellationToken cancellationToken, DemoTransport? transport = null)
     {
+        transport ??= DemoTransport.Embedded;
         console.MarkupLine("[bold]Treaty demo[/]: a coordinator and three Shop services, each its own process, database and port.");
+        console.MarkupLineInterpolated($"Choreography events travel over {transport.Description}.");
         DemoEnvironment env;
         try
         {
             env = await console.Status().StartAsync("Starting the coordinator and the Shop services…",
-                _ => DemoEnvironment.StartAsync(dataDir, cancellationToken, inDoubtAfter: DemoEnvironment.DemoInDoubtAfter));
+                _ => DemoEnvironment.StartAsync(dataDir, cancellationToken, inDoubtAfter: DemoEnvironment.DemoInDoubtAfter, shopArguments: transport.ShopArguments));
         }
         catch (Exception ex) when (ex is InvalidOperationException or TimeoutException or FileNotFoundException or HttpRequestException
             || (ex is OperationCanceledException && !cancellationToken.IsCancellationRequested))
@@ -90,7 +114,7 @@ internal static class DemoCommand
 
             if (plan.Protocols.Any())
             {
-                passed &= await RunProtocolsAsync(new ProtocolComparison(scenarios), plan.Protocols, console, cancellationToken);
+                passed &= await RunProtocolsAsync(new ProtocolComparison(scenarios), plan.Protocols, transport, console, cancellationToken);
             }
 
             foreach (var experiment in plan.Experiments)
@@ -167,7 +191,7 @@ internal static class DemoCommand
         return results.All(r => r.Passed);
     }
 
-    private static async Task<bool> RunProtocolsAsync(ProtocolComparison comparison, IEnumerable<string> protocols, IAnsiConsole console, CancellationToken cancellationToken)
+    private static async Task<bool> RunProtocolsAsync(ProtocolComparison comparison, IEnumerable<string> protocols, DemoTransport transport, IAnsiConsole console, CancellationToken cancellationToken)
     {
         var rows = new List<ProtocolRow>();
         foreach (var protocol in protocols)
@@ -185,7 +209,7 @@ internal static class DemoCommand
             }
         }
 
-        var table = new Table().Border(TableBorder.Rounded).Title("Every protocol, the same checkouts");
+        var table = new Table().Border(TableBorder.Rounded).Title($"Every protocol, the same checkouts (choreography over {transport.Name})");
         table.AddColumn("protocol");
         table.AddColumn("case");
         table.AddColumn("outcome");

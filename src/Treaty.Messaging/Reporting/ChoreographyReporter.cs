@@ -12,7 +12,8 @@ namespace Treaty.Messaging;
 /// <param name="Read">Due report rows read.</param>
 /// <param name="Reported">Rows the coordinator answered for good (recorded, duplicate, ignored or refused), now marked.</param>
 /// <param name="Failed">Rows that could not be reported now; each waits for its own backoff.</param>
-internal readonly record struct ReportPass(int Read, int Reported, int Failed);
+/// <param name="Released">Earlier rows that were backing off and are due again at once, the coordinator having answered.</param>
+internal readonly record struct ReportPass(int Read, int Reported, int Failed, int Released = 0);
 
 /// <summary>
 /// Sends the committed report rows to the coordinator (<c>POST /api/v1/choreography/events</c>)
@@ -62,7 +63,7 @@ internal sealed class ChoreographyReporter(
             var answer = await _client.ReportEventsAsync(batch.Select(row => row.Request), cancellationToken);
             var results = answer.Events.GroupBy(e => e.MessageId, StringComparer.Ordinal).ToDictionary(g => g.Key, g => g.First().Result, StringComparer.Ordinal);
             await MarkAsync(batch.ConvertAll(row => (row, results.GetValueOrDefault(row.Request.MessageId, "recorded"), (string?)null)), cancellationToken);
-            return new ReportPass(batch.Count, batch.Count, 0);
+            return new ReportPass(batch.Count, batch.Count, 0, await ReleaseBackedOffAsync(cancellationToken));
         }
         catch (TreatyApiException refused) when (refused.StatusCode is 400 or 409)
         {
@@ -110,9 +111,9 @@ internal sealed class ChoreographyReporter(
             {
                 var pass = await ReportOnceAsync(stoppingToken);
                 failures = 0;
-                if (pass.Read == options.BatchSize && pass.Reported > 0)
+                if ((pass.Read == options.BatchSize && pass.Reported > 0) || pass.Released > 0)
                 {
-                    continue; // more may be waiting
+                    continue; // more may be waiting, or rows that waited for the coordinator are due now
                 }
 
                 var untilDue = await UntilNextDueAsync(stoppingToken);
@@ -192,7 +193,18 @@ internal sealed class ChoreographyReporter(
             reported++;
         }
 
-        return new ReportPass(batch.Count, reported, batch.Count - reported);
+        return new ReportPass(batch.Count, reported, batch.Count - reported, reported > 0 ? await ReleaseBackedOffAsync(cancellationToken) : 0);
+    }
+
+    // The coordinator is back: what waited for it goes now, right behind the events that just got
+    // through, rather than after each row's own backoff (up to MaxRetryDelay) ran out.
+    private async Task<int> ReleaseBackedOffAsync(CancellationToken cancellationToken)
+    {
+        await using var transaction = await database.BeginAsync(cancellationToken);
+        await using var update = transaction.CreateCommand(ReportSql.ReleaseBackedOff, ("now", MessagingSql.Time(database.Dialect, time.GetUtcNow())));
+        var released = await update.ExecuteNonQueryAsync(cancellationToken);
+        await transaction.CommitAsync(cancellationToken);
+        return released;
     }
 
     // 409 means the gid is another protocol's transaction (for good) or is busy (report again).

@@ -73,6 +73,10 @@ internal static class ReportSql
     public const string MarkReported =
         "UPDATE treaty_reports SET reported_at = @now, result = @result, last_error = @error, next_attempt_at = NULL WHERE seq = @seq";
 
+    // The coordinator answered: the rows backing off because it could not be reached go at once.
+    public const string ReleaseBackedOff =
+        "UPDATE treaty_reports SET next_attempt_at = NULL WHERE reported_at IS NULL AND next_attempt_at > @now";
+
     public const string RecordFailure =
         "UPDATE treaty_reports SET attempts = attempts + 1, last_error = @error, next_attempt_at = @next WHERE seq = @seq";
 }

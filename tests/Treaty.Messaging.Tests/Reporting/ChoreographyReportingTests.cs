@@ -6,6 +6,7 @@ using System.Text.RegularExpressions;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
+using Npgsql;
 using Treaty.AspNetCore.Data;
 using Treaty.Core.Model;
 using Treaty.Messaging.Tests.Support;
@@ -15,14 +16,19 @@ namespace Treaty.Messaging.Tests.Reporting;
 /// <summary>
 /// <c>AddTreatyMessaging(...).ReportTo(coordinator, ...)</c> against a real coordinator in this
 /// process: what a service publishes through its outbox reaches the coordinator's timeline once,
-/// whatever fails in between, and only if the publishing transaction committed.
+/// whatever fails in between, and only if the publishing transaction committed. One subclass per dialect.
 /// </summary>
-public sealed partial class ChoreographyReportingTests : IAsyncLifetime
+public abstract partial class ChoreographyReportingTests : IAsyncLifetime
 {
     private static readonly TimeSpan Patience = TimeSpan.FromSeconds(60);
-    private readonly TempDir _dir = new("treaty-reporting");
     private readonly List<IHost> _hosts = [];
     private InProcessCoordinator? _coordinator;
+
+    /// <summary>A fresh database of the subclass's dialect.</summary>
+    protected abstract Task<ParticipantDatabase> CreateDatabaseAsync(string name);
+
+    /// <summary>Releases the subclass's databases.</summary>
+    protected abstract Task DisposeDatabasesAsync();
 
     public Task InitializeAsync() => Task.CompletedTask;
 
@@ -38,15 +44,14 @@ public sealed partial class ChoreographyReportingTests : IAsyncLifetime
             await _coordinator.DisposeAsync();
         }
 
-        Microsoft.Data.Sqlite.SqliteConnection.ClearAllPools();
-        _dir.Dispose();
+        await DisposeDatabasesAsync();
     }
 
     [Fact]
     public async Task EveryCommittedEvent_IsReportedOnce_WithTheOutcomeAndTimeoutThePublisherStated()
     {
         _coordinator = await InProcessCoordinator.StartAsync();
-        var database = Database("orders");
+        var database = await CreateDatabaseAsync("orders");
         var host = await StartHostAsync("orders", database, _coordinator.BaseAddress, report =>
         {
             report.NextEventTimeout = TimeSpan.FromSeconds(20);
@@ -92,7 +97,7 @@ public sealed partial class ChoreographyReportingTests : IAsyncLifetime
     {
         var port = FreePort();
         var address = new Uri($"http://127.0.0.1:{port}/");
-        var database = Database("orders");
+        var database = await CreateDatabaseAsync("orders");
         var host = await StartHostAsync("orders", database, address, report => report.MaxRetryDelay = TimeSpan.FromMilliseconds(500));
         var outbox = host.Services.GetRequiredService<Outbox>();
 
@@ -107,14 +112,36 @@ public sealed partial class ChoreographyReportingTests : IAsyncLifetime
         _coordinator = await InProcessCoordinator.StartAsync(configureOptions: o => o.Urls = $"http://127.0.0.1:{port}");
 
         (await WaitForStatusAsync("saga-down")).ShouldBe("committed");
+        // In whichever order they arrive: the coordinator records an event after the end without changing the outcome.
+        await EventuallyAsync(async () => (await TimelineAsync("saga-down")).Count == 2);
         (await TimelineAsync("saga-down")).Select(e => e.MessageId).ShouldBe([first, second], ignoreOrder: true);
+        (await _coordinator.Client.GetAsync("saga-down"))!.Status.ShouldBe("committed");
+    }
+
+    [Fact]
+    public async Task OnceTheCoordinatorAnswers_TheReportsThatWaitedForItGoAtOnce_NotAfterTheirBackoff()
+    {
+        var port = FreePort();
+        var time = new ManualTimeProvider(); // never advanced: no backoff ever runs out, no poll ever fires
+        var database = await CreateDatabaseAsync("orders");
+        var host = await StartHostAsync("orders", database, new Uri($"http://127.0.0.1:{port}/"), report => report.MaxRetryDelay = report.RetryDelay = TimeSpan.FromMinutes(1), time);
+        var outbox = host.Services.GetRequiredService<Outbox>();
+
+        var first = await PublishAsync(database, outbox, "order.created", "saga-waited");
+        await EventuallyAsync(async () => await ScalarAsync(database, "SELECT attempts FROM treaty_reports") == 1); // refused connection: backing off
+
+        _coordinator = await InProcessCoordinator.StartAsync(configureOptions: o => o.Urls = $"http://127.0.0.1:{port}");
+        var second = await PublishAsync(database, outbox, "payment.reserved", "saga-waited"); // its commit nudges the reporter
+
+        await EventuallyAsync(async () => (await _coordinator.Client.GetAsync("saga-waited")) is not null && (await TimelineAsync("saga-waited")).Count == 2);
+        (await TimelineAsync("saga-waited")).Select(e => e.MessageId).ShouldBe([first, second], ignoreOrder: true);
     }
 
     [Fact]
     public async Task CrashBetweenTheCommitAndTheReport_TheRowIsDurable_AndTheNextProcessReportsIt()
     {
         _coordinator = await InProcessCoordinator.StartAsync();
-        var database = Database("orders");
+        var database = await CreateDatabaseAsync("orders");
 
         // The first process publishes and dies right after its commit: its reporter never ran.
         string messageId;
@@ -143,7 +170,7 @@ public sealed partial class ChoreographyReportingTests : IAsyncLifetime
     public async Task CrashAfterTheCoordinatorAnswered_BeforeTheMark_TheReportGoesAgain_AndTheTimelineHasItOnce()
     {
         _coordinator = await InProcessCoordinator.StartAsync();
-        var database = Database("orders");
+        var database = await CreateDatabaseAsync("orders");
         var host = await StartHostAsync("orders", database, _coordinator.BaseAddress);
         var messageId = await PublishAsync(database, host.Services.GetRequiredService<Outbox>(), "order.created", "saga-twice");
         await EventuallyAsync(async () => await TextAsync(database, "SELECT result FROM treaty_reports") == "recorded");
@@ -161,7 +188,7 @@ public sealed partial class ChoreographyReportingTests : IAsyncLifetime
     public async Task RolledBackTransaction_ReportsNothing()
     {
         _coordinator = await InProcessCoordinator.StartAsync();
-        var database = Database("orders");
+        var database = await CreateDatabaseAsync("orders");
         var host = await StartHostAsync("orders", database, _coordinator.BaseAddress);
         var outbox = host.Services.GetRequiredService<Outbox>();
 
@@ -185,7 +212,7 @@ public sealed partial class ChoreographyReportingTests : IAsyncLifetime
     public async Task AnEventTheCoordinatorRefuses_IsMarkedRefused_AndDoesNotHoldBackTheOthers()
     {
         _coordinator = await InProcessCoordinator.StartAsync();
-        var database = Database("orders");
+        var database = await CreateDatabaseAsync("orders");
         var host = await StartHostAsync("orders", database, _coordinator.BaseAddress);
         var outbox = host.Services.GetRequiredService<Outbox>();
 
@@ -208,7 +235,7 @@ public sealed partial class ChoreographyReportingTests : IAsyncLifetime
     [Fact]
     public async Task AnEventNotToReport_HasNoReportRow()
     {
-        var database = Database("orders");
+        var database = await CreateDatabaseAsync("orders");
         var host = BuildHost("orders", database, new Uri("http://127.0.0.1:9/"), report => report.Exclude("audit.logged"));
         try
         {
@@ -227,12 +254,15 @@ public sealed partial class ChoreographyReportingTests : IAsyncLifetime
         }
     }
 
-    private SqliteParticipantDatabase Database(string name) => new(Path.Combine(_dir.Path, name + ".db"));
-
-    private static IHost BuildHost(string service, ParticipantDatabase database, Uri coordinator, Action<ChoreographyReportingOptions>? configure)
+    private static IHost BuildHost(string service, ParticipantDatabase database, Uri coordinator, Action<ChoreographyReportingOptions>? configure, TimeProvider? time = null)
     {
         var builder = Host.CreateApplicationBuilder();
         builder.Logging.ClearProviders();
+        if (time is not null)
+        {
+            builder.Services.AddSingleton(time); // before AddTreatyMessaging, whose TryAdd keeps it
+        }
+
         builder.Services
             .AddTreatyMessaging(o =>
             {
@@ -252,9 +282,9 @@ public sealed partial class ChoreographyReportingTests : IAsyncLifetime
         return builder.Build();
     }
 
-    private async Task<IHost> StartHostAsync(string service, ParticipantDatabase database, Uri coordinator, Action<ChoreographyReportingOptions>? configure = null)
+    private async Task<IHost> StartHostAsync(string service, ParticipantDatabase database, Uri coordinator, Action<ChoreographyReportingOptions>? configure = null, TimeProvider? time = null)
     {
-        var host = BuildHost(service, database, coordinator, configure);
+        var host = BuildHost(service, database, coordinator, configure, time);
         _hosts.Add(host);
         await host.StartAsync();
         return host;
@@ -357,6 +387,42 @@ public sealed partial class ChoreographyReportingTests : IAsyncLifetime
     }
 
     private sealed record TimelineEvent(string MessageId, string Type, string Service, string Detail);
+}
+
+public sealed class SqliteChoreographyReportingTests : ChoreographyReportingTests
+{
+    private readonly TempDir _dir = new("treaty-reporting");
+
+    protected override Task<ParticipantDatabase> CreateDatabaseAsync(string name) =>
+        Task.FromResult<ParticipantDatabase>(new SqliteParticipantDatabase(Path.Combine(_dir.Path, name + ".db")));
+
+    protected override Task DisposeDatabasesAsync()
+    {
+        Microsoft.Data.Sqlite.SqliteConnection.ClearAllPools();
+        _dir.Dispose();
+        return Task.CompletedTask;
+    }
+}
+
+[Collection(PostgresCollection.Name)]
+public sealed class PostgreSqlChoreographyReportingTests(PostgresFixture postgres) : ChoreographyReportingTests
+{
+    private readonly List<NpgsqlDataSource> _sources = [];
+
+    protected override async Task<ParticipantDatabase> CreateDatabaseAsync(string name)
+    {
+        var source = NpgsqlDataSource.Create(await postgres.Server.CreateDatabaseAsync("report_" + name));
+        _sources.Add(source);
+        return new PostgreSqlParticipantDatabase(source);
+    }
+
+    protected override async Task DisposeDatabasesAsync()
+    {
+        foreach (var source in _sources)
+        {
+            await source.DisposeAsync();
+        }
+    }
 }
 
 /// <summary>The pure part: which outcome and timeout an event is reported with.</summary>

@@ -45,9 +45,9 @@ internal sealed class ChoreographyReporter(
 
     /// <summary>
     /// Reports the due rows (one batch). The coordinator validates a whole request before it records
-    /// any of it, so a batch it refuses (400, or 409 for a gid of another protocol) goes again one
-    /// event at a time: the one it will never take is marked refused and stops coming back, the
-    /// others are recorded. Database errors throw.
+    /// any of it, so a batch it refuses (400, 409 for a gid of another protocol, 413 too large) goes
+    /// again one event at a time: the one it will never take is marked refused and stops coming back,
+    /// the others are recorded. Database errors throw.
     /// </summary>
     public async Task<ReportPass> ReportOnceAsync(CancellationToken cancellationToken)
     {
@@ -65,7 +65,7 @@ internal sealed class ChoreographyReporter(
             await MarkAsync(batch.ConvertAll(row => (row, results.GetValueOrDefault(row.Request.MessageId, "recorded"), (string?)null)), cancellationToken);
             return new ReportPass(batch.Count, batch.Count, 0, await ReleaseBackedOffAsync(cancellationToken));
         }
-        catch (TreatyApiException refused) when (refused.StatusCode is 400 or 409)
+        catch (TreatyApiException refused) when (refused.StatusCode is 400 or 409 or 413)
         {
             return await ReportEachAsync(batch, cancellationToken);
         }
@@ -172,8 +172,8 @@ internal sealed class ChoreographyReporter(
             catch (Exception exception) when (IsUnreachable(exception, cancellationToken))
             {
                 error = exception.Message;
-                if (exception is TreatyApiException { StatusCode: 400 or 409 } refused
-                    && (refused.StatusCode == 400 || await IsOtherProtocolAsync(row, cancellationToken)))
+                if (exception is TreatyApiException { StatusCode: 400 or 409 or 413 } refused
+                    && (refused.StatusCode != 409 || await IsOtherProtocolAsync(row, cancellationToken)))
                 {
                     // Never accepted, however often it is sent: kept, marked, not sent again.
                     (result, error) = (Refused, refused.Detail ?? refused.Message);

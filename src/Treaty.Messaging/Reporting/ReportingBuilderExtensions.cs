@@ -32,6 +32,11 @@ public static class ReportingBuilderExtensions
             throw new ArgumentException("The coordinator's absolute URL, e.g. http://127.0.0.1:5000.", nameof(coordinator));
         }
 
+        if (builder.Services.Any(d => d.ServiceType == typeof(ReportWriter)))
+        {
+            throw new InvalidOperationException("ReportTo was called already: a service reports to one coordinator.");
+        }
+
         var options = new ChoreographyReportingOptions();
         configure?.Invoke(options);
         options.Validate();

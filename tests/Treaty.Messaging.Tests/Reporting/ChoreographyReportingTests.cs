@@ -233,6 +233,32 @@ public abstract partial class ChoreographyReportingTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task ABatchTooLargeForTheCoordinator_GoesOneByOne_AndAnEventTooLargeAlone_IsRefused()
+    {
+        _coordinator = await InProcessCoordinator.StartAsync(configureOptions: o => o.MaxRequestBodyBytes = 4096);
+        var database = await CreateDatabaseAsync("orders");
+        var host = await StartHostAsync("orders", database, _coordinator.BaseAddress);
+        var outbox = host.Services.GetRequiredService<Outbox>();
+        var padding = new string('x', 1500);
+
+        await using (var tx = await database.BeginAsync(CancellationToken.None))
+        {
+            foreach (var gid in new[] { "saga-big-1", "saga-big-2", "saga-big-3" }) // about 5 KB together, under 2 KB each
+            {
+                await outbox.PublishAsync(tx, "order.created", gid, JsonDocument.Parse($$"""{"padding":"{{padding}}"}""").RootElement, CancellationToken.None);
+            }
+
+            await outbox.PublishAsync(tx, "order.created", "saga-huge", JsonDocument.Parse($$"""{"padding":"{{padding + padding + padding}}"}""").RootElement, CancellationToken.None);
+            await tx.CommitAsync(CancellationToken.None);
+        }
+
+        await EventuallyAsync(async () => await ScalarAsync(database, "SELECT COUNT(*) FROM treaty_reports WHERE reported_at IS NULL") == 0);
+        (await ScalarAsync(database, "SELECT COUNT(*) FROM treaty_reports WHERE result = 'recorded'")).ShouldBe(3);
+        (await TextAsync(database, "SELECT result FROM treaty_reports WHERE correlation_id = 'saga-huge'")).ShouldBe("refused");
+        (await _coordinator.Client.GetAsync("saga-huge")).ShouldBeNull();
+    }
+
+    [Fact]
     public async Task AnEventNotToReport_HasNoReportRow()
     {
         var database = await CreateDatabaseAsync("orders");
@@ -451,6 +477,16 @@ public sealed class ChoreographyReportingOptionsTests
 
         options.Resolve("audit.logged", null).ShouldBeNull();
         options.Resolve("order.created", new PublishOptions { Report = false }).ShouldBeNull();
+    }
+
+    [Fact]
+    public void ReportTo_Twice_Throws_AndARelativeCoordinatorUrlIsRefused()
+    {
+        var messaging = new ServiceCollection().AddTreatyMessaging(o => o.ServiceName = "orders");
+        Should.Throw<ArgumentException>(() => messaging.ReportTo(new Uri("/coordinator", UriKind.Relative)));
+        messaging.ReportTo(new Uri("http://127.0.0.1:5080/"));
+
+        Should.Throw<InvalidOperationException>(() => messaging.ReportTo(new Uri("http://127.0.0.1:5081/")));
     }
 
     [Fact]

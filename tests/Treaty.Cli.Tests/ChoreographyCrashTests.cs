@@ -70,6 +70,7 @@ public abstract class ChoreographyCrashTests(ITestOutputHelper output)
             output.WriteLine($"restarted payment: order.created delivered {redelivered.Calls}×, handled {redelivered.Applied}×");
             redelivered.Applied.ShouldBe(0, "the inbox dropped the redelivery: the handler did not run again");
             InboxRows("payment", messageId).ShouldBe(1);
+            FailedAttempts("payment", messageId).ShouldBe(0, "dropped as a duplicate, not failed, retried or dead-lettered");
             (await Shop.LedgerAsync("alice", gid, ct)).ShouldBe((1, 0), "one debit");
             (balance - await Shop.BalanceAsync("alice", ct)).ShouldBe(25.00m);
             await ShouldHaveSoldOneBookAsync(book, ct);
@@ -118,6 +119,7 @@ public abstract class ChoreographyCrashTests(ITestOutputHelper output)
             output.WriteLine($"inventory: payment.reserved delivered {after.Calls - before.Calls}×, handled {after.Applied - before.Applied}×");
             (after.Applied - before.Applied).ShouldBe(1, "the inbox dropped the resent copy: the handler ran once");
             InboxRows("inventory", messageId).ShouldBe(1);
+            FailedAttempts("inventory", messageId).ShouldBe(0, "dropped as a duplicate, not failed, retried or dead-lettered");
             var holds = (await Env.GetJsonAsync($"{Env.InventoryUrl}/stock/book/holds", ct))["holds"]!.AsArray()
                 .Where(h => h!["gid"]!.GetValue<string>() == gid).ToList();
             holds.Count.ShouldBe(1, "the stock was taken once");
@@ -182,7 +184,12 @@ public abstract class ChoreographyCrashTests(ITestOutputHelper output)
     private long InboxRows(string service, string messageId) =>
         Query<long>(service, "SELECT COUNT(*) FROM treaty_inbox WHERE subscriber = $s AND message_id = $id", ("$s", service), ("$id", messageId));
 
-    private string? OutboxSentAt(string service, string messageId) =>
+    /// <summary>Failed handlings of the message (each one recorded; the last also moves it to the dead letters).</summary>
+    private long FailedAttempts(string service, string messageId) =>
+        Query<long>(service, "SELECT COUNT(*) FROM treaty_attempts WHERE subscriber = $s AND message_id = $id", ("$s", service), ("$id", messageId))
+        + Query<long>(service, "SELECT COUNT(*) FROM treaty_dead_letters WHERE subscriber = $s AND message_id = $id", ("$s", service), ("$id", messageId));
+
+    private protected string? OutboxSentAt(string service, string messageId) =>
         Query<string?>(service, "SELECT sent_at FROM treaty_outbox WHERE message_id = $id", ("$id", messageId));
 
     private T Query<T>(string service, string sql, params (string Name, object Value)[] parameters)
@@ -219,6 +226,62 @@ public sealed class EmbeddedChoreographyCrashTests(ShopKitEnvironment fixture, I
     private protected override DemoEnvironment Env => fixture.Env;
 
     private protected override bool SendWaitsForTheConsumer => true;
+
+    [Theory]
+    [InlineData("""{ "messageType": "order.created" }""", "holdAfterCommit")]
+    [InlineData("""{ "messageType": "order.created", "holdAfterCommit": true, "holdAfterSend": true }""", "holdAfterCommit")]
+    [InlineData("""{ "messageType": " ", "holdAfterSend": true }""", "messageType")]
+    [InlineData("""{ "messageType": "order.created", "holdAfterSend": true, "path": "/checkout" }""", "path")]
+    [InlineData("""{ "path": "/checkout", "holdAfterCommit": true }""", "messageType")]
+    public async Task MessageHold_Malformed_Is400NamingTheField_AndArmsNothing(string body, string field)
+    {
+        var env = fixture.Env;
+        using var content = new StringContent(body, System.Text.Encoding.UTF8, "application/json");
+        using var response = await env.Http.PostAsync(env.PaymentUrl + "/_faults", content);
+        var text = await response.Content.ReadAsStringAsync();
+        ((int)response.StatusCode).ShouldBe(400, text);
+        text.ShouldContain("\"" + field + "\"");
+        (await env.GetJsonAsync(env.PaymentUrl + "/_faults", CancellationToken.None))["holds"]!.AsArray().ShouldBeEmpty();
+    }
+
+    [Fact]
+    public async Task MessageHold_ClearedInsteadOfAKill_TheHeldDeliveryGoesOn_AndTheCheckoutCompletes()
+    {
+        var ct = CancellationToken.None;
+        var env = fixture.Env;
+        var shop = new ChoreographyShop(env);
+        using (var arm = await env.Http.PostAsJsonAsync(env.InventoryUrl + "/_faults", new JsonObject { ["messageType"] = "payment.reserved", ["holdAfterCommit"] = true }, ct))
+        {
+            arm.EnsureSuccessStatusCode();
+        }
+
+        var (orderId, gid) = await shop.CheckoutAsync("bob", "book", 1, ct);
+        var clock = Stopwatch.StartNew();
+        JsonNode? hold = null;
+        while (hold?["heldMessageId"] is null)
+        {
+            clock.Elapsed.ShouldBeLessThan(TimeSpan.FromSeconds(60), "inventory holds payment.reserved");
+            await Task.Delay(TimeSpan.FromMilliseconds(50), TimeProvider.System, ct);
+            hold = (await env.GetJsonAsync(env.InventoryUrl + "/_faults", ct))["holds"]!.AsArray().SingleOrDefault();
+        }
+
+        hold["armed"]!.GetValue<bool>().ShouldBeFalse("one-shot: disarmed when it caught a message");
+        var messageId = hold["heldMessageId"]!.GetValue<string>();
+        OutboxSentAt("payment", messageId).ShouldBeNull("payment's relay waits for inventory's answer");
+
+        await env.ClearFaultsAsync(ct);
+
+        clock.Restart();
+        while (OutboxSentAt("payment", messageId) is null)
+        {
+            clock.Elapsed.ShouldBeLessThan(TimeSpan.FromSeconds(60), "inventory answers once the hold is cleared, and payment marks the row sent");
+            await Task.Delay(TimeSpan.FromMilliseconds(50), TimeProvider.System, ct);
+        }
+
+        (await shop.WaitTerminalAsync(gid, ct))["status"]!.GetValue<string>().ShouldBe("committed");
+        (await shop.WaitOrderDecidedAsync(orderId, ct))["status"]!.GetValue<string>().ShouldBe("CONFIRMED");
+        (await env.GetJsonAsync(env.InventoryUrl + "/_faults", ct))["holds"]!.AsArray().ShouldBeEmpty();
+    }
 }
 
 /// <summary>The crash points on RabbitMQ (a real rabbitmq-server on loopback).</summary>

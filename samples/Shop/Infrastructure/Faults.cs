@@ -297,7 +297,7 @@ internal static class FaultEndpoints
             }
 
             var errors = new Dictionary<string, string[]>(StringComparer.Ordinal);
-            if (request.HoldAfterCommit is not null || request.HoldAfterSend is not null)
+            if (request.HoldAfterCommit == true || request.HoldAfterSend == true)
             {
                 errors["messageType"] = ["holdAfterCommit and holdAfterSend need the messageType to hold, e.g. order.created."];
             }

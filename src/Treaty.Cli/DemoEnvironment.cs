@@ -5,7 +5,7 @@ namespace Treaty.Cli;
 
 /// <summary>
 /// The coordinator and the three Shop services, each a real child process with its own database
-/// directory and loopback port. The coordinator can be killed (SIGKILL) and restarted on the same
+/// directory and loopback port. The coordinator and each Shop service can be killed (SIGKILL) and restarted on the same
 /// data directory. Every branch call is signed: one secret, generated per run, is given to the
 /// coordinator and to the three services (through <c>TREATY_CALLBACK_SECRET</c>, the environment
 /// form of <c>--callback-secret</c>, so it never shows in the process list), and the services

@@ -121,35 +121,26 @@ public sealed class ChoreographyRabbitMqShopTests(RabbitMqShopEnvironment fixtur
         var book = await Shop.StockAsync("book", ct);
         var pen = await Shop.StockAsync("pen", ct);
 
-        // Inventory is frozen (SIGSTOP), so six checkouts (alice: four books and a pen that is out of
-        // stock; bob: one book) stop half way: Payment debits and publishes payment.reserved, which
-        // waits in Inventory's queue. Once the broker confirmed all six, it is SIGKILLed and started
-        // again on the same data; then Inventory thaws and the flows go on.
-        var inventory = Env.Processes.Single(p => p.Name == "inventory");
-        await Signal("STOP", inventory.Id);
-        (string Customer, string Sku, string OrderId, string Gid)[] placed;
-        var clock = Stopwatch.StartNew();
-        try
+        // Inventory is down (SIGKILL), so six checkouts (alice: four books and a pen that is out of stock;
+        // bob: one book) stop half way: Payment debits and publishes payment.reserved, which waits in
+        // Inventory's durable queue, in the broker only. Once the broker confirmed all six, the broker is
+        // SIGKILLed and started again on the same data; then Inventory starts again and the flows go on.
+        Env.Shop("inventory").Kill();
+        var placed = await Task.WhenAll(
+            Enumerable.Range(0, 4).Select(_ => Place("alice", "book"))
+                .Append(Place("alice", "pen"))
+                .Append(Place("bob", "book")));
+        await WaitAsync(async () => await ConfirmedByTheBrokerAsync("payment", "payment.reserved", placed.Select(p => p.Gid)) == placed.Length,
+            "payment.reserved of the six checkouts confirmed by the broker");
+        foreach (var p in placed)
         {
-            placed = await Task.WhenAll(
-                Enumerable.Range(0, 4).Select(_ => Place("alice", "book"))
-                    .Append(Place("alice", "pen"))
-                    .Append(Place("bob", "book")));
-            await WaitAsync(async () => await ConfirmedByTheBrokerAsync("payment", "payment.reserved", placed.Select(p => p.Gid)) == placed.Length,
-                "payment.reserved of the six checkouts confirmed by the broker");
-            foreach (var p in placed)
-            {
-                (await Env.GetJsonAsync($"{Env.OrderUrl}/orders/{p.OrderId}", ct))["status"]!.GetValue<string>().ShouldBe("PENDING");
-            }
+            (await Env.GetJsonAsync($"{Env.OrderUrl}/orders/{p.OrderId}", ct))["status"]!.GetValue<string>().ShouldBe("PENDING");
+        }
 
-            clock.Restart();
-            await fixture.RestartBrokerAsync(kill: true);
-            output.WriteLine($"broker killed with six payment.reserved in Inventory's queue; it was back in {clock.Elapsed.TotalSeconds:F1} s");
-        }
-        finally
-        {
-            await Signal("CONT", inventory.Id);
-        }
+        var clock = Stopwatch.StartNew();
+        await fixture.RestartBrokerAsync(kill: true);
+        output.WriteLine($"broker killed with six payment.reserved in Inventory's queue; it was back in {clock.Elapsed.TotalSeconds:F1} s");
+        await Env.RestartShopAsync("inventory", ct);
 
         foreach (var (customer, sku, orderId, gid) in placed)
         {
@@ -213,13 +204,6 @@ public sealed class ChoreographyRabbitMqShopTests(RabbitMqShopEnvironment fixtur
 
             await Task.Delay(100);
         }
-    }
-
-    private static async Task Signal(string signal, int pid)
-    {
-        using var kill = Process.Start("kill", ["-" + signal, pid.ToString(System.Globalization.CultureInfo.InvariantCulture)]);
-        await kill.WaitForExitAsync();
-        kill.ExitCode.ShouldBe(0, $"kill -{signal} {pid}");
     }
 }
 

@@ -138,7 +138,8 @@ public static partial class DeadLetterEndpointRouteBuilderExtensions
             }
 
             var body = buffer.ToArray();
-            var content = SignedContent(request.Method, request.Path.Value ?? "/", body);
+            // The path as the coordinator named it: a PathBase (the service mounted under a prefix) included.
+            var content = SignedContent(request.Method, (request.PathBase + request.Path).Value ?? "/", body);
             var header = request.Headers[CallbackSignature.HeaderName].ToString();
             var check = SignatureCheck.Mismatch;
             foreach (var secret in secrets)

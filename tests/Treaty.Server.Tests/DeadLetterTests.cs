@@ -179,6 +179,44 @@ public sealed class DeadLetterTests
     }
 
     [Fact]
+    public async Task Replay_ManyOperatorsAtOnce_OneIsAccepted_TheOthersAre409_TheMessageIsHandledOnce()
+    {
+        await using var service = await MessagingService.StartAsync();
+        (await service.DeliverAsync("m-poison-race", "poison-race")).ShouldBeTrue();
+        await using var server = await SecureServer.StartAsync(o => Keyed(o, service));
+        var http = server.Http(SecureServer.OperatorSecret);
+        var id = (await service.DeadLetters.ListAsync(CancellationToken.None)).Single().Id;
+        service.FixCause();
+
+        var answers = await Task.WhenAll(Enumerable.Range(0, 8).Select(async _ =>
+        {
+            using var response = await http.PostAsync($"{DeadLetters}/inventory/{id}/replay", null);
+            return response.StatusCode;
+        }));
+
+        answers.Count(a => a == HttpStatusCode.OK).ShouldBe(1, string.Join(", ", answers));
+        answers.Count(a => a == HttpStatusCode.Conflict).ShouldBe(7, string.Join(", ", answers));
+        await WaitForAsync(http, l => l.DeadLetters.Single().Status == "replayed", "the replay to be handled");
+        (await service.HandledCountAsync("m-poison-race")).ShouldBe(1);
+    }
+
+    [Fact]
+    public async Task OpenApi_DescribesTheDeadLetterEndpoints_AndWithoutSourcesTheListIsEmpty()
+    {
+        await using var server = await SecureServer.StartAsync();
+        var http = server.Http();
+        using var document = JsonDocument.Parse(await http.GetStringAsync("/openapi/v1.json"));
+        var paths = document.RootElement.GetProperty("paths");
+        paths.GetProperty("/api/v1/dead-letters").TryGetProperty("get", out _).ShouldBeTrue();
+        paths.GetProperty("/api/v1/dead-letters/{source}/{id}/replay").TryGetProperty("post", out _).ShouldBeTrue();
+
+        var list = await ListAsync(http);
+
+        list.Sources.ShouldBeEmpty();
+        list.DeadLetters.ShouldBeEmpty();
+    }
+
+    [Fact]
     public async Task Replay_OfASourceThatIsDown_Is502ProblemJson_Audited()
     {
         await using var service = await MessagingService.StartAsync();

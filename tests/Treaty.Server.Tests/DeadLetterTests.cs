@@ -232,6 +232,39 @@ public sealed class DeadLetterTests
     }
 
     [Fact]
+    public async Task Sources_AnsweringJunk_AreReportedAsErrors_TheViewStillAnswers200()
+    {
+        await using var service = await MessagingService.StartAsync();
+        (await service.DeliverAsync("m-poison-6", "poison-6")).ShouldBeTrue();
+        var builder = Microsoft.AspNetCore.Builder.WebApplication.CreateSlimBuilder();
+        Microsoft.AspNetCore.Hosting.HostingAbstractionsWebHostBuilderExtensions.UseUrls(builder.WebHost, "http://127.0.0.1:0");
+        await using var junk = builder.Build();
+        Microsoft.AspNetCore.Builder.EndpointRouteBuilderExtensions.MapGet(junk, "/empty/treaty/dead-letters", () => Microsoft.AspNetCore.Http.Results.Text("""{"deadLetters":[{}]}""", "application/json"));
+        Microsoft.AspNetCore.Builder.EndpointRouteBuilderExtensions.MapGet(junk, "/text/treaty/dead-letters", () => Microsoft.AspNetCore.Http.Results.Text("<html>hello</html>", "text/html"));
+        Microsoft.AspNetCore.Builder.EndpointRouteBuilderExtensions.MapGet(junk, "/slow/treaty/dead-letters", async (Microsoft.AspNetCore.Http.HttpContext http) =>
+        {
+            await Task.Delay(TimeSpan.FromSeconds(10), http.RequestAborted); // the coordinator gives up after 1 s
+            return Microsoft.AspNetCore.Http.Results.Text("{}", "application/json");
+        });
+        await junk.StartAsync();
+        var at = junk.Urls.Single();
+        await using var server = await SecureServer.StartAsync(o =>
+        {
+            Keyed(o, service, $"empty={at}/empty/", $"text={at}/text", $"slow={at}/slow");
+            o.DeadLetterSourceTimeout = TimeSpan.FromSeconds(1);
+        });
+
+        var list = await ListAsync(server.Http(SecureServer.OperatorSecret));
+
+        list.DeadLetters.ShouldHaveSingleItem().MessageId.ShouldBe("m-poison-6");
+        list.Sources.Select(s => (s.Name, s.Reachable)).ShouldBe([("inventory", true), ("empty", false), ("text", false), ("slow", false)]);
+        list.Sources[1].Error.ShouldBe("answered something that is not a dead-letter list");
+        list.Sources[2].Error.ShouldNotBeNullOrWhiteSpace();
+        list.Sources[3].Error.ShouldBe("no answer within 1 s");
+        await junk.StopAsync();
+    }
+
+    [Fact]
     public async Task Source_WithAnotherSecret_IsShownUnreachableWith401_NotTrusted()
     {
         await using var service = await MessagingService.StartAsync();

@@ -82,7 +82,11 @@ internal sealed partial class DeadLetterSourceClient : IDisposable
             }
 
             var list = await response.Content.ReadFromJsonAsync(DeadLetterJsonContext.Default.ServiceDeadLetterList, cancellationToken);
-            return new SourceListing(source, list?.DeadLetters ?? [], null);
+            // What a source answers is not trusted to be whole: a list with a letter missing its
+            // fields is reported as the source's error rather than shown half (or failing the view).
+            return list?.DeadLetters is { } letters && letters.All(IsWhole)
+                ? new SourceListing(source, letters, null)
+                : Failed(source, "answered something that is not a dead-letter list");
         }
         catch (Exception ex) when (ex is HttpRequestException or JsonException or NotSupportedException or InvalidOperationException
             || (ex is OperationCanceledException && !cancellationToken.IsCancellationRequested))
@@ -90,6 +94,10 @@ internal sealed partial class DeadLetterSourceClient : IDisposable
             return Failed(source, ex is OperationCanceledException ? $"no answer within {_timeout.TotalSeconds:0.#} s" : ex.Message);
         }
     }
+
+    private static bool IsWhole(ServiceDeadLetter? letter) =>
+        letter is { MessageId: not null, Type: not null, CorrelationId: not null, Source: not null, Consumer: not null, Error: not null, Status: not null }
+        && (letter.Attempts ?? []).All(a => a is { Error: not null });
 
     private SourceListing Failed(DeadLetterSource source, string error)
     {

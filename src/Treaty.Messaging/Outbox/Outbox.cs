@@ -16,6 +16,9 @@ public sealed class Outbox
     private readonly Action _nudge;
     private readonly Func<DateTimeOffset, Guid> _newMessageId;
 
+    /// <param name="source">This service's name, the source of what it publishes.</param>
+    /// <param name="time">The clock of the rows' creation times.</param>
+    /// <param name="nudge">Wakes the relay after a commit that published.</param>
     /// <param name="newMessageId">
     /// The message id for a publication at a time; null: <see cref="Guid.CreateVersion7(DateTimeOffset)"/>.
     /// The deterministic simulation passes seeded ids, so a run is a function of its seed.

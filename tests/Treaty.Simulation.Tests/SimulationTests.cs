@@ -295,11 +295,12 @@ internal static class SimEnvironment
 
     public static int? Runs => Parse("TREATY_SIM_RUNS");
 
-    /// <summary>TREATY_SIM_VARIANT replays a seed against a known-bad variant (to read how it was caught), or in the 3PC partition mode.</summary>
+    /// <summary>TREATY_SIM_VARIANT replays a seed against a known-bad variant (to read how it was caught), in the 3PC partition mode, or in the choreography mode.</summary>
     public static SimOptions Options(int seed) => Environment.GetEnvironmentVariable("TREATY_SIM_VARIANT") switch
     {
         null or "" or "correct" => new SimOptions(seed),
         "partition" => new SimOptions(seed, Mode: SimMode.Partition),
+        "choreography" => new SimOptions(seed, Mode: SimMode.Choreography),
         var name => new SimOptions(seed, SimVariants.Parse(name)),
     };
 

@@ -75,6 +75,9 @@ internal sealed class ChoreographyService
     private long _reportGeneration;
     private bool _reportInFlight;
 
+    // Publications since the reporter last found nothing to report (a rolled-back one only costs a look).
+    private bool _unreported = true;
+
     public ChoreographyService(ChoreographyWorld world, string name, string path, Random random)
     {
         _world = world;
@@ -155,6 +158,7 @@ internal sealed class ChoreographyService
         }, _world.NewMessageId);
         Pipeline = new ConsumerPipeline(database, _options, _world.Time, NullLogger<ConsumerPipeline>.Instance);
         _reportInFlight = false;
+        _unreported = true;
         Trace(node, "start");
         _world.Scheduler.At(node, TimeSpan.Zero, () =>
         {
@@ -367,6 +371,7 @@ internal sealed class ChoreographyService
     private async Task PublishAsync(ParticipantTransaction tx, string type, CheckoutPayload payload, ChoreographyOutcome? outcome)
     {
         var id = await Outbox.PublishAsync(tx, type, payload.OrderId, payload, ChoreographyJsonContext.Default.CheckoutPayload, CancellationToken.None);
+        _unreported = true;
         await Execute(tx, "INSERT INTO reports (message_id, type, gid, outcome) VALUES (@id, @t, @g, @o)",
             ("id", id), ("t", type), ("g", payload.OrderId), ("o", outcome?.ToWire()));
     }
@@ -381,7 +386,7 @@ internal sealed class ChoreographyService
     private void ReportTick(SimNode node)
     {
         _world.Scheduler.At(node, ReportPoll, () => ReportTick(node));
-        if (_reportInFlight)
+        if (_reportInFlight || !_unreported)
         {
             return;
         }
@@ -402,6 +407,7 @@ internal sealed class ChoreographyService
 
         if (events.Count == 0)
         {
+            _unreported = false;
             return;
         }
 

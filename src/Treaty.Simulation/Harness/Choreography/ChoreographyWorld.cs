@@ -135,10 +135,13 @@ internal sealed class ChoreographyWorld
     /// <summary>A connection to a service's database, outside any simulated process (the harness's own reads, and the reporter's marks).</summary>
     public static SqliteConnection Open(string path)
     {
-        var connection = new SqliteConnection(new SqliteConnectionStringBuilder { DataSource = path, Pooling = false }.ToString());
+        var connection = new SqliteConnection(HarnessConnectionString(path));
         connection.Open();
         return connection;
     }
+
+    // Pooled, but not the kit's pool (a distinct string): the harness's reads never wait for a kit transaction.
+    private static string HarnessConnectionString(string path) => new SqliteConnectionStringBuilder { DataSource = path, Pooling = true, Cache = SqliteCacheMode.Private }.ToString();
 
     /// <summary>A seeded version-7 message id, so a run (and its trace) is a function of its seed.</summary>
     public Guid NewMessageId(DateTimeOffset now)
@@ -225,7 +228,7 @@ internal sealed class ChoreographyWorld
 
         if (!_quiet)
         {
-            Violation($"liveness: not drained {(Scheduler.Executed >= EventBudget ? "within the event budget" : "by the horizon")}: {Unfinished()}");
+            Violation($"liveness: not drained {(Scheduler.Executed >= EventBudget ? "within the event budget" : "by the horizon")}: {Unfinished(full: true)}");
         }
 
         if (Scheduler.Escapes > 0)
@@ -384,7 +387,7 @@ internal sealed class ChoreographyWorld
     }
 
     /// <summary>What is not drained yet; null when everything is.</summary>
-    private string? Unfinished()
+    private string? Unfinished(bool full = false)
     {
         var open = new List<string>();
         if (_services.Values.FirstOrDefault(s => !s.Up) is { } down)
@@ -407,6 +410,17 @@ internal sealed class ChoreographyWorld
             open.Add($"unacknowledged: {Broker.Describe()}");
         }
 
+        var notEnded = _checkouts.Where(c => _store.Peek(c.OrderId) is not { IsTerminal: true }).Select(c => c.OrderId).ToList();
+        if (notEnded.Count > 0)
+        {
+            open.Add($"not ended at the coordinator: {string.Join(",", notEnded)}");
+        }
+
+        if (open.Count > 0 && !full)
+        {
+            return string.Join("; ", open); // the databases are read only once the rest is drained
+        }
+
         foreach (var service in _services.Values)
         {
             if (ChoreographyService.Scalar(service.Path, "SELECT COUNT(*) FROM treaty_outbox WHERE sent_at IS NULL") is > 0 and var unsent)
@@ -424,12 +438,6 @@ internal sealed class ChoreographyWorld
         if (pending.Count > 0)
         {
             open.Add($"pending orders: {string.Join(",", pending.Select(r => r[0]))}");
-        }
-
-        var notEnded = _checkouts.Where(c => _store.Peek(c.OrderId) is not { IsTerminal: true }).Select(c => c.OrderId).ToList();
-        if (notEnded.Count > 0)
-        {
-            open.Add($"not ended at the coordinator: {string.Join(",", notEnded)}");
         }
 
         return open.Count == 0 ? null : string.Join("; ", open);
@@ -662,6 +670,7 @@ internal sealed class ChoreographyWorld
         foreach (var service in _services.Values)
         {
             SqliteConnection.ClearPool(new SqliteConnection(new SqliteConnectionStringBuilder { DataSource = service.Path, Pooling = true, DefaultTimeout = 30 }.ToString()));
+            SqliteConnection.ClearPool(new SqliteConnection(HarnessConnectionString(service.Path)));
         }
 
         try

@@ -45,4 +45,40 @@ public sealed class ChoreographyKitSimulationTests(ITestOutputHelper output)
             stats[counter].ShouldBeGreaterThan(runs / 40, counter);
         }
     }
+
+    [Fact]
+    public void SameSeed_ProducesTheSameTrace_InTheChoreographyMode()
+    {
+        int[] seeds = [0, 1, 7, 42, 99, 4242];
+        var runs = new SimResult[seeds.Length * 2];
+        // The pairs at the same time on different threads: anything that escaped the scheduler
+        // (a thread-pool continuation, an unseeded id, a real clock) would make them differ.
+        Parallel.For(0, runs.Length, i => runs[i] = SimulationRun.Execute(new SimOptions(seeds[i / 2], Mode: SimMode.Choreography, KeepFullTrace: true)));
+        for (var i = 0; i < seeds.Length; i++)
+        {
+            var (a, b) = (runs[2 * i], runs[2 * i + 1]);
+            a.Ok.ShouldBeTrue(a.Report());
+            a.FullTrace.Count.ShouldBeGreaterThan(20);
+            for (var line = 0; line < Math.Min(a.FullTrace.Count, b.FullTrace.Count); line++)
+            {
+                b.FullTrace[line].ShouldBe(a.FullTrace[line], $"seed {seeds[i]} diverged at trace line {line}");
+            }
+
+            b.FullTrace.Count.ShouldBe(a.FullTrace.Count, $"seed {seeds[i]}");
+            b.TraceHash.ShouldBe(a.TraceHash);
+        }
+
+        runs.Select(r => r.TraceHash).Distinct().Count().ShouldBe(seeds.Length);
+    }
+
+    /// <summary>The seed the docs use (<c>treaty simulate --seed 42 --mode choreography</c>).</summary>
+    [Fact]
+    public void Seed42_KeepsEveryInvariant_AndSaysHowToReplayIt()
+    {
+        var result = SimulationRun.Execute(new SimOptions(42, Mode: SimMode.Choreography));
+
+        result.Ok.ShouldBeTrue(result.Report());
+        result.Replay.ShouldBe("TREATY_SIM_SEED=42 TREATY_SIM_VARIANT=choreography dotnet test tests/Treaty.Simulation.Tests --filter Seeds_Keep");
+        result.Stats["choreography checkouts"].ShouldBe(result.Stats["choreography confirmed"] + result.Stats["choreography cancelled"]);
+    }
 }

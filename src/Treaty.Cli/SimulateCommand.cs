@@ -51,7 +51,8 @@ internal static class SimulateCommand
             return 2;
         }
 
-        var result = SimulationRun.Execute(new SimOptions(seed, broken, mode, KeepFullTrace: true));
+        // A choreography variant breaks the choreography mode: it runs there whatever --mode says.
+        var result = SimulationRun.Execute(new SimOptions(seed, broken, SimVariants.ModeFor(broken) == SimMode.Choreography ? SimMode.Choreography : mode, KeepFullTrace: true));
         var trace = gid is null
             ? result.FullTrace
             : ThreePhasePartitionStory.Condense([.. result.FullTrace.Where(line => ThreePhasePartitionStory.Shows(line, gid))]);

@@ -81,4 +81,29 @@ public sealed class ChoreographyKitSimulationTests(ITestOutputHelper output)
         result.Replay.ShouldBe("TREATY_SIM_SEED=42 TREATY_SIM_VARIANT=choreography dotnet test tests/Treaty.Simulation.Tests --filter Seeds_Keep");
         result.Stats["choreography checkouts"].ShouldBe(result.Stats["choreography confirmed"] + result.Stats["choreography cancelled"]);
     }
+
+    /// <summary>
+    /// The kit broken three ways from the harness (no inbox, no publisher confirms, ack on arrival):
+    /// each must fail at least 5% of 200 seeds, so a harness change that blinds the simulation to
+    /// duplicates or to lost messages fails here.
+    /// </summary>
+    [Theory]
+    [InlineData("chor-no-inbox")]
+    [InlineData("chor-no-publisher-confirms")]
+    [InlineData("chor-ack-before-commit")]
+    public void KnownBadVariant_IsCaught(string name)
+    {
+        const int Bound = 200;
+        var variant = SimVariants.Parse(name);
+        SimVariants.ModeFor(variant).ShouldBe(SimMode.Choreography);
+        var sweep = Sweep.Run(0, Bound, s => new SimOptions(s, variant, SimMode.Choreography, StopAtFirstViolation: true));
+        var first = sweep.Failures.MinBy(r => r.Seed);
+        var line = first is null
+            ? $"{name}: caught by no seed of {Bound}"
+            : $"{name}: caught by {sweep.Failures.Count} of {Bound} seeds (first: seed {first.Seed}) in {sweep.Elapsed.TotalSeconds:0.0}s: {first.Violations[0]}";
+        output.WriteLine(line);
+        Console.WriteLine(line);
+        sweep.Failures.Count.ShouldBeGreaterThanOrEqualTo(Bound / 20, line);
+        first!.Replay.ShouldBe($"TREATY_SIM_SEED={first.Seed} TREATY_SIM_VARIANT={name} dotnet test tests/Treaty.Simulation.Tests --filter Seeds_Keep");
+    }
 }

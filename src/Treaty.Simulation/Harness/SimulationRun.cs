@@ -51,7 +51,7 @@ internal sealed record SimResult(
     public bool Ok => Violations.Count == 0;
 
     public string Replay =>
-        $"TREATY_SIM_SEED={Seed}{(Options.Variant == SimVariant.None ? "" : $" TREATY_SIM_VARIANT={SimVariants.Name(Options.Variant)}")}{Options.Mode switch { SimMode.Partition => " TREATY_SIM_VARIANT=partition", SimMode.Choreography => " TREATY_SIM_VARIANT=choreography", _ => "" }} dotnet test tests/Treaty.Simulation.Tests --filter Seeds_Keep";
+        $"TREATY_SIM_SEED={Seed}{(Options.Variant == SimVariant.None ? "" : $" TREATY_SIM_VARIANT={SimVariants.Name(Options.Variant)}")}{(Options.Mode, Options.Variant) switch { (SimMode.Partition, _) => " TREATY_SIM_VARIANT=partition", (SimMode.Choreography, SimVariant.None) => " TREATY_SIM_VARIANT=choreography", _ => "" }} dotnet test tests/Treaty.Simulation.Tests --filter Seeds_Keep";
 
     public string Report() =>
         $"""

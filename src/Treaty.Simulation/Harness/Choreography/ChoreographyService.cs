@@ -9,6 +9,7 @@ using Treaty.Core.Engine;
 using Treaty.Core.Model;
 using Treaty.Messaging;
 using Treaty.Messaging.Transport;
+using KitConsumer = Treaty.Messaging.MessageConsumer;
 
 namespace Treaty.Simulation.Harness.Choreography;
 
@@ -146,7 +147,8 @@ internal sealed class ChoreographyService
 
         var node = Node = new SimNode(_world.Scheduler, $"{Name}#{++_incarnation}");
         var database = Database = new SqliteParticipantDatabase(Path);
-        var transport = Transport = new SimTransport(_world.Scheduler, _world.Broker, _world.Faults, _random, () => MaybeCrash(node, CrashPoint.AfterPublishBeforeMarkSent));
+        var transport = Transport = new SimTransport(_world.Scheduler, _world.Broker, _world.Faults, _random, () => MaybeCrash(node, CrashPoint.AfterPublishBeforeMarkSent),
+            withoutConfirms: _world.Variant == SimVariant.ChoreographyNoPublisherConfirms);
         var relay = new OutboxRelay(database, transport, _options, _world.Time, NullLogger<OutboxRelay>.Instance, _random.NextDouble);
         Outbox = new Outbox(Name, _world.Time, () =>
         {
@@ -219,8 +221,14 @@ internal sealed class ChoreographyService
 
         _world.Scheduler.At(node, TimeSpan.Zero, () => _world.Spawn(async () =>
         {
+            var ackedOnArrival = _world.Variant == SimVariant.ChoreographyAckBeforeCommit;
+            if (ackedOnArrival)
+            {
+                ack(); // known-bad: acknowledged before anything is durable
+            }
+
             var ran = false;
-            var outcome = await Pipeline.DeliverAsync(message, async (tx, received, ct) =>
+            KitConsumer consumer = async (tx, received, ct) =>
             {
                 ran = true;
                 await HandleAsync(tx, received, ct);
@@ -231,7 +239,15 @@ internal sealed class ChoreographyService
                 }
 
                 HandlerRuns++;
-            }, CancellationToken.None);
+            };
+            var outcome = _world.Variant == SimVariant.ChoreographyNoInbox
+                ? await WithoutInboxAsync(message, consumer)
+                : await Pipeline.DeliverAsync(message, consumer, CancellationToken.None);
+            if (ackedOnArrival)
+            {
+                return;
+            }
+
             if (!node.Alive)
             {
                 return; // crashed after the commit, before the relay: no ack either
@@ -256,6 +272,22 @@ internal sealed class ChoreographyService
 
             ack();
         }));
+    }
+
+    /// <summary>Known-bad: the handler in a transaction of its own, no inbox row, so nothing drops a redelivery.</summary>
+    private async Task<DeliveryOutcome> WithoutInboxAsync(TransportMessage message, KitConsumer consumer)
+    {
+        try
+        {
+            await using var tx = await Database.BeginAsync(CancellationToken.None);
+            await consumer(tx, new ReceivedMessage(message.MessageId, message.Type, message.CorrelationId, message.Body, message.TraceParent, message.Source, message.CreatedAt, 1), CancellationToken.None);
+            await tx.CommitAsync(CancellationToken.None);
+            return DeliveryOutcome.Handled;
+        }
+        catch (InvalidOperationException)
+        {
+            return DeliveryOutcome.Retry;
+        }
     }
 
     /// <summary>The Order service takes a checkout: the order (pending, its lock held) and <c>order.created</c> in one transaction. Idempotent on the order id.</summary>

@@ -25,7 +25,13 @@ internal sealed class ChoreographyWorld
     private const string Payment = "payment";
     private const string Inventory = "inventory";
     private const long EventBudget = 2_000_000;
-    private static readonly TimeSpan Horizon = TimeSpan.FromMinutes(10);
+    /// <summary>
+    /// How long time runs on after the faults stopped before what is not drained is a liveness
+    /// violation. The longest legitimate waits are a process's downtime (at most 5 s), the broker's
+    /// visibility timeout (at most 3 s), the relay's backoff and poll (at most 2 s each), the
+    /// reporter's timeout (1 s) and the coordinator's recovery scan (5 s): a minute is far beyond them.
+    /// </summary>
+    private static readonly TimeSpan Horizon = TimeSpan.FromMinutes(1);
 
     private static readonly (string Sku, long PriceCents)[] Catalogue = [("book", 1_500), ("mug", 800), ("lamp", 4_500), ("pen", 100)];
 
@@ -116,6 +122,9 @@ internal sealed class ChoreographyWorld
 
     public ChoreographyFaults Faults { get; }
 
+    /// <summary>The known-bad variant this run breaks the services with (<see cref="SimVariant.None"/>: the real kit as it is).</summary>
+    public SimVariant Variant => _options.Variant;
+
     /// <summary>How long the coordinator waits for the next event of a checkout before it flags it stuck.</summary>
     public long NextEventTimeoutMs { get; }
 
@@ -204,7 +213,7 @@ internal sealed class ChoreographyWorld
         var faultSeconds = 2 + _random.Next(20);
         _faultEndTicks = TimeSpan.FromSeconds(faultSeconds).Ticks;
         BuildWorkload();
-        Trace(Control, $"seed {_options.Seed} (choreography): {_checkouts.Count} checkouts ({string.Join(" ", _checkouts.Select(c => $"{c.OrderId}:{c.Customer}:{c.AmountCents}[{string.Join(",", c.Items.Select(i => $"{i.Sku}x{i.Qty}"))}]"))}), faults for {faultSeconds}s: {Faults}, crashes allowed {string.Join("/", _services.Values.Select(s => s.CrashesLeft))}, next-event timeout {NextEventTimeoutMs} ms");
+        Trace(Control, $"seed {_options.Seed} (choreography, {SimVariants.Name(_options.Variant)}): {_checkouts.Count} checkouts ({string.Join(" ", _checkouts.Select(c => $"{c.OrderId}:{c.Customer}:{c.AmountCents}[{string.Join(",", c.Items.Select(i => $"{i.Sku}x{i.Qty}"))}]"))}), faults for {faultSeconds}s: {Faults}, crashes allowed {string.Join("/", _services.Values.Select(s => s.CrashesLeft))}, next-event timeout {NextEventTimeoutMs} ms");
         foreach (var service in _services.Values)
         {
             service.Start();

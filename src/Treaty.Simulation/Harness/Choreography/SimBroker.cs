@@ -242,7 +242,8 @@ internal sealed class SimBroker
 /// before the relay marks the rows sent. The subscribing side is the harness's: the broker hands
 /// deliveries to <see cref="Treaty.Messaging.ConsumerPipeline"/> directly.
 /// </summary>
-internal sealed class SimTransport(SimScheduler scheduler, SimBroker broker, ChoreographyFaults faults, Random random, Func<bool> crashAfterPublish) : IMessageTransport
+/// <param name="withoutConfirms">Known-bad: the send returns at once and the publish leaves later, unconfirmed (a refused one is dropped silently, a crash loses it).</param>
+internal sealed class SimTransport(SimScheduler scheduler, SimBroker broker, ChoreographyFaults faults, Random random, Func<bool> crashAfterPublish, bool withoutConfirms = false) : IMessageTransport
 {
     public string Name => "sim";
 
@@ -257,6 +258,23 @@ internal sealed class SimTransport(SimScheduler scheduler, SimBroker broker, Cho
         if (faults.Active && random.NextDouble() < faults.Delay)
         {
             latency += TimeSpan.FromMilliseconds(20 + random.Next(500));
+        }
+
+        if (withoutConfirms)
+        {
+            var refused = faults.Active && random.NextDouble() < faults.PublishFails;
+            PublishFailures += refused ? 1 : 0;
+            scheduler.At(node, latency, () =>
+            {
+                if (!refused)
+                {
+                    foreach (var message in messages)
+                    {
+                        broker.Publish(message);
+                    }
+                }
+            });
+            return;
         }
 
         if (faults.Active && random.NextDouble() < faults.PublishFails)

@@ -24,12 +24,7 @@ internal static class SimulateCommand
         var variant = new Option<string?>("--variant") { Description = "Run a known-bad variant instead of the correct system (the names are in docs/testing.md)" };
         var gid = new Option<string?>("--gid") { Description = "Print only this transaction's story (its decisions, its participants', the partitions and crashes), repeated calls folded" };
         var command = new Command("simulate", "Run one seed of the deterministic simulation and print its trace") { seed, mode, variant, gid };
-        command.SetAction(parse => Run(CliConsole.Out(parse), parse.GetValue(seed), parse.GetValue(mode) switch
-        {
-            "partition" => SimMode.Partition,
-            "choreography" => SimMode.Choreography,
-            _ => SimMode.Normal,
-        }, parse.GetValue(variant), parse.GetValue(gid)));
+        command.SetAction(parse => Run(CliConsole.Out(parse), parse.GetValue(seed), parse.GetValue(mode)!, parse.GetValue(variant), parse.GetValue(gid)));
         return command;
     }
 
@@ -37,8 +32,17 @@ internal static class SimulateCommand
     internal static int Run(IAnsiConsole console, int seed, bool partition, string? variant, string? gid) =>
         Run(console, seed, partition ? SimMode.Partition : SimMode.Normal, variant, gid);
 
+    /// <summary>Runs one seed in the mode named as <c>--mode</c> names it (normal, partition, choreography) and prints it.</summary>
+    internal static int Run(IAnsiConsole console, int seed, string mode, string? variant, string? gid) =>
+        Run(console, seed, mode switch
+        {
+            "partition" => SimMode.Partition,
+            "choreography" => SimMode.Choreography,
+            _ => SimMode.Normal,
+        }, variant, gid);
+
     /// <summary>Runs one seed and prints it; 0 when every invariant held, 1 otherwise, 2 for an unknown variant.</summary>
-    internal static int Run(IAnsiConsole console, int seed, SimMode mode, string? variant, string? gid)
+    private static int Run(IAnsiConsole console, int seed, SimMode mode, string? variant, string? gid)
     {
         SimVariant broken;
         try

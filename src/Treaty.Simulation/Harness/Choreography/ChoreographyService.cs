@@ -73,6 +73,8 @@ internal sealed class ChoreographyService
     private readonly MessagingOptions _options;
     private readonly Dictionary<CrashPoint, int> _crashes = [];
     private int _incarnation;
+    private int _publishFailures;
+    private int _confirmsLost;
     private long _reportGeneration;
     private bool _reportInFlight;
 
@@ -124,9 +126,9 @@ internal sealed class ChoreographyService
 
     public int ReportDuplicates { get; private set; }
 
-    public int PublishFailures { get; private set; }
+    public int PublishFailures => _publishFailures + (Transport?.PublishFailures ?? 0);
 
-    public int ConfirmsLost { get; private set; }
+    public int ConfirmsLost => _confirmsLost + (Transport?.ConfirmsLost ?? 0);
 
     private Outbox Outbox { get; set; } = null!;
 
@@ -141,8 +143,8 @@ internal sealed class ChoreographyService
     {
         if (Transport is { } previous)
         {
-            PublishFailures += previous.PublishFailures;
-            ConfirmsLost += previous.ConfirmsLost;
+            _publishFailures += previous.PublishFailures;
+            _confirmsLost += previous.ConfirmsLost;
         }
 
         var node = Node = new SimNode(_world.Scheduler, $"{Name}#{++_incarnation}");
@@ -193,7 +195,7 @@ internal sealed class ChoreographyService
             CrashPoint.AfterInboxCommitBeforeAck => _world.Faults.CrashBeforeAck,
             _ => 0,
         };
-        if (!_world.Faults.Active || CrashesLeft <= 0 || !node.Alive || ReferenceEquals(node, Node) is false || _random.NextDouble() >= rate)
+        if (!_world.Faults.Active || CrashesLeft <= 0 || !node.Alive || !ReferenceEquals(node, Node) || _random.NextDouble() >= rate)
         {
             return false;
         }
@@ -504,7 +506,7 @@ internal sealed class ChoreographyService
     private void Trace(SimNode node, string text) => _world.Scheduler.Trace.Add(_world.Scheduler, node.Name, text);
 
     /// <summary>The schema of one service's database: the kit's tables, its own, its report rows.</summary>
-    public static string Schema(string name) => MessagingSqlSchema() + name switch
+    public static string Schema(string name) => MessagingSql.Schema(SqlDialect.Sqlite) + name switch
     {
         "order" => "CREATE TABLE orders (order_id TEXT PRIMARY KEY, customer TEXT NOT NULL, amount_cents INTEGER NOT NULL, items TEXT NOT NULL, status TEXT NOT NULL, locked INTEGER NOT NULL, reason TEXT);",
         "payment" => "CREATE TABLE wallets (customer TEXT PRIMARY KEY, balance_cents INTEGER NOT NULL, limit_cents INTEGER NOT NULL);"
@@ -513,14 +515,17 @@ internal sealed class ChoreographyService
             + "CREATE TABLE takes (id INTEGER PRIMARY KEY AUTOINCREMENT, gid TEXT NOT NULL, sku TEXT NOT NULL, qty INTEGER NOT NULL);",
     } + "CREATE TABLE reports (message_id TEXT PRIMARY KEY, type TEXT NOT NULL, gid TEXT NOT NULL, outcome TEXT, reported INTEGER NOT NULL DEFAULT 0);";
 
-    private static string MessagingSqlSchema() => MessagingSql.Schema(SqlDialect.Sqlite);
-
     /// <summary>Reads rows of <paramref name="sql"/> from a database, for the invariants.</summary>
-    public static List<object?[]> Query(string path, string sql)
+    public static List<object?[]> Query(string path, string sql, params (string Name, object Value)[] parameters)
     {
         using var connection = ChoreographyWorld.Open(path);
         using var command = connection.CreateCommand();
         command.CommandText = sql;
+        foreach (var (name, value) in parameters)
+        {
+            command.Parameters.AddWithValue(name, value);
+        }
+
         using DbDataReader reader = command.ExecuteReader();
         var rows = new List<object?[]>();
         while (reader.Read())
@@ -537,6 +542,6 @@ internal sealed class ChoreographyService
         return rows;
     }
 
-    public static long Scalar(string path, string sql) =>
-        Query(path, sql) is [[var value, ..], ..] && value is not null ? Convert.ToInt64(value, CultureInfo.InvariantCulture) : 0;
+    public static long Scalar(string path, string sql, params (string Name, object Value)[] parameters) =>
+        Query(path, sql, parameters) is [[var value, ..], ..] && value is not null ? Convert.ToInt64(value, CultureInfo.InvariantCulture) : 0;
 }

@@ -259,7 +259,7 @@ internal sealed class ChoreographyWorld
         return new SimResult(_options.Seed, _options, _violations, [], summary, Scheduler.Trace.Tail(), Scheduler.Trace.All, Scheduler.Trace.Hash, Scheduler.Executed, Stats(confirmed, cancelled));
     }
 
-    private long Count(string status) => ChoreographyService.Scalar(_services[Order].Path, $"SELECT COUNT(*) FROM orders WHERE status = '{status}'");
+    private long Count(string status) => ChoreographyService.Scalar(_services[Order].Path, "SELECT COUNT(*) FROM orders WHERE status = $s", ("$s", status));
 
     private void Initialize(ChoreographyService service)
     {
@@ -518,7 +518,7 @@ internal sealed class ChoreographyWorld
             // What each service published for it: every event at most once (a handler that ran twice publishes twice).
             foreach (var service in _services.Values)
             {
-                foreach (var row in ChoreographyService.Query(service.Path, $"SELECT type, COUNT(*) FROM reports WHERE gid = '{gid}' GROUP BY type HAVING COUNT(*) > 1"))
+                foreach (var row in ChoreographyService.Query(service.Path, "SELECT type, COUNT(*) FROM reports WHERE gid = $g GROUP BY type HAVING COUNT(*) > 1", ("$g", gid)))
                 {
                     Violation($"{gid}: exactly once — {service.Name} published {row[0]} {row[1]} times");
                 }
@@ -538,7 +538,7 @@ internal sealed class ChoreographyWorld
                     Violation($"{gid}: the coordinator says {state.Status.ToWire()}, the services {order.Status}");
                 }
 
-                var published = _services.Values.SelectMany(s => ChoreographyService.Query(s.Path, $"SELECT message_id FROM reports WHERE gid = '{gid}'")).Select(r => (string)r[0]!).ToHashSet(StringComparer.Ordinal);
+                var published = _services.Values.SelectMany(s => ChoreographyService.Query(s.Path, "SELECT message_id FROM reports WHERE gid = $g", ("$g", gid))).Select(r => (string)r[0]!).ToHashSet(StringComparer.Ordinal);
                 var recorded = state.Choreography?.MessageIds ?? [];
                 if (recorded.Length != recorded.Distinct(StringComparer.Ordinal).Count() || !published.SetEquals(recorded))
                 {

@@ -84,7 +84,7 @@ public sealed class ChoreographyKitSimulationTests(ITestOutputHelper output)
 
     /// <summary>
     /// The kit broken three ways from the harness (no inbox, no publisher confirms, ack on arrival):
-    /// each must fail at least 5% of 200 seeds, so a harness change that blinds the simulation to
+    /// each must fail at least 5% of 100 seeds, so a harness change that blinds the simulation to
     /// duplicates or to lost messages fails here.
     /// </summary>
     [Theory]
@@ -93,7 +93,7 @@ public sealed class ChoreographyKitSimulationTests(ITestOutputHelper output)
     [InlineData("chor-ack-before-commit")]
     public void KnownBadVariant_IsCaught(string name)
     {
-        const int Bound = 200;
+        const int Bound = 100;
         var variant = SimVariants.Parse(name);
         SimVariants.ModeFor(variant).ShouldBe(SimMode.Choreography);
         var sweep = Sweep.Run(0, Bound, s => new SimOptions(s, variant, SimMode.Choreography, StopAtFirstViolation: true));

@@ -10,7 +10,8 @@ namespace Treaty.Simulation.Tests;
 /// <summary>
 /// The real engine and every protocol machine under injected faults, one seed per run.
 /// <c>TREATY_SIM_SEED=n</c> replays one seed with its full trace (<c>TREATY_SIM_VARIANT=name</c>
-/// against a known-bad variant, or <c>partition</c> in the 3PC partition mode);
+/// against a known-bad variant, <c>partition</c> in the 3PC partition mode, <c>choreography</c> in the
+/// choreography mode);
 /// <c>TREATY_SIM_RUNS=n</c> sets how many seeds the sweep covers.
 /// </summary>
 public sealed class SimulationTests(ITestOutputHelper output)

@@ -14,12 +14,21 @@ public sealed class Outbox
     private readonly string _source;
     private readonly TimeProvider _time;
     private readonly Action _nudge;
+    private readonly Func<DateTimeOffset, Guid> _newMessageId;
 
-    internal Outbox(string source, TimeProvider time, Action nudge)
+    /// <param name="source">This service's name, the source of what it publishes.</param>
+    /// <param name="time">The clock of the rows' creation times.</param>
+    /// <param name="nudge">Wakes the relay after a commit that published.</param>
+    /// <param name="newMessageId">
+    /// The message id for a publication at a time; null: <see cref="Guid.CreateVersion7(DateTimeOffset)"/>.
+    /// The deterministic simulation passes seeded ids, so a run is a function of its seed.
+    /// </param>
+    internal Outbox(string source, TimeProvider time, Action nudge, Func<DateTimeOffset, Guid>? newMessageId = null)
     {
         _source = source;
         _time = time;
         _nudge = nudge;
+        _newMessageId = newMessageId ?? Guid.CreateVersion7;
     }
 
     /// <summary>Writes an event of <paramref name="type"/> with a JSON <paramref name="payload"/> in <paramref name="transaction"/>; returns its message id.</summary>
@@ -37,7 +46,7 @@ public sealed class Outbox
         ArgumentException.ThrowIfNullOrWhiteSpace(correlationId);
         var now = _time.GetUtcNow();
         // Version 7: time-ordered, so ids sort roughly by publication and index well.
-        var messageId = Guid.CreateVersion7(now).ToString();
+        var messageId = _newMessageId(now).ToString();
         await using var insert = transaction.CreateCommand(
             MessagingSql.InsertOutbox,
             ("message_id", messageId),

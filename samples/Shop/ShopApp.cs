@@ -65,8 +65,8 @@ public static class ShopApp
         var (fileName, schema, seed) = options.Service switch
         {
             ShopService.Order => ("order.db", OrderStore.Schema, (Action<Microsoft.Data.Sqlite.SqliteConnection, Microsoft.Data.Sqlite.SqliteTransaction>)((_, _) => { })),
-            ShopService.Payment => ("payment.db", Wallet.Schema, Wallet.Seed),
-            ShopService.Inventory => ("inventory.db", Stock.Schema, Stock.Seed),
+            ShopService.Payment => ("payment.db", Wallet.Schema, (c, t) => Wallet.Seed(c, t, options.SeedScale)),
+            ShopService.Inventory => ("inventory.db", Stock.Schema, (c, t) => Stock.Seed(c, t, options.SeedScale)),
             _ => throw new ArgumentOutOfRangeException(nameof(options), options.Service, "Unknown service."),
         };
         var database = new ShopDatabase(Path.Combine(dataDir, fileName));

@@ -114,11 +114,20 @@ internal sealed class FaultRuleRequest
 
     /// <summary>Only for <c>/checkout</c>: the next checkout that stores an order kills the process after the commit, before its answer.</summary>
     public bool? KillAfterCommit { get; set; }
+
+    /// <summary>A message hold instead of a path rule: the event type whose next message is held.</summary>
+    public string? MessageType { get; set; }
+
+    /// <summary>Hold the next delivery of <see cref="MessageType"/> to this service after its inbox transaction committed, before the transport is told.</summary>
+    public bool? HoldAfterCommit { get; set; }
+
+    /// <summary>Hold this service's relay after the transport took the next message of <see cref="MessageType"/>, before its outbox row is marked sent.</summary>
+    public bool? HoldAfterSend { get; set; }
 }
 
 internal sealed record FaultRuleView(string Path, int FailTimes, int Status, int DelayMs, bool KillAfterCommit = false);
 
-internal sealed record FaultRulesView(IReadOnlyList<FaultRuleView> Rules);
+internal sealed record FaultRulesView(IReadOnlyList<FaultRuleView> Rules, IReadOnlyList<Infrastructure.MessageHoldView> Holds);
 
 internal sealed record CallCountView(string Path, long Calls, long Applied);
 

@@ -86,6 +86,13 @@ public sealed class ShopOptions
     /// <summary>Exposes <c>/_faults</c> (fault injection and call counters) for tests and the demo.</summary>
     public bool EnableFaults { get; init; }
 
+    /// <summary>
+    /// Multiplies the seeded balances and stock (<c>--seed-scale N</c>, 1 to 1,000,000; 1 by default), so a
+    /// load generator can run many checkouts against one Shop. Applied when the database is first created;
+    /// the per-checkout limits stay as they are.
+    /// </summary>
+    public int SeedScale { get; init; } = 1;
+
     /// <summary>The clock (tests may pass a manual one).</summary>
     public TimeProvider TimeProvider { get; init; } = TimeProvider.System;
 
@@ -95,7 +102,7 @@ public sealed class ShopOptions
     /// <summary>The command line usage.</summary>
     public const string Usage =
         "usage: Shop --service order|payment|inventory --urls URL --data-dir DIR " +
-        "[--coordinator URL --payment URL --inventory URL] [--order URL] [--public-url URL] [--callback-secret SECRET] [--coordinator-key KEY] [--in-doubt-after SECONDS] [--transport embedded|rabbitmq] [--rabbitmq URL] [--faults]";
+        "[--coordinator URL --payment URL --inventory URL] [--order URL] [--public-url URL] [--callback-secret SECRET] [--coordinator-key KEY] [--in-doubt-after SECONDS] [--transport embedded|rabbitmq] [--rabbitmq URL] [--seed-scale N] [--faults]";
 
     /// <summary>The environment variable read when <c>--coordinator-key</c> is not given.</summary>
     public const string CoordinatorKeyVariable = "TREATY_COORDINATOR_KEY";
@@ -145,7 +152,7 @@ public sealed class ShopOptions
                 throw new ArgumentException($"Unexpected argument '{arg}'.");
             }
 
-            if (name is not ("service" or "urls" or "data-dir" or "coordinator" or "payment" or "inventory" or "order" or "public-url" or "callback-secret" or "coordinator-key" or "in-doubt-after" or "transport" or "rabbitmq"))
+            if (name is not ("service" or "urls" or "data-dir" or "coordinator" or "payment" or "inventory" or "order" or "public-url" or "callback-secret" or "coordinator-key" or "in-doubt-after" or "transport" or "rabbitmq" or "seed-scale"))
             {
                 throw new ArgumentException($"Unknown option '--{name}'.");
             }
@@ -190,6 +197,11 @@ public sealed class ShopOptions
             },
             RabbitMqUri = values.GetValueOrDefault("rabbitmq"),
             EnableFaults = faults,
+            SeedScale = values.GetValueOrDefault("seed-scale") is { } scale
+                ? int.TryParse(scale, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var factor) && factor is >= 1 and <= 1_000_000
+                    ? factor
+                    : throw new ArgumentException($"--seed-scale must be a whole number from 1 to 1000000, not '{scale}'.")
+                : 1,
             InDoubtAfter = values.GetValueOrDefault("in-doubt-after") is { } after
                 ? double.TryParse(after, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var seconds) && seconds is > 0 and <= 86_400
                     ? TimeSpan.FromSeconds(seconds)

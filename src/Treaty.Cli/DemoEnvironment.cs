@@ -5,7 +5,7 @@ namespace Treaty.Cli;
 
 /// <summary>
 /// The coordinator and the three Shop services, each a real child process with its own database
-/// directory and loopback port. The coordinator can be killed (SIGKILL) and restarted on the same
+/// directory and loopback port. The coordinator and each Shop service can be killed (SIGKILL) and restarted on the same
 /// data directory. Every branch call is signed: one secret, generated per run, is given to the
 /// coordinator and to the three services (through <c>TREATY_CALLBACK_SECRET</c>, the environment
 /// form of <c>--callback-secret</c>, so it never shows in the process list), and the services
@@ -108,23 +108,41 @@ internal sealed class DemoEnvironment : IAsyncDisposable
     }
 
     /// <summary>The Order service's process.</summary>
-    public ChildProcess Order => _shops.First(s => s.Name == "order");
+    public ChildProcess Order => Shop("order");
+
+    /// <summary>The process of the Shop service <paramref name="service"/> (order, payment or inventory).</summary>
+    public ChildProcess Shop(string service) => _shops.First(s => s.Name == service);
+
+    /// <summary>The base URL of the Shop service <paramref name="service"/>.</summary>
+    public string ShopUrl(string service) => service switch
+    {
+        "order" => OrderUrl,
+        "payment" => PaymentUrl,
+        "inventory" => InventoryUrl,
+        _ => throw new ArgumentOutOfRangeException(nameof(service), service, "order, payment or inventory"),
+    };
 
     /// <summary>Starts the Order service again on the same data directory and port (after it died); waits until it is healthy.</summary>
-    public async Task RestartOrderAsync(CancellationToken cancellationToken)
+    public Task RestartOrderAsync(CancellationToken cancellationToken) => RestartShopAsync("order", cancellationToken);
+
+    /// <summary>
+    /// Starts the Shop service <paramref name="service"/> again on the same data directory and port
+    /// (SIGKILLing it by pid first if it still runs); waits until it is healthy.
+    /// </summary>
+    public async Task RestartShopAsync(string service, CancellationToken cancellationToken)
     {
-        var old = Order;
+        var old = Shop(service);
         old.Dispose(); // SIGKILL by pid if it still runs
         _shops.Remove(old);
-        var order = StartShop("order");
-        _shops.Add(order);
-        await order.WaitHealthyAsync(Http, OrderUrl + "/healthz", TimeSpan.FromSeconds(60), cancellationToken);
+        var restarted = StartShop(service);
+        _shops.Add(restarted);
+        await restarted.WaitHealthyAsync(Http, ShopUrl(service) + "/healthz", TimeSpan.FromSeconds(60), cancellationToken);
     }
 
     private ChildProcess StartShop(string service)
     {
         var shopDll = Path.Combine(AppContext.BaseDirectory, "Shop.dll");
-        var url = service switch { "payment" => PaymentUrl, "inventory" => InventoryUrl, _ => OrderUrl };
+        var url = ShopUrl(service);
         List<string> args =
         [
             "--service", service, "--urls", url, "--data-dir", Path.Combine(Root, service),

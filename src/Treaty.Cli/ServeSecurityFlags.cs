@@ -30,6 +30,15 @@ internal sealed class ServeSecurityFlags
         Arity = ArgumentArity.ZeroOrMore,
     };
 
+    /// <summary>Dead-letter sources, comma separated, added to the <c>--dead-letter-source</c> flags.</summary>
+    internal const string DeadLetterSourcesVariable = "TREATY_DEAD_LETTER_SOURCES";
+
+    private readonly Option<string[]> _deadLetterSources = new("--dead-letter-source")
+    {
+        Description = $"NAME=URL of a service whose dead letters the dashboard shows (it maps MapTreatyDeadLetters); repeatable; also {DeadLetterSourcesVariable} (comma separated). The URL must pass --allow-participant; needs --callback-secret",
+        Arity = ArgumentArity.ZeroOrMore,
+    };
+
     private readonly Option<int> _rateLimit = new("--rate-limit")
     {
         Description = "Requests per second per key (or per address without a key); 0 turns the limit off",
@@ -42,13 +51,14 @@ internal sealed class ServeSecurityFlags
         DefaultValueFactory = _ => TreatyServerDefaults.MaxBranchResultBytes,
     };
 
-    public IEnumerable<Option> All => [_apiKeys, _operatorKeys, _allowParticipants, _rateLimit, _maxStoredBody];
+    public IEnumerable<Option> All => [_apiKeys, _operatorKeys, _allowParticipants, _deadLetterSources, _rateLimit, _maxStoredBody];
 
     /// <summary>Copies the flags (and the key variables) into <paramref name="options"/>.</summary>
     public void Apply(ParseResult parse, TreatyServerOptions options) =>
-        Apply(parse, options, Environment.GetEnvironmentVariable(ApiKeysVariable), Environment.GetEnvironmentVariable(OperatorKeysVariable));
+        Apply(parse, options, Environment.GetEnvironmentVariable(ApiKeysVariable), Environment.GetEnvironmentVariable(OperatorKeysVariable),
+            Environment.GetEnvironmentVariable(DeadLetterSourcesVariable));
 
-    internal void Apply(ParseResult parse, TreatyServerOptions options, string? apiKeysVariable, string? operatorKeysVariable)
+    internal void Apply(ParseResult parse, TreatyServerOptions options, string? apiKeysVariable, string? operatorKeysVariable, string? deadLetterSourcesVariable = null)
     {
         foreach (var key in (parse.GetValue(_apiKeys) ?? []).Concat(Split(apiKeysVariable)))
         {
@@ -63,6 +73,11 @@ internal sealed class ServeSecurityFlags
         foreach (var prefix in parse.GetValue(_allowParticipants) ?? [])
         {
             options.AllowedParticipants.Add(prefix);
+        }
+
+        foreach (var source in (parse.GetValue(_deadLetterSources) ?? []).Concat(Split(deadLetterSourcesVariable)))
+        {
+            options.DeadLetterSources.Add(source);
         }
 
         options.RateLimitPerSecond = parse.GetValue(_rateLimit);

@@ -15,17 +15,34 @@ internal static class SimulateCommand
     public static Command Create()
     {
         var seed = new Option<int>("--seed") { Description = "The seed: the whole run is a function of it", Required = true };
-        var mode = new Option<string>("--mode") { Description = "normal (every protocol and fault) or partition (3PC under partitions)", DefaultValueFactory = _ => "normal" };
-        mode.AcceptOnlyFromAmong("normal", "partition");
+        var mode = new Option<string>("--mode")
+        {
+            Description = "normal (every protocol and fault), partition (3PC under partitions) or choreography (the choreographed checkout: the messaging kit under a faulty broker and crashes)",
+            DefaultValueFactory = _ => "normal",
+        };
+        mode.AcceptOnlyFromAmong("normal", "partition", "choreography");
         var variant = new Option<string?>("--variant") { Description = "Run a known-bad variant instead of the correct system (the names are in docs/testing.md)" };
         var gid = new Option<string?>("--gid") { Description = "Print only this transaction's story (its decisions, its participants', the partitions and crashes), repeated calls folded" };
         var command = new Command("simulate", "Run one seed of the deterministic simulation and print its trace") { seed, mode, variant, gid };
-        command.SetAction(parse => Run(CliConsole.Out(parse), parse.GetValue(seed), parse.GetValue(mode) == "partition", parse.GetValue(variant), parse.GetValue(gid)));
+        command.SetAction(parse => Run(CliConsole.Out(parse), parse.GetValue(seed), parse.GetValue(mode)!, parse.GetValue(variant), parse.GetValue(gid)));
         return command;
     }
 
+    /// <summary>Runs one seed in the normal or the partition mode and prints it.</summary>
+    internal static int Run(IAnsiConsole console, int seed, bool partition, string? variant, string? gid) =>
+        Run(console, seed, partition ? SimMode.Partition : SimMode.Normal, variant, gid);
+
+    /// <summary>Runs one seed in the mode named as <c>--mode</c> names it (normal, partition, choreography) and prints it.</summary>
+    internal static int Run(IAnsiConsole console, int seed, string mode, string? variant, string? gid) =>
+        Run(console, seed, mode switch
+        {
+            "partition" => SimMode.Partition,
+            "choreography" => SimMode.Choreography,
+            _ => SimMode.Normal,
+        }, variant, gid);
+
     /// <summary>Runs one seed and prints it; 0 when every invariant held, 1 otherwise, 2 for an unknown variant.</summary>
-    internal static int Run(IAnsiConsole console, int seed, bool partition, string? variant, string? gid)
+    private static int Run(IAnsiConsole console, int seed, SimMode mode, string? variant, string? gid)
     {
         SimVariant broken;
         try
@@ -38,7 +55,8 @@ internal static class SimulateCommand
             return 2;
         }
 
-        var result = SimulationRun.Execute(new SimOptions(seed, broken, partition ? SimMode.Partition : SimMode.Normal, KeepFullTrace: true));
+        // A choreography variant breaks the choreography mode: it runs there whatever --mode says.
+        var result = SimulationRun.Execute(new SimOptions(seed, broken, SimVariants.ModeFor(broken) == SimMode.Choreography ? SimMode.Choreography : mode, KeepFullTrace: true));
         var trace = gid is null
             ? result.FullTrace
             : ThreePhasePartitionStory.Condense([.. result.FullTrace.Where(line => ThreePhasePartitionStory.Shows(line, gid))]);

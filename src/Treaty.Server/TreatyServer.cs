@@ -39,6 +39,7 @@ public static class TreatyServer
         app.UseStatusCodePages(WriteStatusCodeAsync);
         app.UseTreatySecurity(options);
         app.MapTreatyApi();
+        DeadLetters.DeadLettersApi.MapTreatyDeadLetterApi(app);
         app.MapTreatyDashboard();
         app.MapGet("/healthz", () => Results.Text("ok")).ExcludeFromDescription().AllowAnonymous();
         app.MapGet("/readyz", async (ITransactionStore store, CancellationToken ct) =>
@@ -67,6 +68,7 @@ public static class TreatyServer
         services.AddTreatySqliteStore(store => store.Path = Path.Combine(options.DataDir, "treaty.db"));
         services.AddTreatySecurity(options);
         services.AddSingleton<IBranchInvoker, HttpBranchInvoker>();
+        services.AddSingleton<DeadLetters.DeadLetterSourceClient>();
         // Every protocol is registered explicitly.
         services.AddSingleton<IProtocolMachine, SagaMachine>();
         services.AddSingleton<IProtocolMachine, TccMachine>();
@@ -99,6 +101,7 @@ public static class TreatyServer
         services.Configure<JsonOptions>(json =>
         {
             json.SerializerOptions.TypeInfoResolverChain.Insert(0, TreatyJsonContext.Default);
+            json.SerializerOptions.TypeInfoResolverChain.Insert(1, DeadLetters.DeadLetterJsonContext.Default);
             json.SerializerOptions.PropertyNamingPolicy = JsonNamingPolicy.CamelCase;
         });
         return services;

@@ -84,6 +84,16 @@ public sealed class TreatyServerOptions
     /// <summary>URL prefixes the coordinator may call as participants; empty: loopback only.</summary>
     public IList<string> AllowedParticipants { get; } = new List<string>();
 
+    /// <summary>
+    /// Services whose dead letters the dashboard shows, each <c>NAME=URL</c> (the service's base URL;
+    /// it maps <c>MapTreatyDeadLetters()</c>). Every URL must pass <see cref="AllowedParticipants"/>,
+    /// and <see cref="CallbackSecret"/> is required: the coordinator signs its requests with it.
+    /// </summary>
+    public IList<string> DeadLetterSources { get; } = new List<string>();
+
+    /// <summary>How long the coordinator waits for one dead-letter source before it reports it unreachable.</summary>
+    public TimeSpan DeadLetterSourceTimeout { get; set; } = TreatyServerDefaults.DeadLetterSourceTimeout;
+
     /// <summary>Requests per second per key (or per remote address without one); 0: no limit.</summary>
     public int RateLimitPerSecond { get; set; }
 
@@ -170,6 +180,7 @@ public sealed class TreatyServerOptions
         }
 
         Security.SecuritySettings.Validate(this, problems);
+        _ = DeadLetters.DeadLetterSource.Parse(this, problems);
         if (problems.Count > 0)
         {
             throw new ArgumentException("Invalid Treaty server options: " + string.Join(" ", problems));
@@ -200,4 +211,5 @@ public static class TreatyServerDefaults
     /// <summary>OTLP over gRPC.</summary>
     public const string OtlpProtocolGrpc = "grpc";
     public static readonly TimeSpan OtlpExportInterval = TimeSpan.FromSeconds(10);
+    public static readonly TimeSpan DeadLetterSourceTimeout = TimeSpan.FromSeconds(5);
 }

@@ -14,6 +14,9 @@ public sealed class RabbitMqShopEnvironment : IAsyncLifetime
 
     internal Uri BrokerUri => _broker.Uri;
 
+    /// <summary>Stops the broker (SIGKILL when <paramref name="kill"/>) and starts it again on the same data and port.</summary>
+    internal Task RestartBrokerAsync(bool kill) => _broker.RestartAsync(kill);
+
     public async Task InitializeAsync()
     {
         await _broker.InitializeAsync();
@@ -102,6 +105,105 @@ public sealed class ChoreographyRabbitMqShopTests(RabbitMqShopEnvironment fixtur
         (await Shop.LedgerAsync("alice", gid, ct)).ShouldBe((1, 1));
         (await Shop.StockAsync("pen", ct)).ShouldBe(pen);
         (await Shop.HeldMoneyAsync("alice", ct)).ShouldBe(0m);
+    }
+
+    [Fact]
+    public async Task RabbitMq_BrokerKilledMidFlow_EveryCheckoutFinishes_NothingLostOrDoubled_MoneyAndStockConserved()
+    {
+        var ct = CancellationToken.None;
+        var customers = new[] { "alice", "bob" };
+        var balances = new Dictionary<string, decimal>();
+        foreach (var customer in customers)
+        {
+            balances[customer] = await Shop.BalanceAsync(customer, ct);
+        }
+
+        var book = await Shop.StockAsync("book", ct);
+        var pen = await Shop.StockAsync("pen", ct);
+
+        // Inventory is down (SIGKILL), so six checkouts (alice: four books and a pen that is out of stock;
+        // bob: one book) stop half way: Payment debits and publishes payment.reserved, which waits in
+        // Inventory's durable queue, in the broker only. Once the broker confirmed all six, the broker is
+        // SIGKILLed and started again on the same data; then Inventory starts again and the flows go on.
+        Env.Shop("inventory").Kill();
+        var placed = await Task.WhenAll(
+            Enumerable.Range(0, 4).Select(_ => Place("alice", "book"))
+                .Append(Place("alice", "pen"))
+                .Append(Place("bob", "book")));
+        await WaitAsync(async () => await ConfirmedByTheBrokerAsync("payment", "payment.reserved", placed.Select(p => p.Gid)) == placed.Length,
+            "payment.reserved of the six checkouts confirmed by the broker");
+        foreach (var p in placed)
+        {
+            (await Env.GetJsonAsync($"{Env.OrderUrl}/orders/{p.OrderId}", ct))["status"]!.GetValue<string>().ShouldBe("PENDING");
+        }
+
+        var clock = Stopwatch.StartNew();
+        await fixture.RestartBrokerAsync(kill: true);
+        output.WriteLine($"broker killed with six payment.reserved in Inventory's queue; it was back in {clock.Elapsed.TotalSeconds:F1} s");
+        await Env.RestartShopAsync("inventory", ct);
+
+        foreach (var (customer, sku, orderId, gid) in placed)
+        {
+            var tx = await Shop.WaitTerminalAsync(gid, ct);
+            var order = await Shop.WaitOrderDecidedAsync(orderId, ct);
+            var confirmed = sku == "book";
+            order["status"]!.GetValue<string>().ShouldBe(confirmed ? "CONFIRMED" : "CANCELLED", $"{customer} {sku} {gid}");
+            tx["status"]!.GetValue<string>().ShouldBe(confirmed ? "committed" : "aborted", gid);
+            (await Shop.LedgerAsync(customer, gid, ct)).ShouldBe(confirmed ? (1, 0) : (1, 1), $"{customer} {sku} {gid}: debits, refunds");
+        }
+
+        output.WriteLine($"all finished {clock.Elapsed.TotalSeconds:F1} s after the kill");
+        (balances["alice"] - await Shop.BalanceAsync("alice", ct)).ShouldBe(4 * 25.00m);
+        (balances["bob"] - await Shop.BalanceAsync("bob", ct)).ShouldBe(25.00m);
+        var bookAfter = await Shop.StockAsync("book", ct);
+        (bookAfter.Sold - book.Sold).ShouldBe(5);
+        (bookAfter.Available + bookAfter.Sold).ShouldBe(book.Available + book.Sold);
+        bookAfter.Held.ShouldBe(0);
+        (await Shop.StockAsync("pen", ct)).ShouldBe(pen);
+        foreach (var customer in customers)
+        {
+            (await Shop.HeldMoneyAsync(customer, ct)).ShouldBe(0m, customer);
+        }
+
+        async Task<(string Customer, string Sku, string OrderId, string Gid)> Place(string customer, string sku)
+        {
+            var (orderId, gid) = await Shop.CheckoutAsync(customer, sku, 1, ct);
+            return (customer, sku, orderId, gid);
+        }
+    }
+
+    /// <summary>How many of the gids' events of this type a service's outbox has marked sent (the broker confirmed them).</summary>
+    private async Task<int> ConfirmedByTheBrokerAsync(string service, string type, IEnumerable<string> gids)
+    {
+        var wanted = gids.ToHashSet(StringComparer.Ordinal);
+        var path = Path.Combine(Env.Root, service, service + ".db");
+        await using var connection = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={path};Mode=ReadOnly;Pooling=False");
+        await connection.OpenAsync();
+        await using var command = connection.CreateCommand();
+        command.CommandText = "SELECT correlation_id FROM treaty_outbox WHERE type = $type AND sent_at IS NOT NULL";
+        command.Parameters.AddWithValue("$type", type);
+        await using var reader = await command.ExecuteReaderAsync();
+        var count = 0;
+        while (await reader.ReadAsync())
+        {
+            count += wanted.Contains(reader.GetString(0)) ? 1 : 0;
+        }
+
+        return count;
+    }
+
+    private static async Task WaitAsync(Func<Task<bool>> condition, string what)
+    {
+        var clock = Stopwatch.StartNew();
+        while (!await condition())
+        {
+            if (clock.Elapsed > TimeSpan.FromSeconds(60))
+            {
+                throw new TimeoutException($"not within 60 s: {what}");
+            }
+
+            await Task.Delay(100);
+        }
     }
 }
 

@@ -28,6 +28,31 @@ public sealed class SimulateCommandTests
     }
 
     [Fact]
+    public void Simulate_ChoreographyMode_PrintsTheServicesBrokerAndCoordinator_AndExitsZero()
+    {
+        var (code, output) = Simulate(42, "choreography", variant: null);
+
+        code.ShouldBe(0, output);
+        output.ShouldStartWith("00000.000 sim       seed 42 (choreography, correct)", customMessage: output);
+        output.ShouldContain(" broker    took order.created ", customMessage: output);
+        output.ShouldContain(": duplicate, dropped by the inbox", customMessage: output);
+        output.ShouldContain("CRASH after a commit that published, before the relay sent it", customMessage: output);
+        output.ShouldContain(" committed: event order.order.confirmed", customMessage: output);
+        output.ShouldContain("the same run as: TREATY_SIM_SEED=42 TREATY_SIM_VARIANT=choreography dotnet test tests/Treaty.Simulation.Tests --filter Seeds_Keep", customMessage: output);
+        output.ShouldContain("seed 42: every invariant holds", customMessage: output);
+    }
+
+    [Fact]
+    public void Simulate_ChoreographyVariant_RunsInTheChoreographyMode_AndPrintsItsViolations()
+    {
+        var (code, output) = Simulate(0, "normal", variant: "chor-no-inbox");
+
+        code.ShouldBe(1, output);
+        output.ShouldContain("exactly once — debited 2 times", customMessage: output);
+        output.ShouldContain("TREATY_SIM_SEED=0 TREATY_SIM_VARIANT=chor-no-inbox dotnet test", customMessage: output);
+    }
+
+    [Fact]
     public void Simulate_UnknownVariant_ExitsTwoAndNamesTheKnownOnes()
     {
         var (code, output) = Simulate(1, partition: false, variant: "no-such-bug", gid: null);
@@ -36,7 +61,10 @@ public sealed class SimulateCommandTests
         output.ShouldContain("2pc-resume-voting", customMessage: output);
     }
 
-    private static (int Code, string Output) Simulate(int seed, bool partition, string? variant, string? gid)
+    private static (int Code, string Output) Simulate(int seed, bool partition, string? variant, string? gid) =>
+        Simulate(seed, partition ? "partition" : "normal", variant, gid);
+
+    private static (int Code, string Output) Simulate(int seed, string mode, string? variant, string? gid = null)
     {
         var text = new StringWriter();
         var console = AnsiConsole.Create(new AnsiConsoleSettings
@@ -46,7 +74,7 @@ public sealed class SimulateCommandTests
             Interactive = InteractionSupport.No,
         });
         console.Profile.Width = 400;
-        var code = SimulateCommand.Run(console, seed, partition, variant, gid);
+        var code = SimulateCommand.Run(console, seed, mode, variant, gid);
         return (code, text.ToString());
     }
 }

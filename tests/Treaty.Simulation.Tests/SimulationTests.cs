@@ -10,7 +10,8 @@ namespace Treaty.Simulation.Tests;
 /// <summary>
 /// The real engine and every protocol machine under injected faults, one seed per run.
 /// <c>TREATY_SIM_SEED=n</c> replays one seed with its full trace (<c>TREATY_SIM_VARIANT=name</c>
-/// against a known-bad variant, or <c>partition</c> in the 3PC partition mode);
+/// against a known-bad variant, <c>partition</c> in the 3PC partition mode, <c>choreography</c> in the
+/// choreography mode);
 /// <c>TREATY_SIM_RUNS=n</c> sets how many seeds the sweep covers.
 /// </summary>
 public sealed class SimulationTests(ITestOutputHelper output)
@@ -139,7 +140,7 @@ public sealed class KnownBadVariantTests(ITestOutputHelper output)
     private const int Bound = 2_000;
     private const int MustCatch = 20;
 
-    public static TheoryData<string> Variants => [.. SimVariants.All.Select(v => v.Name)];
+    public static TheoryData<string> Variants => [.. SimVariants.All.Where(v => SimVariants.ModeFor(v.Variant) == SimMode.Normal).Select(v => v.Name)];
 
     [Theory]
     [MemberData(nameof(Variants))]
@@ -295,12 +296,13 @@ internal static class SimEnvironment
 
     public static int? Runs => Parse("TREATY_SIM_RUNS");
 
-    /// <summary>TREATY_SIM_VARIANT replays a seed against a known-bad variant (to read how it was caught), or in the 3PC partition mode.</summary>
+    /// <summary>TREATY_SIM_VARIANT replays a seed against a known-bad variant (to read how it was caught), in the 3PC partition mode, or in the choreography mode.</summary>
     public static SimOptions Options(int seed) => Environment.GetEnvironmentVariable("TREATY_SIM_VARIANT") switch
     {
         null or "" or "correct" => new SimOptions(seed),
         "partition" => new SimOptions(seed, Mode: SimMode.Partition),
-        var name => new SimOptions(seed, SimVariants.Parse(name)),
+        "choreography" => new SimOptions(seed, Mode: SimMode.Choreography),
+        var name => new SimOptions(seed, SimVariants.Parse(name), SimVariants.ModeFor(SimVariants.Parse(name))),
     };
 
     private static int? Parse(string name) =>

@@ -113,6 +113,12 @@ internal static class ShopChoreography
                 break;
         }
 
+        if (options.EnableFaults)
+        {
+            // The crash points the tests arm over /_faults (holdAfterCommit, holdAfterSend); inert until armed.
+            MessageFaults.Decorate(builder.Services);
+        }
+
         if (options.Transport == ShopTransport.RabbitMq)
         {
             return; // the registered RabbitMQ transport wins over the embedded default
@@ -133,7 +139,11 @@ internal static class ShopChoreography
     private static MessageConsumer Handler(IServiceProvider provider, Func<ParticipantTransaction, ChoreographyPayload, string, ChoreographyPublisher, CancellationToken, Task> handle)
     {
         var publisher = provider.GetRequiredService<ChoreographyPublisher>();
-        return (tx, message, ct) => handle(tx, Read(message), message.CorrelationId, publisher, ct);
+        return (tx, message, ct) =>
+        {
+            MessageFaults.ConsumerRan();
+            return handle(tx, Read(message), message.CorrelationId, publisher, ct);
+        };
     }
 
     private static MessageConsumer OrderHandler(IServiceProvider provider, bool confirm)
@@ -143,6 +153,7 @@ internal static class ShopChoreography
         var time = provider.GetRequiredService<TimeProvider>();
         return async (tx, message, ct) =>
         {
+            MessageFaults.ConsumerRan();
             var payload = Read(message);
             var (connection, transaction) = ShopTransaction.Of(tx);
             var order = await OrderStore.FindAsync(connection, transaction, payload.OrderId, ct);
@@ -168,7 +179,7 @@ internal sealed class RabbitMqQueuesDeclarer(IMessageTransport transport) : IHos
 {
     public async Task StartAsync(CancellationToken cancellationToken)
     {
-        var rabbit = transport as RabbitMqTransport ?? throw new InvalidOperationException($"Expected the RabbitMQ transport, found {transport.GetType().Name}.");
+        var rabbit = MessageFaults.Unwrap(transport) as RabbitMqTransport ?? throw new InvalidOperationException($"Expected the RabbitMQ transport, found {transport.GetType().Name}.");
         foreach (var subscription in ShopChoreography.Subscriptions)
         {
             await rabbit.DeclareSubscriptionAsync(subscription, cancellationToken);

@@ -11,12 +11,17 @@ namespace Shop.Infrastructure;
 /// <c>/checkout</c> the delay holds the answer after the kit's commit instead, and
 /// <c>killAfterCommit</c> kills the process (Environment.FailFast) between the commit and the answer.
 /// Counters say how often a path was called and how often a call changed data.
+/// Message holds (<see cref="MessageFaults"/>) stop the choreography's messaging at a crash point
+/// (after the inbox commit, before the ack; after the send, before the outbox row is marked sent)
+/// until the process is killed or the rules are cleared.
 /// </summary>
 internal sealed class FaultRegistry
 {
     private readonly Lock _lock = new();
     private readonly Dictionary<string, FaultRuleView> _rules = new(StringComparer.OrdinalIgnoreCase);
     private readonly Dictionary<string, (long Calls, long Applied)> _counts = new(StringComparer.OrdinalIgnoreCase);
+    private readonly Dictionary<(MessageHoldPoint At, string Type), MessageHoldView> _holds = [];
+    private TaskCompletionSource _release = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
     public void Set(FaultRuleView rule)
     {
@@ -26,11 +31,62 @@ internal sealed class FaultRegistry
         }
     }
 
+    /// <summary>Clears the rules and the message holds, and lets every held delivery or send go on.</summary>
     public void ClearRules()
     {
         lock (_lock)
         {
             _rules.Clear();
+            _holds.Clear();
+            _release.TrySetResult();
+            _release = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        }
+    }
+
+    /// <summary>Arms a one-shot hold of the next message of <paramref name="type"/> at <paramref name="at"/>.</summary>
+    public void ArmHold(string type, MessageHoldPoint at)
+    {
+        lock (_lock)
+        {
+            _holds[(at, type)] = new MessageHoldView(type, MessageHoldView.NameOf(at), Armed: true, HeldMessageId: null);
+        }
+    }
+
+    public IReadOnlyList<MessageHoldView> Holds()
+    {
+        lock (_lock)
+        {
+            return [.. _holds.Values.OrderBy(h => h.At, StringComparer.Ordinal).ThenBy(h => h.MessageType, StringComparer.Ordinal)];
+        }
+    }
+
+    /// <summary>
+    /// When a hold is armed at <paramref name="at"/> for <paramref name="type"/>, disarms it, records
+    /// <paramref name="messageId"/> as held and returns the task that completes when the rules are
+    /// cleared (never, if the process is killed first); otherwise null.
+    /// </summary>
+    public Task? TryHold(MessageHoldPoint at, string type, string messageId)
+    {
+        lock (_lock)
+        {
+            if (!_holds.TryGetValue((at, type), out var hold) || !hold.Armed)
+            {
+                return null;
+            }
+
+            _holds[(at, type)] = hold with { Armed = false, HeldMessageId = messageId };
+            return _release.Task;
+        }
+    }
+
+    /// <summary>Counts a delivery of a message of <paramref name="type"/> to this service, under <see cref="MessageFaults.CounterOf"/>.</summary>
+    public void CountDelivery(string type, bool applied)
+    {
+        lock (_lock)
+        {
+            var path = MessageFaults.CounterOf(type);
+            var (calls, count) = _counts.GetValueOrDefault(path);
+            _counts[path] = (calls + 1, applied ? count + 1 : count);
         }
     }
 
@@ -235,7 +291,17 @@ internal static class FaultEndpoints
                 return error!;
             }
 
+            if (request.MessageType is not null)
+            {
+                return ArmHold(registry, request);
+            }
+
             var errors = new Dictionary<string, string[]>(StringComparer.Ordinal);
+            if (request.HoldAfterCommit == true || request.HoldAfterSend == true)
+            {
+                errors["messageType"] = ["holdAfterCommit and holdAfterSend need the messageType to hold, e.g. order.created."];
+            }
+
             if (string.IsNullOrEmpty(request.Path) || !request.Path.StartsWith('/'))
             {
                 errors["path"] = ["A path starting with '/' is required, e.g. /saga/payment/refund."];
@@ -269,13 +335,13 @@ internal static class FaultEndpoints
             var rule = new FaultRuleView(request.Path!, request.FailTimes ?? 0, request.Status ?? StatusCodes.Status503ServiceUnavailable, request.DelayMs ?? 0,
                 request.KillAfterCommit ?? false);
             registry.Set(rule);
-            return Results.Json(new FaultRulesView(registry.Rules()), ShopJsonContext.Web.FaultRulesView);
+            return View(registry);
         });
 
-        app.MapGet(Prefix, () => Results.Json(new FaultRulesView(registry.Rules()), ShopJsonContext.Web.FaultRulesView));
+        app.MapGet(Prefix, () => View(registry));
 
         // Clears the rules, not the counters: a test may lift a fault and then check how often the
-        // path was called in all.
+        // path was called in all. Held messages go on.
         app.MapDelete(Prefix, () =>
         {
             registry.ClearRules();
@@ -291,5 +357,36 @@ internal static class FaultEndpoints
             registry.ClearCounts();
             return Results.NoContent();
         });
+    }
+
+    private static IResult View(FaultRegistry registry) =>
+        Results.Json(new FaultRulesView(registry.Rules(), registry.Holds()), ShopJsonContext.Web.FaultRulesView);
+
+    // { "messageType": "order.created", "holdAfterCommit": true } or { ..., "holdAfterSend": true }.
+    private static IResult ArmHold(FaultRegistry registry, FaultRuleRequest request)
+    {
+        var errors = new Dictionary<string, string[]>(StringComparer.Ordinal);
+        if (string.IsNullOrWhiteSpace(request.MessageType))
+        {
+            errors["messageType"] = ["messageType must name an event type, e.g. order.created."];
+        }
+
+        if (request.Path is not null || request.FailTimes is not null || request.Status is not null || request.DelayMs is not null || request.KillAfterCommit is not null)
+        {
+            errors["path"] = ["A message hold takes messageType and one of holdAfterCommit or holdAfterSend, nothing else."];
+        }
+
+        if ((request.HoldAfterCommit == true) == (request.HoldAfterSend == true))
+        {
+            errors["holdAfterCommit"] = ["Exactly one of holdAfterCommit or holdAfterSend must be true."];
+        }
+
+        if (errors.Count > 0)
+        {
+            return Problems.Validation(errors);
+        }
+
+        registry.ArmHold(request.MessageType!, request.HoldAfterCommit == true ? MessageHoldPoint.AfterCommit : MessageHoldPoint.AfterSend);
+        return View(registry);
     }
 }

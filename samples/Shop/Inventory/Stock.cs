@@ -52,14 +52,14 @@ internal sealed class Stock(TimeProvider timeProvider)
     private const int MaxQty = 1000;
     private const int MaxItems = 20;
 
-    public static void Seed(SqliteConnection connection, SqliteTransaction transaction)
+    public static void Seed(SqliteConnection connection, SqliteTransaction transaction, int scale = 1)
     {
         foreach (var product in Catalogue.Products.Values)
         {
             // INSERT OR IGNORE: seeds on the first start only, never resets the stock later.
             using var command = Sql.Command(connection, transaction,
                 "INSERT OR IGNORE INTO stock (sku, initial, available, held, sold) VALUES ($sku, $n, $n, 0, 0)",
-                ("$sku", product.Sku), ("$n", product.InitialStock));
+                ("$sku", product.Sku), ("$n", product.InitialStock * scale));
             command.ExecuteNonQuery();
         }
     }

@@ -45,14 +45,14 @@ internal sealed class Wallet(TimeProvider timeProvider)
         CREATE INDEX IF NOT EXISTS ledger_customer ON ledger (customer_id, id);
         """;
 
-    public static void Seed(SqliteConnection connection, SqliteTransaction transaction)
+    public static void Seed(SqliteConnection connection, SqliteTransaction transaction, int scale = 1)
     {
         foreach (var customer in Catalogue.Customers)
         {
             // INSERT OR IGNORE: seeds on the first start only, never resets a wallet later.
             using var command = Sql.Command(connection, transaction,
                 "INSERT OR IGNORE INTO wallets (customer_id, balance_cents, held_cents, limit_cents) VALUES ($id, $balance, 0, $limit)",
-                ("$id", customer.Id), ("$balance", customer.BalanceCents), ("$limit", customer.LimitCents));
+                ("$id", customer.Id), ("$balance", customer.BalanceCents * scale), ("$limit", customer.LimitCents));
             command.ExecuteNonQuery();
         }
     }

@@ -42,7 +42,7 @@ public static class MessagingServiceCollectionExtensions
         {
             var relay = provider.GetRequiredService<OutboxRelay>();
             // With ReportTo, each event's report row is written with it (null: this service does not report).
-            return new Outbox(options.ServiceName, provider.GetRequiredService<TimeProvider>(), relay.Nudge, provider.GetService<ReportWriter>());
+            return new Outbox(options.ServiceName, provider.GetRequiredService<TimeProvider>(), relay.Nudge, reports: provider.GetService<ReportWriter>());
         });
         services.AddSingleton(provider =>
         {

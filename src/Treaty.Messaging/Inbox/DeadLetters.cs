@@ -81,6 +81,16 @@ public sealed class DeadLetters
         return result;
     }
 
+    /// <summary>Dead letter <paramref name="id"/> of this service with its attempts, or null when there is none.</summary>
+    public async Task<DeadLetter?> FindAsync(long id, CancellationToken cancellationToken)
+    {
+        await using var transaction = await _database.BeginAsync(cancellationToken);
+        var found = await ReadAsync(transaction, "SELECT " + MessagingSql.DeadLetterColumns + " FROM treaty_dead_letters WHERE id = @id AND subscriber = @subscriber", [("id", id), ("subscriber", _subscriber)], cancellationToken);
+        var letter = found.Count == 0 ? null : found[0] with { Attempts = await ReadAttemptsAsync(transaction, found[0].MessageId, cancellationToken) };
+        await transaction.CommitAsync(cancellationToken);
+        return letter;
+    }
+
     /// <summary>
     /// Puts dead letter <paramref name="id"/> back for delivery to this service's handler: its
     /// attempt count starts again (the history is kept, archived) and the replay worker delivers
@@ -103,7 +113,12 @@ public sealed class DeadLetters
 
         await using (var mark = transaction.CreateCommand(MessagingSql.MarkReplaying, ("now", MessagingSql.Time(_database.Dialect, _time.GetUtcNow())), ("id", id)))
         {
-            await mark.ExecuteNonQueryAsync(cancellationToken);
+            // Two replays of one letter at once both saw it dead; only the one whose update still
+            // finds it dead puts it back (the other's archive rolls back with it): one delivery.
+            if (await mark.ExecuteNonQueryAsync(cancellationToken) == 0)
+            {
+                return false;
+            }
         }
 
         await transaction.CommitAsync(cancellationToken);

@@ -16,13 +16,23 @@ public sealed class Outbox
     private readonly string _source;
     private readonly TimeProvider _time;
     private readonly Action _nudge;
+    private readonly Func<DateTimeOffset, Guid> _newMessageId;
     private readonly ReportWriter? _reports;
 
-    internal Outbox(string source, TimeProvider time, Action nudge, ReportWriter? reports = null)
+    /// <param name="source">This service's name, the source of what it publishes.</param>
+    /// <param name="time">The clock of the rows' creation times.</param>
+    /// <param name="nudge">Wakes the relay after a commit that published.</param>
+    /// <param name="newMessageId">
+    /// The message id for a publication at a time; null: <see cref="Guid.CreateVersion7(DateTimeOffset)"/>.
+    /// The deterministic simulation passes seeded ids, so a run is a function of its seed.
+    /// </param>
+    /// <param name="reports">With <c>ReportTo</c>: writes each event's report row in the same transaction; null: no reports.</param>
+    internal Outbox(string source, TimeProvider time, Action nudge, Func<DateTimeOffset, Guid>? newMessageId = null, ReportWriter? reports = null)
     {
         _source = source;
         _time = time;
         _nudge = nudge;
+        _newMessageId = newMessageId ?? Guid.CreateVersion7;
         _reports = reports;
     }
 
@@ -55,7 +65,7 @@ public sealed class Outbox
         ArgumentException.ThrowIfNullOrWhiteSpace(correlationId);
         var now = _time.GetUtcNow();
         // Version 7: time-ordered, so ids sort roughly by publication and index well.
-        var messageId = Guid.CreateVersion7(now).ToString();
+        var messageId = _newMessageId(now).ToString();
         await using var insert = transaction.CreateCommand(
             MessagingSql.InsertOutbox,
             ("message_id", messageId),

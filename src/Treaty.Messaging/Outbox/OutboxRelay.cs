@@ -96,7 +96,14 @@ internal sealed class OutboxRelay(
         return next is { } due ? Max(due - time.GetUtcNow(), TimeSpan.Zero) : null;
     }
 
-    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    protected override Task ExecuteAsync(CancellationToken stoppingToken) => RunAsync(stoppingToken);
+
+    /// <summary>
+    /// The relay's loop. <see cref="ExecuteAsync"/> is all it is in a host; the deterministic
+    /// simulation calls it directly, inside a simulated process (BackgroundService.StartAsync would
+    /// hand it to the thread pool, out of the simulation's single-threaded scheduler).
+    /// </summary>
+    internal async Task RunAsync(CancellationToken stoppingToken)
     {
         var failures = 0;
         while (!stoppingToken.IsCancellationRequested)

@@ -15,6 +15,9 @@ internal enum SimMode
 
     /// <summary>3PC only, with participants cut off from the coordinator for longer than their timeout.</summary>
     Partition,
+
+    /// <summary>The choreographed checkout: the messaging kit in each service under a faulty broker and crashes (<see cref="Choreography.ChoreographyWorld"/>).</summary>
+    Choreography,
 }
 
 /// <summary>What a run should use; the defaults are the correct system.</summary>
@@ -48,11 +51,11 @@ internal sealed record SimResult(
     public bool Ok => Violations.Count == 0;
 
     public string Replay =>
-        $"TREATY_SIM_SEED={Seed}{(Options.Variant == SimVariant.None ? "" : $" TREATY_SIM_VARIANT={SimVariants.Name(Options.Variant)}")}{(Options.Mode == SimMode.Partition ? " TREATY_SIM_VARIANT=partition" : "")} dotnet test tests/Treaty.Simulation.Tests --filter Seeds_Keep";
+        $"TREATY_SIM_SEED={Seed}{(Options.Variant == SimVariant.None ? "" : $" TREATY_SIM_VARIANT={SimVariants.Name(Options.Variant)}")}{(Options.Mode, Options.Variant) switch { (SimMode.Partition, _) => " TREATY_SIM_VARIANT=partition", (SimMode.Choreography, SimVariant.None) => " TREATY_SIM_VARIANT=choreography", _ => "" }} dotnet test tests/Treaty.Simulation.Tests --filter Seeds_Keep";
 
     public string Report() =>
         $"""
-        Simulation seed {Seed} ({SimVariants.Name(Options.Variant)}{(Options.Mode == SimMode.Partition ? ", partition mode" : "")}) violated {Violations.Count} invariant(s):
+        Simulation seed {Seed} ({SimVariants.Name(Options.Variant)}{Options.Mode switch { SimMode.Partition => ", partition mode", SimMode.Choreography => ", choreography mode", _ => "" }}) violated {Violations.Count} invariant(s):
           {string.Join("\n  ", Violations.Take(30))}
         {Summary}
         Replay: {Replay}
@@ -243,7 +246,8 @@ internal sealed partial class SimulationRun
         _payments.LockWaitTimesOut = () => lockWait > 0 && _more.NextDouble() < lockWait;
     }
 
-    public static SimResult Execute(SimOptions options) => new SimulationRun(options).Run();
+    public static SimResult Execute(SimOptions options) =>
+        options.Mode == SimMode.Choreography ? Choreography.ChoreographyWorld.Execute(options) : new SimulationRun(options).Run();
 
     private SimResult Run()
     {

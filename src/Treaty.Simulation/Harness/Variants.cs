@@ -30,6 +30,9 @@ internal enum SimVariant
     ThreePhaseUnknownPreCommitAsAck,
     MsgDeliverAfterRollback,
     Msg503AsRollback,
+    ChoreographyNoInbox,
+    ChoreographyNoPublisherConfirms,
+    ChoreographyAckBeforeCommit,
 }
 
 internal static class SimVariants
@@ -56,14 +59,23 @@ internal static class SimVariants
         (SimVariant.ThreePhaseUnknownPreCommitAsAck, "3pc-unknown-precommit-as-ack", "3PC: a preCommit whose outcome stayed unknown is taken as acknowledged"),
         (SimVariant.MsgDeliverAfterRollback, "msg-deliver-after-rollback", "msg: delivers although queryPrepared said the sender rolled back"),
         (SimVariant.Msg503AsRollback, "msg-503-as-rollback", "msg: a 503 from queryPrepared is taken as 'rolled back'"),
+        (SimVariant.ChoreographyNoInbox, "chor-no-inbox", "choreography: the services handle deliveries without the inbox, so a redelivered event is handled again"),
+        (SimVariant.ChoreographyNoPublisherConfirms, "chor-no-publisher-confirms", "choreography: the relay's send returns before the broker has the message, so a refused publish or a crash loses it"),
+        (SimVariant.ChoreographyAckBeforeCommit, "chor-ack-before-commit", "choreography: a delivery is acknowledged on arrival, before the inbox commit, so a failed handling loses it"),
     ];
+
+    /// <summary>The mode a variant breaks: the choreography's run in the choreography mode, the others in the normal one.</summary>
+    public static SimMode ModeFor(SimVariant variant) =>
+        variant is SimVariant.ChoreographyNoInbox or SimVariant.ChoreographyNoPublisherConfirms or SimVariant.ChoreographyAckBeforeCommit
+            ? SimMode.Choreography
+            : SimMode.Normal;
 
     public static string Name(SimVariant variant) => variant == SimVariant.None ? "correct" : All.First(v => v.Variant == variant).Name;
 
     public static SimVariant Parse(string name) =>
         All.FirstOrDefault(v => v.Name == name) is { Name: not null } found
             ? found.Variant
-            : throw new ArgumentException($"TREATY_SIM_VARIANT={name}: use one of {string.Join(", ", All.Select(v => v.Name))} (or partition for the 3PC partition mode).");
+            : throw new ArgumentException($"TREATY_SIM_VARIANT={name}: use one of {string.Join(", ", All.Select(v => v.Name))} (or partition for the 3PC partition mode, choreography for the choreography mode).");
 
     /// <summary><paramref name="machine"/> as it behaves under <paramref name="variant"/>.</summary>
     public static IProtocolMachine Machine(IProtocolMachine machine, SimVariant variant) => (variant, machine.Protocol) switch

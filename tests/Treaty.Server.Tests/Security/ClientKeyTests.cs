@@ -79,4 +79,23 @@ public sealed class ClientKeyTests
         options.MaxBranchResultBytes.ShouldBe(4096);
         options.Validate();
     }
+
+    [Fact]
+    public void Serve_DeadLetterSources_FromFlagsAndEnvironment()
+    {
+        var flags = new ServeSecurityFlags();
+        var command = new RootCommand();
+        foreach (var option in flags.All)
+        {
+            command.Options.Add(option);
+        }
+
+        var parse = command.Parse(["--dead-letter-source", "payment=http://127.0.0.1:5002", "--dead-letter-source", "order=http://127.0.0.1:5001"]);
+        parse.Errors.ShouldBeEmpty();
+        var options = new TreatyServerOptions();
+
+        flags.Apply(parse, options, null, null, "inventory=http://127.0.0.1:5003, shipping=http://127.0.0.1:5004");
+
+        options.DeadLetterSources.ShouldBe(["payment=http://127.0.0.1:5002", "order=http://127.0.0.1:5001", "inventory=http://127.0.0.1:5003", "shipping=http://127.0.0.1:5004"]);
+    }
 }

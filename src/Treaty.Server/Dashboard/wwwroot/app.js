@@ -1,6 +1,7 @@
 // The Treaty dashboard: transactions with filters and live counts, one transaction's graph and
-// timeline, and the stuck view with the operator's retry and abort. Hash routes (#/, #/stuck,
-// #/tx/<gid>); the page polls the API every 1.5 s while it is visible.
+// timeline, the stuck view with the operator's retry and abort, and the services' dead letters
+// with replay. Hash routes (#/, #/stuck, #/dead-letters, #/tx/<gid>); the page polls the API
+// every 1.5 s while it is visible.
 
 import { api, ApiError, Unauthorized, getKey, setKey, clearKey } from './api.js';
 import { renderGraph, tone } from './graph.js';
@@ -113,6 +114,9 @@ async function route() {
   main.replaceChildren();
   if (path.startsWith('/tx/')) {
     view = transactionView(decodeURIComponent(path.slice(4)));
+  } else if (path === '/dead-letters') {
+    document.querySelector('[data-nav="dead-letters"]').classList.add('active');
+    view = deadLettersView(params);
   } else if (path === '/stuck') {
     document.querySelector('[data-nav="stuck"]').classList.add('active');
     view = stuckView();
@@ -398,6 +402,100 @@ function stuckView() {
         h('td', {}, actionButtons(t, async () => { last = ''; await tick(); }))))));
   }
   return { refresh };
+}
+
+// ---------- dead letters (they live in each service's database; the coordinator asks them) ----------
+
+const DEAD_LETTER_STATUSES = ['dead', 'replaying', 'replayed'];
+
+function deadLettersView(params) {
+  const filters = { status: params.get('status') || '' };
+  const sources = h('div', { class: 'counts', id: 'dl-sources' });
+  const error = h('p', { class: 'error', role: 'alert', id: 'dl-error' });
+  const body = h('tbody', { id: 'dl-rows' });
+  const openAttempts = new Set();
+  const form = h('form', { class: 'filters', onsubmit: (e) => e.preventDefault() },
+    h('label', {}, 'Status',
+      h('select', {
+        name: 'status', id: 'dl-filter-status',
+        onchange: (e) => {
+          filters.status = e.target.value;
+          setHashParams('/dead-letters', new URLSearchParams(filters.status ? { status: filters.status } : {}));
+          last = '';
+          tick();
+        },
+      },
+      h('option', { value: '' }, 'any'),
+      DEAD_LETTER_STATUSES.map((s) => h('option', { value: s, selected: filters.status === s }, s)))));
+  main.append(
+    h('h1', {}, 'Dead letters'),
+    h('p', { class: 'hint' }, 'Messages a service gave up on after its handler failed every attempt, read from each service named by --dead-letter-source (they stay in the service\'s own database). Fix the cause, then replay: the service delivers the message to its handler again, once.'),
+    form, sources, error,
+    h('table', { class: 'list' },
+      h('thead', {}, h('tr', {}, ['Source', 'Type', 'Correlation id', 'Consumer', 'Error', 'Attempts', 'Dead-lettered', 'Status', 'Actions'].map((c) => h('th', {}, c)))),
+      body));
+
+  let last = '';
+  async function refresh() {
+    let list;
+    try {
+      list = await api.deadLetters(filters);
+      error.textContent = '';
+    } catch (e) {
+      if (e instanceof ApiError && (e.status === 403 || e.status === 400)) {
+        error.textContent = e.status === 403 ? 'Dead letters are for operator keys.' : problemText(e);
+        body.replaceChildren();
+        sources.replaceChildren();
+        last = '';
+        return;
+      }
+      throw e;
+    }
+    const signature = JSON.stringify(list);
+    if (signature === last) return; // keep the operator's open attempt lists as they are
+    last = signature;
+    sources.replaceChildren(...(list.sources.length === 0
+      ? [h('span', { class: 'hint' }, 'No dead-letter sources are configured: start the coordinator with --dead-letter-source NAME=URL.')]
+      : list.sources.map((s) => h('span', {
+        class: `count source ${s.reachable ? 'source-ok' : 'source-down'}`, 'data-source': s.name, title: s.url,
+      }, h('span', { class: 'label' }, s.name), h('span', { class: 'n' }, s.reachable ? s.count : `unreachable: ${s.error}`)))));
+    body.replaceChildren(...(list.deadLetters.length === 0
+      ? [h('tr', {}, h('td', { colspan: 9, class: 'empty' }, 'No dead letters.'))]
+      : list.deadLetters.map((d) => {
+        const key = `${d.source}/${d.id}`;
+        const attempts = h('details', { class: 'body attempts', 'data-attempts': key, open: openAttempts.has(key) },
+          h('summary', {}, `${d.attempts.length} attempt${d.attempts.length === 1 ? '' : 's'}`),
+          h('ol', { class: 'attempt-list' }, d.attempts.map((a) => h('li', { class: a.archived ? 'archived' : '' },
+            h('span', { class: 'time' }, formatTime(a.at)), a.archived ? ' (before a replay) ' : ' ', h('pre', {}, a.error)))));
+        attempts.addEventListener('toggle', () => (attempts.open ? openAttempts.add(key) : openAttempts.delete(key)));
+        const replay = d.status === 'dead'
+          ? h('button', {
+            type: 'button', class: 'primary', 'data-action': 'replay',
+            onclick: async (e) => {
+              e.target.disabled = true;
+              await act(() => api.replayDeadLetter(d.source, d.id), `Replay of ${d.type} (${d.correlationId}) from ${d.source} requested.`, async () => { last = ''; await tick(); });
+            },
+          }, 'Replay')
+          : null;
+        return h('tr', { 'data-source': d.source, 'data-id': d.id, 'data-message-id': d.messageId, 'data-status': d.status },
+          h('td', {}, d.source),
+          h('td', {}, d.type),
+          h('td', { class: 'correlation' }, d.transactionExists ? txLink(d.correlationId) : h('span', { class: 'gid' }, d.correlationId)),
+          h('td', {}, d.consumer),
+          h('td', { class: 'reason dl-error' }, firstLine(d.error)),
+          h('td', {}, attempts),
+          h('td', {}, formatTime(d.deadLetteredAt)),
+          h('td', {}, h('span', { class: `status dl-status-${d.status}` }, d.status), d.replayedAt ? h('div', { class: 'hint' }, formatTime(d.replayedAt)) : null),
+          h('td', {}, replay));
+      })));
+  }
+  return { refresh };
+}
+
+/** An exception's text starts with its message; the stack trace is in the attempts. */
+function firstLine(text) {
+  const line = String(text || '').split('\n')[0];
+  return line.length > 300 ? `${line.slice(0, 300)}…` : line;
 }
 
 // ---------- one transaction ----------

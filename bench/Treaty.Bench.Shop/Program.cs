@@ -7,8 +7,8 @@ using Treaty.Messaging.RabbitMq.Tests;
 
 // Load generator for the Shop's checkout: a coordinator (`treaty serve`) and the three Shop services
 // as child processes on loopback, as the demo runs them, each service on its own durable SQLite file.
-// N clients each place a checkout of one book and wait until the Order service has decided it
-// (CONFIRMED), then place the next. One row per setup: the orchestrated saga, and the choreographed
+// N clients each place a checkout of one book and wait until it has ended (a long poll on the
+// coordinator, then the order, CONFIRMED), then place the next. One row per setup: the orchestrated saga, and the choreographed
 // checkout (events through each service's outbox and inbox) on the embedded transport and on RabbitMQ.
 // Setups run in turn, `--rounds` times, so that setups are compared in alternating runs.
 //   dotnet run -c Release --project bench/Treaty.Bench.Shop -- [--clients 16] [--seconds 10] [--warmup 3]
@@ -48,6 +48,7 @@ try
             var result = await RunSetupAsync(setup, round);
             results.Add(result);
             Console.WriteLine($"round {round} {setup,-22} {result.Rate,8:N0} checkouts/s  p50 {result.P50,6:N1} ms  p99 {result.P99,6:N1} ms  machine CPU {result.CpuUsPerCheckout,6:N0} µs/checkout  errors {result.Errors}");
+            Console.WriteLine($"        CPU µs per checkout: {result.CpuSplit}");
         }
     }
 
@@ -96,10 +97,14 @@ async Task<Result> RunSetupAsync(string setup, int round)
             var clock = Stopwatch.StartNew();
             try
             {
-                var status = await CheckoutAsync(http, environment.OrderUrl, customer, protocol, $"bench-{round}-{setup}-{client}-{i++}", stop.Token);
+                var status = await CheckoutAsync(http, environment.CoordinatorUrl, environment.OrderUrl, customer, protocol, $"bench-{round}-{setup}-{client}-{i++}", stop.Token);
                 if (status != "CONFIRMED")
                 {
-                    Interlocked.Increment(ref errors);
+                    if (Interlocked.Increment(ref errors) == 1)
+                    {
+                        Console.Error.WriteLine($"first error ({setup}): the order is {status}");
+                    }
+
                     continue;
                 }
 
@@ -115,12 +120,18 @@ async Task<Result> RunSetupAsync(string setup, int round)
             }
             catch (Exception e) when (e is HttpRequestException or InvalidOperationException or TaskCanceledException)
             {
-                Interlocked.Increment(ref errors);
+                if (Interlocked.Increment(ref errors) == 1)
+                {
+                    Console.Error.WriteLine($"first error ({setup}): {e.Message}");
+                }
             }
         }
     })).ToArray();
 
     await Task.Delay(TimeSpan.FromSeconds(warmup));
+    var (unknownBefore, ordersBefore) = (Interlocked.Read(ref Polls.Unknown), Interlocked.Read(ref Polls.Orders));
+    var processes = environment.Processes.Select(p => (Name: p.Name, Id: p.Id)).Append((Name: "load generator", Id: Environment.ProcessId)).ToArray();
+    var processCpuBefore = processes.Select(p => ProcessCpuTime(p.Id)).ToArray();
     var cpuBefore = MachineCpuTime();
     var window = Stopwatch.StartNew();
     Volatile.Write(ref measuring, true);
@@ -129,16 +140,19 @@ async Task<Result> RunSetupAsync(string setup, int round)
     var count = Interlocked.Read(ref measured);
     var elapsed = window.Elapsed;
     var cpu = MachineCpuTime() - cpuBefore;
+    var perProcess = processes.Select((p, i) => (p.Name, Us: count == 0 ? double.NaN : (ProcessCpuTime(p.Id) - processCpuBefore[i]).TotalMicroseconds / count)).ToArray();
     await stop.CancelAsync();
     await Task.WhenAll(tasks);
 
     var sorted = latencies.SelectMany(l => l).Order().ToArray();
-    return new Result(setup, count / elapsed.TotalSeconds, Percentile(sorted, 0.50), Percentile(sorted, 0.99),
-        count == 0 ? double.NaN : cpu.TotalMicroseconds / count, Interlocked.Read(ref errors));
+    var machineUs = count == 0 ? double.NaN : cpu.TotalMicroseconds / count;
+    var split = string.Join(", ", perProcess.Select(p => $"{p.Name} {p.Us:N0}").Append($"rest (broker, kernel threads) {machineUs - perProcess.Sum(p => p.Us):N0}"))
+        + $"; per checkout {(double)(Interlocked.Read(ref Polls.Unknown) - unknownBefore) / count:N1} asks before the coordinator knew the gid, {(double)(Interlocked.Read(ref Polls.Orders) - ordersBefore) / count:N1} order reads";
+    return new Result(setup, count / elapsed.TotalSeconds, Percentile(sorted, 0.50), Percentile(sorted, 0.99), machineUs, Interlocked.Read(ref errors), split);
 }
 
-// Places one checkout and polls the order (every 5 ms) until the Order service has decided it.
-static async Task<string?> CheckoutAsync(HttpClient http, string orderUrl, string customer, string protocol, string key, CancellationToken ct)
+// Places one checkout, waits for its transaction to end at the coordinator, then reads the order (again every 10 ms while PENDING); while the coordinator does not know the gid yet (the Order service submits or reports just after its 202), asks again every 20 ms.
+static async Task<string?> CheckoutAsync(HttpClient http, string coordinatorUrl, string orderUrl, string customer, string protocol, string key, CancellationToken ct)
 {
     var body = new JsonObject
     {
@@ -154,19 +168,38 @@ static async Task<string?> CheckoutAsync(HttpClient http, string orderUrl, strin
         throw new InvalidOperationException($"checkout answered {(int)response.StatusCode}");
     }
 
-    var orderId = (await response.Content.ReadFromJsonAsync<JsonNode>(ct))?["orderId"]?.GetValue<string>()
-        ?? throw new InvalidOperationException("checkout answered without an orderId");
+    var placed = await response.Content.ReadFromJsonAsync<JsonNode>(ct);
+    var orderId = placed?["orderId"]?.GetValue<string>() ?? throw new InvalidOperationException("checkout answered without an orderId");
+    var gid = placed?["gid"]?.GetValue<string>() ?? throw new InvalidOperationException("checkout answered without a gid");
+
+    // A long poll on the coordinator until the transaction (orchestrated or watched) has ended, then the
+    // order, which the Order service decides at about the same moment. The Order service submits the
+    // transaction (or reports order.created) just after its 202, so the gid may be unknown for a moment.
     var deadline = Stopwatch.StartNew();
+    while (deadline.Elapsed < TimeSpan.FromSeconds(30))
+    {
+        using var ended = await http.GetAsync($"{coordinatorUrl}/api/v1/transactions/{gid}?wait=30s", ct);
+        if (ended.StatusCode != System.Net.HttpStatusCode.NotFound)
+        {
+            ended.EnsureSuccessStatusCode();
+            break;
+        }
+
+        Interlocked.Increment(ref Polls.Unknown);
+        await Task.Delay(TimeSpan.FromMilliseconds(20), ct);
+    }
+
     while (deadline.Elapsed < TimeSpan.FromSeconds(30))
     {
         var order = await http.GetFromJsonAsync<JsonNode>($"{orderUrl}/orders/{orderId}", ct);
         var status = order?["status"]?.GetValue<string>();
+        Interlocked.Increment(ref Polls.Orders);
         if (status != "PENDING")
         {
             return status;
         }
 
-        await Task.Delay(TimeSpan.FromMilliseconds(5), ct);
+        await Task.Delay(TimeSpan.FromMilliseconds(10), ct);
     }
 
     return "PENDING";
@@ -182,6 +215,14 @@ static TimeSpan MachineCpuTime()
     return TimeSpan.FromMilliseconds(busy * 10);
 }
 
+// A process's CPU time (user + system) from /proc/PID/stat, in clock ticks of 10 ms.
+static TimeSpan ProcessCpuTime(int pid)
+{
+    var stat = File.ReadAllText($"/proc/{pid}/stat");
+    var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+    return TimeSpan.FromMilliseconds((long.Parse(fields[11], CultureInfo.InvariantCulture) + long.Parse(fields[12], CultureInfo.InvariantCulture)) * 10);
+}
+
 static double Percentile(double[] sorted, double p) => sorted.Length == 0 ? double.NaN : sorted[Math.Min(sorted.Length - 1, (int)(p * sorted.Length))];
 
 int Arg(string name, int fallback) =>
@@ -193,4 +234,10 @@ string ArgText(string name, string fallback)
     return index >= 0 && index + 1 < args.Length ? args[index + 1] : fallback;
 }
 
-internal sealed record Result(string Setup, double Rate, double P50, double P99, double CpuUsPerCheckout, long Errors);
+internal sealed record Result(string Setup, double Rate, double P50, double P99, double CpuUsPerCheckout, long Errors, string CpuSplit);
+
+internal static class Polls
+{
+    public static long Unknown;
+    public static long Orders;
+}

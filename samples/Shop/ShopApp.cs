@@ -153,6 +153,12 @@ public static class ShopApp
         if (choreography)
         {
             app.MapTreatyMessaging();
+            if (options.CallbackSecret is not null)
+            {
+                // The coordinator's dead-letter view (treaty serve --dead-letter-source NAME=URL) reads
+                // and replays this service's dead letters, signed with the callback secret.
+                app.MapTreatyDeadLetters();
+            }
         }
 
         switch (options.Service)

@@ -102,7 +102,9 @@ internal sealed class DemoEnvironment : IAsyncDisposable
     {
         _coordinator?.Dispose();
         _coordinator = ChildProcess.StartDotnet("coordinator", typeof(ChildProcess).Assembly.Location,
-            ["serve", "--urls", CoordinatorUrl, "--data-dir", Path.Combine(Root, "coordinator")],
+            ["serve", "--urls", CoordinatorUrl, "--data-dir", Path.Combine(Root, "coordinator"),
+             // The dashboard's dead-letter view shows the three services' dead letters (each maps MapTreatyDeadLetters).
+             "--dead-letter-source", "order=" + OrderUrl, "--dead-letter-source", "payment=" + PaymentUrl, "--dead-letter-source", "inventory=" + InventoryUrl],
             new Dictionary<string, string> { [CallbackSecretVariable] = CallbackSecret });
         await _coordinator.WaitHealthyAsync(Http, CoordinatorUrl + "/healthz", TimeSpan.FromSeconds(60), cancellationToken);
     }

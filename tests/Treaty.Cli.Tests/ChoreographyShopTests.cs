@@ -188,6 +188,54 @@ public sealed class ChoreographyShopTests(ShopKitEnvironment fixture, ITestOutpu
         return JsonNode.Parse(text)!["gid"]!.GetValue<string>();
     }
 
+    [Fact]
+    public async Task Choreography_APoisonEvent_IsOnTheCoordinatorsDeadLetterView_AndReplayedFromIt()
+    {
+        var ct = CancellationToken.None;
+        var gid = "checkout-poison-" + Guid.NewGuid().ToString("N")[..12];
+        var messageId = Guid.CreateVersion7().ToString();
+        var sources = (await Env.GetJsonAsync($"{Env.CoordinatorUrl}/api/v1/dead-letters", ct))["sources"]!.AsArray();
+        sources.Select(x => x!["name"]!.GetValue<string>()).Order().ShouldBe(["inventory", "order", "payment"]);
+        sources.ShouldAllBe(x => x!["reachable"]!.GetValue<bool>());
+
+        // An order.created Payment cannot read: every delivery fails, and after MaxAttempts (5) Payment
+        // gives up on it (the embedded transport's sender redelivers; here the test is the sender).
+        var delivered = false;
+        for (var attempt = 1; attempt <= 10 && !delivered; attempt++)
+        {
+            delivered = await DeliverAsync(Env.PaymentUrl, messageId, "order.created", gid, "{\"orderId\":42}", ct);
+        }
+
+        delivered.ShouldBeTrue("Payment takes it for good once it is a dead letter");
+        var letter = await DeadLetterAsync(messageId, ct);
+        letter["source"]!.GetValue<string>().ShouldBe("payment");
+        letter["type"]!.GetValue<string>().ShouldBe("order.created");
+        letter["correlationId"]!.GetValue<string>().ShouldBe(gid);
+        letter["status"]!.GetValue<string>().ShouldBe("dead");
+        letter["attempts"]!.AsArray().Count.ShouldBe(5);
+
+        // The operator's replay goes through the coordinator to Payment, once.
+        var id = letter["id"]!.GetValue<long>();
+        using (var replay = await Env.Http.PostAsync($"{Env.CoordinatorUrl}/api/v1/dead-letters/payment/{id}/replay", null, ct))
+        {
+            replay.StatusCode.ShouldBe(System.Net.HttpStatusCode.OK, await replay.Content.ReadAsStringAsync(ct));
+        }
+
+        using (var again = await Env.Http.PostAsync($"{Env.CoordinatorUrl}/api/v1/dead-letters/payment/{id}/replay", null, ct))
+        {
+            again.StatusCode.ShouldBe(System.Net.HttpStatusCode.Conflict, "a letter being replayed is not dead: no second replay");
+        }
+
+        (await DeadLetterAsync(messageId, ct))["status"]!.GetValue<string>().ShouldNotBe("dead");
+    }
+
+    private async Task<JsonNode> DeadLetterAsync(string messageId, CancellationToken ct)
+    {
+        var list = await Env.GetJsonAsync($"{Env.CoordinatorUrl}/api/v1/dead-letters", ct);
+        return list["deadLetters"]!.AsArray().SingleOrDefault(x => x!["messageId"]!.GetValue<string>() == messageId)
+            ?? throw new ShouldAssertException($"{messageId} is not on the coordinator's dead-letter view: {list.ToJsonString()}");
+    }
+
     private async Task<bool> DeliverAsync(string serviceUrl, string messageId, string type, string gid, string body, CancellationToken ct)
     {
         using var request = new HttpRequestMessage(HttpMethod.Post, serviceUrl + "/treaty/messages")

@@ -21,8 +21,8 @@ namespace Treaty.Simulation.Harness.Choreography;
 internal sealed class SimReportChannel(ChoreographyWorld world, ChoreographyService service, SimNode node, Random random, TimeSpan requestTimeout, Func<bool> crashBeforeMark)
     : IReportChannel
 {
-    /// <summary>The server's default clip of a timeline payload.</summary>
-    private const int PayloadBytes = 4_096;
+    /// <summary>The server's default clip of a timeline payload (TreatyServerDefaults.TimelineBodyBytes).</summary>
+    private const int PayloadBytes = 2_048;
 
     public Task<ChoreographyReportView> ReportEventsAsync(IReadOnlyList<ChoreographyEventRequest> events, CancellationToken cancellationToken)
     {

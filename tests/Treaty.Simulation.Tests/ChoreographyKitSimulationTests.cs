@@ -9,7 +9,9 @@ namespace Treaty.Simulation.Tests;
 /// run the real messaging kit (outbox in the handler's transaction, the inbox pipeline, the relay's
 /// loop) over a SQLite file each, under a broker that loses, duplicates, delays and redelivers, and
 /// crashes after a commit before the relay, after a publish before marking it sent, and after an
-/// inbox commit before the ack; the real engine records what they report. <c>TREATY_SIM_SEED=n
+/// inbox commit before the ack, and after a report's answer before the reporter marked it; the kit's
+/// own reporting (report rows in the publisher's transaction, the ChoreographyReporter's loop) tells
+/// the real engine what they published. <c>TREATY_SIM_SEED=n
 /// TREATY_SIM_VARIANT=choreography</c> replays one seed (with <c>--filter Seeds_Keep</c>).
 /// </summary>
 public sealed class ChoreographyKitSimulationTests(ITestOutputHelper output)
@@ -38,8 +40,8 @@ public sealed class ChoreographyKitSimulationTests(ITestOutputHelper output)
         {
             "choreography confirmed", "choreography cancelled", "broker lost", "broker duplicated", "broker reordered", "broker redelivered",
             "broker acks-lost", "kit publish-failures", "kit confirms-lost", "kit handler-errors", "kit inbox-duplicates",
-            "crash after-commit-before-relay", "crash after-publish-before-mark-sent", "crash after-inbox-commit-before-ack", "crash random",
-            "crash coordinator", "reports lost", "reports duplicates",
+            "crash after-commit-before-relay", "crash after-publish-before-mark-sent", "crash after-inbox-commit-before-ack",
+            "crash after-report-answer-before-mark", "crash random", "crash coordinator", "reports lost", "reports duplicates", "reports unanswered",
         })
         {
             stats[counter].ShouldBeGreaterThan(runs / 40, counter);

@@ -23,21 +23,22 @@ internal readonly record struct ReportPass(int Read, int Reported, int Failed, i
 /// whether or not the coordinator hears of them.
 /// </summary>
 /// <param name="database">The service's database, where the report rows are.</param>
-/// <param name="http">The coordinator's client (its base address, key and timeout); disposed with the reporter.</param>
+/// <param name="coordinator">The way to the coordinator (<see cref="TreatyClient"/> in a host; the
+/// deterministic simulation routes it into its own engine); disposed with the reporter.</param>
 /// <param name="options">Batch size and backoff.</param>
 /// <param name="time">The clock of the backoff and the polls.</param>
 /// <param name="logger">Where failures are logged.</param>
 /// <param name="random01">The jitter's random source (tests pin it).</param>
 internal sealed class ChoreographyReporter(
     ParticipantDatabase database,
-    HttpClient http,
+    IReportChannel coordinator,
     ChoreographyReportingOptions options,
     TimeProvider time,
     ILogger<ChoreographyReporter> logger,
     Func<double>? random01 = null) : BackgroundService
 {
     private const string Refused = "refused";
-    private readonly TreatyClient _client = new(http, time);
+    private readonly IReportChannel _client = coordinator;
     private readonly Func<double> _random01 = random01 ?? Random.Shared.NextDouble;
     private readonly Channel<bool> _nudges = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite });
 
@@ -60,7 +61,7 @@ internal sealed class ChoreographyReporter(
         Exception? failure;
         try
         {
-            var answer = await _client.ReportEventsAsync(batch.Select(row => row.Request), cancellationToken);
+            var answer = await _client.ReportEventsAsync(batch.ConvertAll(row => row.Request), cancellationToken);
             var results = answer.Events.GroupBy(e => e.MessageId, StringComparer.Ordinal).ToDictionary(g => g.Key, g => g.First().Result, StringComparer.Ordinal);
             await MarkAsync(batch.ConvertAll(row => (row, results.GetValueOrDefault(row.Request.MessageId, "recorded"), (string?)null)), cancellationToken);
             return new ReportPass(batch.Count, batch.Count, 0, await ReleaseBackedOffAsync(cancellationToken));
@@ -101,7 +102,13 @@ internal sealed class ChoreographyReporter(
         return next is { } due ? (due - time.GetUtcNow() is var left && left > TimeSpan.Zero ? left : TimeSpan.Zero) : null;
     }
 
-    protected override async Task ExecuteAsync(CancellationToken stoppingToken)
+    protected override Task ExecuteAsync(CancellationToken stoppingToken) => RunAsync(stoppingToken);
+
+    /// <summary>
+    /// The reporter's loop. <see cref="ExecuteAsync"/> is all it is in a host; the deterministic
+    /// simulation calls it directly, inside a simulated process (as it does the relay's).
+    /// </summary>
+    internal async Task RunAsync(CancellationToken stoppingToken)
     {
         var failures = 0;
         while (!stoppingToken.IsCancellationRequested)
@@ -149,7 +156,6 @@ internal sealed class ChoreographyReporter(
     {
         base.Dispose();
         _client.Dispose();
-        http.Dispose();
     }
 
     // Connection refused, a timeout, a 5xx or any other answer that is not about the events
@@ -212,7 +218,7 @@ internal sealed class ChoreographyReporter(
     {
         try
         {
-            return (await _client.GetAsync(row.Request.CorrelationId, cancellationToken))?.Protocol is { } protocol && protocol != "choreography";
+            return await _client.ProtocolOfAsync(row.Request.CorrelationId, cancellationToken) is { } protocol && protocol != "choreography";
         }
         catch (Exception exception) when (IsUnreachable(exception, cancellationToken))
         {
@@ -307,6 +313,39 @@ internal sealed class ChoreographyReporter(
     }
 
     private sealed record ReportRow(long Seq, int Attempts, ChoreographyEventRequest Request);
+}
+
+/// <summary>
+/// The reporter's way to the coordinator: <c>POST /api/v1/choreography/events</c> and the protocol
+/// of a gid. It fails as <see cref="TreatyClient"/> does (<see cref="TreatyApiException"/> for an
+/// error answer, <see cref="HttpRequestException"/>, a timeout), which the reporter sorts into
+/// refused for good and try again.
+/// </summary>
+internal interface IReportChannel : IDisposable
+{
+    /// <summary>Reports <paramref name="events"/> in one request; the coordinator's answer.</summary>
+    Task<ChoreographyReportView> ReportEventsAsync(IReadOnlyList<ChoreographyEventRequest> events, CancellationToken cancellationToken);
+
+    /// <summary>The protocol of the transaction <paramref name="gid"/> (null: the coordinator does not know it).</summary>
+    Task<string?> ProtocolOfAsync(string gid, CancellationToken cancellationToken);
+}
+
+/// <summary>The coordinator over HTTP, through <see cref="TreatyClient"/>; disposes the client and its <see cref="HttpClient"/>.</summary>
+internal sealed class HttpReportChannel(HttpClient http, TimeProvider time) : IReportChannel
+{
+    private readonly TreatyClient _client = new(http, time);
+
+    public Task<ChoreographyReportView> ReportEventsAsync(IReadOnlyList<ChoreographyEventRequest> events, CancellationToken cancellationToken) =>
+        _client.ReportEventsAsync(events, cancellationToken);
+
+    public async Task<string?> ProtocolOfAsync(string gid, CancellationToken cancellationToken) =>
+        (await _client.GetAsync(gid, cancellationToken))?.Protocol;
+
+    public void Dispose()
+    {
+        _client.Dispose();
+        http.Dispose();
+    }
 }
 
 /// <summary>Log messages of the choreography reporter (event ids 4530-4539 of Treaty.Messaging's 4501-4549).</summary>

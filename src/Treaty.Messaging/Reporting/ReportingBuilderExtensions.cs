@@ -54,7 +54,7 @@ public static class ReportingBuilderExtensions
 
             return new ChoreographyReporter(
                 messaging.Database ?? provider.GetRequiredService<ParticipantDatabase>(),
-                http,
+                new HttpReportChannel(http, time),
                 options,
                 time,
                 provider.GetService<ILogger<ChoreographyReporter>>() ?? NullLogger<ChoreographyReporter>.Instance);

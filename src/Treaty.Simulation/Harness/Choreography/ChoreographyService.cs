@@ -49,6 +49,7 @@ internal enum CrashPoint
     AfterCommitBeforeRelay,
     AfterPublishBeforeMarkSent,
     AfterInboxCommitBeforeAck,
+    AfterReportAnswerBeforeMark,
     Random,
 }
 
@@ -56,18 +57,17 @@ internal enum CrashPoint
 /// One service of the choreographed checkout (order, payment or inventory) as a sequence of
 /// processes over one SQLite database file: each process has the real messaging kit — an
 /// <see cref="Outbox"/> written in the handler's transaction, a <see cref="ConsumerPipeline"/> (the
-/// inbox), an <see cref="OutboxRelay"/> running its own loop — plus a reporter that tells the
-/// coordinator what it published, as the Shop's ChoreographyReporter does (a report row written in
-/// the same transaction as the event, sent until the coordinator answered). A crash kills the
+/// inbox), an <see cref="OutboxRelay"/> running its own loop — and the kit's reporting (<c>ReportTo</c>):
+/// the <see cref="ReportWriter"/> writes a <c>treaty_reports</c> row in the publisher's transaction and
+/// the real <see cref="ChoreographyReporter"/> loop sends the rows to the coordinator (through a
+/// <see cref="SimReportChannel"/> instead of HTTP), marks them once it answered, backs off while it
+/// cannot be reached. A crash kills the
 /// process (its memory, timers and pending continuations); the next one starts from the database.
 /// The handlers rely on the inbox alone for exactly-once (unlike the Shop's, which also check
 /// their ledger): the simulation tests the kit, not the handlers' second guard.
 /// </summary>
 internal sealed class ChoreographyService
 {
-    private static readonly TimeSpan ReportPoll = TimeSpan.FromMilliseconds(300);
-    private static readonly TimeSpan ReportTimeout = TimeSpan.FromMilliseconds(1_000);
-
     private readonly ChoreographyWorld _world;
     private readonly Random _random;
     private readonly MessagingOptions _options;
@@ -75,11 +75,7 @@ internal sealed class ChoreographyService
     private int _incarnation;
     private int _publishFailures;
     private int _confirmsLost;
-    private long _reportGeneration;
-    private bool _reportInFlight;
-
-    // Publications since the reporter last found nothing to report (a rolled-back one only costs a look).
-    private bool _unreported = true;
+    private readonly ChoreographyReportingOptions _reporting;
 
     public ChoreographyService(ChoreographyWorld world, string name, string path, Random random)
     {
@@ -96,6 +92,18 @@ internal sealed class ChoreographyService
             RelayPollInterval = TimeSpan.FromMilliseconds(200 + random.Next(1_800)),
             RelayBatchSize = 1 + random.Next(8),
         };
+        // As the Shop's ReportTo: the decisions end the saga, every other event expects a next one.
+        _reporting = new ChoreographyReportingOptions
+        {
+            NextEventTimeout = TimeSpan.FromMilliseconds(world.NextEventTimeoutMs),
+            BatchSize = 1 + random.Next(20),
+            PollInterval = TimeSpan.FromMilliseconds(100 + random.Next(900)),
+            RetryDelay = TimeSpan.FromMilliseconds(50 + random.Next(200)),
+            MaxRetryDelay = TimeSpan.FromSeconds(1 + random.Next(5)),
+            RequestTimeout = TimeSpan.FromMilliseconds(500 + random.Next(1_500)),
+        }
+        .Outcome(ChoreographyEvents.OrderConfirmed, ChoreographyOutcome.Completed)
+        .Outcome(ChoreographyEvents.OrderCancelled, ChoreographyOutcome.Compensated);
         Node = new SimNode(world.Scheduler, name + "#0");
         Node.Kill();
     }
@@ -120,11 +128,14 @@ internal sealed class ChoreographyService
 
     public int InboxDuplicates { get; private set; }
 
-    public int ReportsSent { get; private set; }
+    public int ReportsSent { get; set; }
 
-    public int ReportsLost { get; private set; }
+    public int ReportsLost { get; set; }
 
-    public int ReportDuplicates { get; private set; }
+    public int ReportDuplicates { get; set; }
+
+    /// <summary>Reports the coordinator received and never answered (it crashed while recording, or its answer was lost).</summary>
+    public int ReportsUnanswered { get; set; }
 
     public int PublishFailures => _publishFailures + (Transport?.PublishFailures ?? 0);
 
@@ -152,6 +163,8 @@ internal sealed class ChoreographyService
         var transport = Transport = new SimTransport(_world.Scheduler, _world.Broker, _world.Faults, _random, () => MaybeCrash(node, CrashPoint.AfterPublishBeforeMarkSent),
             withoutConfirms: _world.Variant == SimVariant.ChoreographyNoPublisherConfirms);
         var relay = new OutboxRelay(database, transport, _options, _world.Time, NullLogger<OutboxRelay>.Instance, _random.NextDouble);
+        var channel = new SimReportChannel(_world, this, node, _random, _reporting.RequestTimeout, () => MaybeCrash(node, CrashPoint.AfterReportAnswerBeforeMark));
+        var reporter = new ChoreographyReporter(database, channel, _reporting, _world.Time, NullLogger<ChoreographyReporter>.Instance, _random.NextDouble);
         Outbox = new Outbox(Name, _world.Time, () =>
         {
             // The commit that published is durable; the relay is woken only if the process lives on.
@@ -159,15 +172,13 @@ internal sealed class ChoreographyService
             {
                 relay.Nudge();
             }
-        }, _world.NewMessageId);
+        }, _world.NewMessageId, new ReportWriter(Name, _reporting, reporter.Nudge));
         Pipeline = new ConsumerPipeline(database, _options, _world.Time, NullLogger<ConsumerPipeline>.Instance);
-        _reportInFlight = false;
-        _unreported = true;
         Trace(node, "start");
         _world.Scheduler.At(node, TimeSpan.Zero, () =>
         {
             _world.Spawn(() => relay.RunAsync(CancellationToken.None));
-            _world.Scheduler.At(node, ReportPoll, () => ReportTick(node));
+            _world.Spawn(() => reporter.RunAsync(CancellationToken.None));
             _world.Broker.Reconnected(Name);
         });
     }
@@ -193,6 +204,7 @@ internal sealed class ChoreographyService
             CrashPoint.AfterCommitBeforeRelay => _world.Faults.CrashAfterCommit,
             CrashPoint.AfterPublishBeforeMarkSent => _world.Faults.CrashAfterPublish,
             CrashPoint.AfterInboxCommitBeforeAck => _world.Faults.CrashBeforeAck,
+            CrashPoint.AfterReportAnswerBeforeMark => _world.Faults.CrashBeforeMark,
             _ => 0,
         };
         if (!_world.Faults.Active || CrashesLeft <= 0 || !node.Alive || !ReferenceEquals(node, Node) || _random.NextDouble() >= rate)
@@ -205,6 +217,7 @@ internal sealed class ChoreographyService
         {
             CrashPoint.AfterCommitBeforeRelay => "after a commit that published, before the relay sent it",
             CrashPoint.AfterPublishBeforeMarkSent => "after the relay published, before it marked the rows sent",
+            CrashPoint.AfterReportAnswerBeforeMark => "after the coordinator answered a report, before the reporter marked the rows",
             _ => "after the inbox commit, before the ack",
         };
         Crash(point, why, _world.Downtime());
@@ -308,7 +321,7 @@ internal sealed class ChoreographyService
         await Execute(tx, "INSERT INTO orders (order_id, customer, amount_cents, items, status, locked) VALUES (@id, @customer, @amount, @items, 'pending', 1)",
             ("id", payload.OrderId), ("customer", payload.Customer), ("amount", payload.AmountCents),
             ("items", string.Join(",", payload.Items.Select(i => $"{i.Sku}x{i.Qty.ToString(CultureInfo.InvariantCulture)}"))));
-        await PublishAsync(tx, ChoreographyEvents.OrderCreated, payload, null);
+        await PublishAsync(tx, ChoreographyEvents.OrderCreated, payload);
         await tx.CommitAsync(CancellationToken.None);
         return true;
     }
@@ -346,20 +359,20 @@ internal sealed class ChoreographyService
             : null;
         if (refusal is not null)
         {
-            await PublishAsync(tx, ChoreographyEvents.PaymentFailed, payload with { Reason = refusal }, null);
+            await PublishAsync(tx, ChoreographyEvents.PaymentFailed, payload with { Reason = refusal });
             return;
         }
 
         await Execute(tx, "UPDATE wallets SET balance_cents = balance_cents - @a WHERE customer = @c", ("a", payload.AmountCents), ("c", payload.Customer));
         await Execute(tx, "INSERT INTO ledger (gid, customer, kind, amount_cents) VALUES (@g, @c, 'debit', @a)", ("g", payload.OrderId), ("c", payload.Customer), ("a", payload.AmountCents));
-        await PublishAsync(tx, ChoreographyEvents.PaymentReserved, payload, null);
+        await PublishAsync(tx, ChoreographyEvents.PaymentReserved, payload);
     }
 
     private async Task RefundAsync(ParticipantTransaction tx, CheckoutPayload payload)
     {
         await Execute(tx, "UPDATE wallets SET balance_cents = balance_cents + @a WHERE customer = @c", ("a", payload.AmountCents), ("c", payload.Customer));
         await Execute(tx, "INSERT INTO ledger (gid, customer, kind, amount_cents) VALUES (@g, @c, 'refund', @a)", ("g", payload.OrderId), ("c", payload.Customer), ("a", payload.AmountCents));
-        await PublishAsync(tx, ChoreographyEvents.PaymentRefunded, payload, null);
+        await PublishAsync(tx, ChoreographyEvents.PaymentRefunded, payload);
     }
 
     private async Task TakeStockAsync(ParticipantTransaction tx, CheckoutPayload payload)
@@ -371,7 +384,7 @@ internal sealed class ChoreographyService
             if (available is null || available < line.Qty)
             {
                 var reason = available is null ? $"no SKU {line.Sku}" : $"{line.Sku}: {available} available, {line.Qty} requested";
-                await PublishAsync(tx, ChoreographyEvents.InventoryFailed, payload with { Reason = reason }, null);
+                await PublishAsync(tx, ChoreographyEvents.InventoryFailed, payload with { Reason = reason });
                 return;
             }
         }
@@ -382,7 +395,7 @@ internal sealed class ChoreographyService
             await Execute(tx, "INSERT INTO takes (gid, sku, qty) VALUES (@g, @s, @q)", ("g", payload.OrderId), ("s", line.Sku), ("q", line.Qty));
         }
 
-        await PublishAsync(tx, ChoreographyEvents.InventoryReserved, payload, null);
+        await PublishAsync(tx, ChoreographyEvents.InventoryReserved, payload);
     }
 
     private async Task DecideOrderAsync(ParticipantTransaction tx, CheckoutPayload payload, bool confirm)
@@ -397,18 +410,12 @@ internal sealed class ChoreographyService
 
         await Execute(tx, "UPDATE orders SET status = @s, locked = 0, reason = @r WHERE order_id = @id",
             ("s", confirm ? "confirmed" : "cancelled"), ("r", confirm ? null : payload.Reason), ("id", payload.OrderId));
-        await PublishAsync(tx, confirm ? ChoreographyEvents.OrderConfirmed : ChoreographyEvents.OrderCancelled, payload,
-            confirm ? ChoreographyOutcome.Completed : ChoreographyOutcome.Compensated);
+        await PublishAsync(tx, confirm ? ChoreographyEvents.OrderConfirmed : ChoreographyEvents.OrderCancelled, payload);
     }
 
-    /// <summary>The event through the outbox and its report row, both in the caller's transaction (the Shop's ChoreographyPublisher).</summary>
-    private async Task PublishAsync(ParticipantTransaction tx, string type, CheckoutPayload payload, ChoreographyOutcome? outcome)
-    {
-        var id = await Outbox.PublishAsync(tx, type, payload.OrderId, payload, ChoreographyJsonContext.Default.CheckoutPayload, CancellationToken.None);
-        _unreported = true;
-        await Execute(tx, "INSERT INTO reports (message_id, type, gid, outcome) VALUES (@id, @t, @g, @o)",
-            ("id", id), ("t", type), ("g", payload.OrderId), ("o", outcome?.ToWire()));
-    }
+    /// <summary>The event through the outbox, which writes its report row in the same transaction (the outcome comes from the per-type options).</summary>
+    private Task PublishAsync(ParticipantTransaction tx, string type, CheckoutPayload payload) =>
+        Outbox.PublishAsync(tx, type, payload.OrderId, payload, ChoreographyJsonContext.Default.CheckoutPayload, CancellationToken.None);
 
     private static async Task Execute(ParticipantTransaction tx, string sql, params (string, object?)[] parameters)
     {
@@ -416,96 +423,9 @@ internal sealed class ChoreographyService
         await command.ExecuteNonQueryAsync(CancellationToken.None);
     }
 
-    /// <summary>The reporter: the unreported rows go to the coordinator (one batch at a time); each is marked once the coordinator answered.</summary>
-    private void ReportTick(SimNode node)
-    {
-        _world.Scheduler.At(node, ReportPoll, () => ReportTick(node));
-        if (_reportInFlight || !_unreported)
-        {
-            return;
-        }
-
-        var events = new List<ChoreographyEvent>();
-        using (var connection = ChoreographyWorld.Open(Path))
-        using (var select = connection.CreateCommand())
-        {
-            select.CommandText = "SELECT message_id, type, gid, outcome FROM reports WHERE reported = 0 ORDER BY rowid LIMIT 20";
-            using var reader = select.ExecuteReader();
-            while (reader.Read())
-            {
-                ChoreographyOutcome? outcome = reader.IsDBNull(3) ? null : ChoreographyOutcomes.TryParse(reader.GetString(3), out var o) ? o : null;
-                events.Add(new ChoreographyEvent(reader.GetString(0), reader.GetString(1), Name, reader.GetString(2), _world.Time.GetUtcNow(), null,
-                    outcome, outcome is null ? _world.NextEventTimeoutMs : null));
-            }
-        }
-
-        if (events.Count == 0)
-        {
-            _unreported = false;
-            return;
-        }
-
-        _reportInFlight = true;
-        var generation = ++_reportGeneration;
-        ReportsSent += events.Count;
-        _world.Scheduler.At(node, ReportTimeout, () =>
-        {
-            if (_reportGeneration == generation)
-            {
-                _reportInFlight = false; // no answer: send again
-            }
-        });
-        if (_world.Faults.Active && _random.NextDouble() < _world.Faults.LoseReport)
-        {
-            ReportsLost += events.Count;
-            Trace(node, $"report of {events.Count} event(s) LOST");
-            return;
-        }
-
-        _world.ToCoordinator(_world.Latency(), async engine =>
-        {
-            var recorded = new List<string>();
-            foreach (var e in events)
-            {
-                var result = await engine.ReportEventAsync(e, CancellationToken.None);
-                if (result.Status is ReportStatus.Recorded or ReportStatus.Duplicate)
-                {
-                    recorded.Add(e.MessageId);
-                    ReportDuplicates += result.Status == ReportStatus.Duplicate ? 1 : 0;
-                }
-            }
-
-            if (_world.Faults.Active && _random.NextDouble() < _world.Faults.LoseReport)
-            {
-                ReportsLost += events.Count;
-                _world.TraceCoordinator($"answer to {Name}'s report LOST");
-                return;
-            }
-
-            _world.Scheduler.At(node, _world.Latency(), () =>
-            {
-                using (var connection = ChoreographyWorld.Open(Path))
-                {
-                    foreach (var id in recorded)
-                    {
-                        using var update = connection.CreateCommand();
-                        update.CommandText = "UPDATE reports SET reported = 1 WHERE message_id = $id";
-                        update.Parameters.AddWithValue("$id", id);
-                        update.ExecuteNonQuery();
-                    }
-                }
-
-                if (_reportGeneration == generation)
-                {
-                    _reportInFlight = false;
-                }
-            });
-        });
-    }
-
     private void Trace(SimNode node, string text) => _world.Scheduler.Trace.Add(_world.Scheduler, node.Name, text);
 
-    /// <summary>The schema of one service's database: the kit's tables, its own, its report rows.</summary>
+    /// <summary>The schema of one service's database: the kit's tables (treaty_reports among them) and its own.</summary>
     public static string Schema(string name) => MessagingSql.Schema(SqlDialect.Sqlite) + name switch
     {
         "order" => "CREATE TABLE orders (order_id TEXT PRIMARY KEY, customer TEXT NOT NULL, amount_cents INTEGER NOT NULL, items TEXT NOT NULL, status TEXT NOT NULL, locked INTEGER NOT NULL, reason TEXT);",
@@ -513,7 +433,7 @@ internal sealed class ChoreographyService
             + "CREATE TABLE ledger (id INTEGER PRIMARY KEY AUTOINCREMENT, gid TEXT NOT NULL, customer TEXT NOT NULL, kind TEXT NOT NULL, amount_cents INTEGER NOT NULL);",
         _ => "CREATE TABLE stock (sku TEXT PRIMARY KEY, available INTEGER NOT NULL, sold INTEGER NOT NULL);"
             + "CREATE TABLE takes (id INTEGER PRIMARY KEY AUTOINCREMENT, gid TEXT NOT NULL, sku TEXT NOT NULL, qty INTEGER NOT NULL);",
-    } + "CREATE TABLE reports (message_id TEXT PRIMARY KEY, type TEXT NOT NULL, gid TEXT NOT NULL, outcome TEXT, reported INTEGER NOT NULL DEFAULT 0);";
+    };
 
     /// <summary>Reads rows of <paramref name="sql"/> from a database, for the invariants.</summary>
     public static List<object?[]> Query(string path, string sql, params (string Name, object Value)[] parameters)

@@ -29,7 +29,7 @@ internal sealed class ChoreographyWorld
     /// How long time runs on after the faults stopped before what is not drained is a liveness
     /// violation. The longest legitimate waits are a process's downtime (at most 5 s), the broker's
     /// visibility timeout (at most 3 s), the relay's backoff and poll (at most 2 s each), the
-    /// reporter's timeout (1 s) and the coordinator's recovery scan (5 s): a minute is far beyond them.
+    /// reporter's request timeout and backoff (at most 2 s and 5 s) and the coordinator's recovery scan (5 s): a minute is far beyond them.
     /// </summary>
     private static readonly TimeSpan Horizon = TimeSpan.FromMinutes(1);
 
@@ -85,6 +85,7 @@ internal sealed class ChoreographyWorld
             CrashAfterCommit = Rate(0.25),
             CrashAfterPublish = Rate(0.25),
             CrashBeforeAck = Rate(0.25),
+            CrashBeforeMark = Rate(0.25),
         };
         Time = new SimTimeProvider(Scheduler, new TimerSkew(new Random(unchecked((options.Seed * 31) + 7)), _random.Next(3) == 0 ? 0 : _random.NextDouble() * 0.2));
         NextEventTimeoutMs = 1_000 + _random.Next(15_000);
@@ -437,7 +438,7 @@ internal sealed class ChoreographyWorld
                 open.Add($"{service.Name}: {unsent} outbox row(s) unsent");
             }
 
-            if (ChoreographyService.Scalar(service.Path, "SELECT COUNT(*) FROM reports WHERE reported = 0") is > 0 and var unreported)
+            if (ChoreographyService.Scalar(service.Path, "SELECT COUNT(*) FROM treaty_reports WHERE reported_at IS NULL") is > 0 and var unreported)
             {
                 open.Add($"{service.Name}: {unreported} event(s) unreported");
             }
@@ -518,7 +519,7 @@ internal sealed class ChoreographyWorld
             // What each service published for it: every event at most once (a handler that ran twice publishes twice).
             foreach (var service in _services.Values)
             {
-                foreach (var row in ChoreographyService.Query(service.Path, "SELECT type, COUNT(*) FROM reports WHERE gid = $g GROUP BY type HAVING COUNT(*) > 1", ("$g", gid)))
+                foreach (var row in ChoreographyService.Query(service.Path, "SELECT type, COUNT(*) FROM treaty_reports WHERE correlation_id = $g GROUP BY type HAVING COUNT(*) > 1", ("$g", gid)))
                 {
                     Violation($"{gid}: exactly once — {service.Name} published {row[0]} {row[1]} times");
                 }
@@ -538,7 +539,7 @@ internal sealed class ChoreographyWorld
                     Violation($"{gid}: the coordinator says {state.Status.ToWire()}, the services {order.Status}");
                 }
 
-                var published = _services.Values.SelectMany(s => ChoreographyService.Query(s.Path, "SELECT message_id FROM reports WHERE gid = $g", ("$g", gid))).Select(r => (string)r[0]!).ToHashSet(StringComparer.Ordinal);
+                var published = _services.Values.SelectMany(s => ChoreographyService.Query(s.Path, "SELECT message_id FROM treaty_reports WHERE correlation_id = $g", ("$g", gid))).Select(r => (string)r[0]!).ToHashSet(StringComparer.Ordinal);
                 var recorded = state.Choreography?.MessageIds ?? [];
                 if (recorded.Length != recorded.Distinct(StringComparer.Ordinal).Count() || !published.SetEquals(recorded))
                 {
@@ -576,6 +577,11 @@ internal sealed class ChoreographyWorld
 
         foreach (var service in _services.Values)
         {
+            if (ChoreographyService.Scalar(service.Path, "SELECT COUNT(*) FROM treaty_reports WHERE result NOT IN ('recorded', 'duplicate')") is > 0 and var refused)
+            {
+                Violation($"{service.Name}: {refused} report(s) the coordinator did not record (refused or ignored)");
+            }
+
             if (ChoreographyService.Scalar(service.Path, "SELECT COUNT(*) FROM treaty_dead_letters") is > 0 and var dead)
             {
                 Violation($"{service.Name}: {dead} dead letter(s)");
@@ -608,11 +614,13 @@ internal sealed class ChoreographyWorld
             .Add("crash after-commit-before-relay", services.Sum(s => s.Crashes(CrashPoint.AfterCommitBeforeRelay)))
             .Add("crash after-publish-before-mark-sent", services.Sum(s => s.Crashes(CrashPoint.AfterPublishBeforeMarkSent)))
             .Add("crash after-inbox-commit-before-ack", services.Sum(s => s.Crashes(CrashPoint.AfterInboxCommitBeforeAck)))
+            .Add("crash after-report-answer-before-mark", services.Sum(s => s.Crashes(CrashPoint.AfterReportAnswerBeforeMark)))
             .Add("crash random", services.Sum(s => s.Crashes(CrashPoint.Random)))
             .Add("crash coordinator", _coordinatorCrashes)
             .Add("reports sent", services.Sum(s => s.ReportsSent))
             .Add("reports lost", services.Sum(s => s.ReportsLost))
             .Add("reports duplicates", services.Sum(s => s.ReportDuplicates))
+            .Add("reports unanswered", services.Sum(s => s.ReportsUnanswered))
             .Add("reports stuck-alerts", _observer.StuckAlerts);
         return stats;
     }

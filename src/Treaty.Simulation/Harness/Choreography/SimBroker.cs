@@ -41,8 +41,11 @@ internal sealed class ChoreographyFaults
     /// <summary>A service crashes after its inbox transaction committed, before it acknowledged the delivery.</summary>
     public double CrashBeforeAck { get; init; }
 
+    /// <summary>A service crashes once the coordinator's answer to a report arrived, before its reporter marked the rows.</summary>
+    public double CrashBeforeMark { get; init; }
+
     public override string ToString() => string.Create(CultureInfo.InvariantCulture,
-        $"lose={LoseDelivery:0.00} dup={DuplicateDelivery:0.00} delay={Delay:0.00} lose-ack={LoseAck:0.00} publish-fails={PublishFails:0.00} confirm-lost={ConfirmLost:0.00} handler-error={HandlerError:0.00} lose-report={LoseReport:0.00} crash commit/publish/ack={CrashAfterCommit:0.00}/{CrashAfterPublish:0.00}/{CrashBeforeAck:0.00}");
+        $"lose={LoseDelivery:0.00} dup={DuplicateDelivery:0.00} delay={Delay:0.00} lose-ack={LoseAck:0.00} publish-fails={PublishFails:0.00} confirm-lost={ConfirmLost:0.00} handler-error={HandlerError:0.00} lose-report={LoseReport:0.00} crash commit/publish/ack/report-mark={CrashAfterCommit:0.00}/{CrashAfterPublish:0.00}/{CrashBeforeAck:0.00}/{CrashBeforeMark:0.00}");
 }
 
 /// <summary>

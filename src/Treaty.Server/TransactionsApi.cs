@@ -180,29 +180,18 @@ public static class TransactionsApi
             return Problems.Validation(context, parsed.Errors);
         }
 
-        var results = new List<ReportedEventView>(parsed.Events.Count);
+        var recorded = await ChoreographyReports.RecordAsync(engine, parsed.Events, cancellationToken);
         var conflicts = new List<ValidationError>();
-        for (var i = 0; i < parsed.Events.Count; i++)
+        for (var i = 0; i < recorded.Count; i++)
         {
-            var reported = parsed.Events[i];
-            var result = await engine.ReportEventAsync(reported, cancellationToken);
-            var word = result.Status switch
-            {
-                ReportStatus.Recorded => "recorded",
-                ReportStatus.Duplicate => "duplicate",
-                ReportStatus.OtherProtocol => "conflict",
-                ReportStatus.Full => "ignored",
-                _ => "busy",
-            };
-            if (result.Status is ReportStatus.OtherProtocol or ReportStatus.Busy)
+            var (reported, result, _) = recorded[i];
+            if (recorded[i].IsConflict)
             {
                 var field = parsed.Events.Count == 1 && !body.TryGetProperty("events", out _) ? "correlationId" : $"events[{i}].correlationId";
                 conflicts.Add(new(field, result.Status == ReportStatus.OtherProtocol
                     ? $"Transaction '{reported.CorrelationId}' is a {result.State?.Spec.Protocol.ToWire()} transaction, not a choreography."
                     : $"Transaction '{reported.CorrelationId}' is busy; report the event again."));
             }
-
-            results.Add(new(reported.MessageId, reported.CorrelationId, word, result.State?.Status.ToWire()));
         }
 
         if (conflicts.Count > 0)
@@ -212,7 +201,7 @@ public static class TransactionsApi
                 $"{conflicts.Count} of {parsed.Events.Count} events were not recorded; the others were.", context, errors);
         }
 
-        return Results.Json(new ChoreographyReportView(results), TreatyJsonContext.Default.ChoreographyReportView);
+        return Results.Json(new ChoreographyReportView([.. recorded.Select(r => r.View)]), TreatyJsonContext.Default.ChoreographyReportView);
     }
 
     /// <summary>The caller's trace: the request's activity when the host made one, else its <c>traceparent</c>.</summary>

@@ -188,3 +188,45 @@ public sealed record ChoreographyEventRequest(string MessageId, string Type, str
 
 /// <summary>A batch of reported events.</summary>
 public sealed record ReportChoreographyEventsRequest(IReadOnlyList<ChoreographyEventRequest> Events);
+
+/// <summary>One recorded event: what was reported, what the engine did, and the API's answer for it.</summary>
+/// <param name="Event">The event as reported.</param>
+/// <param name="Result">The engine's outcome and the saga after it.</param>
+/// <param name="View">The answer's entry for it.</param>
+public sealed record RecordedEvent(ChoreographyEvent Event, ReportResult Result, ReportedEventView View)
+{
+    /// <summary>Not recorded because the gid is another protocol's transaction, or busy: the API answers 409 for it.</summary>
+    public bool IsConflict => Result.Status is ReportStatus.OtherProtocol or ReportStatus.Busy;
+}
+
+/// <summary>
+/// Records reported events in the engine, one after the other in the request's order, and words each
+/// result as <c>POST /api/v1/choreography/events</c> answers it (the server's endpoint and the
+/// simulation's report channel both go through here).
+/// </summary>
+public static class ChoreographyReports
+{
+    public static async Task<IReadOnlyList<RecordedEvent>> RecordAsync(TransactionEngine engine, IReadOnlyList<ChoreographyEvent> events, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(engine);
+        ArgumentNullException.ThrowIfNull(events);
+        var recorded = new List<RecordedEvent>(events.Count);
+        foreach (var reported in events)
+        {
+            var result = await engine.ReportEventAsync(reported, cancellationToken);
+            recorded.Add(new(reported, result, new(reported.MessageId, reported.CorrelationId, ResultWord(result.Status), result.State?.Status.ToWire())));
+        }
+
+        return recorded;
+    }
+
+    /// <summary>The answer's word for a result: recorded, duplicate, conflict, ignored or busy.</summary>
+    public static string ResultWord(ReportStatus status) => status switch
+    {
+        ReportStatus.Recorded => "recorded",
+        ReportStatus.Duplicate => "duplicate",
+        ReportStatus.OtherProtocol => "conflict",
+        ReportStatus.Full => "ignored",
+        _ => "busy",
+    };
+}

@@ -39,7 +39,7 @@ internal sealed class SimReportChannel(ChoreographyWorld world, ChoreographyServ
     {
     }
 
-    /// <summary>The choreography endpoint of the server (TransactionsApi.ReportEventsAsync): the same parse, calls and answers.</summary>
+    /// <summary>The choreography endpoint of the server (TransactionsApi.ReportEventsAsync): the same parse, the same recording (ChoreographyReports), the same answers.</summary>
     private async Task<ChoreographyReportView> RecordAsync(TransactionEngine engine, JsonElement body)
     {
         var parsed = ChoreographyEventParser.Parse(body, PayloadBytes);
@@ -49,23 +49,9 @@ internal sealed class SimReportChannel(ChoreographyWorld world, ChoreographyServ
                 parsed.Errors.GroupBy(e => e.Field).ToDictionary(g => g.Key, g => g.Select(e => e.Message).ToArray())));
         }
 
-        var results = new List<ReportedEventView>(parsed.Events.Count);
-        var conflicts = 0;
-        foreach (var reported in parsed.Events)
-        {
-            var result = await engine.ReportEventAsync(reported, CancellationToken.None);
-            var word = result.Status switch
-            {
-                ReportStatus.Recorded => "recorded",
-                ReportStatus.Duplicate => "duplicate",
-                ReportStatus.OtherProtocol => "conflict",
-                ReportStatus.Full => "ignored",
-                _ => "busy",
-            };
-            service.ReportDuplicates += result.Status == ReportStatus.Duplicate ? 1 : 0;
-            conflicts += result.Status is ReportStatus.OtherProtocol or ReportStatus.Busy ? 1 : 0;
-            results.Add(new(reported.MessageId, reported.CorrelationId, word, result.State?.Status.ToWire()));
-        }
+        var recorded = await ChoreographyReports.RecordAsync(engine, parsed.Events, CancellationToken.None);
+        service.ReportDuplicates += recorded.Count(r => r.Result.Status == ReportStatus.Duplicate);
+        var conflicts = recorded.Count(r => r.IsConflict);
 
         if (conflicts > 0)
         {
@@ -73,7 +59,7 @@ internal sealed class SimReportChannel(ChoreographyWorld world, ChoreographyServ
                 $"{conflicts} of {parsed.Events.Count} events were not recorded; the others were.", null, null));
         }
 
-        return new ChoreographyReportView(results);
+        return new ChoreographyReportView([.. recorded.Select(r => r.View)]);
     }
 
     private async Task<T> CallAsync<T>(string what, int events, Func<TransactionEngine, Task<T>> work, bool afterAnswer)

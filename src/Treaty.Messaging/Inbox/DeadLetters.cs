@@ -1,6 +1,5 @@
 using System.Data.Common;
 using System.Text;
-using System.Threading.Channels;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Treaty.AspNetCore.Data;
@@ -182,10 +181,10 @@ internal sealed class ReplayWorker(
     Func<double>? random01 = null) : BackgroundService
 {
     private readonly Func<double> _random01 = random01 ?? Random.Shared.NextDouble;
-    private readonly Channel<bool> _nudges = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite });
+    private readonly WakeSignal _wake = new();
     private readonly Dictionary<long, int> _failures = [];
 
-    public void Nudge() => _nudges.Writer.TryWrite(true);
+    public void Nudge() => _wake.Set();
 
     /// <summary>Delivers every replay that is due once; returns how many were handled.</summary>
     public async Task<int> ReplayDueAsync(CancellationToken cancellationToken)
@@ -249,17 +248,7 @@ internal sealed class ReplayWorker(
                 MessagingLog.ReplayLoopFailed(logger, exception);
             }
 
-            using var timeout = new CancellationTokenSource(options.RetryDelay, time);
-            using var linked = CancellationTokenSource.CreateLinkedTokenSource(timeout.Token, stoppingToken);
-            try
-            {
-                await _nudges.Reader.WaitToReadAsync(linked.Token);
-                _nudges.Reader.TryRead(out _);
-            }
-            catch (OperationCanceledException)
-            {
-                // poll, or stopping
-            }
+            await _wake.WaitAsync(options.RetryDelay, time, stoppingToken); // a replay asked for, the poll, or stopping
         }
     }
 }

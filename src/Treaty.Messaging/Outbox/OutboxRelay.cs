@@ -1,5 +1,4 @@
 using System.Text;
-using System.Threading.Channels;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Treaty.AspNetCore.Data;
@@ -30,9 +29,9 @@ internal sealed class OutboxRelay(
 {
     private readonly Func<double> _random01 = random01 ?? Random.Shared.NextDouble;
 
-    private readonly Channel<bool> _nudges = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite });
+    private readonly WakeSignal _wake = new();
 
-    public void Nudge() => _nudges.Writer.TryWrite(true);
+    public void Nudge() => _wake.Set();
 
     /// <summary>
     /// Sends the due rows (one batch) and marks the accepted ones sent. The batch goes to the
@@ -148,7 +147,7 @@ internal sealed class OutboxRelay(
                 continue;
             }
 
-            await WaitForNudgeAsync(wait, stoppingToken);
+            await _wake.WaitAsync(wait, time, stoppingToken);
         }
     }
 
@@ -164,26 +163,6 @@ internal sealed class OutboxRelay(
         catch (Exception exception) when (exception is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
         {
             return exception;
-        }
-    }
-
-    private async Task WaitForNudgeAsync(TimeSpan wait, CancellationToken stoppingToken)
-    {
-        if (wait <= TimeSpan.Zero)
-        {
-            return;
-        }
-
-        using var timeout = new CancellationTokenSource(wait, time);
-        using var linked = CancellationTokenSource.CreateLinkedTokenSource(timeout.Token, stoppingToken);
-        try
-        {
-            await _nudges.Reader.WaitToReadAsync(linked.Token);
-            _nudges.Reader.TryRead(out _);
-        }
-        catch (OperationCanceledException)
-        {
-            // the wait is over, or the host is stopping; the loop decides.
         }
     }
 

@@ -1,5 +1,4 @@
 using System.Text.Json;
-using System.Threading.Channels;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Treaty.AspNetCore.Data;
@@ -40,9 +39,9 @@ internal sealed class ChoreographyReporter(
     private const string Refused = "refused";
     private readonly IReportChannel _client = coordinator;
     private readonly Func<double> _random01 = random01 ?? Random.Shared.NextDouble;
-    private readonly Channel<bool> _nudges = Channel.CreateBounded<bool>(new BoundedChannelOptions(1) { FullMode = BoundedChannelFullMode.DropWrite });
+    private readonly WakeSignal _wake = new();
 
-    public void Nudge() => _nudges.Writer.TryWrite(true);
+    public void Nudge() => _wake.Set();
 
     /// <summary>
     /// Reports the due rows (one batch). The coordinator validates a whole request before it records
@@ -148,7 +147,7 @@ internal sealed class ChoreographyReporter(
                 continue;
             }
 
-            await WaitForNudgeAsync(wait, stoppingToken);
+            await _wake.WaitAsync(wait, time, stoppingToken);
         }
     }
 
@@ -223,26 +222,6 @@ internal sealed class ChoreographyReporter(
         catch (Exception exception) when (IsUnreachable(exception, cancellationToken))
         {
             return false;
-        }
-    }
-
-    private async Task WaitForNudgeAsync(TimeSpan wait, CancellationToken stoppingToken)
-    {
-        if (wait <= TimeSpan.Zero)
-        {
-            return;
-        }
-
-        using var timeout = new CancellationTokenSource(wait, time);
-        using var linked = CancellationTokenSource.CreateLinkedTokenSource(timeout.Token, stoppingToken);
-        try
-        {
-            await _nudges.Reader.WaitToReadAsync(linked.Token);
-            _nudges.Reader.TryRead(out _);
-        }
-        catch (OperationCanceledException)
-        {
-            // the wait is over, or the host is stopping; the loop decides.
         }
     }
 

@@ -102,54 +102,26 @@ internal sealed class OutboxRelay(
     /// simulation calls it directly, inside a simulated process (BackgroundService.StartAsync would
     /// hand it to the thread pool, out of the simulation's single-threaded scheduler).
     /// </summary>
-    internal async Task RunAsync(CancellationToken stoppingToken)
-    {
-        var failures = 0;
-        while (!stoppingToken.IsCancellationRequested)
+    internal Task RunAsync(CancellationToken stoppingToken) => PollingLoop.RunAsync(
+        async ct =>
         {
-            TimeSpan wait;
-            try
+            var pass = await RelayOnceAsync(ct);
+            if (pass.Read == options.RelayBatchSize && pass.Sent > 0)
             {
-                var pass = await RelayOnceAsync(stoppingToken);
-                failures = 0;
-                if (pass.Read == options.RelayBatchSize && pass.Sent > 0)
-                {
-                    continue; // more may be waiting
-                }
-
-                if (pass.Failed > 0)
-                {
-                    MessagingLog.SendFailed(logger, transport.Name, pass.Failed, pass.Read);
-                }
-
-                var untilDue = await UntilNextDueAsync(stoppingToken);
-                wait = untilDue is { } due && due < options.RelayPollInterval ? due : options.RelayPollInterval;
-            }
-            catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
-            {
-                return;
-            }
-            catch (Exception exception)
-            {
-                // The database, not the transport: wait the backoff out, so a nudge cannot make a hot loop.
-                failures++;
-                wait = options.RetryBackoff(failures, _random01());
-                MessagingLog.RelayFailed(logger, exception, failures, wait);
-                try
-                {
-                    await Task.Delay(wait, time, stoppingToken);
-                }
-                catch (OperationCanceledException)
-                {
-                    return;
-                }
-
-                continue;
+                return null; // more may be waiting
             }
 
-            await _wake.WaitAsync(wait, time, stoppingToken);
-        }
-    }
+            if (pass.Failed > 0)
+            {
+                MessagingLog.SendFailed(logger, transport.Name, pass.Failed, pass.Read);
+            }
+
+            var untilDue = await UntilNextDueAsync(ct);
+            return untilDue is { } due && due < options.RelayPollInterval ? due : options.RelayPollInterval;
+        },
+        failures => options.RetryBackoff(failures, _random01()),
+        (exception, failures, wait) => MessagingLog.RelayFailed(logger, exception, failures, wait),
+        _wake, time, stoppingToken);
 
     private static TimeSpan Max(TimeSpan a, TimeSpan b) => a > b ? a : b;
 

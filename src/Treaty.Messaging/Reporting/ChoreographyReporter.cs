@@ -107,49 +107,21 @@ internal sealed class ChoreographyReporter(
     /// The reporter's loop. <see cref="ExecuteAsync"/> is all it is in a host; the deterministic
     /// simulation calls it directly, inside a simulated process (as it does the relay's).
     /// </summary>
-    internal async Task RunAsync(CancellationToken stoppingToken)
-    {
-        var failures = 0;
-        while (!stoppingToken.IsCancellationRequested)
+    internal Task RunAsync(CancellationToken stoppingToken) => PollingLoop.RunAsync(
+        async ct =>
         {
-            TimeSpan wait;
-            try
+            var pass = await ReportOnceAsync(ct);
+            if ((pass.Read == options.BatchSize && pass.Reported > 0) || pass.Released > 0)
             {
-                var pass = await ReportOnceAsync(stoppingToken);
-                failures = 0;
-                if ((pass.Read == options.BatchSize && pass.Reported > 0) || pass.Released > 0)
-                {
-                    continue; // more may be waiting, or rows that waited for the coordinator are due now
-                }
-
-                var untilDue = await UntilNextDueAsync(stoppingToken);
-                wait = untilDue is { } due && due < options.PollInterval ? due : options.PollInterval;
-            }
-            catch (OperationCanceledException) when (stoppingToken.IsCancellationRequested)
-            {
-                return;
-            }
-            catch (Exception exception)
-            {
-                // The database, not the coordinator: wait the backoff out, so a nudge cannot make a hot loop.
-                failures++;
-                wait = options.Backoff(failures, _random01());
-                ReportingLog.LoopFailed(logger, exception, failures, wait);
-                try
-                {
-                    await Task.Delay(wait, time, stoppingToken);
-                }
-                catch (OperationCanceledException)
-                {
-                    return;
-                }
-
-                continue;
+                return null; // more may be waiting, or rows that waited for the coordinator are due now
             }
 
-            await _wake.WaitAsync(wait, time, stoppingToken);
-        }
-    }
+            var untilDue = await UntilNextDueAsync(ct);
+            return untilDue is { } due && due < options.PollInterval ? due : options.PollInterval;
+        },
+        failures => options.Backoff(failures, _random01()),
+        (exception, failures, wait) => ReportingLog.LoopFailed(logger, exception, failures, wait),
+        _wake, time, stoppingToken);
 
     public override void Dispose()
     {

@@ -87,7 +87,7 @@ public class DecideBenchmarks
     [Benchmark(Description = "msg: register")]
     public Decision MessageRegister() => _messageRegister.Decide();
 
-    [Benchmark(Description = "msg: sender's submit (3 deliveries)")]
+    [Benchmark(Description = "msg: sender submits (3 deliveries)")]
     public Decision MessageSenderCommitted() => _messageSenderCommitted.Decide();
 
     [Benchmark(Description = "msg: last delivery answered, committed")]

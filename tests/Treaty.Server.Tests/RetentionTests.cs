@@ -1,0 +1,116 @@
+using System.Net;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Treaty.Client;
+using Treaty.Core.Contracts;
+using Treaty.Server.Tests.Support;
+using Treaty.Testing;
+
+namespace Treaty.Server.Tests;
+
+/// <summary>Retention (<c>serve --retention</c>) on a real coordinator: finished transactions go once
+/// they are older than the age, unfinished ones never, and a purged gid is free again.</summary>
+public sealed class RetentionTests(ParticipantFixture fixture) : IClassFixture<ParticipantFixture>
+{
+    private static readonly TimeSpan Wait = TimeSpan.FromSeconds(20);
+    private static readonly TimeSpan Age = TimeSpan.FromMilliseconds(500);
+    private readonly Participant _participant = fixture.Participant;
+
+    private string Url(string gid, string branch, string op) => _participant.Url($"{gid}/{branch}/{op}");
+
+    private static Task<InProcessCoordinator> StartAsync(TimeSpan? retention) => InProcessCoordinator.StartAsync(configureOptions: o =>
+    {
+        o.Retention = retention;
+        o.RetentionInterval = TimeSpan.FromMilliseconds(100);
+        // Two per batch, so five finished transactions take three batches in one pass.
+        o.RetentionBatchSize = 2;
+        o.RetentionPause = TimeSpan.FromMilliseconds(10);
+    });
+
+    private Task<TransactionView> CommitAsync(TreatyClient client, string gid) =>
+        client.Saga(gid).WithPayload(Api.Payload)
+            .Step("s1", Url(gid, "s1", "action"), Url(gid, "s1", "compensate"))
+            .Step("s2", Url(gid, "s2", "action"), Url(gid, "s2", "compensate"))
+            .SubmitAsync(wait: Wait);
+
+    [Fact]
+    public async Task Retention_DeletesFinishedOlderThanTheAge_KeepsRunningOnesHoweverOld_AndCountsThem()
+    {
+        using var metrics = new MetricRecorder();
+        await using var coordinator = await StartAsync(Age);
+        var running = Api.NewGid("ret-running");
+        var hold = _participant.Hold($"{running}/s1/action");
+        try
+        {
+            await coordinator.Client.Saga(running).WithPayload(Api.Payload)
+                .Step("s1", Url(running, "s1", "action"), Url(running, "s1", "compensate"))
+                .SubmitAsync(wait: null);
+            await Eventually.Async(() => Task.FromResult(_participant.CallsTo($"{running}/s1/action").Count), n => n == 1, "the held call arrived", Wait);
+
+            var finished = new List<string>();
+            for (var i = 0; i < 5; i++)
+            {
+                var gid = Api.NewGid($"ret-done{i}");
+                (await CommitAsync(coordinator.Client, gid)).Status.ShouldBe("committed");
+                finished.Add(gid);
+            }
+
+            foreach (var gid in finished)
+            {
+                await Eventually.Async(() => Api.GetAsync(coordinator.Http, gid), v => v is null, $"{gid} purged", Wait);
+                using var events = await coordinator.Http.GetAsync($"{Api.Transactions}/{gid}/events");
+                events.StatusCode.ShouldBe(HttpStatusCode.NotFound);
+            }
+
+            // Submitted before every finished one, so older than each of them, and still there.
+            var view = (await Api.GetAsync(coordinator.Http, running)).ShouldNotBeNull();
+            view.Status.ShouldBe("running");
+            (TimeProvider.System.GetUtcNow() - view.CreatedAt).ShouldBeGreaterThan(Age);
+            await Eventually.Async(
+                () => Task.FromResult(metrics.Of("treaty.transactions.purged").Where(m => m.Unit == "{transaction}").Sum(m => m.Value)),
+                sum => sum >= finished.Count, "treaty.transactions.purged counts the five", Wait);
+        }
+        finally
+        {
+            hold.Open();
+        }
+
+        // Released, it finishes, and then it ages out like the others.
+        await Api.WaitForStatusAsync(coordinator.Http, running, "committed", Wait);
+        await Eventually.Async(() => Api.GetAsync(coordinator.Http, running), v => v is null, $"{running} purged once finished", Wait);
+    }
+
+    [Fact]
+    public async Task Retention_PurgedGid_MayBeSubmittedAgainAsANewTransaction()
+    {
+        await using var coordinator = await StartAsync(Age);
+        var gid = Api.NewGid("ret-again");
+        var first = await CommitAsync(coordinator.Client, gid);
+        first.Status.ShouldBe("committed");
+        await Eventually.Async(() => Api.GetAsync(coordinator.Http, gid), v => v is null, $"{gid} purged", Wait);
+
+        var second = await CommitAsync(coordinator.Client, gid);
+
+        second.Status.ShouldBe("committed");
+        second.CreatedAt.ShouldBeGreaterThan(first.UpdatedAt);
+        // The participant saw the gid's actions twice: the idempotency of a gid lasts as long as its row.
+        _participant.CallsTo($"{gid}/s1/action").Count.ShouldBe(2);
+    }
+
+    [Fact]
+    public async Task Retention_Off_RunsNoRetentionService()
+    {
+        await using var coordinator = await StartAsync(retention: null);
+
+        coordinator.Services.GetServices<IHostedService>().ShouldNotContain(s => s is RetentionService);
+        coordinator.Services.GetServices<IHostedService>().ShouldContain(s => s is RecoveryService);
+    }
+
+    [Fact]
+    public async Task Retention_On_RunsTheRetentionService()
+    {
+        await using var coordinator = await StartAsync(Age);
+
+        coordinator.Services.GetServices<IHostedService>().ShouldContain(s => s is RetentionService);
+    }
+}

@@ -113,4 +113,57 @@ public sealed class RetentionTests(ParticipantFixture fixture) : IClassFixture<P
 
         coordinator.Services.GetServices<IHostedService>().ShouldContain(s => s is RetentionService);
     }
+
+    [Theory]
+    [InlineData("7d", 7 * 24 * 60 * 60 * 1000L)]
+    [InlineData("12h", 12 * 60 * 60 * 1000L)]
+    [InlineData("30m", 30 * 60 * 1000L)]
+    [InlineData("45s", 45 * 1000L)]
+    [InlineData("500ms", 500L)]
+    [InlineData(" 2D ", 2 * 24 * 60 * 60 * 1000L)]
+    public void ServeRetentionFlags_ReadDurationsWithUnits(string text, long milliseconds)
+    {
+        var options = new TreatyServerOptions();
+
+        Cli.ServeCommand.TryApplyRetention(text, text, options, out var problem).ShouldBeTrue(problem);
+
+        options.Retention.ShouldBe(TimeSpan.FromMilliseconds(milliseconds));
+        options.RetentionInterval.ShouldBe(TimeSpan.FromMilliseconds(milliseconds));
+    }
+
+    [Theory]
+    [InlineData("7")]
+    [InlineData("0d")]
+    [InlineData("-1d")]
+    [InlineData("1.5h")]
+    [InlineData("d")]
+    [InlineData("7 days")]
+    [InlineData("99999999999999d")]
+    public void ServeRetentionFlags_RefuseWhatIsNotADuration(string text)
+    {
+        var options = new TreatyServerOptions();
+
+        Cli.ServeCommand.TryApplyRetention(text, null, options, out var problem).ShouldBeFalse();
+
+        problem.ShouldContain("--retention");
+        options.Retention.ShouldBeNull();
+    }
+
+    [Fact]
+    public void ServeRetentionFlags_Absent_LeaveRetentionOff()
+    {
+        var options = new TreatyServerOptions();
+
+        Cli.ServeCommand.TryApplyRetention(null, null, options, out _).ShouldBeTrue();
+
+        options.Retention.ShouldBeNull();
+        options.RetentionInterval.ShouldBe(TreatyServerDefaults.RetentionInterval);
+    }
+
+    [Fact]
+    public void Options_NonPositiveRetention_AreRefused()
+    {
+        Should.Throw<ArgumentException>(() => new TreatyServerOptions { Retention = TimeSpan.Zero }.Validate()).Message.ShouldContain("Retention");
+        Should.Throw<ArgumentException>(() => new TreatyServerOptions { RetentionBatchSize = 0 }.Validate()).Message.ShouldContain("RetentionBatchSize");
+    }
 }

@@ -64,8 +64,7 @@ internal sealed class WriterConnection : IDisposable
             VALUES ($gid, $at, $kind, $branch, $op, $attempt, $status_code, $detail, $duration_ms, $body);
             """,
             "$gid", "$at", "$kind", "$branch", "$op", "$attempt", "$status_code", "$detail", "$duration_ms", "$body");
-        _selectFinished = Prepare(
-            $"SELECT gid FROM transactions WHERE {Schema.Terminal} AND updated_at < $before ORDER BY updated_at, gid LIMIT $limit;",
+        _selectFinished = Prepare(Schema.FinishedBatch,
             "$before", "$limit");
         _deleteJournal = Prepare("DELETE FROM journal WHERE gid = $gid;", "$gid");
         // The status check again: only a finished row goes, even if a caller passed a gid by mistake.

@@ -304,6 +304,17 @@ public sealed class SqliteTransactionStoreTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task PurgeFinished_FindsItsBatchThroughTheFinishedIndex_NeverScanningRunningRows()
+    {
+        await _store.InsertAsync(NewState("plan"), [], Ct);
+
+        var plan = Plan(Schema.FinishedBatch, ("$before", 1L), ("$limit", 10));
+
+        plan.ShouldContain("ix_transactions_finished");
+        plan.ShouldNotContain("TEMP B-TREE"); // the index's order is the batch's order: no sort
+    }
+
+    [Fact]
     public void Options_OutOfRange_AreRejectedByTheConstructor()
     {
         Should.Throw<ArgumentException>(() => new SqliteTransactionStore(

@@ -90,7 +90,16 @@ foreach (var (protocol, commit, abort) in counts)
         $"| {protocol} | {commit.CallsPer:0.00} | {commit.ForcedPer:0.00} | {commit.LazyPer:0.00} | {abort.CallsPer:0.00} | {abort.ForcedPer:0.00} | {abort.LazyPer:0.00} |"));
 }
 
+// Storage: every transaction of the run (warm-up and abort runs included) is still in the file.
+// Disposing the coordinator closes the store, which folds the write-ahead log into treaty.db.
+var stored = (await coordinator.Services.GetRequiredService<Treaty.Core.Engine.ITransactionStore>()
+    .CountAsync(new Treaty.Core.Engine.TransactionQuery(), CancellationToken.None)).Total;
 await coordinator.StopAsync();
+await coordinator.DisposeAsync();
+var fileBytes = new FileInfo(Path.Combine(dataDir, "treaty.db")).Length;
+Console.WriteLine();
+Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+    $"Storage: {stored:N0} transactions in {fileBytes / 1_048_576.0:0.0} MiB (treaty.db after checkpoint): {(stored == 0 ? 0 : fileBytes / (double)stored):0} bytes each, {(stored == 0 ? 0 : fileBytes / (double)stored * 1_000_000 / 1_073_741_824):0.00} GiB per million"));
 await participant.StopAsync();
 try
 {

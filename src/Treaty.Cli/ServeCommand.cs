@@ -38,11 +38,21 @@ internal static class ServeCommand
             Description = $"Keep this much (UTF-8 bytes, 0 to {TreatyServerDefaults.MaxTimelineBodyBytes}) of every participant answer for the dashboard's timeline",
             DefaultValueFactory = _ => TreatyServerDefaults.TimelineBodyBytes,
         };
+        var retention = new Option<string?>("--retention")
+        {
+            Description = "Delete finished transactions (and their journal) this long after they finished, e.g. 7d, 12h, 30m; default: keep everything",
+        };
+        var retentionInterval = new Option<string?>("--retention-interval")
+        {
+            Description = $"How often retention runs (default {TreatyServerDefaults.RetentionInterval.TotalMinutes:0}m)",
+        };
         var command = new Command("serve", "Run the coordinator (HTTP API, engine, recovery) on the embedded SQLite store")
         {
             urls, dataDir, callbackSecret, alertWebhook, alertSecret, otlpEndpoint, otlpProtocol,
         };
         command.Options.Add(timelineBodyBytes);
+        command.Options.Add(retention);
+        command.Options.Add(retentionInterval);
         var security = new ServeSecurityFlags();
         foreach (var option in security.All)
         {
@@ -63,6 +73,12 @@ internal static class ServeCommand
                 TimelineBodyBytes = parse.GetValue(timelineBodyBytes),
             };
             security.Apply(parse, options);
+            if (!TryApplyRetention(parse.GetValue(retention), parse.GetValue(retentionInterval), options, out var problem))
+            {
+                await Console.Error.WriteLineAsync(problem);
+                return 2;
+            }
+
             try
             {
                 options.Validate();
@@ -78,6 +94,35 @@ internal static class ServeCommand
             return 0;
         });
         return command;
+    }
+
+    /// <summary>Reads <c>--retention</c> and <c>--retention-interval</c> into <paramref name="options"/>.</summary>
+    internal static bool TryApplyRetention(string? retention, string? interval, TreatyServerOptions options, out string problem)
+    {
+        problem = "";
+        if (retention is not null)
+        {
+            if (!DurationText.TryParse(retention, out var age))
+            {
+                problem = $"--retention '{retention}' is not a duration such as 7d, 12h, 30m or 45s.";
+                return false;
+            }
+
+            options.Retention = age;
+        }
+
+        if (interval is not null)
+        {
+            if (!DurationText.TryParse(interval, out var every))
+            {
+                problem = $"--retention-interval '{interval}' is not a duration such as 1m, 30s or 500ms.";
+                return false;
+            }
+
+            options.RetentionInterval = every;
+        }
+
+        return true;
     }
 
     /// <summary>The environment variable read when <c>--callback-secret</c> is not given.</summary>

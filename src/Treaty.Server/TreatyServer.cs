@@ -85,6 +85,11 @@ public static class TreatyServer
         });
         services.AddHostedService<StoreInitializer>();
         services.AddHostedService<RecoveryService>();
+        if (options.Retention is not null)
+        {
+            services.AddHostedService<RetentionService>();
+        }
+
         if (options.AlertWebhook is null)
         {
             services.AddSingleton<IEngineObserver>(sp => sp.GetRequiredService<TreatyTelemetry>());

@@ -94,6 +94,23 @@ public sealed class TreatyServerOptions
     /// <summary>How long the coordinator waits for one dead-letter source before it reports it unreachable.</summary>
     public TimeSpan DeadLetterSourceTimeout { get; set; } = TreatyServerDefaults.DeadLetterSourceTimeout;
 
+    /// <summary>
+    /// How long a finished (committed or aborted) transaction is kept after it finished; older ones
+    /// are deleted with their journal. Null (the default) keeps everything. A deleted gid is unknown
+    /// afterwards (GET answers 404) and may be submitted again as a new transaction, so keep it
+    /// longer than any client may retry a submit.
+    /// </summary>
+    public TimeSpan? Retention { get; set; }
+
+    /// <summary>How often retention looks for transactions to delete.</summary>
+    public TimeSpan RetentionInterval { get; set; } = TreatyServerDefaults.RetentionInterval;
+
+    /// <summary>Most transactions deleted in one write; small, so one batch never holds the store's writer for long.</summary>
+    public int RetentionBatchSize { get; set; } = TreatyServerDefaults.RetentionBatchSize;
+
+    /// <summary>Pause between two batches of one pass, which leaves the writer to the hot path.</summary>
+    public TimeSpan RetentionPause { get; set; } = TreatyServerDefaults.RetentionPause;
+
     /// <summary>Requests per second per key (or per remote address without one); 0: no limit.</summary>
     public int RateLimitPerSecond { get; set; }
 
@@ -124,6 +141,16 @@ public sealed class TreatyServerOptions
         if (RecoveryInterval <= TimeSpan.Zero)
         {
             problems.Add("RecoveryInterval must be positive.");
+        }
+
+        if (Retention is { } retention && retention <= TimeSpan.Zero)
+        {
+            problems.Add("Retention must be positive when set.");
+        }
+
+        if (RetentionInterval <= TimeSpan.Zero || RetentionPause < TimeSpan.Zero || RetentionBatchSize is < 1 or > 100_000)
+        {
+            problems.Add("RetentionInterval must be positive, RetentionPause not negative, and RetentionBatchSize between 1 and 100000.");
         }
 
         if (MaxWait < TimeSpan.Zero)
@@ -212,4 +239,7 @@ public static class TreatyServerDefaults
     public const string OtlpProtocolGrpc = "grpc";
     public static readonly TimeSpan OtlpExportInterval = TimeSpan.FromSeconds(10);
     public static readonly TimeSpan DeadLetterSourceTimeout = TimeSpan.FromSeconds(5);
+    public static readonly TimeSpan RetentionInterval = TimeSpan.FromMinutes(1);
+    public const int RetentionBatchSize = 500;
+    public static readonly TimeSpan RetentionPause = TimeSpan.FromMilliseconds(50);
 }

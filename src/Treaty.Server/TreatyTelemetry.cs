@@ -26,6 +26,7 @@ internal sealed class TreatyTelemetry : IEngineObserver, IDisposable
     private readonly Counter<long> _alerts;
     private readonly Counter<long> _writes;
     private readonly Counter<long> _decisions;
+    private readonly Counter<long> _purged;
     private TransactionEngine? _engine;
 
     public TreatyTelemetry(IMeterFactory meters)
@@ -40,6 +41,8 @@ internal sealed class TreatyTelemetry : IEngineObserver, IDisposable
         _writes = _meter.CreateCounter<long>("treaty.store.writes", unit: "{write}",
             description: "Durable state writes by protocol; forced = the decision's calls waited for the write (write-ahead)");
         _decisions = _meter.CreateCounter<long>("treaty.decisions", unit: "{decision}", description: "Coordinator decisions (commit or abort) by protocol");
+        _purged = _meter.CreateCounter<long>("treaty.transactions.purged", unit: "{transaction}",
+            description: "Finished transactions deleted by retention, with their journal");
         _meter.CreateObservableGauge("treaty.transactions.in_flight", () => _engine?.ActiveCount ?? 0, unit: "{transaction}",
             description: "Transactions this coordinator drives now (not terminal, held in memory)");
         _meter.CreateObservableGauge("treaty.transactions.stuck.current", () => _engine?.StuckCount ?? 0, unit: "{transaction}",
@@ -66,6 +69,15 @@ internal sealed class TreatyTelemetry : IEngineObserver, IDisposable
         activity?.SetTag("treaty.protocol", spec.Protocol.ToWire());
         activity?.SetTag("treaty.branches", spec.Branches.Length);
         return activity;
+    }
+
+    /// <summary>Retention deleted <paramref name="count"/> finished transactions.</summary>
+    public void Purged(int count)
+    {
+        if (count > 0)
+        {
+            _purged.Add(count);
+        }
     }
 
     public void Submitted(TransactionState state)

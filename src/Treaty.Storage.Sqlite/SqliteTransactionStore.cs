@@ -303,6 +303,18 @@ public sealed class SqliteTransactionStore : ITransactionStore, IAsyncDisposable
         return gids;
     }
 
+    /// <inheritdoc />
+    /// <remarks>The batch goes through the group-commit writer like any write, so it is committed
+    /// with the writes queued beside it; keep <paramref name="batchSize"/> small (hundreds) so the
+    /// batch it joins stays short.</remarks>
+    public async Task<int> PurgeFinishedAsync(DateTimeOffset finishedBefore, int batchSize, CancellationToken cancellationToken)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(batchSize);
+        var request = new PurgeRequest(StoredValues.Time(finishedBefore), batchSize, cancellationToken);
+        await EnqueueAsync(request, cancellationToken);
+        return await request.Task;
+    }
+
     /// <summary>Stops taking writes, commits every write already queued, and closes the file.</summary>
     public async ValueTask DisposeAsync()
     {

@@ -114,6 +114,16 @@ internal sealed class UpdateRequest(StoredRow row, IReadOnlyList<JournalEntry> j
     }
 }
 
+/// <summary>One bounded purge of finished transactions: one savepoint in a group-committed batch, so
+/// it shares the writer's turn with the hot path's writes instead of holding the file.</summary>
+internal sealed class PurgeRequest(long finishedBefore, int limit, CancellationToken cancellationToken)
+    : WriteRequest<int>(cancellationToken)
+{
+    public override string? Gid => null;
+
+    public override void Apply(WriterConnection writer) => SetResult(writer.PurgeFinished(finishedBefore, limit));
+}
+
 /// <summary>Runs a query on the writer connection inside a batch (diagnostics and tests).</summary>
 internal sealed class WriterProbe<T>(Func<WriterConnection, T> query, CancellationToken cancellationToken)
     : WriteRequest<T>(cancellationToken)

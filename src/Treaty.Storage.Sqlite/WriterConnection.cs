@@ -23,6 +23,9 @@ internal sealed class WriterConnection : IDisposable
     private readonly SqliteCommand _selectState;
     private readonly SqliteCommand _selectVersion;
     private readonly SqliteCommand _appendJournal;
+    private readonly SqliteCommand _selectFinished;
+    private readonly SqliteCommand _deleteJournal;
+    private readonly SqliteCommand _deleteTransaction;
     private readonly List<SqliteCommand> _commands = [];
 
     public WriterConnection(SqliteConnection connection)
@@ -61,6 +64,11 @@ internal sealed class WriterConnection : IDisposable
             VALUES ($gid, $at, $kind, $branch, $op, $attempt, $status_code, $detail, $duration_ms, $body);
             """,
             "$gid", "$at", "$kind", "$branch", "$op", "$attempt", "$status_code", "$detail", "$duration_ms", "$body");
+        _selectFinished = Prepare(Schema.FinishedBatch,
+            "$before", "$limit");
+        _deleteJournal = Prepare("DELETE FROM journal WHERE gid = $gid;", "$gid");
+        // The status check again: only a finished row goes, even if a caller passed a gid by mistake.
+        _deleteTransaction = Prepare($"DELETE FROM transactions WHERE gid = $gid AND {Schema.Terminal};", "$gid");
     }
 
     /// <summary>The raw connection, for diagnostics run on the writer thread.</summary>
@@ -141,6 +149,33 @@ internal sealed class WriterConnection : IDisposable
             p[9].Value = Nullable(entry.Body);
             _appendJournal.ExecuteNonQuery();
         }
+    }
+
+    /// <summary>Deletes up to <paramref name="limit"/> finished transactions last written before
+    /// <paramref name="before"/> (UTC ticks), oldest first, with their journal rows; returns how many.</summary>
+    public int PurgeFinished(long before, int limit)
+    {
+        _selectFinished.Parameters[0].Value = before;
+        _selectFinished.Parameters[1].Value = limit;
+        var gids = new List<string>(limit);
+        using (var reader = _selectFinished.ExecuteReader())
+        {
+            while (reader.Read())
+            {
+                gids.Add(reader.GetString(0));
+            }
+        }
+
+        var deleted = 0;
+        foreach (var gid in gids)
+        {
+            _deleteJournal.Parameters[0].Value = gid;
+            _deleteJournal.ExecuteNonQuery();
+            _deleteTransaction.Parameters[0].Value = gid;
+            deleted += _deleteTransaction.ExecuteNonQuery();
+        }
+
+        return deleted;
     }
 
     public void Dispose()

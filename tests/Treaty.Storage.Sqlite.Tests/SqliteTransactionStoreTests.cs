@@ -304,6 +304,42 @@ public sealed class SqliteTransactionStoreTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task PurgeFinished_SharesAGroupCommitWithTheHotPathsWrites()
+    {
+        var old = NewState("old-done") with { Status = TransactionStatus.Committed, UpdatedAt = T0.AddDays(-9) };
+        await _store.InsertAsync(old, [Entry("old")], Ct);
+        var batchesBefore = _store.CommittedBatches;
+
+        Task<TransactionState?> before, after;
+        Task<int> purge;
+        using (_store.HoldWriter())
+        {
+            before = _store.InsertAsync(NewState("queued-before"), [Entry("before")], Ct);
+            purge = _store.PurgeFinishedAsync(T0, 100, Ct);
+            after = _store.InsertAsync(NewState("queued-after"), [Entry("after")], Ct);
+        }
+
+        (await purge).ShouldBe(1);
+        (await before).ShouldBeNull();
+        (await after).ShouldBeNull();
+        // One fsync for all three: the purge took a turn in the batch instead of a batch of its own.
+        (_store.CommittedBatches - batchesBefore).ShouldBe(1);
+        (await _store.GetAsync("old-done", Ct)).ShouldBeNull();
+        (await _store.GetJournalAsync("old-done", Ct)).ShouldBeEmpty();
+    }
+
+    [Fact]
+    public async Task PurgeFinished_FindsItsBatchThroughTheFinishedIndex_NeverScanningRunningRows()
+    {
+        await _store.InsertAsync(NewState("plan"), [], Ct);
+
+        var plan = Plan(Schema.FinishedBatch, ("$before", 1L), ("$limit", 10));
+
+        plan.ShouldContain("ix_transactions_finished");
+        plan.ShouldNotContain("TEMP B-TREE"); // the index's order is the batch's order: no sort
+    }
+
+    [Fact]
     public void Options_OutOfRange_AreRejectedByTheConstructor()
     {
         Should.Throw<ArgumentException>(() => new SqliteTransactionStore(

@@ -564,6 +564,124 @@ public abstract class StoreComplianceTests : IAsyncLifetime
         (await Store.ListDueAsync(T0, 100, Ct)).ShouldBe(["null-wake", "future", "prepared-past", "exactly-now"]);
     }
 
+    // ---- retention ----
+
+    /// <summary>The cutoff of the retention tests: a day before <see cref="T0"/>.</summary>
+    private static readonly DateTimeOffset Cutoff = T0.AddDays(-1);
+
+    private static TransactionState Finished(string gid, TransactionStatus status, DateTimeOffset finishedAt) =>
+        NewState(gid, createdAt: finishedAt.AddMinutes(-1)) with { Status = status, UpdatedAt = finishedAt, NextWakeAt = null };
+
+    [Fact]
+    public async Task PurgeFinished_DeletesOnlyFinishedBeforeTheCutoff_NeverUnfinishedHoweverOld()
+    {
+        var old = T0.AddDays(-30);
+        var states = Enum.GetValues<TransactionStatus>()
+            .Select(status => Finished("old-" + status.ToWire(), status, old))
+            .Concat(
+            [
+                Finished("new-committed", TransactionStatus.Committed, T0),
+                Finished("new-aborted", TransactionStatus.Aborted, T0),
+                Finished("at-cutoff", TransactionStatus.Committed, Cutoff),
+                Finished("tick-before-cutoff", TransactionStatus.Aborted, Cutoff.AddTicks(-1)),
+                // Stuck waiting for an operator for a month: still unfinished, so it stays.
+                Finished("old-stuck", TransactionStatus.Aborting, old) with { StuckOn = SomeStuckCause },
+            ])
+            .ToList();
+        await InsertAllAsync(states);
+
+        var deleted = await Store.PurgeFinishedAsync(Cutoff, 100, Ct);
+
+        deleted.ShouldBe(3);
+        foreach (var gid in new[] { "old-committed", "old-aborted", "tick-before-cutoff" })
+        {
+            (await Store.GetAsync(gid, Ct)).ShouldBeNull(gid);
+        }
+
+        var kept = states.Select(s => s.Gid).Except(["old-committed", "old-aborted", "tick-before-cutoff"]).ToList();
+        foreach (var gid in kept)
+        {
+            (await Store.GetAsync(gid, Ct)).ShouldNotBeNull(gid);
+        }
+
+        (await Store.CountAsync(new TransactionQuery(), Ct)).Total.ShouldBe(kept.Count);
+        (await Store.ListAsync(new TransactionQuery(Limit: 500), Ct)).Items.Select(s => s.Gid).ShouldBe(kept, ignoreOrder: true);
+    }
+
+    [Fact]
+    public async Task PurgeFinished_DeletesTheJournalWithTheTransaction_AndNoOtherJournal()
+    {
+        var old = T0.AddDays(-10);
+        await Store.InsertAsync(Finished("gone", TransactionStatus.Committed, old), [Entry(JournalKinds.Submitted), Entry(JournalKinds.Resumed)], Ct);
+        await Store.InsertAsync(Finished("running", TransactionStatus.Running, old), [Entry(JournalKinds.Submitted)], Ct);
+        await Store.InsertAsync(Finished("recent", TransactionStatus.Committed, T0), [Entry(JournalKinds.Submitted)], Ct);
+
+        (await Store.PurgeFinishedAsync(Cutoff, 100, Ct)).ShouldBe(1);
+
+        (await Store.GetJournalAsync("gone", Ct)).ShouldBeEmpty();
+        (await Store.GetJournalAsync("running", Ct)).Count.ShouldBe(1);
+        (await Store.GetJournalAsync("recent", Ct)).Count.ShouldBe(1);
+    }
+
+    [Fact]
+    public async Task PurgeFinished_TakesAtMostTheBatch_OldestFirst_UntilNoneIsLeft()
+    {
+        // Inserted newest first, so the order cannot come from insertion.
+        var states = Enumerable.Range(0, 5).Reverse()
+            .Select(i => Finished($"f{i}", i % 2 == 0 ? TransactionStatus.Committed : TransactionStatus.Aborted, T0.AddDays(-10).AddMinutes(i)))
+            .ToList();
+        foreach (var state in states)
+        {
+            await Store.InsertAsync(state, [], Ct);
+        }
+
+        (await Store.PurgeFinishedAsync(Cutoff, 2, Ct)).ShouldBe(2);
+        (await Store.GetAsync("f0", Ct)).ShouldBeNull();
+        (await Store.GetAsync("f1", Ct)).ShouldBeNull();
+        (await Store.GetAsync("f2", Ct)).ShouldNotBeNull();
+
+        (await Store.PurgeFinishedAsync(Cutoff, 2, Ct)).ShouldBe(2);
+        (await Store.PurgeFinishedAsync(Cutoff, 2, Ct)).ShouldBe(1);
+        (await Store.PurgeFinishedAsync(Cutoff, 2, Ct)).ShouldBe(0);
+        (await Store.CountAsync(new TransactionQuery(), Ct)).Total.ShouldBe(0);
+    }
+
+    [Fact]
+    public async Task PurgeFinished_PurgedGid_IsUnknownAndMayBeInsertedAgainWithAFreshJournal()
+    {
+        await Store.InsertAsync(Finished("again", TransactionStatus.Committed, T0.AddDays(-3)), [Entry(JournalKinds.Submitted), Entry(JournalKinds.Resumed)], Ct);
+        (await Store.PurgeFinishedAsync(Cutoff, 10, Ct)).ShouldBe(1);
+        (await Store.GetAsync("again", Ct)).ShouldBeNull();
+
+        var second = NewState("again", createdAt: T0);
+        (await Store.InsertAsync(second, [Entry(JournalKinds.Submitted)], Ct)).ShouldBeNull();
+
+        ShouldBeSameState(await Store.GetAsync("again", Ct), second);
+        (await Store.GetJournalAsync("again", Ct)).Select(r => r.Entry.Kind).ShouldBe([JournalKinds.Submitted]);
+    }
+
+    [Fact]
+    public async Task PurgeFinished_FollowsUpdates_ATransactionFinishedByAnUpdateGoesWhenOldEnough()
+    {
+        var running = NewState("late", createdAt: T0.AddDays(-20)) with { Status = TransactionStatus.Running };
+        await Store.InsertAsync(running, [], Ct);
+        (await Store.PurgeFinishedAsync(T0, 10, Ct)).ShouldBe(0);
+
+        var committed = Advance(running, s => s with { Status = TransactionStatus.Committed, NextWakeAt = null });
+        await Store.UpdateAsync(committed, [], Ct);
+
+        (await Store.PurgeFinishedAsync(committed.UpdatedAt, 10, Ct)).ShouldBe(0);
+        (await Store.PurgeFinishedAsync(committed.UpdatedAt.AddTicks(1), 10, Ct)).ShouldBe(1);
+    }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(-1)]
+    public async Task PurgeFinished_BatchNotPositive_Throws(int batchSize)
+    {
+        await Should.ThrowAsync<ArgumentOutOfRangeException>(() => Store.PurgeFinishedAsync(T0, batchSize, Ct));
+    }
+
     // ---- concurrency ----
 
     [Fact]

@@ -23,7 +23,8 @@ internal static class BarrierSql
             body TEXT NOT NULL,
             recorded_at TEXT NOT NULL,
             PRIMARY KEY (gid, branch, op)
-        )
+        );
+        CREATE INDEX IF NOT EXISTS treaty_barrier_recorded_at ON treaty_barrier (recorded_at)
         """;
 
     public const string PostgreSqlSchema = """
@@ -36,7 +37,8 @@ internal static class BarrierSql
             body text NOT NULL,
             recorded_at timestamptz NOT NULL,
             PRIMARY KEY (gid, branch, op)
-        )
+        );
+        CREATE INDEX IF NOT EXISTS treaty_barrier_recorded_at ON treaty_barrier (recorded_at)
         """;
 
     public const string SelectBranch =
@@ -45,6 +47,23 @@ internal static class BarrierSql
     public const string Insert = """
         INSERT INTO treaty_barrier (gid, branch, op, outcome, status_code, body, recorded_at)
         VALUES (@gid, @branch, @op, @outcome, @status_code, @body, @recorded_at)
+        """;
+
+    // Retention: a branch's rows go together, and only when every one of them is older than the
+    // cutoff, so the barrier never sees half a history (a compensation row without its action's
+    // would answer a late action as if it had never run). The batch bounds the candidate rows.
+    // SQLite keeps recorded_at as the driver's text form of a UTC DateTimeOffset
+    // ("yyyy-MM-dd HH:mm:ss.FFFFFFF+00:00"), which sorts as the instants do ('+' sorts before
+    // '.' and the digits), so comparing it with a UTC parameter in the same form is exact.
+    public const string PurgeOlderThan = """
+        DELETE FROM treaty_barrier WHERE (gid, branch) IN (
+            SELECT old.gid, old.branch FROM treaty_barrier old
+            WHERE old.recorded_at < @cutoff
+              AND NOT EXISTS (
+                SELECT 1 FROM treaty_barrier newer
+                WHERE newer.gid = old.gid AND newer.branch = old.branch AND newer.recorded_at >= @cutoff)
+            ORDER BY old.recorded_at
+            LIMIT @limit)
         """;
 
     // READ COMMITTED lets two transactions read "no rows" for one (gid, branch) at once; a

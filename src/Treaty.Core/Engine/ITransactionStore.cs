@@ -43,6 +43,19 @@ public interface ITransactionStore
     /// <summary>Gids of non-terminal transactions whose <see cref="TransactionState.NextWakeAt"/> is at or
     /// before <paramref name="dueBy"/> (or unset), earliest first.</summary>
     Task<IReadOnlyList<string>> ListDueAsync(DateTimeOffset dueBy, int limit, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Deletes at most <paramref name="batchSize"/> finished transactions (committed or aborted) whose
+    /// last write (<see cref="TransactionState.UpdatedAt"/>, the moment they finished) is before
+    /// <paramref name="finishedBefore"/>, oldest first, with their journal rows, atomically per
+    /// transaction; returns how many it deleted. A transaction that is not finished is never deleted,
+    /// however old. One call is one bounded write: a caller that wants everything gone calls again
+    /// until it returns less than <paramref name="batchSize"/>, pausing between calls so the hot
+    /// path keeps the writer. A purged gid is unknown afterwards and may be submitted again as a new
+    /// transaction: the gid's idempotency lasts as long as its row.
+    /// </summary>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="batchSize"/> is not positive.</exception>
+    Task<int> PurgeFinishedAsync(DateTimeOffset finishedBefore, int batchSize, CancellationToken cancellationToken);
 }
 
 /// <summary>A stored journal entry.</summary>

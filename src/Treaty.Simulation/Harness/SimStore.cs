@@ -207,5 +207,27 @@ internal sealed class SimStore(SimScheduler scheduler, Random random, Func<Trans
             .Take(limit)
             .Select(s => s.Gid)]);
 
+    /// <summary>Deletes at once (the simulation's runs never purge; the method exists for the interface).</summary>
+    public Task<int> PurgeFinishedAsync(DateTimeOffset finishedBefore, int batchSize, CancellationToken cancellationToken)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(batchSize);
+        var gone = _durable.Values
+            .Where(s => s.IsTerminal && s.UpdatedAt < finishedBefore)
+            .OrderBy(s => s.UpdatedAt)
+            .ThenBy(s => s.Gid, StringComparer.Ordinal)
+            .Take(batchSize)
+            .Select(s => s.Gid)
+            .ToHashSet(StringComparer.Ordinal);
+        foreach (var gid in gone)
+        {
+            StuckCount -= _durable[gid].Stuck ? 1 : 0;
+            TerminalCount--;
+            _durable.Remove(gid);
+        }
+
+        _journal.RemoveAll(r => gone.Contains(r.Gid));
+        return Task.FromResult(gone.Count);
+    }
+
     public IEnumerable<TransactionState> All => _durable.Values;
 }

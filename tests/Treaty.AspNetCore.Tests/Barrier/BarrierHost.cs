@@ -42,7 +42,9 @@ public sealed class BarrierHost : IAsyncDisposable
 
     public HttpClient Client { get; private set; } = null!;
 
-    public static async Task<BarrierHost> StartAsync(ParticipantDatabase database)
+    /// <param name="database">The participant database.</param>
+    /// <param name="services">More services (e.g. the retention service).</param>
+    public static async Task<BarrierHost> StartAsync(ParticipantDatabase database, Action<IServiceCollection>? services = null)
     {
         await database.ExecuteDdlAsync(LedgerSchema, CancellationToken.None);
 
@@ -52,6 +54,7 @@ public sealed class BarrierHost : IAsyncDisposable
         builder.Logging.AddFilter("Treaty.AspNetCore.Barrier.BranchBarrier", LogLevel.None); // the 500 test logs an expected error
         builder.Services.AddSingleton(database);
         builder.Services.AddTreatyBarrier();
+        services?.Invoke(builder.Services);
         var app = builder.Build();
         var host = new BarrierHost(app, database);
         app.MapTreatyBranch("/branch", host.HandleAsync);

@@ -153,6 +153,27 @@ internal sealed class InMemoryTransactionStore(Timeline timeline) : ITransaction
         }
     }
 
+    public Task<int> PurgeFinishedAsync(DateTimeOffset finishedBefore, int batchSize, CancellationToken cancellationToken)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(batchSize);
+        lock (_lock)
+        {
+            var gone = _states.Values
+                .Where(s => s.IsTerminal && s.UpdatedAt < finishedBefore)
+                .OrderBy(s => s.UpdatedAt)
+                .Take(batchSize)
+                .Select(s => s.Gid)
+                .ToHashSet(StringComparer.Ordinal);
+            foreach (var gid in gone)
+            {
+                _states.Remove(gid);
+            }
+
+            _journal.RemoveAll(r => gone.Contains(r.Gid));
+            return Task.FromResult(gone.Count);
+        }
+    }
+
     /// <summary>Completes when the durable state of <paramref name="gid"/> satisfies <paramref name="predicate"/>.</summary>
     public Task<TransactionState> WaitForAsync(string gid, Func<TransactionState, bool> predicate)
     {

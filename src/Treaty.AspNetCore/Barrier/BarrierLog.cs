@@ -28,4 +28,7 @@ internal static partial class BarrierLog
 
     [LoggerMessage(EventId = 4207, Level = LogLevel.Information, Message = "Barrier table ready ({Dialect})")]
     public static partial void SchemaReady(ILogger logger, Treaty.AspNetCore.Data.SqlDialect dialect);
+
+    [LoggerMessage(EventId = 4209, Level = LogLevel.Warning, Message = "The barrier's recorded_at index was not created: a prepared transaction holds the table; the retention works without it, and a later start creates it")]
+    public static partial void RecordedAtIndexDeferred(ILogger logger);
 }

@@ -46,7 +46,7 @@ internal sealed class BarrierSchemaInitializer(BranchBarrier barrier, BranchEndp
 {
     public async Task StartAsync(CancellationToken cancellationToken)
     {
-        await EnsureSchemaAsync(barrier.Database, cancellationToken);
+        await EnsureSchemaAsync(barrier.Database, cancellationToken, logger);
         BarrierLog.SchemaReady(logger, barrier.Database.Dialect);
         if (endpoints.HasPreparedTransactionEndpoints)
         {
@@ -57,10 +57,26 @@ internal sealed class BarrierSchemaInitializer(BranchBarrier barrier, BranchEndp
     public Task StopAsync(CancellationToken cancellationToken) => Task.CompletedTask;
 
     /// <summary>Creates <c>treaty_barrier</c> and <c>treaty_prepared</c> when they do not exist.</summary>
-    public static async Task EnsureSchemaAsync(ParticipantDatabase database, CancellationToken cancellationToken)
+    public static async Task EnsureSchemaAsync(ParticipantDatabase database, CancellationToken cancellationToken, ILogger? logger = null)
     {
         await database.ExecuteDdlAsync(BarrierSql.Schema(database.Dialect), cancellationToken);
         await database.ExecuteDdlAsync(PreparedSql.Schema(database.Dialect), cancellationToken);
+        if (database.Dialect == SqlDialect.PostgreSql)
+        {
+            try
+            {
+                await database.ExecuteDdlAsync(BarrierSql.PostgreSqlRecordedAtIndex, cancellationToken);
+            }
+            catch (System.Data.Common.DbException e) when (e.SqlState == "55P03")
+            {
+                // lock_not_available: a prepared transaction holds barrier rows; the retention works without
+                // the index (more slowly), and a later start creates it.
+                if (logger is not null)
+                {
+                    BarrierLog.RecordedAtIndexDeferred(logger);
+                }
+            }
+        }
     }
 
     /// <summary>PostgreSQL's <c>max_prepared_transactions</c>; 0 (the default) fails the start with what to change.</summary>

@@ -37,8 +37,22 @@ internal static class BarrierSql
             body text NOT NULL,
             recorded_at timestamptz NOT NULL,
             PRIMARY KEY (gid, branch, op)
-        );
-        CREATE INDEX IF NOT EXISTS treaty_barrier_recorded_at ON treaty_barrier (recorded_at)
+        )
+        """;
+
+    // The retention's index, on its own (see BarrierSchemaInitializer): PostgreSQL's CREATE INDEX takes
+    // a SHARE lock on the table before it looks for the name, even with IF NOT EXISTS, and a prepared
+    // transaction (PREPARE TRANSACTION) holding barrier rows would block every start until it is
+    // resolved — by the resolver, which only runs once the start is over. So: look first, create only
+    // when missing, and give up after a short lock wait (the index comes at a later start).
+    public const string PostgreSqlRecordedAtIndex = """
+        SET LOCAL lock_timeout = '2s';
+        DO $$
+        BEGIN
+            IF to_regclass('treaty_barrier_recorded_at') IS NULL THEN
+                CREATE INDEX treaty_barrier_recorded_at ON treaty_barrier (recorded_at);
+            END IF;
+        END $$
         """;
 
     public const string SelectBranch =

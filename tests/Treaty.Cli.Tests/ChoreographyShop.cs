@@ -28,6 +28,58 @@ internal sealed class ChoreographyShop(DemoEnvironment env)
 
     public Task<(int Available, int Held, int Sold)> StockAsync(string sku, CancellationToken ct) => _scenarios.StockAsync(sku, ct);
 
+    /// <summary>
+    /// The demo's book on either transport: committed with order.created, payment.reserved,
+    /// inventory.reserved and order.confirmed; CONFIRMED; one debit of 25.00; one book sold, the stock
+    /// conserved, nothing held.
+    /// </summary>
+    public async Task BookIsConfirmedOnceAsync(CancellationToken ct)
+    {
+        var balance = await BalanceAsync("alice", ct);
+        var book = await StockAsync("book", ct);
+
+        var (orderId, gid) = await CheckoutAsync("alice", "book", 1, ct);
+        var tx = await WaitTerminalAsync(gid, ct);
+
+        tx["status"]!.GetValue<string>().ShouldBe("committed");
+        tx["protocol"]!.GetValue<string>().ShouldBe("choreography");
+        await ShouldReportAsync(gid, ct, "order.created", "payment.reserved", "inventory.reserved", "order.confirmed");
+        var order = await WaitOrderDecidedAsync(orderId, ct);
+        order["status"]!.GetValue<string>().ShouldBe("CONFIRMED");
+        order["processing"]!.GetValue<bool>().ShouldBeFalse();
+        (balance - await BalanceAsync("alice", ct)).ShouldBe(25.00m);
+        (await LedgerAsync("alice", gid, ct)).ShouldBe((1, 0));
+        var after = await StockAsync("book", ct);
+        (after.Sold - book.Sold).ShouldBe(1);
+        (after.Available + after.Sold).ShouldBe(book.Available + book.Sold);
+        after.Held.ShouldBe(0);
+        (await HeldMoneyAsync("alice", ct)).ShouldBe(0m);
+    }
+
+    /// <summary>
+    /// The demo's pen (out of stock) on either transport: aborted after payment.reserved,
+    /// inventory.failed and payment.refunded; CANCELLED naming the stock; one debit and one refund,
+    /// the balance and the stock as before, nothing held.
+    /// </summary>
+    public async Task PenIsRefundedAndCancelledAsync(CancellationToken ct)
+    {
+        var balance = await BalanceAsync("alice", ct);
+        var pen = await StockAsync("pen", ct);
+
+        var (orderId, gid) = await CheckoutAsync("alice", "pen", 1, ct);
+        var tx = await WaitTerminalAsync(gid, ct);
+
+        tx["status"]!.GetValue<string>().ShouldBe("aborted");
+        await ShouldReportAsync(gid, ct, "order.created", "payment.reserved", "inventory.failed", "payment.refunded", "order.cancelled");
+        var order = await WaitOrderDecidedAsync(orderId, ct);
+        order["status"]!.GetValue<string>().ShouldBe("CANCELLED");
+        order["reason"]!.GetValue<string>().ShouldContain("stock", Case.Insensitive);
+        (await BalanceAsync("alice", ct)).ShouldBe(balance);
+        (await LedgerAsync("alice", gid, ct)).ShouldBe((1, 1));
+        (await StockAsync("pen", ct)).ShouldBe(pen);
+        (await HeldMoneyAsync("alice", ct)).ShouldBe(0m);
+    }
+
     public async Task<decimal> HeldMoneyAsync(string customer, CancellationToken ct) =>
         decimal.Parse((await env.GetJsonAsync($"{env.PaymentUrl}/wallets/{customer}", ct))["held"]!.ToJsonString(), CultureInfo.InvariantCulture);
 

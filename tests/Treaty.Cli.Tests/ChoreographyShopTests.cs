@@ -22,28 +22,7 @@ public sealed class ChoreographyShopTests(ShopKitEnvironment fixture, ITestOutpu
     private ChoreographyShop Shop => new(Env);
 
     [Fact]
-    public async Task Choreography_Book_OrderConfirmed_OneDebit_StockSold_NothingHeld_TimelineCommitted()
-    {
-        var ct = CancellationToken.None;
-        var balance = await Shop.BalanceAsync("alice", ct);
-        var book = await Shop.StockAsync("book", ct);
-
-        var (orderId, gid) = await Shop.CheckoutAsync("alice", "book", 1, ct);
-        var tx = await Shop.WaitTerminalAsync(gid, ct);
-
-        tx["status"]!.GetValue<string>().ShouldBe("committed");
-        tx["protocol"]!.GetValue<string>().ShouldBe("choreography");
-        await Shop.ShouldReportAsync(gid, ct, "order.created", "payment.reserved", "inventory.reserved", "order.confirmed");
-        var order = await Shop.WaitOrderDecidedAsync(orderId, ct);
-        order["status"]!.GetValue<string>().ShouldBe("CONFIRMED");
-        order["processing"]!.GetValue<bool>().ShouldBeFalse();
-        (balance - await Shop.BalanceAsync("alice", ct)).ShouldBe(25.00m);
-        (await Shop.LedgerAsync("alice", gid, ct)).ShouldBe((1, 0));
-        var after = await Shop.StockAsync("book", ct);
-        (after.Sold - book.Sold).ShouldBe(1);
-        after.Held.ShouldBe(0);
-        (await Shop.HeldMoneyAsync("alice", ct)).ShouldBe(0m);
-    }
+    public Task Choreography_Book_OrderConfirmed_OneDebit_StockSold_NothingHeld_TimelineCommitted() => Shop.BookIsConfirmedOnceAsync(CancellationToken.None);
 
     [Fact]
     public async Task Choreography_LaptopOverTheLimit_OrderCancelledWithTheLimit_NothingMoved()
@@ -68,25 +47,7 @@ public sealed class ChoreographyShopTests(ShopKitEnvironment fixture, ITestOutpu
     }
 
     [Fact]
-    public async Task Choreography_PenOutOfStock_PaymentRefunded_OrderCancelledWithTheStock_MoneyConserved()
-    {
-        var ct = CancellationToken.None;
-        var balance = await Shop.BalanceAsync("alice", ct);
-        var pen = await Shop.StockAsync("pen", ct);
-
-        var (orderId, gid) = await Shop.CheckoutAsync("alice", "pen", 1, ct);
-        var tx = await Shop.WaitTerminalAsync(gid, ct);
-
-        tx["status"]!.GetValue<string>().ShouldBe("aborted");
-        await Shop.ShouldReportAsync(gid, ct, "order.created", "payment.reserved", "inventory.failed", "payment.refunded", "order.cancelled");
-        var order = await Shop.WaitOrderDecidedAsync(orderId, ct);
-        order["status"]!.GetValue<string>().ShouldBe("CANCELLED");
-        order["reason"]!.GetValue<string>().ShouldContain("stock", Case.Insensitive);
-        (await Shop.BalanceAsync("alice", ct)).ShouldBe(balance);
-        (await Shop.LedgerAsync("alice", gid, ct)).ShouldBe((1, 1));
-        (await Shop.StockAsync("pen", ct)).ShouldBe(pen);
-        (await Shop.HeldMoneyAsync("alice", ct)).ShouldBe(0m);
-    }
+    public Task Choreography_PenOutOfStock_PaymentRefunded_OrderCancelledWithTheStock_MoneyConserved() => Shop.PenIsRefundedAndCancelledAsync(CancellationToken.None);
 
     [Fact]
     public async Task Choreography_SameEventDeliveredTwice_ChangesNothing_AndARepublishUnderANewIdIsNotTakenTwice()

@@ -129,19 +129,3 @@ public sealed class PostgreSqlSenderDatabase : SenderDatabase
         return ValueTask.CompletedTask;
     }
 }
-
-/// <summary>One PostgreSQL cluster for a test class.</summary>
-public sealed class PostgresFixture : IAsyncLifetime
-{
-    public PostgresServer Server { get; private set; } = null!;
-
-    public async Task InitializeAsync() => Server = await PostgresServer.StartAsync();
-
-    public async Task DisposeAsync()
-    {
-        if (Server is not null)
-        {
-            await Server.DisposeAsync();
-        }
-    }
-}

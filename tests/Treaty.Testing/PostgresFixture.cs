@@ -1,6 +1,10 @@
-namespace Treaty.AspNetCore.Tests.Support;
+namespace Treaty.Testing;
 
-/// <summary>One PostgreSQL cluster for the whole test assembly; each test class makes its own database.</summary>
+/// <summary>
+/// One PostgreSQL cluster (<see cref="PostgresServer"/>) for an xUnit collection or class fixture;
+/// each test makes its own database on it. A test assembly declares its own collection over it
+/// (xUnit looks for collection definitions in the test assembly only).
+/// </summary>
 public sealed class PostgresFixture : IAsyncLifetime
 {
     public PostgresServer Server { get; private set; } = null!;
@@ -14,10 +18,4 @@ public sealed class PostgresFixture : IAsyncLifetime
             await Server.DisposeAsync();
         }
     }
-}
-
-[CollectionDefinition(Name)]
-public sealed class PostgresCollection : ICollectionFixture<PostgresFixture>
-{
-    public const string Name = "postgres";
 }

@@ -77,6 +77,7 @@ public static class TreatyServer
         services.AddSingleton<IProtocolMachine, MessageMachine>();
         services.AddSingleton<IProtocolMachine>(new ChoreographyMachine(options.ChoreographyTimeout));
         services.AddSingleton<TreatyTelemetry>();
+        services.AddSingleton(new LeaseRequest(options.InstanceId ?? LeaseDefaults.NewOwner(), options.LeaseDuration));
         services.AddSingleton(sp =>
         {
             var engine = ActivatorUtilities.CreateInstance<TransactionEngine>(sp);

@@ -1,3 +1,5 @@
+using Treaty.Core.Engine;
+
 namespace Treaty.Server;
 
 /// <summary>Settings of a coordinator instance. Defaults live in <see cref="TreatyServerDefaults"/>.</summary>
@@ -114,6 +116,17 @@ public sealed class TreatyServerOptions
     /// <summary>Requests per second per key (or per remote address without one); 0: no limit.</summary>
     public int RateLimitPerSecond { get; set; }
 
+    /// <summary>
+    /// This instance's name among the coordinators sharing a store (the owner of its leases).
+    /// Null: a new name per process (host, process id and a random suffix). A stable name lets a
+    /// restarted instance take its own transactions back at once instead of after their leases expire.
+    /// </summary>
+    public string? InstanceId { get; set; }
+
+    /// <summary>How long this instance's lease on a transaction lasts without renewal (renewed every
+    /// third of it): how long a dead instance's transactions wait before another takes them over.</summary>
+    public TimeSpan LeaseDuration { get; set; } = LeaseDefaults.Duration;
+
     /// <summary>Validates the settings; throws with every problem named.</summary>
     public void Validate()
     {
@@ -141,6 +154,16 @@ public sealed class TreatyServerOptions
         if (RecoveryInterval <= TimeSpan.Zero)
         {
             problems.Add("RecoveryInterval must be positive.");
+        }
+
+        if (LeaseDuration < TimeSpan.FromSeconds(1) || LeaseDuration > TimeSpan.FromHours(1))
+        {
+            problems.Add("LeaseDuration must be between 1 second and 1 hour.");
+        }
+
+        if (InstanceId is { } instance && (string.IsNullOrWhiteSpace(instance) || instance.Length > LeaseRequest.MaxOwnerLength))
+        {
+            problems.Add($"InstanceId must be non-blank and at most {LeaseRequest.MaxOwnerLength} characters.");
         }
 
         if (Retention is { } retention && retention <= TimeSpan.Zero)

@@ -10,7 +10,7 @@ namespace Treaty.Storage.Sqlite;
 internal static class Schema
 {
     /// <summary>Statuses the due-work index leaves out. Stored values; see <see cref="StoredValues"/>.</summary>
-    private const string NonTerminal = "status NOT IN ('committed', 'aborted')";
+    public const string NonTerminal = "status NOT IN ('committed', 'aborted')";
 
     /// <summary>Statuses the finished index holds, spelled as in the index so the planner uses it.</summary>
     public const string Terminal = "status IN ('committed', 'aborted')";
@@ -80,6 +80,14 @@ internal static class Schema
         // finished rows, so the running ones cost it nothing and a purge never scans them.
         $"""
         CREATE INDEX ix_transactions_finished ON transactions (updated_at, gid) WHERE {Terminal};
+        """,
+        // 4: Leases. The store is one process's (one coordinator per file), but it keeps the same
+        // owner/epoch fencing as a shared database so the engine has one code path: owner NULL when
+        // nobody holds the transaction, epoch raised by every claim, lease_until in UTC ticks.
+        """
+        ALTER TABLE transactions ADD COLUMN owner TEXT NULL;
+        ALTER TABLE transactions ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE transactions ADD COLUMN lease_until INTEGER NULL;
         """,
     ];
 

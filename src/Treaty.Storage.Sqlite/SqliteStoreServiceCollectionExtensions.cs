@@ -28,7 +28,8 @@ public static class SqliteStoreServiceCollectionExtensions
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<SqliteStoreOptions>, SqliteStoreOptionsValidator>());
         services.TryAddSingleton(provider => new SqliteTransactionStore(
             provider.GetRequiredService<IOptions<SqliteStoreOptions>>().Value,
-            provider.GetService<ILogger<SqliteTransactionStore>>() ?? NullLogger<SqliteTransactionStore>.Instance));
+            provider.GetService<ILogger<SqliteTransactionStore>>() ?? NullLogger<SqliteTransactionStore>.Instance,
+            provider.GetService<TimeProvider>() ?? TimeProvider.System));
         services.TryAddSingleton<ITransactionStore>(provider => provider.GetRequiredService<SqliteTransactionStore>());
         return services;
     }

@@ -17,6 +17,8 @@ public sealed class SqliteTransactionStore : ITransactionStore, IAsyncDisposable
     private readonly string _path;
     private readonly int _maxBatchSize;
     private readonly ILogger _logger;
+    private readonly TimeProvider _clock;
+    private readonly FinishWaiters _finished = new();
     private readonly SemaphoreSlim _lifecycle = new(1, 1);
     private GroupCommitWriter? _writer;
     private ReaderPool? _readers;
@@ -26,7 +28,16 @@ public sealed class SqliteTransactionStore : ITransactionStore, IAsyncDisposable
     /// <summary>Creates the store; nothing is opened until <see cref="InitializeAsync"/> (or the first call).</summary>
     /// <exception cref="ArgumentException">The options are not usable.</exception>
     public SqliteTransactionStore(SqliteStoreOptions options, ILogger<SqliteTransactionStore> logger)
+        : this(options, logger, TimeProvider.System)
     {
+    }
+
+    /// <summary>Creates the store with the clock its leases expire by.</summary>
+    /// <exception cref="ArgumentException">The options are not usable.</exception>
+    public SqliteTransactionStore(SqliteStoreOptions options, ILogger<SqliteTransactionStore> logger, TimeProvider clock)
+    {
+        ArgumentNullException.ThrowIfNull(clock);
+        _clock = clock;
         ArgumentNullException.ThrowIfNull(options);
         ArgumentNullException.ThrowIfNull(logger);
         var problems = options.Validate();
@@ -78,6 +89,9 @@ public sealed class SqliteTransactionStore : ITransactionStore, IAsyncDisposable
                 }
 
                 writer = new WriterConnection(connection);
+                // One coordinator process per file: whoever held leases before this open is gone,
+                // so a restart takes its transactions back at once instead of waiting them out.
+                writer.ReleaseEveryone();
             }
             catch
             {
@@ -97,25 +111,98 @@ public sealed class SqliteTransactionStore : ITransactionStore, IAsyncDisposable
     }
 
     /// <inheritdoc />
-    public async Task<TransactionState?> InsertAsync(TransactionState state, IReadOnlyList<JournalEntry> journal, CancellationToken cancellationToken)
+    public Task<TransactionState?> InsertAsync(TransactionState state, IReadOnlyList<JournalEntry> journal, CancellationToken cancellationToken) =>
+        InsertAsync(state, journal, lease: null, cancellationToken);
+
+    /// <inheritdoc />
+    public async Task<TransactionState?> InsertAsync(TransactionState state, IReadOnlyList<JournalEntry> journal, LeaseRequest? lease, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(state);
         ArgumentNullException.ThrowIfNull(journal);
         // Serialized here, on the caller's thread, so the writer thread only runs SQL.
-        var request = new InsertRequest(StoredRow.From(state), [.. journal], cancellationToken);
+        var request = new InsertRequest(StoredRow.From(state), [.. journal], lease, _clock, cancellationToken);
+        await EnqueueAsync(request, cancellationToken);
+        var existing = await request.Task;
+        if (existing is null && state.IsTerminal)
+        {
+            _finished.Signal(state.Gid);
+        }
+
+        return existing;
+    }
+
+    /// <inheritdoc />
+    public Task UpdateAsync(TransactionState state, IReadOnlyList<JournalEntry> journal, CancellationToken cancellationToken) =>
+        UpdateAsync(state, journal, fence: null, cancellationToken);
+
+    /// <inheritdoc />
+    public async Task UpdateAsync(TransactionState state, IReadOnlyList<JournalEntry> journal, Fence? fence, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(state);
+        ArgumentNullException.ThrowIfNull(journal);
+        var request = new UpdateRequest(StoredRow.From(state), [.. journal], fence, cancellationToken);
+        await EnqueueAsync(request, cancellationToken);
+        await request.Task;
+        if (state.IsTerminal)
+        {
+            _finished.Signal(state.Gid);
+        }
+    }
+
+    /// <inheritdoc />
+    /// <remarks>Leases expire by this store's clock (the coordinator's: one process per file).</remarks>
+    public async Task<IReadOnlyList<LeaseClaim>> ClaimDueAsync(LeaseRequest lease, DateTimeOffset dueBy, int limit, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(lease);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(limit);
+        var request = new ClaimDueRequest(lease, StoredValues.Time(dueBy), limit, _clock, cancellationToken);
         await EnqueueAsync(request, cancellationToken);
         return await request.Task;
     }
 
     /// <inheritdoc />
-    public async Task UpdateAsync(TransactionState state, IReadOnlyList<JournalEntry> journal, CancellationToken cancellationToken)
+    public async Task<LeaseClaim?> ClaimAsync(string gid, LeaseRequest lease, bool takeOver, CancellationToken cancellationToken)
     {
-        ArgumentNullException.ThrowIfNull(state);
-        ArgumentNullException.ThrowIfNull(journal);
-        var request = new UpdateRequest(StoredRow.From(state), [.. journal], cancellationToken);
+        ArgumentNullException.ThrowIfNull(gid);
+        ArgumentNullException.ThrowIfNull(lease);
+        var request = new ClaimRequest(gid, lease, takeOver, _clock, cancellationToken);
+        await EnqueueAsync(request, cancellationToken);
+        return await request.Task;
+    }
+
+    /// <inheritdoc />
+    public async Task<IReadOnlyList<string>> RenewAsync(LeaseRequest lease, IReadOnlyCollection<LeaseClaim> held, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(lease);
+        ArgumentNullException.ThrowIfNull(held);
+        if (held.Count == 0)
+        {
+            return [];
+        }
+
+        var request = new RenewRequest(lease, [.. held], _clock, cancellationToken);
+        await EnqueueAsync(request, cancellationToken);
+        return await request.Task;
+    }
+
+    /// <inheritdoc />
+    public async Task ReleaseAsync(string owner, IReadOnlyCollection<LeaseClaim> held, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(owner);
+        ArgumentNullException.ThrowIfNull(held);
+        if (held.Count == 0)
+        {
+            return;
+        }
+
+        var request = new ReleaseRequest(owner, [.. held], cancellationToken);
         await EnqueueAsync(request, cancellationToken);
         await request.Task;
     }
+
+    /// <inheritdoc />
+    /// <remarks>One process per file: its own terminal writes are the only ones.</remarks>
+    public Task WhenFinishedAsync(string gid, CancellationToken cancellationToken) => _finished.WaitAsync(gid, cancellationToken);
 
     /// <inheritdoc />
     public async Task<TransactionState?> GetAsync(string gid, CancellationToken cancellationToken)

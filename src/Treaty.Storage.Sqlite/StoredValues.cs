@@ -78,6 +78,9 @@ internal sealed record StoredRow(
     long Version,
     string StateJson)
 {
+    /// <summary>True for a committed or aborted transaction.</summary>
+    public bool Terminal => Status is "committed" or "aborted";
+
     public static StoredRow From(TransactionState state) => new(
         state.Gid,
         StoredValues.Protocol(state.Spec.Protocol),

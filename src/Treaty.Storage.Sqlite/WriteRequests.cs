@@ -69,15 +69,22 @@ internal abstract class WriteRequest<T>(CancellationToken cancellationToken) : W
     protected void SetResult(T result) => _result = result;
 }
 
-/// <summary>Insert of a new transaction with its first journal entries.</summary>
-internal sealed class InsertRequest(StoredRow row, IReadOnlyList<JournalEntry> journal, CancellationToken cancellationToken)
+/// <summary>Insert of a new transaction with its first journal entries, owned when a lease is asked for.</summary>
+internal sealed class InsertRequest(StoredRow row, IReadOnlyList<JournalEntry> journal, LeaseRequest? lease, TimeProvider clock, CancellationToken cancellationToken)
     : WriteRequest<TransactionState?>(cancellationToken)
 {
     public override string Gid => row.Gid;
 
     public override void Apply(WriterConnection writer)
     {
-        if (writer.TryInsert(row))
+        // The lease starts when the write is made, by the store's clock.
+        var owned = lease is not null && !row.Terminal;
+        var inserted = writer.TryInsert(
+            row,
+            owned ? lease!.Owner : null,
+            lease is null ? 0 : 1,
+            owned ? StoredValues.Time(clock.GetUtcNow() + lease!.Duration) : null);
+        if (inserted)
         {
             writer.AppendJournal(row.Gid, journal);
             SetResult(null);
@@ -91,7 +98,7 @@ internal sealed class InsertRequest(StoredRow row, IReadOnlyList<JournalEntry> j
 }
 
 /// <summary>Replacement of a transaction's state at the next version, with its journal entries.</summary>
-internal sealed class UpdateRequest(StoredRow row, IReadOnlyList<JournalEntry> journal, CancellationToken cancellationToken)
+internal sealed class UpdateRequest(StoredRow row, IReadOnlyList<JournalEntry> journal, Fence? fence, CancellationToken cancellationToken)
     : WriteRequest<bool>(cancellationToken)
 {
     public override string Gid => row.Gid;
@@ -99,7 +106,7 @@ internal sealed class UpdateRequest(StoredRow row, IReadOnlyList<JournalEntry> j
     public override void Apply(WriterConnection writer)
     {
         var expected = row.Version - 1;
-        if (writer.TryUpdate(row, expected))
+        if (writer.TryUpdate(row, expected, fence))
         {
             writer.AppendJournal(row.Gid, journal);
             SetResult(true);
@@ -107,10 +114,63 @@ internal sealed class UpdateRequest(StoredRow row, IReadOnlyList<JournalEntry> j
         }
 
         // Only the conflict path pays for this second look, to say which conflict it was.
-        var stored = writer.ReadVersion(row.Gid);
-        SetFailed(new ConcurrencyConflictException(stored is { } actual
-            ? $"Transaction '{row.Gid}' is at version {actual}; the update expected {expected}."
-            : $"Transaction '{row.Gid}' does not exist."));
+        SetFailed(writer.ReadFence(row.Gid) switch
+        {
+            null => new ConcurrencyConflictException($"Transaction '{row.Gid}' does not exist."),
+            var (version, _, _) when version != expected =>
+                new ConcurrencyConflictException($"Transaction '{row.Gid}' is at version {version}; the update expected {expected}."),
+            var (_, owner, epoch) => new LeaseLostException(
+                $"Transaction '{row.Gid}' is held by {owner ?? "nobody"} at epoch {epoch}; the write was fenced by {fence?.Owner ?? "nobody"} at epoch {fence?.Epoch ?? 0}."),
+        });
+    }
+}
+
+/// <summary>A claim of due work (<see cref="ITransactionStore.ClaimDueAsync"/>), by the store's clock.</summary>
+internal sealed class ClaimDueRequest(LeaseRequest lease, long dueBy, int limit, TimeProvider clock, CancellationToken cancellationToken)
+    : WriteRequest<IReadOnlyList<LeaseClaim>>(cancellationToken)
+{
+    public override string? Gid => null;
+
+    public override void Apply(WriterConnection writer)
+    {
+        var now = clock.GetUtcNow();
+        SetResult(writer.ClaimDue(lease.Owner, StoredValues.Time(now + lease.Duration), dueBy, StoredValues.Time(now), limit));
+    }
+}
+
+/// <summary>A claim of one transaction (<see cref="ITransactionStore.ClaimAsync"/>).</summary>
+internal sealed class ClaimRequest(string gid, LeaseRequest lease, bool takeOver, TimeProvider clock, CancellationToken cancellationToken)
+    : WriteRequest<LeaseClaim?>(cancellationToken)
+{
+    public override string Gid => gid;
+
+    public override void Apply(WriterConnection writer)
+    {
+        var now = clock.GetUtcNow();
+        SetResult(writer.ClaimOne(gid, lease.Owner, StoredValues.Time(now + lease.Duration), takeOver, StoredValues.Time(now)));
+    }
+}
+
+/// <summary>A renewal of held leases (<see cref="ITransactionStore.RenewAsync"/>).</summary>
+internal sealed class RenewRequest(LeaseRequest lease, IReadOnlyCollection<LeaseClaim> held, TimeProvider clock, CancellationToken cancellationToken)
+    : WriteRequest<IReadOnlyList<string>>(cancellationToken)
+{
+    public override string? Gid => null;
+
+    public override void Apply(WriterConnection writer) =>
+        SetResult(writer.Renew(lease.Owner, StoredValues.Time(clock.GetUtcNow() + lease.Duration), held));
+}
+
+/// <summary>A release of held leases (<see cref="ITransactionStore.ReleaseAsync"/>).</summary>
+internal sealed class ReleaseRequest(string owner, IReadOnlyCollection<LeaseClaim> held, CancellationToken cancellationToken)
+    : WriteRequest<bool>(cancellationToken)
+{
+    public override string? Gid => null;
+
+    public override void Apply(WriterConnection writer)
+    {
+        writer.ReleaseLeases(owner, held);
+        SetResult(true);
     }
 }
 

@@ -1,5 +1,6 @@
 using System.Globalization;
 using Microsoft.Data.Sqlite;
+using Treaty.Core.Engine;
 using Treaty.Core.Model;
 
 namespace Treaty.Storage.Sqlite;
@@ -26,6 +27,12 @@ internal sealed class WriterConnection : IDisposable
     private readonly SqliteCommand _selectFinished;
     private readonly SqliteCommand _deleteJournal;
     private readonly SqliteCommand _deleteTransaction;
+    private readonly SqliteCommand _selectFence;
+    private readonly SqliteCommand _claimDue;
+    private readonly SqliteCommand _claimOne;
+    private readonly SqliteCommand _renew;
+    private readonly SqliteCommand _releaseLease;
+    private readonly SqliteCommand _releaseEveryone;
     private readonly List<SqliteCommand> _commands = [];
 
     public WriterConnection(SqliteConnection connection)
@@ -41,21 +48,53 @@ internal sealed class WriterConnection : IDisposable
         _rollbackToSavepoint = Prepare("ROLLBACK TO treaty_write;");
         _insert = Prepare(
             """
-            INSERT INTO transactions (gid, protocol, status, stuck, created_at, updated_at, next_wake_at, fingerprint, version, state_json)
-            VALUES ($gid, $protocol, $status, $stuck, $created_at, $updated_at, $next_wake_at, $fingerprint, $version, $state_json)
+            INSERT INTO transactions (gid, protocol, status, stuck, created_at, updated_at, next_wake_at, fingerprint, version, state_json, owner, epoch, lease_until)
+            VALUES ($gid, $protocol, $status, $stuck, $created_at, $updated_at, $next_wake_at, $fingerprint, $version, $state_json, $owner, $epoch, $lease_until)
             ON CONFLICT (gid) DO NOTHING;
             """,
-            "$gid", "$protocol", "$status", "$stuck", "$created_at", "$updated_at", "$next_wake_at", "$fingerprint", "$version", "$state_json");
+            "$gid", "$protocol", "$status", "$stuck", "$created_at", "$updated_at", "$next_wake_at", "$fingerprint", "$version", "$state_json",
+            "$owner", "$epoch", "$lease_until");
         // created_at, protocol and fingerprint never change after the insert; leaving them out of SET
-        // spares SQLite from rewriting the listing indexes on every decision.
+        // spares SQLite from rewriting the listing indexes on every decision. The fence: the stored
+        // owner must be the writer's (IS: both NULL for an unfenced write) at the writer's epoch; a
+        // terminal write gives the lease up.
         _update = Prepare(
             """
             UPDATE transactions
             SET status = $status, stuck = $stuck, updated_at = $updated_at, next_wake_at = $next_wake_at,
-                version = $version, state_json = $state_json
-            WHERE gid = $gid AND version = $expected_version;
+                version = $version, state_json = $state_json,
+                owner = CASE WHEN $terminal THEN NULL ELSE owner END,
+                lease_until = CASE WHEN $terminal THEN NULL ELSE lease_until END
+            WHERE gid = $gid AND version = $expected_version AND owner IS $fence_owner AND ($fence_owner IS NULL OR epoch = $fence_epoch);
             """,
-            "$gid", "$status", "$stuck", "$updated_at", "$next_wake_at", "$version", "$state_json", "$expected_version");
+            "$gid", "$status", "$stuck", "$updated_at", "$next_wake_at", "$version", "$state_json", "$expected_version",
+            "$terminal", "$fence_owner", "$fence_epoch");
+        _selectFence = Prepare("SELECT version, owner, epoch FROM transactions WHERE gid = $gid;", "$gid");
+        _claimDue = Prepare(
+            $"""
+            UPDATE transactions SET owner = $owner, epoch = epoch + 1, lease_until = $until
+            WHERE gid IN (
+                SELECT gid FROM transactions
+                WHERE {Schema.DueFilter} AND (owner IS NULL OR lease_until <= $now)
+                ORDER BY {Schema.DueKey}, gid LIMIT $limit)
+            RETURNING gid, epoch;
+            """,
+            "$owner", "$until", "$due_by", "$now", "$limit");
+        _claimOne = Prepare(
+            $"""
+            UPDATE transactions SET owner = $owner, epoch = epoch + 1, lease_until = $until
+            WHERE gid = $gid AND {Schema.NonTerminal}
+              AND ($take_over OR owner IS NULL OR owner = $owner OR lease_until <= $now)
+            RETURNING epoch;
+            """,
+            "$owner", "$until", "$gid", "$take_over", "$now");
+        _renew = Prepare(
+            "UPDATE transactions SET lease_until = $until WHERE gid = $gid AND owner = $owner AND epoch = $epoch;",
+            "$until", "$gid", "$owner", "$epoch");
+        _releaseLease = Prepare(
+            "UPDATE transactions SET owner = NULL, lease_until = NULL WHERE gid = $gid AND owner = $owner AND epoch = $epoch;",
+            "$gid", "$owner", "$epoch");
+        _releaseEveryone = Prepare("UPDATE transactions SET owner = NULL, lease_until = NULL WHERE owner IS NOT NULL;");
         _selectState = Prepare("SELECT state_json FROM transactions WHERE gid = $gid;", "$gid");
         _selectVersion = Prepare("SELECT version FROM transactions WHERE gid = $gid;", "$gid");
         _appendJournal = Prepare(
@@ -87,7 +126,7 @@ internal sealed class WriterConnection : IDisposable
     public void RollbackToSavepoint() => _rollbackToSavepoint.ExecuteNonQuery();
 
     /// <summary>Inserts the row; false when a row with its gid exists (nothing written).</summary>
-    public bool TryInsert(StoredRow row)
+    public bool TryInsert(StoredRow row, string? owner, long epoch, long? leaseUntil)
     {
         var p = _insert.Parameters;
         p[0].Value = row.Gid;
@@ -100,11 +139,15 @@ internal sealed class WriterConnection : IDisposable
         p[7].Value = row.Fingerprint;
         p[8].Value = row.Version;
         p[9].Value = row.StateJson;
+        p[10].Value = Nullable(owner);
+        p[11].Value = epoch;
+        p[12].Value = Nullable(leaseUntil);
         return _insert.ExecuteNonQuery() == 1;
     }
 
-    /// <summary>Replaces the row if it is at <paramref name="expectedVersion"/>; false otherwise (nothing written).</summary>
-    public bool TryUpdate(StoredRow row, long expectedVersion)
+    /// <summary>Replaces the row if it is at <paramref name="expectedVersion"/> under <paramref name="fence"/>;
+    /// false otherwise (nothing written).</summary>
+    public bool TryUpdate(StoredRow row, long expectedVersion, Fence? fence)
     {
         var p = _update.Parameters;
         p[0].Value = row.Gid;
@@ -115,8 +158,90 @@ internal sealed class WriterConnection : IDisposable
         p[5].Value = row.Version;
         p[6].Value = row.StateJson;
         p[7].Value = expectedVersion;
+        p[8].Value = row.Terminal ? 1 : 0;
+        p[9].Value = fence is { } f ? f.Owner : DBNull.Value;
+        p[10].Value = fence is { } g ? g.Epoch : 0L;
         return _update.ExecuteNonQuery() == 1;
     }
+
+    /// <summary>The stored version, owner and epoch of a gid (null when it does not exist).</summary>
+    public (long Version, string? Owner, long Epoch)? ReadFence(string gid)
+    {
+        _selectFence.Parameters[0].Value = gid;
+        using var reader = _selectFence.ExecuteReader();
+        return reader.Read()
+            ? (reader.GetInt64(0), reader.IsDBNull(1) ? null : reader.GetString(1), reader.GetInt64(2))
+            : null;
+    }
+
+    /// <summary>Claims due work nobody holds; see <see cref="Core.Engine.ITransactionStore.ClaimDueAsync"/>.</summary>
+    public List<LeaseClaim> ClaimDue(string owner, long until, long dueBy, long now, int limit)
+    {
+        var p = _claimDue.Parameters;
+        p[0].Value = owner;
+        p[1].Value = until;
+        p[2].Value = dueBy;
+        p[3].Value = now;
+        p[4].Value = limit;
+        var claims = new List<LeaseClaim>();
+        using var reader = _claimDue.ExecuteReader();
+        while (reader.Read())
+        {
+            claims.Add(new LeaseClaim(reader.GetString(0), reader.GetInt64(1)));
+        }
+
+        return claims;
+    }
+
+    /// <summary>Claims one transaction; null when it may not be claimed.</summary>
+    public LeaseClaim? ClaimOne(string gid, string owner, long until, bool takeOver, long now)
+    {
+        var p = _claimOne.Parameters;
+        p[0].Value = owner;
+        p[1].Value = until;
+        p[2].Value = gid;
+        p[3].Value = takeOver ? 1 : 0;
+        p[4].Value = now;
+        return _claimOne.ExecuteScalar() is { } epoch and not DBNull
+            ? new LeaseClaim(gid, Convert.ToInt64(epoch, CultureInfo.InvariantCulture))
+            : null;
+    }
+
+    /// <summary>Renews each held lease; returns the gids it could not renew.</summary>
+    public List<string> Renew(string owner, long until, IReadOnlyCollection<LeaseClaim> held)
+    {
+        var lost = new List<string>();
+        var p = _renew.Parameters;
+        p[0].Value = until;
+        p[2].Value = owner;
+        foreach (var claim in held)
+        {
+            p[1].Value = claim.Gid;
+            p[3].Value = claim.Epoch;
+            if (_renew.ExecuteNonQuery() == 0)
+            {
+                lost.Add(claim.Gid);
+            }
+        }
+
+        return lost;
+    }
+
+    /// <summary>Releases each lease still held at its epoch.</summary>
+    public void ReleaseLeases(string owner, IReadOnlyCollection<LeaseClaim> held)
+    {
+        var p = _releaseLease.Parameters;
+        p[1].Value = owner;
+        foreach (var claim in held)
+        {
+            p[0].Value = claim.Gid;
+            p[2].Value = claim.Epoch;
+            _releaseLease.ExecuteNonQuery();
+        }
+    }
+
+    /// <summary>Ends every lease (the file was just opened: no other process can hold one).</summary>
+    public int ReleaseEveryone() => _releaseEveryone.ExecuteNonQuery();
 
     public string? ReadStateJson(string gid)
     {

@@ -12,19 +12,68 @@ public interface ITransactionStore
     /// <summary>Creates or migrates the schema.</summary>
     Task InitializeAsync(CancellationToken cancellationToken);
 
+    /// <summary>Stores a new transaction that nobody owns; see the overload with a lease.</summary>
+    Task<TransactionState?> InsertAsync(TransactionState state, IReadOnlyList<JournalEntry> journal, CancellationToken cancellationToken) =>
+        InsertAsync(state, journal, lease: null, cancellationToken);
+
     /// <summary>
     /// Stores a new transaction and its first journal entries atomically. Returns null when it was
     /// inserted, or the stored state when a transaction with the same gid already exists (nothing
-    /// is written then).
+    /// is written then). With <paramref name="lease"/>, the new transaction is owned by its owner at
+    /// epoch 1 until the store's clock passes now + its duration (unless the state is terminal).
     /// </summary>
-    Task<TransactionState?> InsertAsync(TransactionState state, IReadOnlyList<JournalEntry> journal, CancellationToken cancellationToken);
+    Task<TransactionState?> InsertAsync(TransactionState state, IReadOnlyList<JournalEntry> journal, LeaseRequest? lease, CancellationToken cancellationToken);
+
+    /// <summary>An unfenced update; see the overload with a fence.</summary>
+    Task UpdateAsync(TransactionState state, IReadOnlyList<JournalEntry> journal, CancellationToken cancellationToken) =>
+        UpdateAsync(state, journal, fence: null, cancellationToken);
 
     /// <summary>
     /// Replaces the stored state (whose version must be <c>state.Version - 1</c>) and appends the
     /// journal entries, atomically. Throws <see cref="ConcurrencyConflictException"/> when the
-    /// stored version differs or the transaction does not exist.
+    /// stored version differs or the transaction does not exist, and <see cref="LeaseLostException"/>
+    /// when <paramref name="fence"/> is not the stored owner and epoch (the lease's expiry alone does
+    /// not refuse the write: only a new claim does). An unfenced write (null) is refused while the
+    /// transaction has an owner. A write of a terminal state releases the lease (no owner after it).
     /// </summary>
-    Task UpdateAsync(TransactionState state, IReadOnlyList<JournalEntry> journal, CancellationToken cancellationToken);
+    Task UpdateAsync(TransactionState state, IReadOnlyList<JournalEntry> journal, Fence? fence, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Claims at most <paramref name="limit"/> non-terminal transactions that nobody holds (no owner,
+    /// or a lease the store's clock says has expired) and whose <see cref="TransactionState.NextWakeAt"/>
+    /// is at or before <paramref name="dueBy"/> (or unset), earliest first: each gets the owner, its
+    /// epoch raised by one, and a lease until the store's now + the duration. Rows another caller is
+    /// claiming at the same moment are skipped, not waited for (two callers never get one row).
+    /// </summary>
+    Task<IReadOnlyList<LeaseClaim>> ClaimDueAsync(LeaseRequest lease, DateTimeOffset dueBy, int limit, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Claims one non-terminal transaction whatever its wake-up time: when nobody holds it, when the
+    /// owner is the caller itself, or, with <paramref name="takeOver"/>, from a live holder (an
+    /// operator action on another instance's transaction; the old holder's next write is refused).
+    /// Null when it does not exist, is terminal, or another owner holds a live lease and
+    /// <paramref name="takeOver"/> is false.
+    /// </summary>
+    Task<LeaseClaim?> ClaimAsync(string gid, LeaseRequest lease, bool takeOver, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Extends to the store's now + the duration the leases the owner still holds at the given
+    /// epochs, in one write; returns the gids of <paramref name="held"/> it did not renew (claimed by
+    /// someone else, finished, or gone): the caller no longer drives those.
+    /// </summary>
+    Task<IReadOnlyList<string>> RenewAsync(LeaseRequest lease, IReadOnlyCollection<LeaseClaim> held, CancellationToken cancellationToken);
+
+    /// <summary>Gives up the leases the owner holds at the given epochs (an instance shutting down):
+    /// the transactions can be claimed at once. Leases held at another epoch are left alone.</summary>
+    Task ReleaseAsync(string owner, IReadOnlyCollection<LeaseClaim> held, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Completes when a write makes <paramref name="gid"/> terminal, whichever instance sharing this
+    /// store wrote it. The interest is registered before this method returns, so a caller registers,
+    /// then reads the state, then awaits: a finish between the two is not missed. It is a hint (the
+    /// caller reads the state again); cancel the token to drop the interest.
+    /// </summary>
+    Task WhenFinishedAsync(string gid, CancellationToken cancellationToken);
 
     /// <summary>The stored state, or null.</summary>
     Task<TransactionState?> GetAsync(string gid, CancellationToken cancellationToken);
@@ -98,7 +147,7 @@ public sealed record TransactionCounts(IReadOnlyDictionary<TransactionStatus, lo
 public sealed record TransactionPage(IReadOnlyList<TransactionState> Items, string? NextCursor);
 
 /// <summary>The stored version was not the expected one: another writer got there first.</summary>
-public sealed class ConcurrencyConflictException : Exception
+public class ConcurrencyConflictException : Exception
 {
     public ConcurrencyConflictException()
     {

@@ -69,7 +69,12 @@ public sealed partial class TransactionEngine : IAsyncDisposable
     private readonly IEngineObserver _observer;
     private readonly FrozenDictionary<Protocol, IProtocolMachine> _machines;
     private readonly ConcurrentDictionary<string, Runner> _active = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, Task> _resuming = new(StringComparer.Ordinal);
     private readonly CancellationTokenSource _stopping = new();
+    private readonly LeaseRequest _lease;
+    private readonly Lock _renewTimerLock = new();
+    private ITimer? _renewTimer;
+    private int _renewing;
     private int _disposed;
 
     public TransactionEngine(
@@ -79,7 +84,8 @@ public sealed partial class TransactionEngine : IAsyncDisposable
         TimeProvider time,
         IRandomSource random,
         ILogger<TransactionEngine> logger,
-        IEngineObserver? observer = null)
+        IEngineObserver? observer = null,
+        LeaseRequest? lease = null)
     {
         _store = store;
         _invoker = invoker;
@@ -88,7 +94,31 @@ public sealed partial class TransactionEngine : IAsyncDisposable
         _logger = logger;
         _observer = observer ?? NullEngineObserver.Instance;
         _machines = machines.ToFrozenDictionary(m => m.Protocol);
+        _lease = lease ?? new LeaseRequest(LeaseDefaults.NewOwner(), LeaseDefaults.Duration);
     }
+
+    /// <summary>Starts renewing leases when the first transaction is driven (inside the simulation,
+    /// that is on the coordinator's node, so the renewals die with it).</summary>
+    private void EnsureRenewing()
+    {
+        if (Volatile.Read(ref _renewTimer) is not null)
+        {
+            return;
+        }
+
+        lock (_renewTimerLock)
+        {
+            if (_renewTimer is null && !_stopping.IsCancellationRequested)
+            {
+                // Three renewals per lease, so two can fail before one expires.
+                var period = _lease.Duration / 3;
+                Volatile.Write(ref _renewTimer, _time.CreateTimer(static s => ((TransactionEngine)s!).OnRenewTimer(), this, period, period));
+            }
+        }
+    }
+
+    /// <summary>This instance's name and lease duration: every transaction it drives is leased to it.</summary>
+    public LeaseRequest Lease => _lease;
 
     /// <summary>
     /// Test seam for the deterministic simulation only: when set, the engine executes a decision's
@@ -141,7 +171,7 @@ public sealed partial class TransactionEngine : IAsyncDisposable
         var created = machine.Create(spec, fingerprint, now);
         var decision = machine.Decide(created, new Submitted(), new DecisionContext(now, _random));
         var first = decision.Next with { Version = 1, ForcedWrites = 1 };
-        var existing = await _store.InsertAsync(first, decision.Journal, cancellationToken);
+        var existing = await _store.InsertAsync(first, decision.Journal, _lease, cancellationToken);
         if (existing is not null)
         {
             return Existing(existing, fingerprint);
@@ -149,7 +179,8 @@ public sealed partial class TransactionEngine : IAsyncDisposable
 
         LogSubmitted(_logger, spec.Gid, spec.Protocol.ToWire(), spec.Branches.Length);
         _observer.Submitted(first);
-        var runner = new Runner(this, machine, first);
+        // A new transaction is the inserter's at epoch 1.
+        var runner = new Runner(this, machine, first, new Fence(_lease.Owner, 1));
         if (!_active.TryAdd(spec.Gid, runner))
         {
             runner.Dispose();
@@ -189,36 +220,181 @@ public sealed partial class TransactionEngine : IAsyncDisposable
             {
                 // fall through to the latest state
             }
+
+            return await GetAsync(gid, cancellationToken);
         }
 
-        return await GetAsync(gid, cancellationToken);
+        // Another instance (or none yet) drives it: the store says when it finishes. Register
+        // first, then read, so a finish in between is not missed.
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        var finished = _store.WhenFinishedAsync(gid, stop.Token);
+        try
+        {
+            var state = await GetAsync(gid, cancellationToken);
+            if (state is null || state.IsTerminal || timeout <= TimeSpan.Zero)
+            {
+                return state;
+            }
+
+            try
+            {
+                await finished.WaitAsync(timeout, _time, cancellationToken);
+            }
+            catch (TimeoutException)
+            {
+                // the latest state, whatever it is
+            }
+
+            return await GetAsync(gid, cancellationToken);
+        }
+        finally
+        {
+            // Drops the interest; the canceled task is never awaited.
+            await stop.CancelAsync();
+        }
     }
 
-    /// <summary>Loads a non-terminal transaction from the store and drives it (recovery).</summary>
-    public async Task ResumeAsync(string gid, CancellationToken cancellationToken)
+    /// <summary>
+    /// Claims a non-terminal transaction nobody else holds, loads it from the store and drives it
+    /// (recovery). Does nothing when this instance drives it already, or another holds its lease.
+    /// </summary>
+    public Task ResumeAsync(string gid, CancellationToken cancellationToken) =>
+        ResumeCoreAsync(gid, claimed: null, takeOver: false, cancellationToken);
+
+    /// <summary>Drives a transaction this instance has just claimed (<see cref="ITransactionStore.ClaimDueAsync"/>).</summary>
+    public Task ResumeClaimedAsync(LeaseClaim claim, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(claim);
+        return ResumeCoreAsync(claim.Gid, claim, takeOver: false, cancellationToken);
+    }
+
+    private async Task ResumeCoreAsync(string gid, LeaseClaim? claimed, bool takeOver, CancellationToken cancellationToken)
     {
         using var scope = _logger.BeginGidScope(gid);
-        if (_active.ContainsKey(gid))
+        // One resume of a gid at a time in this process: a second claim would fence out the first.
+        var mine = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        while (!_resuming.TryAdd(gid, mine.Task))
         {
-            return;
+            if (_resuming.TryGetValue(gid, out var other))
+            {
+                await other.WaitAsync(cancellationToken);
+            }
         }
 
-        var state = await _store.GetAsync(gid, cancellationToken);
-        if (state is null || state.IsTerminal || MachineFor(state.Spec.Protocol) is not { } machine)
+        try
         {
-            return;
-        }
+            if (claimed is null && _active.ContainsKey(gid))
+            {
+                return;
+            }
 
-        var runner = new Runner(this, machine, state);
-        if (!_active.TryAdd(gid, runner))
+            var claim = claimed ?? await _store.ClaimAsync(gid, _lease, takeOver, cancellationToken);
+            if (claim is null)
+            {
+                return;
+            }
+
+            if (_active.TryGetValue(gid, out var stale))
+            {
+                // Our own runner under an older epoch (its lease lapsed and we claimed it again): it
+                // can no longer write; the fresh copy below carries on from the durable state.
+                Unload(stale);
+            }
+
+            var state = await _store.GetAsync(gid, cancellationToken);
+            if (state is null || state.IsTerminal || MachineFor(state.Spec.Protocol) is not { } machine)
+            {
+                return;
+            }
+
+            var runner = new Runner(this, machine, state, _lease.FenceOf(claim));
+            if (!_active.TryAdd(gid, runner))
+            {
+                runner.Dispose();
+                return;
+            }
+
+            LogResuming(_logger, gid, state.Status.ToWire());
+            await runner.HandleAsync(new Resumed());
+        }
+        finally
         {
-            // A submit or another resume got there first and drives it; drop ours (and its timer).
+            _resuming.TryRemove(new KeyValuePair<string, Task>(gid, mine.Task));
+            mine.TrySetResult();
+        }
+    }
+
+    /// <summary>
+    /// Stops driving every transaction and gives their leases back, so another instance can take
+    /// them over at once instead of when the leases expire (a graceful shutdown). Best effort: a
+    /// lease the store did not hear about expires on its own.
+    /// </summary>
+    public async Task ReleaseAllAsync(CancellationToken cancellationToken)
+    {
+        var held = new List<LeaseClaim>();
+        foreach (var runner in _active.Values)
+        {
             runner.Dispose();
+            held.Add(runner.Claim);
+        }
+
+        _active.Clear();
+        if (held.Count > 0)
+        {
+            await _store.ReleaseAsync(_lease.Owner, held, cancellationToken);
+        }
+    }
+
+    private void OnRenewTimer() => _ = RenewLeasesAsync();
+
+    /// <summary>Renews the leases of every transaction this instance drives; drops those it lost.</summary>
+    internal async Task RenewLeasesAsync()
+    {
+        if (Interlocked.Exchange(ref _renewing, 1) == 1 || _stopping.IsCancellationRequested)
+        {
             return;
         }
 
-        LogResuming(_logger, gid, state.Status.ToWire());
-        await runner.HandleAsync(new Resumed());
+        try
+        {
+            var held = new Dictionary<string, LeaseClaim>(StringComparer.Ordinal);
+            foreach (var runner in _active.Values)
+            {
+                if (runner.Current is not null)
+                {
+                    held[runner.Gid] = runner.Claim;
+                }
+            }
+
+            if (held.Count == 0)
+            {
+                return;
+            }
+
+            var lost = await _store.RenewAsync(_lease, held.Values, _stopping.Token);
+            foreach (var gid in lost)
+            {
+                if (_active.TryGetValue(gid, out var runner) && runner.Claim == held[gid] && runner.Current is { IsTerminal: false })
+                {
+                    LogLeaseLost(_logger, gid, runner.Claim.Epoch);
+                    Unload(runner);
+                }
+            }
+        }
+        catch (OperationCanceledException) when (_stopping.IsCancellationRequested)
+        {
+            // shutting down
+        }
+        catch (Exception ex) when (ex is not OutOfMemoryException)
+        {
+            // The leases run on; every write is fenced, so an instance that cannot renew only risks
+            // being fenced out later, never a double drive.
+            LogRenewFailed(_logger, ex);
+        }
+        finally
+        {
+            Volatile.Write(ref _renewing, 0);
+        }
     }
 
     /// <summary>Operator: retry now, restarting the retry budget of waiting operations.</summary>
@@ -323,7 +499,9 @@ public sealed partial class TransactionEngine : IAsyncDisposable
         {
             if (!_active.TryGetValue(gid, out var runner))
             {
-                await ResumeAsync(gid, cancellationToken);
+                // An operator (or a service reporting an event) may reach any instance: take the
+                // transaction over from whoever holds it; the old holder's next write is refused.
+                await ResumeCoreAsync(gid, claimed: null, takeOver: true, cancellationToken);
                 if (!_active.TryGetValue(gid, out runner))
                 {
                     var stored = await _store.GetAsync(gid, cancellationToken);
@@ -353,6 +531,11 @@ public sealed partial class TransactionEngine : IAsyncDisposable
         }
 
         await _stopping.CancelAsync();
+        lock (_renewTimerLock)
+        {
+            _renewTimer?.Dispose();
+        }
+
         foreach (var runner in _active.Values)
         {
             runner.Dispose();
@@ -424,19 +607,26 @@ public sealed partial class TransactionEngine : IAsyncDisposable
         // before it is on disk; the API must not show what a crash could still take back.
         private TransactionState _durable;
         private Task<bool> _pendingWrite = Task.FromResult(true);
+        private readonly Fence _fence;
         private volatile bool _unloaded;
 
-        public Runner(TransactionEngine engine, IProtocolMachine machine, TransactionState state)
+        public Runner(TransactionEngine engine, IProtocolMachine machine, TransactionState state, Fence fence)
         {
             _engine = engine;
             _machine = machine;
             _state = state;
             _durable = state;
+            _fence = fence;
             Gid = state.Gid;
+            Claim = new LeaseClaim(state.Gid, fence.Epoch);
+            engine.EnsureRenewing();
             _timer = engine._time.CreateTimer(static s => ((Runner)s!).OnTimer(), this, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
         }
 
         public string Gid { get; }
+
+        /// <summary>The lease this runner writes under.</summary>
+        public LeaseClaim Claim { get; }
 
         /// <summary>The latest durable state (null once unloaded).</summary>
         public TransactionState? Current => _unloaded ? null : Volatile.Read(ref _durable);
@@ -577,7 +767,14 @@ public sealed partial class TransactionEngine : IAsyncDisposable
         {
             try
             {
-                await _engine._store.UpdateAsync(next, journal, _engine._stopping.Token);
+                await _engine._store.UpdateAsync(next, journal, _fence, _engine._stopping.Token);
+            }
+            catch (LeaseLostException)
+            {
+                // Another instance claimed it (this one paused past its lease, or an operator acted
+                // there): it drives the transaction now, from the durable state.
+                LogLeaseLost(_engine._logger, Gid, _fence.Epoch);
+                return false;
             }
             catch (Exception ex) when (ex is not OutOfMemoryException)
             {
@@ -739,6 +936,12 @@ public sealed partial class TransactionEngine : IAsyncDisposable
 
     [LoggerMessage(EventId = 1009, Level = LogLevel.Information, Message = "Operator {Actor} asked to {Action} transaction {Gid}: {Result}")]
     private static partial void LogOperatorAction(ILogger logger, string actor, string action, string gid, string result);
+
+    [LoggerMessage(EventId = 1010, Level = LogLevel.Information, Message = "Transaction {Gid}: another instance holds it now (our epoch {Epoch}); this one stops driving it")]
+    private static partial void LogLeaseLost(ILogger logger, string gid, long epoch);
+
+    [LoggerMessage(EventId = 1011, Level = LogLevel.Warning, Message = "Renewing leases failed; they run on until they expire")]
+    private static partial void LogRenewFailed(ILogger logger, Exception exception);
 }
 
 /// <summary>Hooks for metrics and tests; called after the decision is durable.</summary>

@@ -30,7 +30,15 @@ internal sealed class SimStore(SimScheduler scheduler, Random random, Func<Trans
 {
     private readonly Dictionary<string, TransactionState> _durable = new(StringComparer.Ordinal);
     private readonly List<JournalRecord> _journal = [];
+    private readonly LeaseBook _leases = new();
+    private readonly FinishWaiters _finished = new();
     private long _sequence;
+
+    /// <summary>Writes refused because their fence was stale (another instance had claimed the transaction).</summary>
+    public int FencedWrites { get; private set; }
+
+    /// <summary>The lease holder of a gid, for invariants and traces.</summary>
+    public (string? Owner, long Epoch, DateTimeOffset? Until) LeaseOf(string gid) => _leases.Peek(gid);
 
     public int TerminalCount { get; private set; }
 
@@ -50,7 +58,7 @@ internal sealed class SimStore(SimScheduler scheduler, Random random, Func<Trans
 
     public Task InitializeAsync(CancellationToken cancellationToken) => Task.CompletedTask;
 
-    public Task<TransactionState?> InsertAsync(TransactionState state, IReadOnlyList<JournalEntry> journal, CancellationToken cancellationToken)
+    public Task<TransactionState?> InsertAsync(TransactionState state, IReadOnlyList<JournalEntry> journal, LeaseRequest? lease, CancellationToken cancellationToken)
     {
         var done = new TaskCompletionSource<TransactionState?>(TaskCreationOptions.RunContinuationsAsynchronously);
         Fsync(state, journal, () =>
@@ -62,11 +70,11 @@ internal sealed class SimStore(SimScheduler scheduler, Random random, Func<Trans
             }
 
             return true;
-        }, () => done.TrySetResult(null), ex => done.TrySetException(ex));
+        }, () => done.TrySetResult(null), ex => done.TrySetException(ex), lease, insert: true);
         return done.Task;
     }
 
-    public Task UpdateAsync(TransactionState state, IReadOnlyList<JournalEntry> journal, CancellationToken cancellationToken)
+    public Task UpdateAsync(TransactionState state, IReadOnlyList<JournalEntry> journal, Fence? fence, CancellationToken cancellationToken)
     {
         var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         Fsync(state, journal, () =>
@@ -77,12 +85,71 @@ internal sealed class SimStore(SimScheduler scheduler, Random random, Func<Trans
                 return false;
             }
 
+            if (_leases.CheckWrite(state.Gid, fence) is { } refused)
+            {
+                FencedWrites++;
+                Trace(SimNode.Here, $"write FENCED {state.Gid} v{state.Version}: {refused.Message}");
+                done.TrySetException(refused);
+                return false;
+            }
+
             return true;
         }, () => done.TrySetResult(), ex => done.TrySetException(ex));
         return done.Task;
     }
 
-    private void Fsync(TransactionState state, IReadOnlyList<JournalEntry> journal, Func<bool> check, Action completed, Action<Exception> failed)
+    // Leases are the database's: they change at once (no fsync delay modelled) and expire by the
+    // scheduler's true time, whatever the coordinators' skewed clocks say.
+    public Task<IReadOnlyList<LeaseClaim>> ClaimDueAsync(LeaseRequest lease, DateTimeOffset dueBy, int limit, CancellationToken cancellationToken)
+    {
+        var now = scheduler.Now;
+        var claims = _durable.Values
+            .Where(s => !s.IsTerminal && (s.NextWakeAt is null || s.NextWakeAt <= dueBy) && _leases.IsFree(s.Gid, now))
+            .OrderBy(s => s.NextWakeAt)
+            .ThenBy(s => s.Gid, StringComparer.Ordinal)
+            .Take(limit)
+            .Select(s => _leases.Claim(s.Gid, lease, now))
+            .ToList();
+        foreach (var claim in claims)
+        {
+            Trace(SimNode.Here, $"claim {claim.Gid} by {lease.Owner} at epoch {claim.Epoch}");
+        }
+
+        return Task.FromResult<IReadOnlyList<LeaseClaim>>(claims);
+    }
+
+    public Task<LeaseClaim?> ClaimAsync(string gid, LeaseRequest lease, bool takeOver, CancellationToken cancellationToken)
+    {
+        var now = scheduler.Now;
+        if (!_durable.TryGetValue(gid, out var state) || state.IsTerminal || !_leases.MayClaim(gid, lease, takeOver, now))
+        {
+            return Task.FromResult<LeaseClaim?>(null);
+        }
+
+        var claim = _leases.Claim(gid, lease, now);
+        Trace(SimNode.Here, $"claim {gid} by {lease.Owner} at epoch {claim.Epoch}{(takeOver ? " (take-over)" : "")}");
+        return Task.FromResult<LeaseClaim?>(claim);
+    }
+
+    public Task<IReadOnlyList<string>> RenewAsync(LeaseRequest lease, IReadOnlyCollection<LeaseClaim> held, CancellationToken cancellationToken) =>
+        Task.FromResult<IReadOnlyList<string>>(_leases.Renew(lease, held, scheduler.Now));
+
+    public Task ReleaseAsync(string owner, IReadOnlyCollection<LeaseClaim> held, CancellationToken cancellationToken)
+    {
+        _leases.Release(owner, held);
+        return Task.CompletedTask;
+    }
+
+    public Task WhenFinishedAsync(string gid, CancellationToken cancellationToken) => _finished.WaitAsync(gid, cancellationToken);
+
+    private void Fsync(
+        TransactionState state,
+        IReadOnlyList<JournalEntry> journal,
+        Func<bool> check,
+        Action completed,
+        Action<Exception> failed,
+        LeaseRequest? lease = null,
+        bool insert = false)
     {
         var node = SimNode.Here;
         var delay = TimeSpan.FromMicroseconds(100 + random.Next(3_000));
@@ -111,6 +178,20 @@ internal sealed class SimStore(SimScheduler scheduler, Random random, Func<Trans
             }
 
             Write(node, state, journal);
+            if (insert)
+            {
+                _leases.Inserted(state.Gid, lease, state.IsTerminal, scheduler.Now);
+            }
+            else
+            {
+                _leases.Written(state.Gid, state.IsTerminal);
+            }
+
+            if (state.IsTerminal)
+            {
+                _finished.Signal(state.Gid);
+            }
+
             if (what == WriteFate.FailButDurable)
             {
                 WriteErrors++;
@@ -223,6 +304,7 @@ internal sealed class SimStore(SimScheduler scheduler, Random random, Func<Trans
             StuckCount -= _durable[gid].Stuck ? 1 : 0;
             TerminalCount--;
             _durable.Remove(gid);
+            _leases.Remove(gid);
         }
 
         _journal.RemoveAll(r => gone.Contains(r.Gid));

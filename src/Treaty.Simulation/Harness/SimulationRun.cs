@@ -514,11 +514,15 @@ internal sealed partial class SimulationRun
         }));
     }
 
+    /// <summary>One coordinator at a time, restarted under the same name: a restart takes its own
+    /// leases back at once, as a restarted instance with a stable id does.</summary>
+    private static readonly LeaseRequest SingleCoordinatorLease = new("coordinator", TimeSpan.FromSeconds(15));
+
     private (SimNode, TransactionEngine) NewCoordinator()
     {
         var node = new SimNode(_scheduler, $"coord#{++_generation}");
         var engine = new TransactionEngine(
-            _store, _invoker, _machines, _time, _engineRandom, NullLogger<TransactionEngine>.Instance, _observer)
+            _store, _invoker, _machines, _time, _engineRandom, NullLogger<TransactionEngine>.Instance, _observer, SingleCoordinatorLease)
         {
             UnsafeActBeforePersist = _options.Variant == SimVariant.ActBeforePersist,
         };

@@ -26,7 +26,8 @@ public sealed class EngineTests : IAsyncLifetime
 
     public EngineTests()
     {
-        _store = new InMemoryTransactionStore(_timeline);
+        // The store's leases expire by the same manual clock (the database's, in production).
+        _store = new InMemoryTransactionStore(_timeline, _time);
         _invoker = new ScriptedBranchInvoker(_store, _timeline);
         _engine = NewEngine();
     }
@@ -254,9 +255,14 @@ public sealed class EngineTests : IAsyncLifetime
         _engines.Remove(_engine);
         await _engine.DisposeAsync();
 
+        // Another instance: the dead one's lease holds it off until it expires.
         var recovered = NewEngine();
         await recovered.ResumeAsync("tx-1", Ct);
+        recovered.ActiveCount.ShouldBe(0);
+        _time.Advance(LeaseDefaults.Duration);
+        await recovered.ResumeAsync("tx-1", Ct);
         recovered.ActiveCount.ShouldBe(1);
+        _store.LeaseOf("tx-1").ShouldBe((recovered.Lease.Owner, 2L, T0 + LeaseDefaults.Duration * 2));
         (await _store.GetJournalAsync("tx-1", Ct)).Select(r => r.Entry.Kind).ShouldContain(JournalKinds.Resumed);
         _time.Advance(TimeSpan.FromSeconds(1));
 
@@ -445,14 +451,18 @@ public sealed class EngineTests : IAsyncLifetime
         var reads = 0;
         _store.BeforeGet = _ => Interlocked.Increment(ref reads) == 1 ? held.Task : Task.CompletedTask;
 
-        var loser = engine.ResumeAsync("tx-1", Ct);   // held in its read of the store
+        var first = engine.ResumeAsync("tx-1", Ct);   // held in its read of the store
         await WaitUntilAsync(() => Volatile.Read(ref reads) == 1);
-        await engine.ResumeAsync("tx-1", Ct);         // loads it first and drives it
+        var second = engine.ResumeAsync("tx-1", Ct);  // waits for the first instead of claiming again
+        await Task.Delay(TimeSpan.FromMilliseconds(50), TimeProvider.System, Ct);
+        second.IsCompleted.ShouldBeFalse("a second claim would fence out the first runner");
         held.SetResult();
-        await loser;                                  // finds a runner already there
+        await first;
+        await second;                                 // finds the runner already there
 
         engine.ActiveCount.ShouldBe(1);
-        timers.Live.ShouldBe(1, "only the runner that drives the transaction may keep a timer");
+        _store.LeaseOf("tx-1").Epoch.ShouldBe(1L, "claimed once");
+        timers.Live.ShouldBe(2, "the engine's lease renewal, and only the runner that drives the transaction");
     }
 
     /// <summary>Counts the timers created and not yet disposed.</summary>

@@ -30,8 +30,11 @@ internal sealed class Timeline
 }
 
 /// <summary>An in-memory <see cref="ITransactionStore"/> with hooks to delay or fail writes.</summary>
-internal sealed class InMemoryTransactionStore(Timeline timeline) : ITransactionStore
+internal sealed class InMemoryTransactionStore(Timeline timeline, TimeProvider? clock = null) : ITransactionStore
 {
+    private readonly TimeProvider _clock = clock ?? TimeProvider.System;
+    private readonly LeaseBook _leases = new();
+    private readonly FinishWaiters _finished = new();
     private readonly Lock _lock = new();
     private readonly Dictionary<string, TransactionState> _states = new(StringComparer.Ordinal);
     private readonly List<JournalRecord> _journal = [];
@@ -47,7 +50,13 @@ internal sealed class InMemoryTransactionStore(Timeline timeline) : ITransaction
 
     public Task InitializeAsync(CancellationToken cancellationToken) => Task.CompletedTask;
 
-    public Task<TransactionState?> InsertAsync(TransactionState state, IReadOnlyList<JournalEntry> journal, CancellationToken cancellationToken)
+    public Task<TransactionState?> InsertAsync(TransactionState state, IReadOnlyList<JournalEntry> journal, CancellationToken cancellationToken) =>
+        InsertAsync(state, journal, lease: null, cancellationToken);
+
+    public Task UpdateAsync(TransactionState state, IReadOnlyList<JournalEntry> journal, CancellationToken cancellationToken) =>
+        UpdateAsync(state, journal, fence: null, cancellationToken);
+
+    public Task<TransactionState?> InsertAsync(TransactionState state, IReadOnlyList<JournalEntry> journal, LeaseRequest? lease, CancellationToken cancellationToken)
     {
         lock (_lock)
         {
@@ -58,6 +67,7 @@ internal sealed class InMemoryTransactionStore(Timeline timeline) : ITransaction
 
             Inserts++;
             Write(state, journal);
+            _leases.Inserted(state.Gid, lease, state.IsTerminal, _clock.GetUtcNow());
             timeline.Add($"insert v{state.Version}");
         }
 
@@ -65,7 +75,7 @@ internal sealed class InMemoryTransactionStore(Timeline timeline) : ITransaction
         return Task.FromResult<TransactionState?>(null);
     }
 
-    public async Task UpdateAsync(TransactionState state, IReadOnlyList<JournalEntry> journal, CancellationToken cancellationToken)
+    public async Task UpdateAsync(TransactionState state, IReadOnlyList<JournalEntry> journal, Fence? fence, CancellationToken cancellationToken)
     {
         if (BeforeUpdate is { } hook)
         {
@@ -79,8 +89,15 @@ internal sealed class InMemoryTransactionStore(Timeline timeline) : ITransaction
                 throw new ConcurrencyConflictException($"{state.Gid}: stored v{stored?.Version}, writing v{state.Version}");
             }
 
+            if (_leases.CheckWrite(state.Gid, fence) is { } refused)
+            {
+                timeline.Add($"fenced v{state.Version}");
+                throw refused;
+            }
+
             Updates++;
             Write(state, journal);
+            _leases.Written(state.Gid, state.IsTerminal);
             timeline.Add($"update v{state.Version}");
         }
 
@@ -167,10 +184,64 @@ internal sealed class InMemoryTransactionStore(Timeline timeline) : ITransaction
             foreach (var gid in gone)
             {
                 _states.Remove(gid);
+                _leases.Remove(gid);
             }
 
             _journal.RemoveAll(r => gone.Contains(r.Gid));
             return Task.FromResult(gone.Count);
+        }
+    }
+
+    public Task<IReadOnlyList<LeaseClaim>> ClaimDueAsync(LeaseRequest lease, DateTimeOffset dueBy, int limit, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            var now = _clock.GetUtcNow();
+            return Task.FromResult<IReadOnlyList<LeaseClaim>>([.. _states.Values
+                .Where(s => !s.IsTerminal && (s.NextWakeAt is null || s.NextWakeAt <= dueBy) && _leases.IsFree(s.Gid, now))
+                .OrderBy(s => s.NextWakeAt)
+                .Take(limit)
+                .Select(s => _leases.Claim(s.Gid, lease, now))]);
+        }
+    }
+
+    public Task<LeaseClaim?> ClaimAsync(string gid, LeaseRequest lease, bool takeOver, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            var now = _clock.GetUtcNow();
+            return Task.FromResult(_states.TryGetValue(gid, out var state) && !state.IsTerminal && _leases.MayClaim(gid, lease, takeOver, now)
+                ? _leases.Claim(gid, lease, now)
+                : null);
+        }
+    }
+
+    public Task<IReadOnlyList<string>> RenewAsync(LeaseRequest lease, IReadOnlyCollection<LeaseClaim> held, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            return Task.FromResult<IReadOnlyList<string>>(_leases.Renew(lease, held, _clock.GetUtcNow()));
+        }
+    }
+
+    public Task ReleaseAsync(string owner, IReadOnlyCollection<LeaseClaim> held, CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            _leases.Release(owner, held);
+        }
+
+        return Task.CompletedTask;
+    }
+
+    public Task WhenFinishedAsync(string gid, CancellationToken cancellationToken) => _finished.WaitAsync(gid, cancellationToken);
+
+    /// <summary>The lease holder of a gid right now.</summary>
+    public (string? Owner, long Epoch, DateTimeOffset? Until) LeaseOf(string gid)
+    {
+        lock (_lock)
+        {
+            return _leases.Peek(gid);
         }
     }
 
@@ -201,6 +272,11 @@ internal sealed class InMemoryTransactionStore(Timeline timeline) : ITransaction
 
     private void Notify(TransactionState state)
     {
+        if (state.IsTerminal)
+        {
+            _finished.Signal(state.Gid);
+        }
+
         List<TaskCompletionSource<TransactionState>> ready = [];
         lock (_lock)
         {

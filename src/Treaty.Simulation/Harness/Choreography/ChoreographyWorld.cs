@@ -625,11 +625,15 @@ internal sealed class ChoreographyWorld
         return stats;
     }
 
+    /// <summary>One coordinator at a time, restarted under the same name: a restart takes its own
+    /// leases back at once, as a restarted instance with a stable id does.</summary>
+    private static readonly LeaseRequest SingleCoordinatorLease = new("coordinator", TimeSpan.FromSeconds(15));
+
     private (SimNode, TransactionEngine) NewCoordinator()
     {
         var node = new SimNode(Scheduler, $"coord#{++_generation}");
         var engine = new TransactionEngine(
-            _store, NoCalls.Instance, [new ChoreographyMachine()], Time, new SeededRandomSource(_options.Seed + _generation), NullLogger<TransactionEngine>.Instance, _observer);
+            _store, NoCalls.Instance, [new ChoreographyMachine()], Time, new SeededRandomSource(_options.Seed + _generation), NullLogger<TransactionEngine>.Instance, _observer, SingleCoordinatorLease);
         return (node, engine);
     }
 

@@ -22,6 +22,7 @@ internal static class PeerRun
         WebApplication? selfParticipant = null;
         ServiceProvider? services = null;
         IBusControl? bus = null;
+        HttpClient? http = null;
         try
         {
             var rabbitMq = options.RabbitMq;
@@ -61,7 +62,7 @@ internal static class PeerRun
                 ? "this process only (the broker's process was not found on this machine)"
                 : $"this process{(selfParticipant is null ? "" : " (with the --self-participant)")} and the broker {brokerProcess.Name} pid {brokerProcess.ProcessId}";
 
-            using var http = new HttpClient(new SocketsHttpHandler { PooledConnectionIdleTimeout = TimeSpan.FromMinutes(5) }) { Timeout = SlipTimeout };
+            http = new HttpClient(new SocketsHttpHandler { PooledConnectionIdleTimeout = TimeSpan.FromMinutes(5) }) { Timeout = SlipTimeout };
             var tracker = new SlipTracker();
             var prefetch = Math.Max(16, options.Concurrency);
             var executeAddresses = new Uri[options.Branches];
@@ -114,6 +115,8 @@ internal static class PeerRun
 
             if (services is not null)
                 await services.DisposeAsync();
+            // After the bus: a step still running while it stops may still call the participant.
+            http?.Dispose();
             if (selfParticipant is not null)
                 await selfParticipant.DisposeAsync();
             if (broker is not null)

@@ -17,11 +17,12 @@ internal sealed class DemoEnvironment : IAsyncDisposable
     private readonly bool _deleteRoot;
     private ChildProcess? _coordinator;
 
-    private DemoEnvironment(string root, bool deleteRoot)
+    private DemoEnvironment(string root, bool deleteRoot, string? coordinatorUrl)
     {
         Root = root;
         _deleteRoot = deleteRoot;
-        CoordinatorUrl = $"http://127.0.0.1:{ChildProcess.FreePort()}";
+        ExternalCoordinator = coordinatorUrl is not null;
+        CoordinatorUrl = coordinatorUrl ?? $"http://127.0.0.1:{ChildProcess.FreePort()}";
         OrderUrl = $"http://127.0.0.1:{ChildProcess.FreePort()}";
         PaymentUrl = $"http://127.0.0.1:{ChildProcess.FreePort()}";
         InventoryUrl = $"http://127.0.0.1:{ChildProcess.FreePort()}";
@@ -38,6 +39,10 @@ internal sealed class DemoEnvironment : IAsyncDisposable
     public string Root { get; }
 
     public string CoordinatorUrl { get; }
+
+    /// <summary>True when the coordinator is someone else's (several instances behind one URL, in
+    /// tests): this environment starts only the Shop services.</summary>
+    public bool ExternalCoordinator { get; }
 
     public string OrderUrl { get; }
 
@@ -65,11 +70,23 @@ internal sealed class DemoEnvironment : IAsyncDisposable
     /// <summary>More arguments for every Shop service (e.g. <c>--transport rabbitmq --rabbitmq URL</c>).</summary>
     public IReadOnlyList<string> ShopArguments { get; private init; } = [];
 
-    public static async Task<DemoEnvironment> StartAsync(string? dataDir, CancellationToken cancellationToken, TimeSpan? inDoubtAfter = null, IReadOnlyList<string>? shopArguments = null)
+    /// <summary>Starts the three Shop services and, unless <paramref name="coordinatorUrl"/> names one
+    /// running elsewhere, a coordinator; waits until every process is healthy.</summary>
+    /// <param name="dataDir">Where the processes keep their data; null: a temp directory deleted on dispose.</param>
+    /// <param name="cancellationToken">Stops the wait.</param>
+    /// <param name="inDoubtAfter">The services' <c>--in-doubt-after</c>; null for their default.</param>
+    /// <param name="shopArguments">More arguments for every Shop service.</param>
+    /// <param name="coordinatorUrl">A coordinator already running elsewhere (then none is started here).</param>
+    public static async Task<DemoEnvironment> StartAsync(
+        string? dataDir,
+        CancellationToken cancellationToken,
+        TimeSpan? inDoubtAfter = null,
+        IReadOnlyList<string>? shopArguments = null,
+        string? coordinatorUrl = null)
     {
         var root = dataDir ?? Path.Combine(Path.GetTempPath(), "treaty-demo-" + Guid.NewGuid().ToString("N")[..8]);
         Directory.CreateDirectory(root);
-        var environment = new DemoEnvironment(root, deleteRoot: dataDir is null) { InDoubtAfter = inDoubtAfter, ShopArguments = shopArguments ?? [] };
+        var environment = new DemoEnvironment(root, deleteRoot: dataDir is null, coordinatorUrl) { InDoubtAfter = inDoubtAfter, ShopArguments = shopArguments ?? [] };
         try
         {
             var shopDll = Path.Combine(AppContext.BaseDirectory, "Shop.dll");
@@ -83,7 +100,11 @@ internal sealed class DemoEnvironment : IAsyncDisposable
                 environment._shops.Add(environment.StartShop(service));
             }
 
-            await environment.StartCoordinatorAsync(cancellationToken);
+            if (!environment.ExternalCoordinator)
+            {
+                await environment.StartCoordinatorAsync(cancellationToken);
+            }
+
             foreach (var (shop, url) in environment._shops.Zip([environment.PaymentUrl, environment.InventoryUrl, environment.OrderUrl]))
             {
                 await shop.WaitHealthyAsync(environment.Http, url + "/healthz", TimeSpan.FromSeconds(60), cancellationToken);

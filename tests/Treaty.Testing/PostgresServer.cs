@@ -43,9 +43,7 @@ public sealed class PostgresServer : IAsyncDisposable
         {
             await RunAsync("chown", ["postgres", root]);
             await RunAsPostgresAsync($"{BinDir}/initdb -D {root}/data -A trust -U treaty --no-sync");
-            await RunAsPostgresAsync(
-                $"{BinDir}/pg_ctl -D {root}/data -l {root}/log -w -t 60 start " +
-                $"-o '-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_prepared_transactions=100 -c fsync=on -c max_connections=200'");
+            await server.StartClusterAsync();
             return server;
         }
         catch
@@ -54,6 +52,22 @@ public sealed class PostgresServer : IAsyncDisposable
             throw;
         }
     }
+
+    /// <summary>
+    /// Kills the server as a crash would (<c>pg_ctl stop -m immediate</c>: no checkpoint, every
+    /// connection dropped) and starts it again on the same data and port after <paramref name="down"/>;
+    /// it recovers from its WAL like after a power cut.
+    /// </summary>
+    public async Task RestartAsync(TimeSpan down)
+    {
+        await RunAsPostgresAsync($"{BinDir}/pg_ctl -D {_root}/data -m immediate -w -t 30 stop");
+        await Task.Delay(down, TimeProvider.System);
+        await StartClusterAsync();
+    }
+
+    private Task StartClusterAsync() => RunAsPostgresAsync(
+        $"{BinDir}/pg_ctl -D {_root}/data -l {_root}/log -w -t 60 start " +
+        $"-o '-p {Port} -k {_root} -c listen_addresses=127.0.0.1 -c max_prepared_transactions=100 -c fsync=on -c max_connections=200'");
 
     /// <summary>Creates a fresh database and returns its connection string.</summary>
     public async Task<string> CreateDatabaseAsync(string prefix)

@@ -465,6 +465,111 @@ public sealed class EngineTests : IAsyncLifetime
         timers.Live.ShouldBe(2, "the engine's lease renewal, and only the runner that drives the transaction");
     }
 
+    [Fact]
+    public async Task Lease_OperatorActsOnAnotherInstance_ItTakesOverAndTheOldOwnersLateAnswerIsFenced()
+    {
+        await _engine.SubmitAsync(Checkout(), "fp-1", Ct);
+        var late = await ExpectCallAsync("order.action#1");
+        var other = NewEngine();
+
+        // The operator's retry reaches the other instance: it claims the transaction (epoch 2).
+        (await other.RetryAsync("tx-1", "alice", Ct)).Status.ShouldBe(AdminStatus.Accepted);
+        _store.LeaseOf("tx-1").ShouldBe((other.Lease.Owner, 2L, T0 + LeaseDefaults.Duration));
+        other.ActiveCount.ShouldBe(1);
+        var again = await ExpectCallAsync("order.action#2");
+
+        // The first instance's call answers late: its write is refused and it lets go.
+        var before = _store.Peek("tx-1")!.Version;
+        late.Succeed();
+        await WaitUntilAsync(() => _engine.ActiveCount == 0);
+        _store.Peek("tx-1")!.Version.ShouldBe(before, "the old owner wrote nothing");
+
+        again.Succeed();
+        (await ExpectCallAsync("payment.action#1")).Succeed();
+        (await other.WaitAsync("tx-1", TimeSpan.FromMinutes(1), Ct)).ShouldNotBeNull().Status.ShouldBe(TransactionStatus.Committed);
+        _store.LeaseOf("tx-1").Owner.ShouldBeNull("a finished transaction is nobody's");
+    }
+
+    [Fact]
+    public async Task Lease_StaleOwnerWakesUpMidCall_ItsWriteIsFencedAndNothingIsWritten()
+    {
+        await _engine.SubmitAsync(Checkout(), "fp-1", Ct);
+        var late = await ExpectCallAsync("order.action#1");
+        // Paused past its lease: another instance claimed the transaction and has not written yet,
+        // so the stale owner's write comes at the right version and only the fence stops it.
+        (await _store.ClaimAsync("tx-1", new LeaseRequest("someone-else", LeaseDefaults.Duration), takeOver: true, Ct)).ShouldNotBeNull();
+        var before = _store.Peek("tx-1")!;
+
+        late.Succeed();
+
+        await WaitUntilAsync(() => _engine.ActiveCount == 0);
+        _timeline.Entries.ShouldContain($"fenced v{before.Version + 1}");
+        _store.Peek("tx-1").ShouldBe(before);
+        _invoker.Received.Count.ShouldBe(1, "a stale owner makes no new call");
+    }
+
+    [Fact]
+    public async Task Lease_RenewalFindsItLost_TheRunnerIsDropped()
+    {
+        await _engine.SubmitAsync(Checkout(), "fp-1", Ct);
+        await ExpectCallAsync("order.action#1");
+        (await _store.ClaimAsync("tx-1", new LeaseRequest("someone-else", LeaseDefaults.Duration), takeOver: true, Ct)).ShouldNotBeNull();
+
+        await _engine.RenewLeasesAsync();
+
+        _engine.ActiveCount.ShouldBe(0);
+        _store.LeaseOf("tx-1").Owner.ShouldBe("someone-else");
+    }
+
+    [Fact]
+    public async Task Lease_RenewedEveryThirdOfTheLease_NobodyElseCanClaimWhileTheOwnerLives()
+    {
+        await _engine.SubmitAsync(Checkout(), "fp-1", Ct);
+        await ExpectCallAsync("order.action#1");
+        var other = NewEngine();
+
+        // Three lease lengths pass; the owner's renewals keep the transaction its own.
+        for (var i = 0; i < 9; i++)
+        {
+            _time.Advance(LeaseDefaults.Duration / 3);
+            await WaitUntilAsync(() => _store.LeaseOf("tx-1").Until >= _time.GetUtcNow() + (LeaseDefaults.Duration / 2));
+            await other.ResumeAsync("tx-1", Ct);
+            other.ActiveCount.ShouldBe(0);
+        }
+
+        _store.LeaseOf("tx-1").ShouldBe((_engine.Lease.Owner, 1L, _time.GetUtcNow() + LeaseDefaults.Duration));
+    }
+
+    [Fact]
+    public async Task Lease_ReleaseAll_LetsAnotherInstanceClaimAtOnce()
+    {
+        await _engine.SubmitAsync(Checkout(), "fp-1", Ct);
+        await ExpectCallAsync("order.action#1");
+
+        await _engine.ReleaseAllAsync(Ct);
+
+        _engine.ActiveCount.ShouldBe(0);
+        var other = NewEngine();
+        var claims = await _store.ClaimDueAsync(other.Lease, DateTimeOffset.MaxValue, 10, Ct);
+        claims.ShouldBe([new LeaseClaim("tx-1", 2)]);
+    }
+
+    [Fact]
+    public async Task WaitAsync_OnAnInstanceThatDoesNotDriveIt_AnswersWhenTheOwnerFinishes()
+    {
+        await _engine.SubmitAsync(Sequential("order"), "fp-1", Ct);
+        var call = await ExpectCallAsync("order.action#1");
+        var other = NewEngine();
+
+        var waiting = other.WaitAsync("tx-1", TimeSpan.FromMinutes(1), Ct);
+        await Task.Delay(TimeSpan.FromMilliseconds(50), TimeProvider.System, Ct);
+        waiting.IsCompleted.ShouldBeFalse();
+        call.Succeed();
+
+        (await waiting).ShouldNotBeNull().Status.ShouldBe(TransactionStatus.Committed);
+        other.ActiveCount.ShouldBe(0, "waiting does not take the transaction over");
+    }
+
     /// <summary>Counts the timers created and not yet disposed.</summary>
     private sealed class CountingTimeProvider(ManualTimeProvider inner) : TimeProvider
     {

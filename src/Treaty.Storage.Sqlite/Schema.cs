@@ -89,6 +89,15 @@ internal static class Schema
         ALTER TABLE transactions ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
         ALTER TABLE transactions ADD COLUMN lease_until INTEGER NULL;
         """,
+        // 5: The spec (branches, URLs, payload: most of the bytes, and immutable) is written once, at
+        // the insert, into spec_json; state_json then holds only the progress, so a decision writes a
+        // few hundred bytes instead of the whole definition again. Both are UTF-8 BLOBs from now on.
+        // Rows written before get their spec copied out of their whole state (which stays as it is
+        // until their next decision replaces it with progress: a whole state is valid progress).
+        """
+        ALTER TABLE transactions ADD COLUMN spec_json BLOB NULL;
+        UPDATE transactions SET spec_json = json_extract(state_json, '$.spec');
+        """,
     ];
 
     /// <summary>The version this build creates and understands.</summary>

@@ -120,7 +120,7 @@ public sealed class SqliteTransactionStore : ITransactionStore, IAsyncDisposable
         ArgumentNullException.ThrowIfNull(state);
         ArgumentNullException.ThrowIfNull(journal);
         // Serialized here, on the caller's thread, so the writer thread only runs SQL.
-        var request = new InsertRequest(StoredRow.From(state), [.. journal], lease, _clock, cancellationToken);
+        var request = new InsertRequest(StoredRow.ForInsert(state), [.. journal], lease, _clock, cancellationToken);
         await EnqueueAsync(request, cancellationToken);
         var existing = await request.Task;
         if (existing is null && state.IsTerminal)
@@ -210,9 +210,10 @@ public sealed class SqliteTransactionStore : ITransactionStore, IAsyncDisposable
         ArgumentNullException.ThrowIfNull(gid);
         using var lease = await RentReaderAsync(cancellationToken);
         await using var command = lease.Connection.CreateCommand();
-        command.CommandText = "SELECT state_json FROM transactions WHERE gid = $gid;";
+        command.CommandText = "SELECT spec_json, state_json FROM transactions WHERE gid = $gid;";
         command.Parameters.AddWithValue("$gid", gid);
-        return await command.ExecuteScalarAsync(cancellationToken) is string json ? StoredValues.Deserialize(json) : null;
+        await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+        return await reader.ReadAsync(cancellationToken) ? StoredValues.Read(reader, 0, 1) : null;
     }
 
     /// <inheritdoc />
@@ -259,7 +260,7 @@ public sealed class SqliteTransactionStore : ITransactionStore, IAsyncDisposable
         await using var command = lease.Connection.CreateCommand();
         // The WHERE clause is assembled from constant fragments only (so each filter can use its
         // index); every value is a parameter.
-        var sql = new StringBuilder("SELECT created_at, gid, state_json FROM transactions WHERE 1 = 1");
+        var sql = new StringBuilder("SELECT created_at, gid, spec_json, state_json FROM transactions WHERE 1 = 1");
         if (query.Status is { } status)
         {
             sql.Append(" AND status = $status");
@@ -293,7 +294,7 @@ public sealed class SqliteTransactionStore : ITransactionStore, IAsyncDisposable
                 }
 
                 last = new ListCursor(reader.GetInt64(0), reader.GetString(1));
-                items.Add(StoredValues.Deserialize(reader.GetString(2)));
+                items.Add(StoredValues.Read(reader, 2, 3));
             }
         }
 

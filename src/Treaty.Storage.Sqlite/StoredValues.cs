@@ -57,12 +57,13 @@ internal static class StoredValues
 
     public static DateTimeOffset Time(long ticks) => new(ticks, TimeSpan.Zero);
 
-    public static string Serialize(TransactionState state) =>
-        JsonSerializer.Serialize(state, TreatyJsonContext.Default.TransactionState);
+    /// <summary>A stored state from its spec_json and state_json columns (either TEXT, as rows were
+    /// written before schema 5, or BLOB); a NULL spec_json means state_json holds the whole state.</summary>
+    public static TransactionState Read(Microsoft.Data.Sqlite.SqliteDataReader reader, int specOrdinal, int stateOrdinal) =>
+        StoredStateCodec.Read(reader.IsDBNull(specOrdinal) ? [] : Bytes(reader, specOrdinal), Bytes(reader, stateOrdinal));
 
-    public static TransactionState Deserialize(string json) =>
-        JsonSerializer.Deserialize(json, TreatyJsonContext.Default.TransactionState)
-        ?? throw new JsonException("A stored transaction state is null.");
+    private static byte[] Bytes(Microsoft.Data.Sqlite.SqliteDataReader reader, int ordinal) =>
+        reader.GetFieldType(ordinal) == typeof(string) ? Encoding.UTF8.GetBytes(reader.GetString(ordinal)) : reader.GetFieldValue<byte[]>(ordinal);
 }
 
 /// <summary>A transaction as the columns of one <c>transactions</c> row, prepared off the writer thread.</summary>
@@ -76,12 +77,19 @@ internal sealed record StoredRow(
     long? NextWakeAt,
     string Fingerprint,
     long Version,
-    string StateJson)
+    byte[] StateJson,
+    byte[]? SpecJson)
 {
     /// <summary>True for a committed or aborted transaction.</summary>
     public bool Terminal => Status is "committed" or "aborted";
 
-    public static StoredRow From(TransactionState state) => new(
+    /// <summary>The row of a decision: the progress only (the spec is the insert's).</summary>
+    public static StoredRow From(TransactionState state) => From(state, withSpec: false);
+
+    /// <summary>The row of an insert: the spec too.</summary>
+    public static StoredRow ForInsert(TransactionState state) => From(state, withSpec: true);
+
+    private static StoredRow From(TransactionState state, bool withSpec) => new(
         state.Gid,
         StoredValues.Protocol(state.Spec.Protocol),
         StoredValues.Status(state.Status),
@@ -91,7 +99,8 @@ internal sealed record StoredRow(
         state.NextWakeAt is { } wake ? StoredValues.Time(wake) : null,
         state.Fingerprint,
         state.Version,
-        StoredValues.Serialize(state));
+        StoredStateCodec.Progress(state),
+        withSpec ? StoredStateCodec.Spec(state.Spec) : null);
 }
 
 /// <summary>The opaque keyset cursor of a listing: the sort key of the last item of a page.</summary>

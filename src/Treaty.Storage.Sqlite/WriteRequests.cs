@@ -91,9 +91,8 @@ internal sealed class InsertRequest(StoredRow row, IReadOnlyList<JournalEntry> j
             return;
         }
 
-        var existing = writer.ReadStateJson(row.Gid)
-            ?? throw new InvalidOperationException($"Transaction '{row.Gid}' conflicted on insert but cannot be read.");
-        SetResult(StoredValues.Deserialize(existing));
+        SetResult(writer.ReadState(row.Gid)
+            ?? throw new InvalidOperationException($"Transaction '{row.Gid}' conflicted on insert but cannot be read."));
     }
 }
 

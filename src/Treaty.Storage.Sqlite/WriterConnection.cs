@@ -48,12 +48,12 @@ internal sealed class WriterConnection : IDisposable
         _rollbackToSavepoint = Prepare("ROLLBACK TO treaty_write;");
         _insert = Prepare(
             """
-            INSERT INTO transactions (gid, protocol, status, stuck, created_at, updated_at, next_wake_at, fingerprint, version, state_json, owner, epoch, lease_until)
-            VALUES ($gid, $protocol, $status, $stuck, $created_at, $updated_at, $next_wake_at, $fingerprint, $version, $state_json, $owner, $epoch, $lease_until)
+            INSERT INTO transactions (gid, protocol, status, stuck, created_at, updated_at, next_wake_at, fingerprint, version, state_json, owner, epoch, lease_until, spec_json)
+            VALUES ($gid, $protocol, $status, $stuck, $created_at, $updated_at, $next_wake_at, $fingerprint, $version, $state_json, $owner, $epoch, $lease_until, $spec_json)
             ON CONFLICT (gid) DO NOTHING;
             """,
             "$gid", "$protocol", "$status", "$stuck", "$created_at", "$updated_at", "$next_wake_at", "$fingerprint", "$version", "$state_json",
-            "$owner", "$epoch", "$lease_until");
+            "$owner", "$epoch", "$lease_until", "$spec_json");
         // created_at, protocol and fingerprint never change after the insert; leaving them out of SET
         // spares SQLite from rewriting the listing indexes on every decision. The fence: the stored
         // owner must be the writer's (IS: both NULL for an unfenced write) at the writer's epoch; a
@@ -95,7 +95,7 @@ internal sealed class WriterConnection : IDisposable
             "UPDATE transactions SET owner = NULL, lease_until = NULL WHERE gid = $gid AND owner = $owner AND epoch = $epoch;",
             "$gid", "$owner", "$epoch");
         _releaseEveryone = Prepare("UPDATE transactions SET owner = NULL, lease_until = NULL WHERE owner IS NOT NULL;");
-        _selectState = Prepare("SELECT state_json FROM transactions WHERE gid = $gid;", "$gid");
+        _selectState = Prepare("SELECT spec_json, state_json FROM transactions WHERE gid = $gid;", "$gid");
         _selectVersion = Prepare("SELECT version FROM transactions WHERE gid = $gid;", "$gid");
         _appendJournal = Prepare(
             """
@@ -142,6 +142,7 @@ internal sealed class WriterConnection : IDisposable
         p[10].Value = Nullable(owner);
         p[11].Value = epoch;
         p[12].Value = Nullable(leaseUntil);
+        p[13].Value = row.SpecJson ?? throw new InvalidOperationException("An insert needs the spec.");
         return _insert.ExecuteNonQuery() == 1;
     }
 
@@ -243,10 +244,12 @@ internal sealed class WriterConnection : IDisposable
     /// <summary>Ends every lease (the file was just opened: no other process can hold one).</summary>
     public int ReleaseEveryone() => _releaseEveryone.ExecuteNonQuery();
 
-    public string? ReadStateJson(string gid)
+    /// <summary>The stored state of a gid, or null.</summary>
+    public TransactionState? ReadState(string gid)
     {
         _selectState.Parameters[0].Value = gid;
-        return _selectState.ExecuteScalar() as string;
+        using var reader = _selectState.ExecuteReader();
+        return reader.Read() ? StoredValues.Read(reader, 0, 1) : null;
     }
 
     public long? ReadVersion(string gid)

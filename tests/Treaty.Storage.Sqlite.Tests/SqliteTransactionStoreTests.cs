@@ -214,6 +214,29 @@ public sealed class SqliteTransactionStoreTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Update_WritesOnlyTheProgress_TheSpecIsWrittenOnceAtTheInsert()
+    {
+        // A 4 KiB payload: in the spec, stored once.
+        var payload = "{\"note\":\"" + new string('x', 4096) + "\"}";
+        var state = new SagaMachine().Create(new TransactionSpec("big", Protocol.Saga, payload, [], null, null), "fp-big", T0) with { Version = 1 };
+        await _store.InsertAsync(state, [], Ct);
+
+        await _store.UpdateAsync(state with { Version = 2, UpdatedAt = T0.AddSeconds(1) }, [], Ct);
+
+        var (spec, progress) = await _store.QueryWriterAsync(connection =>
+        {
+            using var command = connection.CreateCommand();
+            command.CommandText = "SELECT length(spec_json), length(state_json) FROM transactions WHERE gid = 'big';";
+            using var reader = command.ExecuteReader();
+            reader.Read();
+            return (reader.GetInt64(0), reader.GetInt64(1));
+        }, Ct);
+        spec.ShouldBeGreaterThan(4096);
+        progress.ShouldBeLessThan(1024, "a decision rewrites the progress, not the definition");
+        (await _store.GetAsync("big", Ct)).ShouldNotBeNull().Spec.PayloadJson.ShouldBe(payload);
+    }
+
+    [Fact]
     public async Task Version1Database_GainsTheTimelineColumnsAndKeepsItsRows()
     {
         await _store.DisposeAsync();
@@ -231,7 +254,8 @@ public sealed class SqliteTransactionStoreTests : IAsyncLifetime
                 """;
             insert.Parameters.AddWithValue("$gid", old.Gid);
             insert.Parameters.AddWithValue("$t", T0.UtcTicks);
-            insert.Parameters.AddWithValue("$json", StoredValues.Serialize(old));
+            // The whole state as one TEXT, as every row was written before schema 5.
+            insert.Parameters.AddWithValue("$json", System.Text.Json.JsonSerializer.Serialize(old, Treaty.Core.Serialization.TreatyJsonContext.Default.TransactionState));
             insert.ExecuteNonQuery();
         }
 
@@ -249,7 +273,11 @@ public sealed class SqliteTransactionStoreTests : IAsyncLifetime
         ]);
         journal[0].Entry.DurationMs.ShouldBeNull();
         journal[0].Entry.Body.ShouldBeNull();
-        (await _store.GetAsync(old.Gid, Ct))!.Version.ShouldBe(2);
+        var migrated = (await _store.GetAsync(old.Gid, Ct)).ShouldNotBeNull();
+        migrated.Version.ShouldBe(2);
+        // The spec was copied out of the old row, so a decision that writes only progress keeps it.
+        System.Text.Json.JsonSerializer.Serialize(migrated, Treaty.Core.Serialization.TreatyJsonContext.Default.TransactionState)
+            .ShouldBe(System.Text.Json.JsonSerializer.Serialize(old with { Version = 2 }, Treaty.Core.Serialization.TreatyJsonContext.Default.TransactionState));
         await _store.DisposeAsync();
     }
 

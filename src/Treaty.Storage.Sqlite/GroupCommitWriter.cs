@@ -113,9 +113,17 @@ internal sealed class GroupCommitWriter
 
         try
         {
-            foreach (var request in batch)
+            if (!TryApplyAll(batch))
             {
-                ApplyOne(request);
+                // One write threw: nothing of this attempt stays. Again, each write under its own
+                // savepoint, so only the one that throws fails.
+                _writer.Rollback();
+                _writer.Begin();
+                foreach (var request in batch)
+                {
+                    request.Reset();
+                    ApplyOne(request);
+                }
             }
 
             _writer.Commit();
@@ -134,6 +142,34 @@ internal sealed class GroupCommitWriter
         {
             request.Complete();
         }
+    }
+
+    /// <summary>
+    /// The fast path: every write straight into the batch's transaction, no savepoints (a write that
+    /// finds a conflict records it and writes nothing; it does not throw). False when one threw:
+    /// its partial effects are in the transaction, and the caller rolls the attempt back.
+    /// </summary>
+    private bool TryApplyAll(List<WriteRequest> batch)
+    {
+        foreach (var request in batch)
+        {
+            if (request.CancellationToken.IsCancellationRequested)
+            {
+                request.SetCanceled();
+                continue;
+            }
+
+            try
+            {
+                request.Apply(_writer);
+            }
+            catch (Exception)
+            {
+                return false;
+            }
+        }
+
+        return true;
     }
 
     /// <summary>

@@ -98,6 +98,31 @@ internal static class Schema
         ALTER TABLE transactions ADD COLUMN spec_json BLOB NULL;
         UPDATE transactions SET spec_json = json_extract(state_json, '$.spec');
         """,
+        // 6: The journal without AUTOINCREMENT: a plain INTEGER PRIMARY KEY is the rowid (max + 1),
+        // which spares every journal row a write to sqlite_sequence. A seq freed by retention at the
+        // very end of the table may be given again; seqs order one transaction's entries and are
+        // never compared across transactions.
+        """
+        CREATE TABLE journal_v6 (
+            seq         INTEGER PRIMARY KEY,
+            gid         TEXT    NOT NULL,
+            at          INTEGER NOT NULL,
+            kind        TEXT    NOT NULL,
+            branch      TEXT    NULL,
+            op          TEXT    NULL,
+            attempt     INTEGER NULL,
+            status_code INTEGER NULL,
+            detail      TEXT    NULL,
+            duration_ms INTEGER NULL,
+            body        TEXT    NULL
+        );
+        INSERT INTO journal_v6 (seq, gid, at, kind, branch, op, attempt, status_code, detail, duration_ms, body)
+            SELECT seq, gid, at, kind, branch, op, attempt, status_code, detail, duration_ms, body FROM journal;
+        DROP TABLE journal;
+        ALTER TABLE journal_v6 RENAME TO journal;
+        CREATE INDEX ix_journal_gid ON journal (gid, seq);
+        DELETE FROM sqlite_sequence WHERE name = 'journal';
+        """,
     ];
 
     /// <summary>The version this build creates and understands.</summary>

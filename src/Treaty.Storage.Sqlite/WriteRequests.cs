@@ -31,6 +31,9 @@ internal abstract class WriteRequest(CancellationToken cancellationToken)
 
     /// <summary>Fails the caller at once: the batch as a whole did not commit.</summary>
     public abstract void Fail(Exception exception);
+
+    /// <summary>Forgets the outcome recorded by an attempt that was rolled back, before the write is applied again.</summary>
+    public abstract void Reset();
 }
 
 /// <summary>A write whose caller awaits a <typeparamref name="T"/>.</summary>
@@ -65,6 +68,13 @@ internal abstract class WriteRequest<T>(CancellationToken cancellationToken) : W
     public override void SetCanceled() => _canceled = true;
 
     public override void Fail(Exception exception) => _completion.TrySetException(exception);
+
+    public override void Reset()
+    {
+        _result = default;
+        _error = null;
+        _canceled = false;
+    }
 
     protected void SetResult(T result) => _result = result;
 }

@@ -121,7 +121,7 @@ internal sealed partial class SimulationRun
         // When the engine started this attempt, by its own clock: the durable state's record of it
         // (or, if the attempt is not durable yet, now).
         var op = state.Branches[branch].Op(call.Op);
-        var started = op.Attempts == call.Attempt && op.LastAttemptAt is { } at ? at : _time.GetUtcNow();
+        var started = op.Attempts == call.Attempt && op.LastAttemptAt is { } at ? at : ClockHere().GetUtcNow();
         if (started >= deadline)
         {
             Violation($"order: {what} started {(started - deadline).TotalMilliseconds:0}ms after the transaction's deadline");
@@ -213,6 +213,10 @@ internal sealed partial class SimulationRun
 
         _desk.Check(_store.Peek, Charged);
         CheckConservation();
+        if (Multi)
+        {
+            CheckOwnership();
+        }
     }
 
     /// <summary>Whether transaction <paramref name="gid"/> left its customer charged.</summary>

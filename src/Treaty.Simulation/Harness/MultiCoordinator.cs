@@ -33,6 +33,8 @@ internal sealed partial class SimulationRun
     private readonly Random _multi;
     private readonly List<CoordinatorInstance> _instances = [];
     private int _pauses;
+    private int _midCallPausesLeft;
+    private int _staleSends;
     private int _instanceCrashes;
 
     private bool Multi => _options.Mode == SimMode.MultiCoordinator;
@@ -145,6 +147,7 @@ internal sealed partial class SimulationRun
     /// </summary>
     private void SchedulePauses()
     {
+        _midCallPausesLeft = 2 + _multi.Next(3);
         for (var i = 1 + _multi.Next(3); i > 0; i--)
         {
             var aimed = _multi.Next(2) == 0;
@@ -157,7 +160,23 @@ internal sealed partial class SimulationRun
         }
     }
 
-    private void Pause(CoordinatorInstance instance, TimeSpan length)
+    /// <summary>
+    /// BUGGIFY: now and then an instance freezes right as its write or its branch call leaves, so
+    /// that it wakes up mid-call after another instance took the transaction over.
+    /// </summary>
+    private void MaybePauseMidCall(SimNode node, string what)
+    {
+        if (_midCallPausesLeft == 0 || !_faults.Active || _multi.NextDouble() >= 0.3
+            || _instances.FirstOrDefault(i => i.Node == node) is not { } instance)
+        {
+            return;
+        }
+
+        _midCallPausesLeft--;
+        Pause(instance, MultiLease * (1.5 + (2.5 * _multi.NextDouble())), what);
+    }
+
+    private void Pause(CoordinatorInstance instance, TimeSpan length, string? what = null)
     {
         var node = instance.Node;
         if (!node.Alive || node.Paused)
@@ -167,7 +186,7 @@ internal sealed partial class SimulationRun
 
         _pauses++;
         var held = _store.All.Count(s => !s.IsTerminal && _store.LeaseOf(s.Gid).Owner == node.Name);
-        Trace(node, $"PAUSE ({node.Name}) for {length.TotalSeconds:0.000}s ({length / MultiLease:0.0} leases) holding {held} lease(s)");
+        Trace(node, $"PAUSE ({node.Name}) for {length.TotalSeconds:0.000}s ({length / MultiLease:0.0} leases) holding {held} lease(s){(what is null ? "" : ", " + what)}");
         node.Pause(length);
         _scheduler.At(_control, length, () => Trace(node, $"{node.Name} wakes up after {length.TotalSeconds:0.000}s{(node.Alive ? "" : " (dead meanwhile)")}"));
     }
@@ -182,7 +201,7 @@ internal sealed partial class SimulationRun
     }
 
     private string MultiSummary() => string.Create(CultureInfo.InvariantCulture,
-        $"instances {string.Join(" ", _instances.Select(i => $"{i.Name}({i.Time.Skewed.TotalMilliseconds:+0;-0;0}ms)"))}: {_pauses} pauses, {_instanceCrashes} crashes, {_store.ExpiredTakeovers} take-overs of expired leases, {_store.LiveTakeovers} of live ones, {_store.RenewalsLost} leases lost at renewal, {_store.FencedWrites} fenced writes");
+        $"instances {string.Join(" ", _instances.Select(i => $"{i.Name}({i.Time.Skewed.TotalMilliseconds:+0;-0;0}ms)"))}: {_pauses} pauses, {_instanceCrashes} crashes, {_store.ExpiredTakeovers} take-overs of expired leases, {_store.LiveTakeovers} of live ones, {_store.RenewalsLost} leases lost at renewal, {_store.FencedWrites} fenced writes, {_staleSends} calls sent by a stale owner");
 
     private void AddMultiStats(SimStats stats) =>
         stats.Add("multi pauses", _pauses)
@@ -191,6 +210,7 @@ internal sealed partial class SimulationRun
             .Add("multi takeovers-live", _store.LiveTakeovers)
             .Add("multi renewals-lost", _store.RenewalsLost)
             .Add("multi fenced-writes", _store.FencedWrites)
+            .Add("multi stale-sends", _staleSends)
             .Add("multi seeds-with-fenced-writes", _store.FencedWrites > 0 ? 1 : 0);
 
     /// <summary>One coordinator instance: its name, its machine's clock, and its current process.</summary>

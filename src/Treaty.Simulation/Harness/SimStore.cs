@@ -40,8 +40,8 @@ internal sealed class SimStore(SimScheduler scheduler, Random random, Func<Trans
     /// <summary>Known-bad variant: the store does not check the fence of an update (any instance may write).</summary>
     public bool IgnoreFence { get; init; }
 
-    /// <summary>Known-bad variant: the clock that judges lease expiry is the asking instance's, not the database's.</summary>
-    public Func<DateTimeOffset>? LeaseClock { get; init; }
+    /// <summary>Called as a write leaves its writer, before it reaches the database (the multi-coordinator mode pauses the writer there now and then).</summary>
+    public Action<SimNode, TransactionState>? Issuing { get; init; }
 
     /// <summary>Whether renewals that lost leases are traced and counted (the multi-coordinator mode; off elsewhere, so other modes' traces stay as they were).</summary>
     public bool TraceRenewals { get; init; }
@@ -169,7 +169,7 @@ internal sealed class SimStore(SimScheduler scheduler, Random random, Func<Trans
         return Task.FromResult<IReadOnlyList<string>>(lost);
     }
 
-    private DateTimeOffset LeaseNow() => LeaseClock?.Invoke() ?? scheduler.Now;
+    private DateTimeOffset LeaseNow() => scheduler.Now;
 
     private LeaseClaim Claim(string gid, LeaseRequest lease, DateTimeOffset now, bool takeOver)
     {
@@ -208,6 +208,7 @@ internal sealed class SimStore(SimScheduler scheduler, Random random, Func<Trans
         Fence? fence = null)
     {
         var node = SimNode.Here;
+        Issuing?.Invoke(node, state);
         var delay = TimeSpan.FromMicroseconds(100 + random.Next(3_000));
         scheduler.At(node, delay, () =>
         {
@@ -343,6 +344,9 @@ internal sealed class SimStore(SimScheduler scheduler, Random random, Func<Trans
     private void Trace(SimNode node, string text) => scheduler.Trace.Add(scheduler, node.Name, text);
 
     public Task<TransactionState?> GetAsync(string gid, CancellationToken cancellationToken) => Task.FromResult(Peek(gid));
+
+    /// <summary>The durable journal of one transaction, oldest first.</summary>
+    public IEnumerable<JournalRecord> JournalOf(string gid) => _journal.Where(r => r.Gid == gid);
 
     public Task<IReadOnlyList<JournalRecord>> GetJournalAsync(string gid, CancellationToken cancellationToken) =>
         Task.FromResult<IReadOnlyList<JournalRecord>>([.. _journal.Where(r => r.Gid == gid)]);

@@ -220,8 +220,8 @@ internal sealed partial class SimulationRun
         _store = new SimStore(_scheduler, _random, Fate, CrashCoordinator)
         {
             IgnoreFence = options.Variant == SimVariant.StoreIgnoresFence,
-            LeaseClock = options.Variant == SimVariant.LeaseByInstanceClock ? () => ClockHere().GetUtcNow() : null,
             TraceRenewals = options.Mode == SimMode.MultiCoordinator,
+            Issuing = options.Mode == SimMode.MultiCoordinator ? (node, state) => MaybePauseMidCall(node, $"writing {state.Gid} v{state.Version}") : null,
         };
         _network = new SimNetwork(_scheduler, _random, new Random(unchecked((options.Seed * 8191) + 11)), _faults, new SimNode(_scheduler, "net"), _hosts, _checkouts) { Arrived = Arrived };
         _invoker = new SimBranchInvoker(

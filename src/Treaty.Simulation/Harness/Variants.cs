@@ -34,7 +34,6 @@ internal enum SimVariant
     ChoreographyNoPublisherConfirms,
     ChoreographyAckBeforeCommit,
     StoreIgnoresFence,
-    LeaseByInstanceClock,
 }
 
 internal static class SimVariants
@@ -65,14 +64,13 @@ internal static class SimVariants
         (SimVariant.ChoreographyNoPublisherConfirms, "chor-no-publisher-confirms", "choreography: the relay's send returns before the broker has the message, so a refused publish or a crash loses it"),
         (SimVariant.ChoreographyAckBeforeCommit, "chor-ack-before-commit", "choreography: a delivery is acknowledged on arrival, before the inbox commit, so a failed handling loses it"),
         (SimVariant.StoreIgnoresFence, "store-ignores-fence", "several coordinators: the store does not check a write's owner and epoch, so a stale owner's writes go through"),
-        (SimVariant.LeaseByInstanceClock, "lease-by-instance-clock", "several coordinators: lease expiry is judged by the asking instance's skewed clock, not the store's"),
     ];
 
     /// <summary>The mode a variant breaks: the choreography's run in the choreography mode, the leases' in the multi-coordinator mode, the others in the normal one.</summary>
     public static SimMode ModeFor(SimVariant variant) => variant switch
     {
         SimVariant.ChoreographyNoInbox or SimVariant.ChoreographyNoPublisherConfirms or SimVariant.ChoreographyAckBeforeCommit => SimMode.Choreography,
-        SimVariant.StoreIgnoresFence or SimVariant.LeaseByInstanceClock => SimMode.MultiCoordinator,
+        SimVariant.StoreIgnoresFence => SimMode.MultiCoordinator,
         _ => SimMode.Normal,
     };
 

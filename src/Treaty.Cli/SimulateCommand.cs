@@ -17,10 +17,10 @@ internal static class SimulateCommand
         var seed = new Option<int>("--seed") { Description = "The seed: the whole run is a function of it", Required = true };
         var mode = new Option<string>("--mode")
         {
-            Description = "normal (every protocol and fault), partition (3PC under partitions) or choreography (the choreographed checkout: the messaging kit under a faulty broker and crashes)",
+            Description = "normal (every protocol and fault), partition (3PC under partitions), choreography (the choreographed checkout: the messaging kit under a faulty broker and crashes) or multi (three coordinator instances on one store under leases: skewed clocks, pauses longer than a lease, crashes)",
             DefaultValueFactory = _ => "normal",
         };
-        mode.AcceptOnlyFromAmong("normal", "partition", "choreography");
+        mode.AcceptOnlyFromAmong("normal", "partition", "choreography", "multi");
         var variant = new Option<string?>("--variant") { Description = "Run a known-bad variant instead of the correct system (the names are in docs/testing.md)" };
         var gid = new Option<string?>("--gid") { Description = "Print only this transaction's story (its decisions, its participants', the partitions and crashes), repeated calls folded" };
         var command = new Command("simulate", "Run one seed of the deterministic simulation and print its trace") { seed, mode, variant, gid };
@@ -32,12 +32,13 @@ internal static class SimulateCommand
     internal static int Run(IAnsiConsole console, int seed, bool partition, string? variant, string? gid) =>
         Run(console, seed, partition ? SimMode.Partition : SimMode.Normal, variant, gid);
 
-    /// <summary>Runs one seed in the mode named as <c>--mode</c> names it (normal, partition, choreography) and prints it.</summary>
+    /// <summary>Runs one seed in the mode named as <c>--mode</c> names it (normal, partition, choreography, multi) and prints it.</summary>
     internal static int Run(IAnsiConsole console, int seed, string mode, string? variant, string? gid) =>
         Run(console, seed, mode switch
         {
             "partition" => SimMode.Partition,
             "choreography" => SimMode.Choreography,
+            "multi" => SimMode.MultiCoordinator,
             _ => SimMode.Normal,
         }, variant, gid);
 
@@ -55,8 +56,10 @@ internal static class SimulateCommand
             return 2;
         }
 
-        // A choreography variant breaks the choreography mode: it runs there whatever --mode says.
-        var result = SimulationRun.Execute(new SimOptions(seed, broken, SimVariants.ModeFor(broken) == SimMode.Choreography ? SimMode.Choreography : mode, KeepFullTrace: true));
+        // A choreography variant breaks the choreography mode, a lease variant the multi-coordinator
+        // mode: each runs there whatever --mode says.
+        var home = SimVariants.ModeFor(broken);
+        var result = SimulationRun.Execute(new SimOptions(seed, broken, home is SimMode.Choreography or SimMode.MultiCoordinator ? home : mode, KeepFullTrace: true));
         var trace = gid is null
             ? result.FullTrace
             : ThreePhasePartitionStory.Condense([.. result.FullTrace.Where(line => ThreePhasePartitionStory.Shows(line, gid))]);

@@ -55,6 +55,33 @@ public sealed class SimulateCommandTests
     }
 
     [Fact]
+    public void Simulate_MultiMode_PrintsTheInstancesTheirPausesAndFencedWrites_AndExitsZero()
+    {
+        // Seed 18: two instances freeze mid-call and wake up after others took their transactions over.
+        var (code, output) = Simulate(18, "multi", variant: null);
+
+        code.ShouldBe(0, output);
+        output.ShouldStartWith("00000.000 sim       seed 18 (correct, MultiCoordinator)", customMessage: output);
+        output.ShouldContain(" coord-a   start (coord-a, lease 2.0s, wall clock ", customMessage: output);
+        output.ShouldContain(" PAUSE (coord-", customMessage: output);
+        output.ShouldContain(" write FENCED ", customMessage: output);
+        output.ShouldContain(": LOST ", customMessage: output);
+        output.ShouldContain(" fenced writes", customMessage: output);
+        output.ShouldContain("the same run as: TREATY_SIM_SEED=18 TREATY_SIM_VARIANT=multi dotnet test tests/Treaty.Simulation.Tests --filter Seeds_Keep", customMessage: output);
+        output.ShouldContain("seed 18: every invariant holds", customMessage: output);
+    }
+
+    [Fact]
+    public void Simulate_LeaseVariant_RunsInTheMultiMode_AndPrintsItsViolations()
+    {
+        var (code, output) = Simulate(9, "normal", variant: "store-ignores-fence");
+
+        code.ShouldBe(1, output);
+        output.ShouldContain("ownership: tx2: durable write by coord-a.4 at epoch 3 while the lease is coord-c.2's at epoch 4", customMessage: output);
+        output.ShouldContain("TREATY_SIM_SEED=9 TREATY_SIM_VARIANT=store-ignores-fence dotnet test", customMessage: output);
+    }
+
+    [Fact]
     public void Simulate_UnknownVariant_ExitsTwoAndNamesTheKnownOnes()
     {
         var (code, output) = Simulate(1, partition: false, variant: "no-such-bug", gid: null);

@@ -302,6 +302,7 @@ internal static class SimEnvironment
         null or "" or "correct" => new SimOptions(seed),
         "partition" => new SimOptions(seed, Mode: SimMode.Partition),
         "choreography" => new SimOptions(seed, Mode: SimMode.Choreography),
+        "multi" => new SimOptions(seed, Mode: SimMode.MultiCoordinator),
         var name => new SimOptions(seed, SimVariants.Parse(name), SimVariants.ModeFor(SimVariants.Parse(name))),
     };
 

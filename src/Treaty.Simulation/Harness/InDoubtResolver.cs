@@ -144,14 +144,16 @@ internal sealed class InDoubtResolver
             }
         });
         Trace(node, $"{q} {id.Gid}.{id.Branch} in doubt ({entry.Stage}): GET /transactions/{id.Gid}");
+        (SimNode Node, TransactionEngine Engine) picked = default;
         _network.Exchange<CoordinatorAnswer>(
             node,
             q,
             _host.Service.Name,
-            () => _coordinator().Node,
+            () => (picked = _coordinator()).Node,
             (coordinatorNode, back) =>
             {
-                var engine = _coordinator().Engine;
+                // The instance the question reached answers it.
+                var engine = picked.Engine!;
                 _spawn(async () =>
                 {
                     var state = await engine.GetAsync(id.Gid, CancellationToken.None);

@@ -20,6 +20,11 @@ internal sealed partial class SimulationRun
     /// </summary>
     private void Leaving(BranchCall call)
     {
+        if (Multi)
+        {
+            MaybePauseMidCall(SimNode.Here, $"its call {call.Gid} {call.Branch ?? "tx"}.{call.Op}#{call.Attempt} in flight");
+        }
+
         var state = _store.Peek(call.Gid);
         var what = $"{call.Gid} {call.Branch ?? "tx"}.{call.Op}#{call.Attempt}";
         if (state is null)
@@ -30,6 +35,11 @@ internal sealed partial class SimulationRun
 
         var spec = state.Spec;
         var b = call.Branch is null ? -1 : spec.Branches.IndexOf(spec.Branches.First(x => x.Name == call.Branch));
+        if (Multi && b >= 0 && state.Branches[b].TryOp(call.Op) is { } durableOp && durableOp.Attempts > call.Attempt)
+        {
+            // A stale owner's call: decided before it froze, sent after another instance went on.
+            _staleSends++;
+        }
         switch (call.Op)
         {
             case ProtocolNames.Confirm or ProtocolNames.Commit or ProtocolNames.DoCommit:
@@ -121,12 +131,25 @@ internal sealed partial class SimulationRun
         // When the engine started this attempt, by its own clock: the durable state's record of it
         // (or, if the attempt is not durable yet, now).
         var op = state.Branches[branch].Op(call.Op);
-        var started = op.Attempts == call.Attempt && op.LastAttemptAt is { } at ? at : _time.GetUtcNow();
+        var started = op.Attempts == call.Attempt && op.LastAttemptAt is { } at ? at
+            : Multi && op.Attempts > call.Attempt && StartedAt(call) is { } recorded ? recorded
+            : ClockHere().GetUtcNow();
         if (started >= deadline)
         {
             Violation($"order: {what} started {(started - deadline).TotalMilliseconds:0}ms after the transaction's deadline");
         }
     }
+
+    /// <summary>
+    /// When the attempt of <paramref name="call"/> was durably started, for a call that leaves after
+    /// later attempts are durable: a stale owner that froze between deciding the call and sending
+    /// it (another instance went on meanwhile), whose late send is a delayed message, not a new start.
+    /// </summary>
+    private DateTimeOffset? StartedAt(BranchCall call) =>
+        _store.JournalOf(call.Gid)
+            .Where(r => r.Entry.Kind == JournalKinds.AttemptStarted && r.Entry.Branch == call.Branch && r.Entry.Op == call.Op && r.Entry.Attempt == call.Attempt)
+            .Select(r => (DateTimeOffset?)r.Entry.At)
+            .FirstOrDefault();
 
     /// <summary>
     /// A call from the coordinator arrives at a participant: a confirm, commit or doCommit only when
@@ -213,6 +236,10 @@ internal sealed partial class SimulationRun
 
         _desk.Check(_store.Peek, Charged);
         CheckConservation();
+        if (Multi)
+        {
+            CheckOwnership();
+        }
     }
 
     /// <summary>Whether transaction <paramref name="gid"/> left its customer charged.</summary>

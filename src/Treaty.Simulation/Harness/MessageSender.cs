@@ -267,12 +267,15 @@ internal sealed class MessageSender
         }
 
         _scheduler.At(node, RequestTimeout, () => Settle(null, "no answer"));
+        // The instance the request reached serves it (with several coordinator instances, each
+        // request goes to one of them).
+        (SimNode Node, TransactionEngine Engine) picked = default;
         _network.Exchange<T?>(
             node,
             id,
             _host.Service.Name,
-            () => _coordinator().Node,
-            (coordinatorNode, back) => serve(_coordinator().Engine, back),
+            () => (picked = _coordinator()).Node,
+            (coordinatorNode, back) => serve(picked.Engine!, back),
             null,
             answer => Settle(answer, answer is null ? "refused or failed" : $"{answer}"));
     }

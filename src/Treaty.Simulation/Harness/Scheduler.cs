@@ -68,6 +68,14 @@ internal sealed class SimScheduler
                 continue; // the node crashed: whatever it had queued is gone.
             }
 
+            if (item.Node.PausedUntilTicks > NowTicks)
+            {
+                // The node is frozen (a GC pause, a stalled VM): what it had queued runs when it
+                // thaws, in the order it was queued.
+                _queue.Enqueue(item, (item.Node.PausedUntilTicks, _sequence++));
+                continue;
+            }
+
             Executed++;
             var previous = SynchronizationContext.Current;
             SynchronizationContext.SetSynchronizationContext(item.Node);
@@ -114,6 +122,15 @@ internal sealed class SimNode(SimScheduler scheduler, string name) : Synchroniza
     public SimScheduler Scheduler { get; } = scheduler;
 
     public void Kill() => Alive = false;
+
+    /// <summary>Until when (virtual ticks) the node is frozen: nothing it has queued runs before then; 0 when it never was.</summary>
+    public long PausedUntilTicks { get; private set; }
+
+    /// <summary>A fault: the process stalls for <paramref name="length"/> (a GC pause, a stalled VM) and then carries on where it was.</summary>
+    public void Pause(TimeSpan length) => PausedUntilTicks = Math.Max(PausedUntilTicks, Scheduler.NowTicks + length.Ticks);
+
+    /// <summary>Whether the node is frozen now.</summary>
+    public bool Paused => PausedUntilTicks > Scheduler.NowTicks;
 
     public override void Post(SendOrPostCallback d, object? state) => Scheduler.Post(this, TimeSpan.Zero, d, state);
 

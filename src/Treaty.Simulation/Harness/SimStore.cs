@@ -37,6 +37,32 @@ internal sealed class SimStore(SimScheduler scheduler, Random random, Func<Trans
     /// <summary>Writes refused because their fence was stale (another instance had claimed the transaction).</summary>
     public int FencedWrites { get; private set; }
 
+    /// <summary>Known-bad variant: the store does not check the fence of an update (any instance may write).</summary>
+    public bool IgnoreFence { get; init; }
+
+    /// <summary>Called as a write leaves its writer, before it reaches the database (the multi-coordinator mode pauses the writer there now and then).</summary>
+    public Action<SimNode, TransactionState>? Issuing { get; init; }
+
+    /// <summary>Whether renewals that lost leases are traced and counted (the multi-coordinator mode; off elsewhere, so other modes' traces stay as they were).</summary>
+    public bool TraceRenewals { get; init; }
+
+    /// <summary>Claims of a gid whose previous holder's lease had expired (a dead, paused or slow instance's).</summary>
+    public int ExpiredTakeovers { get; private set; }
+
+    /// <summary>Claims that took a gid from a live holder (an operator action on another instance).</summary>
+    public int LiveTakeovers { get; private set; }
+
+    /// <summary>Renewals that reported a lease lost (the holder was claimed away from).</summary>
+    public int RenewalsLost { get; private set; }
+
+    /// <summary>
+    /// What the store's own history says about ownership: a durable write by anyone but the lease
+    /// holder at its epoch, an epoch of a gid going backwards, one epoch written by two owners.
+    /// </summary>
+    public List<string> OwnershipAnomalies { get; } = [];
+
+    private readonly Dictionary<string, (long Epoch, string Owner)> _lastWriter = new(StringComparer.Ordinal);
+
     /// <summary>The lease holder of a gid, for invariants and traces.</summary>
     public (string? Owner, long Epoch, DateTimeOffset? Until) LeaseOf(string gid) => _leases.Peek(gid);
 
@@ -85,7 +111,7 @@ internal sealed class SimStore(SimScheduler scheduler, Random random, Func<Trans
                 return false;
             }
 
-            if (_leases.CheckWrite(state.Gid, fence) is { } refused)
+            if (!IgnoreFence && _leases.CheckWrite(state.Gid, fence) is { } refused)
             {
                 FencedWrites++;
                 Trace(SimNode.Here, $"write FENCED {state.Gid} v{state.Version}: {refused.Message}");
@@ -94,7 +120,7 @@ internal sealed class SimStore(SimScheduler scheduler, Random random, Func<Trans
             }
 
             return true;
-        }, () => done.TrySetResult(), ex => done.TrySetException(ex));
+        }, () => done.TrySetResult(), ex => done.TrySetException(ex), fence: fence);
         return done.Task;
     }
 
@@ -102,13 +128,13 @@ internal sealed class SimStore(SimScheduler scheduler, Random random, Func<Trans
     // scheduler's true time, whatever the coordinators' skewed clocks say.
     public Task<IReadOnlyList<LeaseClaim>> ClaimDueAsync(LeaseRequest lease, DateTimeOffset dueBy, int limit, CancellationToken cancellationToken)
     {
-        var now = scheduler.Now;
+        var now = LeaseNow();
         var claims = _durable.Values
             .Where(s => !s.IsTerminal && (s.NextWakeAt is null || s.NextWakeAt <= dueBy) && _leases.IsFree(s.Gid, now))
             .OrderBy(s => s.NextWakeAt)
             .ThenBy(s => s.Gid, StringComparer.Ordinal)
             .Take(limit)
-            .Select(s => _leases.Claim(s.Gid, lease, now))
+            .Select(s => Claim(s.Gid, lease, now, takeOver: false))
             .ToList();
         foreach (var claim in claims)
         {
@@ -120,19 +146,48 @@ internal sealed class SimStore(SimScheduler scheduler, Random random, Func<Trans
 
     public Task<LeaseClaim?> ClaimAsync(string gid, LeaseRequest lease, bool takeOver, CancellationToken cancellationToken)
     {
-        var now = scheduler.Now;
+        var now = LeaseNow();
         if (!_durable.TryGetValue(gid, out var state) || state.IsTerminal || !_leases.MayClaim(gid, lease, takeOver, now))
         {
             return Task.FromResult<LeaseClaim?>(null);
         }
 
-        var claim = _leases.Claim(gid, lease, now);
+        var claim = Claim(gid, lease, now, takeOver);
         Trace(SimNode.Here, $"claim {gid} by {lease.Owner} at epoch {claim.Epoch}{(takeOver ? " (take-over)" : "")}");
         return Task.FromResult<LeaseClaim?>(claim);
     }
 
-    public Task<IReadOnlyList<string>> RenewAsync(LeaseRequest lease, IReadOnlyCollection<LeaseClaim> held, CancellationToken cancellationToken) =>
-        Task.FromResult<IReadOnlyList<string>>(_leases.Renew(lease, held, scheduler.Now));
+    public Task<IReadOnlyList<string>> RenewAsync(LeaseRequest lease, IReadOnlyCollection<LeaseClaim> held, CancellationToken cancellationToken)
+    {
+        var lost = _leases.Renew(lease, held, LeaseNow());
+        if (lost.Count > 0 && TraceRenewals)
+        {
+            RenewalsLost += lost.Count;
+            Trace(SimNode.Here, $"renewal by {lease.Owner}: LOST {string.Join(",", lost)}");
+        }
+
+        return Task.FromResult<IReadOnlyList<string>>(lost);
+    }
+
+    private DateTimeOffset LeaseNow() => scheduler.Now;
+
+    private LeaseClaim Claim(string gid, LeaseRequest lease, DateTimeOffset now, bool takeOver)
+    {
+        var (holder, _, until) = _leases.Peek(gid);
+        if (holder is not null && !string.Equals(holder, lease.Owner, StringComparison.Ordinal))
+        {
+            if (until > now)
+            {
+                LiveTakeovers++;
+            }
+            else
+            {
+                ExpiredTakeovers++;
+            }
+        }
+
+        return _leases.Claim(gid, lease, now);
+    }
 
     public Task ReleaseAsync(string owner, IReadOnlyCollection<LeaseClaim> held, CancellationToken cancellationToken)
     {
@@ -149,9 +204,11 @@ internal sealed class SimStore(SimScheduler scheduler, Random random, Func<Trans
         Action completed,
         Action<Exception> failed,
         LeaseRequest? lease = null,
-        bool insert = false)
+        bool insert = false,
+        Fence? fence = null)
     {
         var node = SimNode.Here;
+        Issuing?.Invoke(node, state);
         var delay = TimeSpan.FromMicroseconds(100 + random.Next(3_000));
         scheduler.At(node, delay, () =>
         {
@@ -177,6 +234,7 @@ internal sealed class SimStore(SimScheduler scheduler, Random random, Func<Trans
                 return;
             }
 
+            Audit(state.Gid, insert ? (lease is null ? null : new Fence(lease.Owner, 1)) : fence, insert);
             Write(node, state, journal);
             if (insert)
             {
@@ -208,6 +266,35 @@ internal sealed class SimStore(SimScheduler scheduler, Random random, Func<Trans
 
             completed();
         });
+    }
+
+    /// <summary>Records who writes a gid under which epoch, and whether they hold its lease as the write becomes durable.</summary>
+    private void Audit(string gid, Fence? fence, bool insert)
+    {
+        if (fence is not { } f)
+        {
+            return;
+        }
+
+        var (holder, epoch, _) = _leases.Peek(gid);
+        if (!insert && (!string.Equals(holder, f.Owner, StringComparison.Ordinal) || epoch != f.Epoch))
+        {
+            OwnershipAnomalies.Add($"{gid}: durable write by {f.Owner} at epoch {f.Epoch} while the lease is {holder ?? "nobody"}'s at epoch {epoch}");
+        }
+
+        if (_lastWriter.TryGetValue(gid, out var last))
+        {
+            if (f.Epoch < last.Epoch)
+            {
+                OwnershipAnomalies.Add($"{gid}: durable write at epoch {f.Epoch} by {f.Owner} after one at epoch {last.Epoch} by {last.Owner} (epochs went backwards)");
+            }
+            else if (f.Epoch == last.Epoch && !string.Equals(f.Owner, last.Owner, StringComparison.Ordinal))
+            {
+                OwnershipAnomalies.Add($"{gid}: epoch {f.Epoch} written by two owners, {last.Owner} and {f.Owner}");
+            }
+        }
+
+        _lastWriter[gid] = (Math.Max(f.Epoch, last.Epoch), f.Epoch >= last.Epoch ? f.Owner : last.Owner);
     }
 
     private void Write(SimNode node, TransactionState state, IReadOnlyList<JournalEntry> journal)
@@ -257,6 +344,9 @@ internal sealed class SimStore(SimScheduler scheduler, Random random, Func<Trans
     private void Trace(SimNode node, string text) => scheduler.Trace.Add(scheduler, node.Name, text);
 
     public Task<TransactionState?> GetAsync(string gid, CancellationToken cancellationToken) => Task.FromResult(Peek(gid));
+
+    /// <summary>The durable journal of one transaction, oldest first.</summary>
+    public IEnumerable<JournalRecord> JournalOf(string gid) => _journal.Where(r => r.Gid == gid);
 
     public Task<IReadOnlyList<JournalRecord>> GetJournalAsync(string gid, CancellationToken cancellationToken) =>
         Task.FromResult<IReadOnlyList<JournalRecord>>([.. _journal.Where(r => r.Gid == gid)]);

@@ -76,7 +76,13 @@ internal sealed class SimTimeProvider(SimScheduler scheduler, TimerSkew skew) : 
     /// <summary>How far the wall clock is from the monotonic clock (negative after a step back).</summary>
     public TimeSpan WallOffset => TimeSpan.FromTicks(_wallOffsetTicks);
 
-    public override DateTimeOffset GetUtcNow() => scheduler.Now.AddTicks(_wallOffsetTicks);
+    /// <summary>
+    /// A constant error of this machine's wall clock against the true time (clock skew between
+    /// coordinator instances); timers are not affected. Zero but in the multi-coordinator mode.
+    /// </summary>
+    public TimeSpan Skewed { get; init; }
+
+    public override DateTimeOffset GetUtcNow() => scheduler.Now.AddTicks(_wallOffsetTicks + Skewed.Ticks);
 
     public override long TimestampFrequency => TimeSpan.TicksPerSecond;
 

@@ -18,6 +18,12 @@ internal enum SimMode
 
     /// <summary>The choreographed checkout: the messaging kit in each service under a faulty broker and crashes (<see cref="Choreography.ChoreographyWorld"/>).</summary>
     Choreography,
+
+    /// <summary>
+    /// The normal mode's world driven by three coordinator instances sharing one store under
+    /// leases: skewed clocks, pauses longer than a lease, crashes restarted under a new owner.
+    /// </summary>
+    MultiCoordinator,
 }
 
 /// <summary>What a run should use; the defaults are the correct system.</summary>
@@ -51,11 +57,11 @@ internal sealed record SimResult(
     public bool Ok => Violations.Count == 0;
 
     public string Replay =>
-        $"TREATY_SIM_SEED={Seed}{(Options.Variant == SimVariant.None ? "" : $" TREATY_SIM_VARIANT={SimVariants.Name(Options.Variant)}")}{(Options.Mode, Options.Variant) switch { (SimMode.Partition, _) => " TREATY_SIM_VARIANT=partition", (SimMode.Choreography, SimVariant.None) => " TREATY_SIM_VARIANT=choreography", _ => "" }} dotnet test tests/Treaty.Simulation.Tests --filter Seeds_Keep";
+        $"TREATY_SIM_SEED={Seed}{(Options.Variant == SimVariant.None ? "" : $" TREATY_SIM_VARIANT={SimVariants.Name(Options.Variant)}")}{(Options.Mode, Options.Variant) switch { (SimMode.Partition, _) => " TREATY_SIM_VARIANT=partition", (SimMode.Choreography, SimVariant.None) => " TREATY_SIM_VARIANT=choreography", (SimMode.MultiCoordinator, SimVariant.None) => " TREATY_SIM_VARIANT=multi", _ => "" }} dotnet test tests/Treaty.Simulation.Tests --filter Seeds_Keep";
 
     public string Report() =>
         $"""
-        Simulation seed {Seed} ({SimVariants.Name(Options.Variant)}{Options.Mode switch { SimMode.Partition => ", partition mode", SimMode.Choreography => ", choreography mode", _ => "" }}) violated {Violations.Count} invariant(s):
+        Simulation seed {Seed} ({SimVariants.Name(Options.Variant)}{Options.Mode switch { SimMode.Partition => ", partition mode", SimMode.Choreography => ", choreography mode", SimMode.MultiCoordinator => ", multi-coordinator mode", _ => "" }}) violated {Violations.Count} invariant(s):
           {string.Join("\n  ", Violations.Take(30))}
         {Summary}
         Replay: {Replay}
@@ -210,20 +216,35 @@ internal sealed partial class SimulationRun
             _hosts[service.Name] = new ParticipantHost(_scheduler, service);
         }
 
-        _store = new SimStore(_scheduler, _random, Fate, CrashCoordinator);
+        _multi = new Random(unchecked((options.Seed * 5003) + 23));
+        _store = new SimStore(_scheduler, _random, Fate, CrashCoordinator)
+        {
+            IgnoreFence = options.Variant == SimVariant.StoreIgnoresFence,
+            TraceRenewals = options.Mode == SimMode.MultiCoordinator,
+            Issuing = options.Mode == SimMode.MultiCoordinator ? (node, state) => MaybePauseMidCall(node, $"writing {state.Gid} v{state.Version}") : null,
+        };
         _network = new SimNetwork(_scheduler, _random, new Random(unchecked((options.Seed * 8191) + 11)), _faults, new SimNode(_scheduler, "net"), _hosts, _checkouts) { Arrived = Arrived };
         _invoker = new SimBranchInvoker(
             _scheduler, _time, _network,
             options.Variant == SimVariant.KeyPerAttempt ? static c => $"{c.IdempotencyKey}#{c.Attempt.ToString(CultureInfo.InvariantCulture)}" : static c => c.IdempotencyKey,
             SimVariants.Classification(options.Variant),
             Leaving);
-        (_coordinatorNode, _engine) = NewCoordinator();
+        if (options.Mode == SimMode.MultiCoordinator)
+        {
+            BuildInstances();
+            (_coordinatorNode, _engine) = (_instances[0].Node, _instances[0].Engine);
+        }
+        else
+        {
+            (_coordinatorNode, _engine) = NewCoordinator();
+        }
+
         // The checkout path draws from a stream of its own too.
         _desk = new CheckoutDesk(
             _scheduler, _time, _faults, new Random(unchecked((options.Seed * 4099) + 17)), _network, _hosts[Order], _client, _control,
-            () => (_coordinatorNode, _engine), SpecFor, Spawn, _violations, options.Variant == SimVariant.GidPerAttempt);
+            Coordinator, SpecFor, Spawn, _violations, options.Variant == SimVariant.GidPerAttempt);
         _sender = new MessageSender(
-            _scheduler, _network, _hosts[Payment], () => (_coordinatorNode, _engine), Spawn, _violations, _faults,
+            _scheduler, _network, _hosts[Payment], Coordinator, Spawn, _violations, _faults,
             new Random(unchecked((options.Seed * 2833) + 5)), _control);
 
         // The participants' in-doubt timeouts. 2PC's may be short: a 2PC participant only ever
@@ -237,7 +258,7 @@ internal sealed partial class SimulationRun
         foreach (var name in new[] { Order, Payment, Inventory })
         {
             _resolvers.Add(new InDoubtResolver(
-                _scheduler, _network, _hosts[name], () => (_coordinatorNode, _engine), Spawn,
+                _scheduler, _network, _hosts[name], Coordinator, Spawn,
                 new Random(unchecked((options.Seed * 1009) + name.Length)), twoPhase, threePhase, policy));
         }
 
@@ -257,7 +278,18 @@ internal sealed partial class SimulationRun
         ScheduleFaults();
         Trace(_control, $"seed {_options.Seed} ({SimVariants.Name(_options.Variant)}, {_options.Mode}): {_specs.Count} transactions ({string.Join(" ", _specs.Select(s => $"{s.Gid}:{s.Protocol.ToWire()}"))}), faults for {faultSeconds}s: {_faults}, max coordinator crashes {_maxCrashes}, checkout {_desk}, sender {_sender}, in-doubt timeouts 2pc {_resolvers[0].TwoPhaseTimeout.TotalMilliseconds:0}ms 3pc {_resolvers[0].ThreePhaseTimeout.TotalMilliseconds:0}ms");
 
-        StartRecovery(_coordinatorNode, _engine);
+        if (Multi)
+        {
+            foreach (var instance in _instances)
+            {
+                StartInstance(instance);
+            }
+        }
+        else
+        {
+            StartRecovery(_coordinatorNode, _engine);
+        }
+
         _scheduler.At(_control, TimeSpan.FromTicks(_faultEndTicks), () =>
         {
             _faults.Active = false;
@@ -312,7 +344,7 @@ internal sealed partial class SimulationRun
         }
 
         var summary = string.Create(CultureInfo.InvariantCulture,
-            $"virtual time {SimScheduler.Format(_scheduler.NowTicks)}s, {_scheduler.Executed} events, {_specs.Count} transactions ({string.Join(", ", Protocols.Select(p => $"{p.ToWire()}: {Count(p, TransactionStatus.Committed)} committed, {Count(p, TransactionStatus.Aborted)} aborted"))}), {_crashes} coordinator crashes, {_store.LostWrites} lost writes, {_network.Messages} messages; faults {_faults}");
+            $"virtual time {SimScheduler.Format(_scheduler.NowTicks)}s, {_scheduler.Executed} events, {_specs.Count} transactions ({string.Join(", ", Protocols.Select(p => $"{p.ToWire()}: {Count(p, TransactionStatus.Committed)} committed, {Count(p, TransactionStatus.Aborted)} aborted"))}), {_crashes} coordinator crashes, {_store.LostWrites} lost writes, {_network.Messages} messages; faults {_faults}{(Multi ? "; " + MultiSummary() : "")}");
         Trace(_control, "end: " + summary);
         return new SimResult(_options.Seed, _options, _violations, _mixed, summary, _scheduler.Trace.Tail(), _scheduler.Trace.All, _scheduler.Trace.Hash, _scheduler.Executed, Stats());
     }
@@ -377,6 +409,11 @@ internal sealed partial class SimulationRun
             .Add("checkout mismatches", c.Mismatches)
             .Add("checkout order-crashes", c.CrashesInCheckout)
             .Add("violations mixed", _mixed.Count);
+        if (Multi)
+        {
+            AddMultiStats(stats);
+        }
+
         return stats;
     }
 
@@ -491,8 +528,7 @@ internal sealed partial class SimulationRun
     /// <summary>The operator's retry of a transaction that was stuck on the lifted fault (waits for a live coordinator).</summary>
     private void RetryAfterLift(string gid)
     {
-        var node = _coordinatorNode;
-        var engine = _engine;
+        var (node, engine) = Multi ? Coordinator() : (_coordinatorNode, _engine);
         if (!node.Alive)
         {
             _scheduler.At(_control, TimeSpan.FromMilliseconds(100), () => RetryAfterLift(gid));
@@ -555,6 +591,12 @@ internal sealed partial class SimulationRun
 
     private void CrashCoordinator(string why)
     {
+        if (Multi)
+        {
+            CrashInstance(why);
+            return;
+        }
+
         if (!_coordinatorNode.Alive)
         {
             return;
@@ -812,14 +854,14 @@ internal sealed partial class SimulationRun
                         case 1:
                             // NTP steps the wall clock forward: deadlines and retries fall due at once.
                             _clockStepsForward++;
-                            _time.StepWallClock(by);
+                            (Multi ? _instances[_multi.Next(_instances.Count)].Time : _time).StepWallClock(by);
                             Trace(_control, $"CLOCK STEP +{by.TotalSeconds:0.000}s (wall clock only)");
                             break;
                         default:
                             // NTP sets the wall clock back: timers still fire on time, but what they
                             // wake finds nothing due yet and must wait for the wall clock to catch up.
                             _clockStepsBack++;
-                            _time.StepWallClock(-by);
+                            (Multi ? _instances[_multi.Next(_instances.Count)].Time : _time).StepWallClock(-by);
                             Trace(_control, $"CLOCK STEP -{by.TotalSeconds:0.000}s (wall clock only)");
                             break;
                     }
@@ -853,6 +895,11 @@ internal sealed partial class SimulationRun
             _scheduler.At(_control, at, () => Operator(gid, abort));
         }
 
+        if (Multi)
+        {
+            SchedulePauses();
+        }
+
         if (_options.Mode == SimMode.Partition && _more.Next(2) == 0)
         {
             var service = new[] { Order, Payment, Inventory }[_more.Next(3)];
@@ -879,8 +926,7 @@ internal sealed partial class SimulationRun
     /// <summary>An operator's retry or abort, racing the engine (an abort past the point of no return is refused).</summary>
     private void Operator(string gid, bool abort)
     {
-        var node = _coordinatorNode;
-        var engine = _engine;
+        var (node, engine) = Multi ? Coordinator() : (_coordinatorNode, _engine);
         if (!node.Alive)
         {
             return;

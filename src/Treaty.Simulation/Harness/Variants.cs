@@ -33,6 +33,7 @@ internal enum SimVariant
     ChoreographyNoInbox,
     ChoreographyNoPublisherConfirms,
     ChoreographyAckBeforeCommit,
+    StoreIgnoresFence,
 }
 
 internal static class SimVariants
@@ -62,13 +63,16 @@ internal static class SimVariants
         (SimVariant.ChoreographyNoInbox, "chor-no-inbox", "choreography: the services handle deliveries without the inbox, so a redelivered event is handled again"),
         (SimVariant.ChoreographyNoPublisherConfirms, "chor-no-publisher-confirms", "choreography: the relay's send returns before the broker has the message, so a refused publish or a crash loses it"),
         (SimVariant.ChoreographyAckBeforeCommit, "chor-ack-before-commit", "choreography: a delivery is acknowledged on arrival, before the inbox commit, so a failed handling loses it"),
+        (SimVariant.StoreIgnoresFence, "store-ignores-fence", "several coordinators: the store does not check a write's owner and epoch, so a stale owner's writes go through"),
     ];
 
-    /// <summary>The mode a variant breaks: the choreography's run in the choreography mode, the others in the normal one.</summary>
-    public static SimMode ModeFor(SimVariant variant) =>
-        variant is SimVariant.ChoreographyNoInbox or SimVariant.ChoreographyNoPublisherConfirms or SimVariant.ChoreographyAckBeforeCommit
-            ? SimMode.Choreography
-            : SimMode.Normal;
+    /// <summary>The mode a variant breaks: the choreography's run in the choreography mode, the leases' in the multi-coordinator mode, the others in the normal one.</summary>
+    public static SimMode ModeFor(SimVariant variant) => variant switch
+    {
+        SimVariant.ChoreographyNoInbox or SimVariant.ChoreographyNoPublisherConfirms or SimVariant.ChoreographyAckBeforeCommit => SimMode.Choreography,
+        SimVariant.StoreIgnoresFence => SimMode.MultiCoordinator,
+        _ => SimMode.Normal,
+    };
 
     public static string Name(SimVariant variant) => variant == SimVariant.None ? "correct" : All.First(v => v.Variant == variant).Name;
 

@@ -489,14 +489,26 @@ public sealed partial class TransactionEngine : IAsyncDisposable
         return new ReportResult(ReportStatus.Busy, await GetAsync(gid, cancellationToken));
     }
 
+    /// <summary>How often an operator action looks again when the transaction slipped away under it.</summary>
+    private const int AdminTries = 8;
+
     private async Task<AdminResult> AdminAsync(
         string gid,
         TransactionEvent @event,
         Func<IProtocolMachine, TransactionState, bool> allowed,
         CancellationToken cancellationToken)
     {
-        for (var tries = 0; tries < 3; tries++)
+        for (var tries = 0; tries < AdminTries; tries++)
         {
+            if (tries > 0)
+            {
+                // The runner let go meanwhile: it finished, or another instance took the transaction
+                // over (an operator acting there at the same moment). Wait a little, at random, before
+                // taking it back, so two instances doing the same do not take it from each other forever.
+                var pause = TimeSpan.FromMilliseconds((5 << Math.Min(tries, 6)) * (0.5 + _random.NextDouble()));
+                await Task.Delay(pause, _time, cancellationToken);
+            }
+
             if (!_active.TryGetValue(gid, out var runner))
             {
                 // An operator (or a service reporting an event) may reach any instance: take the

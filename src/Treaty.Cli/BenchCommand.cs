@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
+using System.Runtime.InteropServices;
 using System.Text.Json;
 using Spectre.Console;
 using Treaty.Cli.Bench;
@@ -72,8 +73,21 @@ internal static class BenchCommand
         var coordinatorUrl = $"http://127.0.0.1:{ChildProcess.FreePort()}";
         using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(60) };
         ChildProcess? coordinator = null;
-        // Ctrl+C: the children die at once, by pid, whatever the command is awaiting.
+        // Ctrl+C and SIGTERM: the children die at once, by pid, whatever the command is awaiting;
+        // then the command unwinds. Handled here: left to System.CommandLine, a SIGINT ended the
+        // process with 130 without cancelling the action's token, and the coordinator outlived it.
+        using var interrupted = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        void Interrupt(PosixSignalContext signal)
+        {
+            signal.Cancel = true;
+            coordinator?.Kill();
+            interrupted.Cancel();
+        }
+
+        using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, Interrupt);
+        using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, Interrupt);
         using var killOnCancel = cancellationToken.Register(() => coordinator?.Kill());
+        cancellationToken = interrupted.Token;
         try
         {
             await using var participant = await NoOpParticipant.StartAsync(cancellationToken);

@@ -131,6 +131,15 @@ public sealed partial class BenchCommandTests
     }
 
     [Fact]
+    public void StatusOf_ReadsTheTransactionsOwnStatus_NotABranchsNorAProblemsCode()
+    {
+        BenchWorkload.StatusOf("""{"gid":"g","status":"aborted","branches":[{"name":"b0","status":"committed"}]}"""u8).ShouldBe("aborted");
+        BenchWorkload.StatusOf("""{"branches":[{"name":"b0","status":"aborted"}],"gid":"g","status":"committed"}"""u8).ShouldBe("committed");
+        BenchWorkload.StatusOf("""{"type":"https://treaty.dev/problems/conflict","status":409}"""u8).ShouldBeNull();
+        BenchWorkload.StatusOf("<html>bad gateway</html>"u8).ShouldBeNull();
+    }
+
+    [Fact]
     public async Task Bench_Saga_ThreeBranches_MeasuresTreatyAndTheBaseline_AndStopsTheCoordinator()
     {
         var json = Path.Combine(Path.GetTempPath(), $"treaty-bench-test-{Guid.NewGuid():N}.json");

@@ -36,7 +36,7 @@ internal static class LoadRun
         int concurrency, TimeSpan warmup, TimeSpan duration, Func<long, CancellationToken, Task<string?>> operation,
         Action? windowOpened, Action? windowClosed, CancellationToken cancellationToken)
     {
-        var latencies = new List<double>[concurrency];
+        var latencies = Enumerable.Range(0, concurrency).Select(_ => new List<double>(1024)).ToArray();
         var errors = 0L;
         var measuring = false;
         var counter = 0L;
@@ -44,7 +44,6 @@ internal static class LoadRun
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         var workers = Enumerable.Range(0, concurrency).Select(w => Task.Run(async () =>
         {
-            latencies[w] = new List<double>(4096);
             while (!stop.IsCancellationRequested)
             {
                 var i = Interlocked.Increment(ref counter);

@@ -109,6 +109,7 @@ public sealed partial class BenchCommandTests
     [Fact]
     public void PeerResult_ParsesThePeersJson()
     {
+        // The shape bench/Treaty.Bench.Peer writes (its PeerResult), extra fields included.
         const string json = """
             {
               "peer": "masstransit",
@@ -117,17 +118,48 @@ public sealed partial class BenchCommandTests
               "p95Ms": 90.1,
               "p99Ms": 120.75,
               "cpuUsPerTx": 2150.4,
+              "cpuScope": "this process + the broker (beam.smp)",
               "rssMb": 143.2,
               "completed": 8125,
-              "errors": 0
+              "errors": 0,
+              "branches": 3,
+              "concurrency": 64,
+              "durationSeconds": 10.002,
+              "warmupSeconds": 3,
+              "broker": "started by this run on 127.0.0.1:5673",
+              "prefetchCount": 64
             }
             """;
 
         var peer = PeerResult.Parse(json);
 
-        peer.ShouldBe(new PeerResult("masstransit", 812.5, 61.2, 90.1, 120.75, 2150.4, 143.2, 8125, 0));
+        peer.ShouldBe(new PeerResult("masstransit", 812.5, 61.2, 90.1, 120.75, 2150.4, 143.2, 8125, 0, "this process + the broker (beam.smp)"));
         Should.Throw<JsonException>(() => PeerResult.Parse("""{"throughput": "fast"}"""));
         Should.Throw<JsonException>(() => PeerResult.Parse("not json"));
+    }
+
+    [Fact]
+    public void Report_WithAPeer_WritesItsFiguresAndTheRatio_CamelCase()
+    {
+        var peer = PeerResult.Parse("""{"peer":"masstransit","throughput":500,"p99Ms":80,"cpuUsPerTx":3000,"rssMb":120,"completed":5000,"errors":0}""");
+        var report = new BenchReport
+        {
+            Protocol = "saga", Branches = 3, Concurrency = 64, DurationSeconds = 10, WarmupSeconds = 3, Store = "sqlite", Date = "2026-12-07T00:00:00Z", Cores = 2,
+            Throughput = 1000, P50Ms = 20, P95Ms = 40, P99Ms = 60, CpuUsPerTx = 500, RssMb = 150, Committed = 10_000, Errors = 0,
+            BaselineThroughput = 10_000, BaselineP50Ms = 2, BaselineP95Ms = 4, BaselineP99Ms = 6, BaselineErrors = 0, BaselineRatio = BenchReport.Ratio(1000, 10_000),
+            Peer = peer.Peer, PeerThroughput = peer.Throughput, PeerP99Ms = peer.P99Ms, PeerCpuUsPerTx = peer.CpuUsPerTx, PeerRssMb = peer.RssMb, PeerErrors = peer.Errors,
+            PeerRatio = BenchReport.Ratio(1000, peer.Throughput),
+        };
+
+        var json = JsonNode.Parse(JsonSerializer.Serialize(report, BenchJsonContext.Default.BenchReport))!.AsObject();
+
+        ((double)json["peerThroughput"]!).ShouldBe(500);
+        ((double)json["peerP99Ms"]!).ShouldBe(80);
+        ((double)json["peerCpuUsPerTx"]!).ShouldBe(3000);
+        ((double)json["peerRatio"]!).ShouldBe(2);
+        ((double)json["baselineRatio"]!).ShouldBe(0.1);
+        json.ContainsKey("peerCpuScope").ShouldBeTrue(); // written as null when the peer does not say
+        BenchReport.Ratio(1000, 0).ShouldBeNull();
     }
 
     [Fact]

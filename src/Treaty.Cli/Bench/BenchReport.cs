@@ -66,9 +66,16 @@ internal sealed record BenchReport
 
     public double? PeerThroughput { get; init; }
 
+    public double? PeerP50Ms { get; init; }
+
+    public double? PeerP95Ms { get; init; }
+
     public double? PeerP99Ms { get; init; }
 
     public double? PeerCpuUsPerTx { get; init; }
+
+    /// <summary>Whose CPU <see cref="PeerCpuUsPerTx"/> counts, as the peer reports it (e.g. its process and the broker's).</summary>
+    public string? PeerCpuScope { get; init; }
 
     public double? PeerRssMb { get; init; }
 
@@ -94,13 +101,14 @@ internal sealed record BenchReport
             "–", "–", Number(BaselineErrors, "N0"));
         if (Peer is not null)
         {
-            table.AddRow(Markup.Escape($"peer: {Peer}"), Number(PeerThroughput, "N0"), "–", "–", Number(PeerP99Ms, "0.0"),
+            table.AddRow(Markup.Escape($"peer: {Peer}"), Number(PeerThroughput, "N0"), Number(PeerP50Ms, "0.0"), Number(PeerP95Ms, "0.0"), Number(PeerP99Ms, "0.0"),
                 Number(PeerCpuUsPerTx, "N0"), Number(PeerRssMb, "N0"), Number(PeerErrors, "N0"));
         }
 
         console.Write(table);
         console.MarkupLine(Markup.Escape(Invariant($"Treaty / baseline: {Number(BaselineRatio, "0.00")}")
-            + (Peer is null ? "" : Invariant($"; Treaty / {Peer}: {Number(PeerRatio, "0.00")}"))));
+            + (Peer is null ? "" : Invariant($"; Treaty / {Peer}: {Number(PeerRatio, "0.00")}"))
+            + (PeerCpuScope is null ? "" : $"; the peer's CPU is {PeerCpuScope}")));
     }
 
     /// <summary>a / b, or null when b is not positive.</summary>

@@ -13,8 +13,10 @@ namespace Treaty.Cli.Bench;
 /// <param name="RssMb">Its memory, MiB.</param>
 /// <param name="Completed">Operations completed in the window.</param>
 /// <param name="Errors">Operations failed in the window.</param>
+/// <param name="CpuScope">Whose CPU <paramref name="CpuUsPerTx"/> counts (the peer's process, its broker), as the peer says.</param>
 internal sealed record PeerResult(
-    string? Peer, double Throughput, double? P50Ms, double? P95Ms, double? P99Ms, double? CpuUsPerTx, double? RssMb, long Completed, long Errors)
+    string? Peer, double Throughput, double? P50Ms, double? P95Ms, double? P99Ms, double? CpuUsPerTx, double? RssMb, long Completed, long Errors,
+    string? CpuScope = null)
 {
     /// <summary>Reads the peer's JSON; throws <see cref="JsonException"/> when it is not the peer's shape.</summary>
     public static PeerResult Parse(string json) =>

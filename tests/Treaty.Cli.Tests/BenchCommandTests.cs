@@ -8,14 +8,12 @@ using Treaty.Cli.Tests.Support;
 namespace Treaty.Cli.Tests;
 
 /// <summary>
-/// <c>treaty bench</c>: its flags (each wrong one a usage error naming it, before anything starts),
-/// real short runs of every protocol against a <c>treaty serve</c> child (positive throughput and
-/// baseline, no errors, ordered percentiles, the coordinator's CPU and memory, the child gone
-/// afterwards, also after a failed start and after Ctrl+C), and the peer's JSON.
+/// <c>treaty bench</c>'s flags (each wrong one a usage error naming it, before anything starts), the
+/// peer's command line and JSON, the report's JSON. The real runs are <see cref="BenchRunTests"/>.
 /// </summary>
 public sealed partial class BenchCommandTests
 {
-    private static readonly Dictionary<string, string?> NoColor = new() { ["NO_COLOR"] = "1", ["TERM"] = "dumb" };
+    internal static readonly Dictionary<string, string?> NoColor = new() { ["NO_COLOR"] = "1", ["TERM"] = "dumb" };
 
     [Theory]
     [InlineData(new[] { "--protocol", "xa" }, "--protocol")]
@@ -171,6 +169,45 @@ public sealed partial class BenchCommandTests
         BenchWorkload.StatusOf("<html>bad gateway</html>"u8).ShouldBeNull();
     }
 
+    internal static void CoordinatorShouldBeGone(string output) =>
+        IsTreatyServe(CoordinatorPid(output)).ShouldBeFalse(output);
+
+    internal static int CoordinatorPid(string output)
+    {
+        var match = CoordinatorLine().Match(output);
+        match.Success.ShouldBeTrue(output);
+        return int.Parse(match.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
+    }
+
+    // Gone, or its pid already reused by something else.
+    internal static bool IsTreatyServe(int pid)
+    {
+        try
+        {
+            return File.ReadAllText($"/proc/{pid}/cmdline").Contains("serve", StringComparison.Ordinal);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            return false;
+        }
+    }
+
+    [GeneratedRegex(@"coordinator\s+pid (\d+)")]
+    private static partial Regex CoordinatorLine();
+}
+
+/// <summary>The bench saturates the cores: its runs own the machine, so that they do not disturb other tests' timing.</summary>
+[CollectionDefinition(nameof(BenchCollection), DisableParallelization = true)]
+public sealed class BenchCollection;
+
+/// <summary>
+/// Real short runs of <c>treaty bench</c> against a <c>treaty serve</c> child, every protocol: positive
+/// throughput and baseline, no errors, ordered percentiles, the coordinator's CPU and memory, and the
+/// child gone afterwards, also after a failed start and after Ctrl+C.
+/// </summary>
+[Collection(nameof(BenchCollection))]
+public sealed class BenchRunTests
+{
     [Fact]
     public async Task Bench_Saga_ThreeBranches_MeasuresTreatyAndTheBaseline_AndStopsTheCoordinator()
     {
@@ -179,7 +216,7 @@ public sealed partial class BenchCommandTests
         {
             var result = await CliRun.ProcessAsync(
                 ["bench", "--protocol", "saga", "--branches", "3", "--concurrency", "4", "--duration", "2s", "--warmup", "1s", "--json", json],
-                environment: NoColor, timeout: TimeSpan.FromSeconds(90));
+                environment: BenchCommandTests.NoColor, timeout: TimeSpan.FromSeconds(90));
 
             result.ExitCode.ShouldBe(0, result.ToString());
             var report = JsonNode.Parse(File.ReadAllText(json))!.AsObject();
@@ -209,7 +246,7 @@ public sealed partial class BenchCommandTests
             result.Out.ShouldContain("baseline: 3 plain call(s), no coordinator", customMessage: result.ToString());
             result.Out.ShouldNotContain("\u001b[", customMessage: result.ToString());
 
-            CoordinatorShouldBeGone(result.Out);
+            BenchCommandTests.CoordinatorShouldBeGone(result.Out);
         }
         finally
         {
@@ -229,7 +266,7 @@ public sealed partial class BenchCommandTests
         {
             var result = await CliRun.ProcessAsync(
                 ["bench", "--protocol", protocol, "--branches", "1", "--concurrency", "2", "--duration", "1s", "--warmup", "1s", "--json", json],
-                environment: NoColor, timeout: TimeSpan.FromSeconds(90));
+                environment: BenchCommandTests.NoColor, timeout: TimeSpan.FromSeconds(90));
 
             result.ExitCode.ShouldBe(0, result.ToString());
             var report = JsonNode.Parse(File.ReadAllText(json))!.AsObject();
@@ -238,7 +275,7 @@ public sealed partial class BenchCommandTests
             ((long)report["committed"]!).ShouldBeGreaterThan(0);
             ((long)report["errors"]!).ShouldBe(0);
             ((double)report["baselineThroughput"]!).ShouldBeGreaterThan(0);
-            CoordinatorShouldBeGone(result.Out);
+            BenchCommandTests.CoordinatorShouldBeGone(result.Out);
         }
         finally
         {
@@ -255,11 +292,11 @@ public sealed partial class BenchCommandTests
 
         var result = await CliRun.ProcessAsync(
             ["bench", "--store", "postgres", "--connection-string", connection, "--duration", "1s", "--warmup", "0"],
-            environment: NoColor, timeout: TimeSpan.FromSeconds(120));
+            environment: BenchCommandTests.NoColor, timeout: TimeSpan.FromSeconds(120));
 
         result.ExitCode.ShouldBe(1, result.ToString());
         (result.Error + result.Out).ShouldContain("coordinator", customMessage: result.ToString());
-        CoordinatorShouldBeGone(result.Out);
+        BenchCommandTests.CoordinatorShouldBeGone(result.Out);
     }
 
     [Fact]
@@ -276,8 +313,8 @@ public sealed partial class BenchCommandTests
             await Task.Delay(TimeSpan.FromMilliseconds(100), TimeProvider.System);
         }
 
-        var coordinator = CoordinatorPid(bench.Output);
-        IsTreatyServe(coordinator).ShouldBeTrue(bench.Output);
+        var coordinator = BenchCommandTests.CoordinatorPid(bench.Output);
+        BenchCommandTests.IsTreatyServe(coordinator).ShouldBeTrue(bench.Output);
         using (var interrupt = Process.Start("kill", ["-INT", bench.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]))
         {
             await interrupt.WaitForExitAsync();
@@ -287,32 +324,6 @@ public sealed partial class BenchCommandTests
 
         exit.ShouldNotBeNull(bench.Output); // it ended by itself, well before the 60 s window
         exit.ShouldNotBe(0, bench.Output);
-        IsTreatyServe(coordinator).ShouldBeFalse(bench.Output);
+        BenchCommandTests.IsTreatyServe(coordinator).ShouldBeFalse(bench.Output);
     }
-
-    private static void CoordinatorShouldBeGone(string output) =>
-        IsTreatyServe(CoordinatorPid(output)).ShouldBeFalse(output);
-
-    private static int CoordinatorPid(string output)
-    {
-        var match = CoordinatorLine().Match(output);
-        match.Success.ShouldBeTrue(output);
-        return int.Parse(match.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
-    }
-
-    // Gone, or its pid already reused by something else.
-    private static bool IsTreatyServe(int pid)
-    {
-        try
-        {
-            return File.ReadAllText($"/proc/{pid}/cmdline").Contains("serve", StringComparison.Ordinal);
-        }
-        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
-        {
-            return false;
-        }
-    }
-
-    [GeneratedRegex(@"coordinator\s+pid (\d+)")]
-    private static partial Regex CoordinatorLine();
 }

@@ -6,7 +6,7 @@ using Treaty.Core.Protocols;
 namespace Treaty.Bench.Micro;
 
 /// <summary>
-/// Realistic 3-branch transactions (the shapes bench/Treaty.Bench submits: <c>order</c>,
+/// Realistic 3-branch transactions (the shapes the load generator submitted before <c>treaty bench</c>: <c>order</c>,
 /// <c>payment</c>, <c>inventory</c> on loopback URLs, a small JSON payload, a retry policy) and a
 /// driver that walks them through <c>Decide</c> to the state a benchmark starts from.
 /// </summary>

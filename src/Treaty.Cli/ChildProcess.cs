@@ -41,7 +41,11 @@ internal sealed class ChildProcess : IDisposable
     }
 
     /// <summary>Starts <c>dotnet {assemblyPath} {args}</c>.</summary>
-    public static ChildProcess StartDotnet(string name, string assemblyPath, IEnumerable<string> args, IDictionary<string, string>? environment = null)
+    public static ChildProcess StartDotnet(string name, string assemblyPath, IEnumerable<string> args, IDictionary<string, string>? environment = null) =>
+        StartDotnetHost(name, Path.GetDirectoryName(assemblyPath)!, [assemblyPath, .. args], environment);
+
+    /// <summary>Starts <c>dotnet {args}</c> in <paramref name="workingDirectory"/> (e.g. <c>dotnet run --project ...</c>).</summary>
+    public static ChildProcess StartDotnetHost(string name, string workingDirectory, IEnumerable<string> args, IDictionary<string, string>? environment = null)
     {
         var info = new ProcessStartInfo(DotnetHost())
         {
@@ -49,9 +53,8 @@ internal sealed class ChildProcess : IDisposable
             RedirectStandardError = true,
             RedirectStandardInput = false,
             UseShellExecute = false,
-            WorkingDirectory = Path.GetDirectoryName(assemblyPath)!,
+            WorkingDirectory = workingDirectory,
         };
-        info.ArgumentList.Add(assemblyPath);
         foreach (var arg in args)
         {
             info.ArgumentList.Add(arg);

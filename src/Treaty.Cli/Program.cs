@@ -7,5 +7,6 @@ var root = new RootCommand("treaty: a distributed transaction coordinator")
     DemoCommand.Create(),
     TxCommands.Create(),
     SimulateCommand.Create(),
+    BenchCommand.Create(),
 };
 return await CliConsole.RunAsync(root, args);

@@ -25,6 +25,15 @@ public static class CliRun
         return new CliResult(exit, output.ToString(), error.ToString());
     }
 
+    /// <summary><paramref name="command"/> in this process, through the same parse-and-exit-code path as <c>Program</c>.</summary>
+    internal static async Task<CliResult> CommandAsync(Command command, params string[] args)
+    {
+        var output = new StringWriter();
+        var error = new StringWriter();
+        var exit = await CliConsole.RunAsync(new RootCommand { command }, args, new InvocationConfiguration { Output = output, Error = error });
+        return new CliResult(exit, output.ToString(), error.ToString());
+    }
+
     /// <summary>
     /// <c>dotnet treaty.dll args</c> with stdout and stderr redirected (a pipe, as in <c>treaty ... | less</c>),
     /// in <paramref name="workingDirectory"/>, with <paramref name="environment"/> added to ours

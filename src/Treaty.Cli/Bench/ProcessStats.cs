@@ -1,0 +1,56 @@
+using System.Diagnostics;
+using System.Globalization;
+
+namespace Treaty.Cli.Bench;
+
+/// <summary>
+/// CPU time and memory of another process, from <c>/proc/PID/stat</c> (utime + stime) and
+/// <c>/proc/PID/status</c> (VmHWM: the peak resident set) on Linux; from <see cref="Process"/>
+/// elsewhere.
+/// </summary>
+internal static class ProcessStats
+{
+    // /proc reports CPU times in USER_HZ ticks, which the kernel fixes at 100 per second for user space.
+    private const double TickMicroseconds = 10_000;
+
+    /// <summary>User + system CPU time the process <paramref name="pid"/> has used so far.</summary>
+    public static TimeSpan CpuTime(int pid)
+    {
+        var path = $"/proc/{pid}/stat";
+        if (!File.Exists(path))
+        {
+            using var process = Process.GetProcessById(pid);
+            return process.TotalProcessorTime;
+        }
+
+        var stat = File.ReadAllText(path);
+        // The command name (field 2) is in parentheses and may contain spaces: count from the last ')'.
+        // After it: state is field 3, utime field 14 and stime field 15.
+        var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+        var ticks = long.Parse(fields[11], CultureInfo.InvariantCulture) + long.Parse(fields[12], CultureInfo.InvariantCulture);
+        return TimeSpan.FromMicroseconds(ticks * TickMicroseconds);
+    }
+
+    /// <summary>The peak resident set of the process <paramref name="pid"/> so far, in MiB.</summary>
+    public static double PeakRssMb(int pid)
+    {
+        var path = $"/proc/{pid}/status";
+        if (!File.Exists(path))
+        {
+            using var process = Process.GetProcessById(pid);
+            return process.PeakWorkingSet64 / 1_048_576.0;
+        }
+
+        foreach (var line in File.ReadLines(path))
+        {
+            // "VmHWM:	  123456 kB"
+            if (line.StartsWith("VmHWM:", StringComparison.Ordinal))
+            {
+                var kb = long.Parse(line["VmHWM:".Length..].Replace("kB", "", StringComparison.Ordinal).Trim(), CultureInfo.InvariantCulture);
+                return kb / 1024.0;
+            }
+        }
+
+        return 0;
+    }
+}

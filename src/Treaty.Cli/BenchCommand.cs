@@ -1,0 +1,230 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Runtime.InteropServices;
+using System.Text.Json;
+using Spectre.Console;
+using Treaty.Cli.Bench;
+
+namespace Treaty.Cli;
+
+/// <summary>
+/// <c>treaty bench</c>: the coordinator's throughput on this machine, on loopback. A no-op participant
+/// in this process; <c>treaty serve</c> as a child process on a temp data directory (or a PostgreSQL
+/// store); N clients each submitting a transaction of the protocol with <c>?wait=30s</c> and the
+/// next when it ends; then, in the same run, the uncoordinated baseline (the clients call the
+/// participant endpoints themselves); then, with <c>--peer masstransit</c>, the peer
+/// (<c>bench/Treaty.Bench.Peer</c>) as a child process. Every child is stopped by pid at the end,
+/// on failure and on Ctrl+C. Exits 0 when nothing failed, 1 when the run failed or had errors, 2 on
+/// a usage error (checked before anything starts).
+/// </summary>
+internal static class BenchCommand
+{
+    public static Command Create()
+    {
+        var protocol = new Option<string?>("--protocol") { Description = "saga (default), tcc, 2pc, 3pc or msg" };
+        var branches = new Option<string?>("--branches") { Description = "Branches per transaction, 1 to 64 (default 3); the baseline makes as many calls" };
+        var concurrency = new Option<string?>("--concurrency") { Description = "Clients, each with one transaction in flight (default 64)" };
+        var duration = new Option<string?>("--duration") { Description = "The measured window, e.g. 10s (default) or 1m" };
+        var warmup = new Option<string?>("--warmup") { Description = "Load before the window, not measured (default 3s; 0 for none)" };
+        var store = new Option<string?>("--store") { Description = "The coordinator's store: sqlite (default, a temp directory) or postgres (needs --connection-string)" };
+        var connectionString = new Option<string?>("--connection-string") { Description = "The PostgreSQL store's connection string, for --store postgres" };
+        var peer = new Option<string?>("--peer") { Description = "Also run a peer on the same participant and compare: masstransit (needs a clone of the repository: bench/Treaty.Bench.Peer)" };
+        var rabbitMq = new Option<string?>("--rabbitmq") { Description = "The RabbitMQ broker for --peer masstransit, e.g. amqp://guest:guest@127.0.0.1:5672/" };
+        var json = new Option<string?>("--json") { Description = "Also write the results to this file as JSON" };
+        var command = new Command("bench", "Measure the coordinator on loopback: committed transactions/s, latency, its CPU and memory, against the uncoordinated baseline")
+        {
+            protocol, branches, concurrency, duration, warmup, store, connectionString, peer, rabbitMq, json,
+        };
+        command.SetAction((parse, cancellationToken) =>
+        {
+            // Checked before anything starts: a wrong flag costs no process.
+            var (settings, error) = BenchSettings.Parse(
+                new BenchSettings.Raw(parse.GetValue(protocol), parse.GetValue(branches), parse.GetValue(concurrency), parse.GetValue(duration),
+                    parse.GetValue(warmup), parse.GetValue(store), parse.GetValue(connectionString), parse.GetValue(peer), parse.GetValue(rabbitMq),
+                    parse.GetValue(json)),
+                Environment.CurrentDirectory);
+            if (settings is null)
+            {
+                CliConsole.Error(parse).MarkupLineInterpolated($"[red]{error}[/]");
+                return Task.FromResult(CliConsole.UsageError);
+            }
+
+            return RunAsync(settings, CliConsole.Out(parse), CliConsole.Error(parse), cancellationToken);
+        });
+        return command;
+    }
+
+    /// <summary><c>treaty serve</c>'s arguments for the bench's coordinator.</summary>
+    internal static IReadOnlyList<string> ServeArguments(BenchSettings settings, string url, string dataDir)
+    {
+        List<string> args = ["serve", "--urls", url, "--data-dir", dataDir];
+        if (settings.Store == "postgres")
+        {
+            args.AddRange(["--store", "postgres", "--connection-string", settings.ConnectionString!]);
+        }
+
+        return args;
+    }
+
+    public static async Task<int> RunAsync(BenchSettings settings, IAnsiConsole console, IAnsiConsole errors, CancellationToken cancellationToken)
+    {
+        var dataDir = Path.Combine(Path.GetTempPath(), "treaty-bench-" + Guid.NewGuid().ToString("N")[..8]);
+        Directory.CreateDirectory(dataDir);
+        var coordinatorUrl = $"http://127.0.0.1:{ChildProcess.FreePort()}";
+        using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(60) };
+        ChildProcess? coordinator = null;
+        // Ctrl+C and SIGTERM: the children die at once, by pid, whatever the command is awaiting;
+        // then the command unwinds. Handled here: left to System.CommandLine, a SIGINT ended the
+        // process with 130 without cancelling the action's token, and the coordinator outlived it.
+        using var interrupted = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        void Interrupt(PosixSignalContext signal)
+        {
+            signal.Cancel = true;
+            coordinator?.Kill();
+            interrupted.Cancel();
+        }
+
+        using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, Interrupt);
+        using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, Interrupt);
+        using var killOnCancel = cancellationToken.Register(() => coordinator?.Kill());
+        cancellationToken = interrupted.Token;
+        try
+        {
+            await using var participant = await NoOpParticipant.StartAsync(cancellationToken);
+            coordinator = ChildProcess.StartSelf("coordinator", ServeArguments(settings, coordinatorUrl, dataDir));
+            console.MarkupLineInterpolated($"coordinator  pid {coordinator.Id}  treaty serve --urls {coordinatorUrl} ({(settings.Store == "postgres" ? "PostgreSQL store" : "SQLite in " + dataDir)})");
+            console.MarkupLineInterpolated($"participant  {participant.Url} (in this process, pid {Environment.ProcessId})");
+            try
+            {
+                await coordinator.WaitHealthyAsync(http, coordinatorUrl + "/healthz", TimeSpan.FromSeconds(60), cancellationToken);
+            }
+            catch (Exception ex) when (ex is InvalidOperationException or TimeoutException)
+            {
+                errors.MarkupLineInterpolated($"[red]The coordinator did not start.[/]");
+                if (settings.Store == "postgres")
+                {
+                    errors.MarkupLine("[red]treaty serve --store postgres failed: check --connection-string and that the server answers; a treaty build whose serve does not know --store has no PostgreSQL store yet (its output below says so).[/]");
+                }
+
+                errors.WriteLine(ex.Message);
+                return CliConsole.Failure;
+            }
+
+            var workload = new BenchWorkload(settings.Protocol, settings.Branches, participant.Url, coordinatorUrl);
+            var pid = coordinator.Id;
+            TimeSpan cpuBefore = default, cpuAfter = default;
+            console.MarkupLineInterpolated($"Treaty {settings.Protocol}: {settings.Concurrency} clients, {settings.Warmup.TotalSeconds:0.###} s warm-up, {settings.Duration.TotalSeconds:0.###} s measured…");
+            var treaty = await LoadRun.RunAsync(settings.Concurrency, settings.Warmup, settings.Duration,
+                async (i, ct) =>
+                {
+                    var status = await workload.RunAsync(http, i, abort: false, ct);
+                    return status == BenchWorkload.Committed ? null : $"a transaction ended {status}";
+                },
+                () => cpuBefore = ProcessStats.CpuTime(pid), () => cpuAfter = ProcessStats.CpuTime(pid), cancellationToken);
+            if (coordinator.HasExited)
+            {
+                errors.MarkupLine("[red]The coordinator exited during the run.[/]");
+                errors.WriteLine(coordinator.Output);
+                return CliConsole.Failure;
+            }
+
+            var rssMb = ProcessStats.PeakRssMb(pid);
+            ReportErrors(errors, "Treaty", treaty);
+
+            console.MarkupLineInterpolated($"Baseline: the same clients call {settings.Branches} participant endpoint(s) themselves…");
+            var baseline = await LoadRun.RunAsync(settings.Concurrency, settings.Warmup, settings.Duration,
+                (i, ct) => workload.BaselineAsync(http, i, ct), null, null, cancellationToken);
+            ReportErrors(errors, "Baseline", baseline);
+
+            // The peer runs alone: the coordinator is stopped first, so they share no CPU.
+            coordinator.Dispose();
+            coordinator = null;
+            PeerResult? peer = null;
+            var peerFailed = false;
+            if (settings.Peer is not null)
+            {
+                console.MarkupLineInterpolated($"Peer {settings.Peer}: dotnet run -c Release --project {settings.PeerProject} (it builds first)…");
+                try
+                {
+                    peer = await PeerBench.RunAsync(settings, participant.Url,
+                        child => console.MarkupLineInterpolated($"peer         pid {child.Id}"), cancellationToken);
+                }
+                catch (InvalidOperationException ex)
+                {
+                    errors.MarkupLineInterpolated($"[red]The peer failed.[/]");
+                    errors.WriteLine(ex.Message);
+                    peerFailed = true;
+                }
+            }
+
+            var report = new BenchReport
+            {
+                Protocol = settings.Protocol,
+                Branches = settings.Branches,
+                Concurrency = settings.Concurrency,
+                DurationSeconds = settings.Duration.TotalSeconds,
+                WarmupSeconds = settings.Warmup.TotalSeconds,
+                Store = settings.Store,
+                Date = TimeProvider.System.GetUtcNow().ToString("yyyy-MM-dd'T'HH:mm:ss'Z'", CultureInfo.InvariantCulture),
+                Cores = Environment.ProcessorCount,
+                Throughput = treaty.Throughput,
+                P50Ms = treaty.Percentile(0.50),
+                P95Ms = treaty.Percentile(0.95),
+                P99Ms = treaty.Percentile(0.99),
+                CpuUsPerTx = treaty.Completed == 0 ? null : (cpuAfter - cpuBefore).TotalMicroseconds / treaty.Completed,
+                RssMb = rssMb,
+                Committed = treaty.Completed,
+                Errors = treaty.Errors,
+                BaselineThroughput = baseline.Throughput,
+                BaselineP50Ms = baseline.Percentile(0.50),
+                BaselineP95Ms = baseline.Percentile(0.95),
+                BaselineP99Ms = baseline.Percentile(0.99),
+                BaselineErrors = baseline.Errors,
+                BaselineRatio = BenchReport.Ratio(treaty.Throughput, baseline.Throughput),
+                Peer = settings.Peer,
+                PeerThroughput = peer?.Throughput,
+                PeerP50Ms = peer?.P50Ms,
+                PeerP95Ms = peer?.P95Ms,
+                PeerP99Ms = peer?.P99Ms,
+                PeerCpuUsPerTx = peer?.CpuUsPerTx,
+                PeerCpuScope = peer?.CpuScope,
+                PeerRssMb = peer?.RssMb,
+                PeerErrors = peer?.Errors,
+                PeerRatio = peer is null ? null : BenchReport.Ratio(treaty.Throughput, peer.Throughput),
+            };
+            report.Write(console);
+            if (settings.JsonFile is not null)
+            {
+                await File.WriteAllTextAsync(settings.JsonFile, JsonSerializer.Serialize(report, BenchJsonContext.Default.BenchReport) + "\n", cancellationToken);
+                console.MarkupLineInterpolated($"JSON: {settings.JsonFile}");
+            }
+
+            return treaty.Errors == 0 && baseline.Errors == 0 && treaty.Completed > 0 && !peerFailed ? 0 : CliConsole.Failure;
+        }
+        catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
+        {
+            errors.MarkupLine("[yellow]Cancelled; the coordinator and the peer were stopped.[/]");
+            return CliConsole.Failure;
+        }
+        finally
+        {
+            coordinator?.Dispose(); // SIGKILL by pid if it still runs
+            try
+            {
+                Directory.Delete(dataDir, recursive: true);
+            }
+            catch (IOException)
+            {
+                // best effort: a temp directory
+            }
+        }
+    }
+
+    private static void ReportErrors(IAnsiConsole errors, string run, LoadResult result)
+    {
+        if (result.Errors > 0)
+        {
+            errors.MarkupLineInterpolated($"[red]{run}: {result.Errors} error(s) in the window; the first: {result.FirstError}[/]");
+        }
+    }
+}

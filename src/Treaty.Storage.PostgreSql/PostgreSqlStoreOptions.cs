@@ -30,10 +30,10 @@ public sealed partial class PostgreSqlStoreOptions
             {
                 _ = new NpgsqlConnectionStringBuilder(ConnectionString);
             }
-            catch (ArgumentException e)
+            catch (Exception e) when (e is ArgumentException or FormatException)
             {
-                // The message names the bad keyword, never the value (a password must not reach a log).
-                problems.Add($"PostgreSqlStoreOptions.ConnectionString is not a valid connection string: {e.Message}");
+                // Neither the text nor the driver's message is repeated: either may hold a password.
+                problems.Add("PostgreSqlStoreOptions.ConnectionString is not a valid connection string (Npgsql syntax: Host=...;Port=...;Database=...;Username=...).");
             }
         }
 

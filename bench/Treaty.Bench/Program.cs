@@ -13,13 +13,17 @@ using Treaty.Server;
 // participants themselves). For every protocol it also counts, from the coordinator's own
 // telemetry, the messages and forced writes per committed and per aborted transaction.
 //   dotnet run -c Release --project bench/Treaty.Bench -- [--clients 64] [--seconds 10] [--warmup 2]
-//       [--protocols saga,tcc,2pc,3pc,msg] [--aborts 200]
+//       [--protocols saga,tcc,2pc,3pc,msg] [--aborts 200] [--store sqlite|postgres --connection-string CS]
+// With --store postgres the coordinator keeps its transactions in that database (use a fresh one:
+// the run leaves its transactions there).
 var clients = Arg("--clients", 64);
 var seconds = Arg("--seconds", 10);
 var warmup = Arg("--warmup", 2);
 var abortRuns = Arg("--aborts", 200);
 var protocols = ArgText("--protocols", "saga,tcc,2pc,3pc,msg").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
 
+var store = ArgText("--store", TreatyServerDefaults.SqliteStore);
+var connectionString = ArgText("--connection-string", "");
 var dataDir = Path.Combine(Path.GetTempPath(), "treaty-bench-" + Guid.NewGuid().ToString("N")[..8]);
 var participantUrl = $"http://127.0.0.1:{FreePort()}";
 var coordinatorUrl = $"http://127.0.0.1:{FreePort()}";
@@ -28,7 +32,13 @@ using var counters = new Counters();
 await using var participant = BuildParticipant(participantUrl);
 await participant.StartAsync();
 await using var coordinator = TreatyServer.CreateApp(
-    new TreatyServerOptions { Urls = coordinatorUrl, DataDir = dataDir },
+    new TreatyServerOptions
+    {
+        Urls = coordinatorUrl,
+        DataDir = dataDir,
+        Store = store,
+        ConnectionString = store == TreatyServerDefaults.PostgresStore ? connectionString : null,
+    },
     b => b.Logging.SetMinimumLevel(LogLevel.Warning));
 await coordinator.StartAsync();
 
@@ -42,7 +52,7 @@ var protocolRuns = new Dictionary<string, Func<HttpClient, long, bool, Cancellat
     ["msg"] = MessageAsync,
 };
 
-Console.WriteLine($"Treaty bench: {clients} clients, {seconds} s measured after {warmup} s warm-up, {Environment.ProcessorCount} cores, protocols {string.Join(",", protocols)}");
+Console.WriteLine($"Treaty bench: store {store}, {clients} clients, {seconds} s measured after {warmup} s warm-up, {Environment.ProcessorCount} cores, protocols {string.Join(",", protocols)}");
 var results = new List<Result>();
 var counts = new List<(string Protocol, Counts Commit, Counts Abort)>();
 foreach (var protocol in protocols)
@@ -96,10 +106,17 @@ var stored = (await coordinator.Services.GetRequiredService<Treaty.Core.Engine.I
     .CountAsync(new Treaty.Core.Engine.TransactionQuery(), CancellationToken.None)).Total;
 await coordinator.StopAsync();
 await coordinator.DisposeAsync();
-var fileBytes = new FileInfo(Path.Combine(dataDir, "treaty.db")).Length;
 Console.WriteLine();
-Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-    $"Storage: {stored:N0} transactions in {fileBytes / 1_048_576.0:0.0} MiB (treaty.db after checkpoint): {(stored == 0 ? 0 : fileBytes / (double)stored):0} bytes each, {(stored == 0 ? 0 : fileBytes / (double)stored * 1_000_000 / 1_073_741_824):0.00} GiB per million"));
+if (store == TreatyServerDefaults.SqliteStore)
+{
+    var fileBytes = new FileInfo(Path.Combine(dataDir, "treaty.db")).Length;
+    Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+        $"Storage: {stored:N0} transactions in {fileBytes / 1_048_576.0:0.0} MiB (treaty.db after checkpoint): {(stored == 0 ? 0 : fileBytes / (double)stored):0} bytes each, {(stored == 0 ? 0 : fileBytes / (double)stored * 1_000_000 / 1_073_741_824):0.00} GiB per million"));
+}
+else
+{
+    Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"Storage: {stored:N0} transactions in the PostgreSQL database"));
+}
 await participant.StopAsync();
 try
 {

@@ -61,6 +61,9 @@ public static class PostgreSqlStoreDefaults
     /// <summary>Most <see cref="Treaty.Core.Engine.TransactionQuery.Limit"/> honoured by a listing.</summary>
     public const int MaxListLimit = 500;
 
+    /// <summary>Statements prepared automatically per connection (Npgsql <c>Max Auto Prepare</c>) unless the connection string says otherwise.</summary>
+    public const int MaxAutoPrepare = 32;
+
     /// <summary>Largest payload of one notification, in UTF-8 bytes (PostgreSQL's limit is 8000).</summary>
     public const int MaxNotifyPayloadBytes = 7_900;
 }

@@ -60,6 +60,14 @@ public sealed class PostgreSqlTransactionStore : ITransactionStore, IAsyncDispos
         }
 
         var builder = new NpgsqlConnectionStringBuilder(options.ConnectionString);
+        if (!Names(options.ConnectionString!, "Max Auto Prepare", "MaxAutoPrepare"))
+        {
+            // Every statement of the store is one of a handful, run over and over: prepared once per
+            // connection, PostgreSQL skips parsing and planning them (measured in the bench, 2 cores:
+            // about +15-50% sagas/s). A connection string that sets it wins.
+            builder.MaxAutoPrepare = PostgreSqlStoreDefaults.MaxAutoPrepare;
+        }
+
         _host = builder.Host;
         _port = builder.Port;
         _database = builder.Database;
@@ -801,6 +809,13 @@ public sealed class PostgreSqlTransactionStore : ITransactionStore, IAsyncDispos
     /// It becomes U+FFFD rather than failing the write (the engine would retry it forever).</summary>
     private static string? Text(string? value) =>
         value is not null && value.Contains('\0', StringComparison.Ordinal) ? value.Replace('\0', '\uFFFD') : value;
+
+    /// <summary>True when the connection string sets one of the keywords itself.</summary>
+    private static bool Names(string connectionString, params string[] keywords)
+    {
+        var parsed = new System.Data.Common.DbConnectionStringBuilder { ConnectionString = connectionString };
+        return keywords.Any(parsed.ContainsKey);
+    }
 
     private static void Add(NpgsqlCommand command, string name, NpgsqlDbType type, object? value) =>
         command.Parameters.Add(new NpgsqlParameter(name, type) { Value = value ?? DBNull.Value });

@@ -13,7 +13,9 @@ using Treaty.Server;
 // participant are `treaty bench`'s (src/Treaty.Cli/Bench), which measures throughput, latency, CPU
 // and memory with the coordinator as its own process.
 //   dotnet run -c Release --project bench/Treaty.Bench -- [--protocols saga,tcc,2pc,3pc,msg]
-//       [--branches 3] [--commits 200] [--aborts 200] [--clients 16]
+//       [--branches 3] [--commits 200] [--aborts 200] [--clients 16] [--store sqlite|postgres --connection-string CS]
+// With --store postgres the coordinator keeps its transactions in that database (use a fresh one:
+// the run leaves its transactions there).
 var branches = Arg("--branches", 3);
 var commits = Arg("--commits", 200);
 var aborts = Arg("--aborts", 200);
@@ -28,13 +30,21 @@ foreach (var protocol in protocols)
     }
 }
 
+var store = ArgText("--store", TreatyServerDefaults.SqliteStore);
+var connectionString = ArgText("--connection-string", "");
 var dataDir = Path.Combine(Path.GetTempPath(), "treaty-bench-" + Guid.NewGuid().ToString("N")[..8]);
 var coordinatorUrl = $"http://127.0.0.1:{Treaty.Cli.ChildProcess.FreePort()}";
 
 using var counters = new Counters();
 await using var participant = await NoOpParticipant.StartAsync(CancellationToken.None);
 await using var coordinator = TreatyServer.CreateApp(
-    new TreatyServerOptions { Urls = coordinatorUrl, DataDir = dataDir },
+    new TreatyServerOptions
+    {
+        Urls = coordinatorUrl,
+        DataDir = dataDir,
+        Store = store,
+        ConnectionString = store == TreatyServerDefaults.PostgresStore ? connectionString : null,
+    },
     b => b.Logging.SetMinimumLevel(LogLevel.Warning));
 await coordinator.StartAsync();
 using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(60) };
@@ -89,10 +99,17 @@ var stored = (await coordinator.Services.GetRequiredService<Treaty.Core.Engine.I
     .CountAsync(new Treaty.Core.Engine.TransactionQuery(), CancellationToken.None)).Total;
 await coordinator.StopAsync();
 await coordinator.DisposeAsync();
-var fileBytes = new FileInfo(Path.Combine(dataDir, "treaty.db")).Length;
 Console.WriteLine();
-Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-    $"Storage: {stored:N0} transactions in {fileBytes / 1_048_576.0:0.0} MiB (treaty.db after checkpoint): {(stored == 0 ? 0 : fileBytes / (double)stored):0} bytes each, {(stored == 0 ? 0 : fileBytes / (double)stored * 1_000_000 / 1_073_741_824):0.00} GiB per million"));
+if (store == TreatyServerDefaults.SqliteStore)
+{
+    var fileBytes = new FileInfo(Path.Combine(dataDir, "treaty.db")).Length;
+    Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+        $"Storage: {stored:N0} transactions in {fileBytes / 1_048_576.0:0.0} MiB (treaty.db after checkpoint): {(stored == 0 ? 0 : fileBytes / (double)stored):0} bytes each, {(stored == 0 ? 0 : fileBytes / (double)stored * 1_000_000 / 1_073_741_824):0.00} GiB per million"));
+}
+else
+{
+    Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"Storage: {stored:N0} transactions in the PostgreSQL database"));
+}
 try
 {
     Directory.Delete(dataDir, recursive: true);

@@ -1,4 +1,5 @@
 using System.CommandLine;
+using Treaty.Core.Engine;
 using Treaty.Server;
 
 namespace Treaty.Cli;
@@ -46,13 +47,33 @@ internal static class ServeCommand
         {
             Description = $"How often retention runs (default {TreatyServerDefaults.RetentionInterval.TotalMinutes:0}m)",
         };
-        var command = new Command("serve", "Run the coordinator (HTTP API, engine, recovery) on the embedded SQLite store")
+        var store = new Option<string?>("--store")
+        {
+            Description = "Where transactions are kept: sqlite (default, one file under --data-dir) or postgres (--connection-string; several coordinators may share it)",
+        };
+        var connectionString = new Option<string?>("--connection-string")
+        {
+            Description = $"The PostgreSQL connection string with --store postgres (or env {ConnectionStringVariable}, which keeps a password out of the process list)",
+        };
+        var instanceId = new Option<string?>("--instance-id")
+        {
+            Description = "This coordinator's name among those sharing a database (the owner of its leases); default: a new name per process",
+        };
+        var lease = new Option<string?>("--lease")
+        {
+            Description = $"How long this instance's lease on a transaction lasts without renewal, 1s to 1h (default {LeaseDefaults.Duration.TotalSeconds:0}s)",
+        };
+        var command = new Command("serve", "Run the coordinator (HTTP API, engine, recovery) on the embedded SQLite store or on PostgreSQL")
         {
             urls, dataDir, callbackSecret, alertWebhook, alertSecret, otlpEndpoint, otlpProtocol,
         };
         command.Options.Add(timelineBodyBytes);
         command.Options.Add(retention);
         command.Options.Add(retentionInterval);
+        command.Options.Add(store);
+        command.Options.Add(connectionString);
+        command.Options.Add(instanceId);
+        command.Options.Add(lease);
         var security = new ServeSecurityFlags();
         foreach (var option in security.All)
         {
@@ -79,6 +100,19 @@ internal static class ServeCommand
                 return 2;
             }
 
+            if (!TryApplyStore(
+                    parse.GetValue(store),
+                    parse.GetValue(connectionString),
+                    Environment.GetEnvironmentVariable(ConnectionStringVariable),
+                    parse.GetValue(instanceId),
+                    parse.GetValue(lease),
+                    options,
+                    out problem))
+            {
+                await Console.Error.WriteLineAsync(problem);
+                return 2;
+            }
+
             try
             {
                 options.Validate();
@@ -87,6 +121,13 @@ internal static class ServeCommand
             {
                 await Console.Error.WriteLineAsync(ex.Message);
                 return 2;
+            }
+
+            if (options.Store == TreatyServerDefaults.PostgresStore)
+            {
+                // Host, port and database only: the connection string may hold a password.
+                await Console.Out.WriteLineAsync(
+                    $"treaty: store postgres on {options.DescribeConnection()}, instance {options.InstanceId ?? "(generated)"}, lease {options.LeaseDuration.TotalSeconds:0.###}s");
             }
 
             await using var app = TreatyServer.CreateApp(options);
@@ -124,6 +165,75 @@ internal static class ServeCommand
 
         return true;
     }
+
+    /// <summary>
+    /// Reads <c>--store</c>, <c>--connection-string</c>, <c>--instance-id</c> and <c>--lease</c> into
+    /// <paramref name="options"/>; the problem names the flag and never repeats the connection string.
+    /// </summary>
+    internal static bool TryApplyStore(string? store, string? connectionStringFlag, string? connectionStringVariable, string? instanceId, string? lease, TreatyServerOptions options, out string problem)
+    {
+        problem = "";
+        var connectionString = ResolveCallbackSecret(connectionStringFlag, connectionStringVariable);
+        if (store is not null)
+        {
+            if (store is not (TreatyServerDefaults.SqliteStore or TreatyServerDefaults.PostgresStore))
+            {
+                problem = $"--store '{store}' must be {TreatyServerDefaults.SqliteStore} or {TreatyServerDefaults.PostgresStore}.";
+                return false;
+            }
+
+            options.Store = store;
+        }
+
+        if (options.Store == TreatyServerDefaults.PostgresStore)
+        {
+            if (string.IsNullOrWhiteSpace(connectionString))
+            {
+                problem = $"--store postgres needs --connection-string (or env {ConnectionStringVariable}).";
+                return false;
+            }
+
+            options.ConnectionString = connectionString;
+            if (options.DescribeConnection() == "(no valid connection string)")
+            {
+                problem = "--connection-string is not a valid PostgreSQL connection string (Npgsql syntax: Host=...;Port=...;Database=...;Username=...).";
+                return false;
+            }
+        }
+        else if (!string.IsNullOrEmpty(connectionStringFlag))
+        {
+            // Most likely a forgotten --store postgres; the variable alone is left alone (it may be set for other runs).
+            problem = "--connection-string is only for --store postgres.";
+            return false;
+        }
+
+        if (instanceId is not null)
+        {
+            if (string.IsNullOrWhiteSpace(instanceId) || instanceId.Length > LeaseRequest.MaxOwnerLength)
+            {
+                problem = $"--instance-id must be non-blank and at most {LeaseRequest.MaxOwnerLength} characters.";
+                return false;
+            }
+
+            options.InstanceId = instanceId;
+        }
+
+        if (lease is not null)
+        {
+            if (!DurationText.TryParse(lease, out var duration) || duration < TimeSpan.FromSeconds(1) || duration > TimeSpan.FromHours(1))
+            {
+                problem = $"--lease '{lease}' is not a duration between 1s and 1h, such as 15s or 1m.";
+                return false;
+            }
+
+            options.LeaseDuration = duration;
+        }
+
+        return true;
+    }
+
+    /// <summary>The environment variable read when <c>--connection-string</c> is not given.</summary>
+    internal const string ConnectionStringVariable = "TREATY_CONNECTION_STRING";
 
     /// <summary>The environment variable read when <c>--callback-secret</c> is not given.</summary>
     internal const string CallbackSecretVariable = "TREATY_CALLBACK_SECRET";

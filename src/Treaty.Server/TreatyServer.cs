@@ -9,6 +9,7 @@ using Treaty.Core.Serialization;
 using Treaty.Server.Alerts;
 using Treaty.Server.Dashboard;
 using Treaty.Server.Security;
+using Treaty.Storage.PostgreSql;
 using Treaty.Storage.Sqlite;
 
 namespace Treaty.Server;
@@ -58,14 +59,22 @@ public static class TreatyServer
         return app;
     }
 
-    /// <summary>Registers the engine, every protocol, the SQLite store, the HTTP invoker and recovery.</summary>
+    /// <summary>Registers the engine, every protocol, the store (SQLite or PostgreSQL), the HTTP invoker and recovery.</summary>
     public static IServiceCollection AddTreatyServer(this IServiceCollection services, TreatyServerOptions options)
     {
         options.Validate();
         services.AddSingleton(options);
         services.TryAddSingletonTimeProvider();
         services.AddSingleton<IRandomSource>(_ => new SeededRandomSource(Random.Shared.Next()));
-        services.AddTreatySqliteStore(store => store.Path = Path.Combine(options.DataDir, "treaty.db"));
+        if (options.Store == TreatyServerDefaults.PostgresStore)
+        {
+            services.AddTreatyPostgreSqlStore(store => store.ConnectionString = options.ConnectionString);
+        }
+        else
+        {
+            services.AddTreatySqliteStore(store => store.Path = Path.Combine(options.DataDir, "treaty.db"));
+        }
+
         services.AddTreatySecurity(options);
         services.AddSingleton<IBranchInvoker, HttpBranchInvoker>();
         services.AddSingleton<DeadLetters.DeadLetterSourceClient>();

@@ -5,8 +5,19 @@ namespace Treaty.Server;
 /// <summary>Settings of a coordinator instance. Defaults live in <see cref="TreatyServerDefaults"/>.</summary>
 public sealed class TreatyServerOptions
 {
-    /// <summary>Directory of the embedded SQLite database (<c>treaty.db</c>).</summary>
+    /// <summary>Directory of the embedded SQLite database (<c>treaty.db</c>); unused with PostgreSQL.</summary>
     public string DataDir { get; set; } = TreatyServerDefaults.DataDir;
+
+    /// <summary>
+    /// Where transactions are kept: <c>sqlite</c> (the default: one file under <see cref="DataDir"/>,
+    /// one coordinator process) or <c>postgres</c> (<see cref="ConnectionString"/>; several
+    /// coordinator instances may share the database, see <see cref="InstanceId"/>).
+    /// </summary>
+    public string Store { get; set; } = TreatyServerDefaults.Store;
+
+    /// <summary>The PostgreSQL connection string (Npgsql syntax), required with <c>Store = postgres</c>.
+    /// Never logged: the coordinator names only its host, port and database.</summary>
+    public string? ConnectionString { get; set; }
 
     /// <summary>Where Kestrel listens, e.g. <c>http://127.0.0.1:5080</c>; port 0 picks a free port.</summary>
     public string Urls { get; set; } = TreatyServerDefaults.Urls;
@@ -127,6 +138,35 @@ public sealed class TreatyServerOptions
     /// third of it): how long a dead instance's transactions wait before another takes them over.</summary>
     public TimeSpan LeaseDuration { get; set; } = LeaseDefaults.Duration;
 
+    /// <summary>Host, port and database of <see cref="ConnectionString"/>, for logs and messages (never the password).</summary>
+    public string DescribeConnection()
+    {
+        if (ConnectionString is null || !IsConnectionString(ConnectionString))
+        {
+            return "(no valid connection string)";
+        }
+
+        var builder = new Npgsql.NpgsqlConnectionStringBuilder(ConnectionString);
+        return $"{builder.Host}:{builder.Port}/{builder.Database}";
+    }
+
+    private static bool IsConnectionString(string text)
+    {
+        try
+        {
+            _ = new Npgsql.NpgsqlConnectionStringBuilder(text);
+            return true;
+        }
+        catch (ArgumentException)
+        {
+            return false;
+        }
+        catch (FormatException)
+        {
+            return false;
+        }
+    }
+
     /// <summary>Validates the settings; throws with every problem named.</summary>
     public void Validate()
     {
@@ -134,6 +174,23 @@ public sealed class TreatyServerOptions
         if (string.IsNullOrWhiteSpace(DataDir))
         {
             problems.Add("DataDir is required.");
+        }
+
+        if (Store == TreatyServerDefaults.PostgresStore)
+        {
+            if (string.IsNullOrWhiteSpace(ConnectionString))
+            {
+                problems.Add("ConnectionString is required with Store = postgres.");
+            }
+            else if (!IsConnectionString(ConnectionString))
+            {
+                // The text is not repeated: it may hold a password.
+                problems.Add("ConnectionString is not a valid PostgreSQL connection string (Npgsql syntax: Host=...;Port=...;Database=...;Username=...).");
+            }
+        }
+        else if (Store != TreatyServerDefaults.SqliteStore)
+        {
+            problems.Add($"Store must be {TreatyServerDefaults.SqliteStore} or {TreatyServerDefaults.PostgresStore}.");
         }
 
         if (string.IsNullOrWhiteSpace(Urls))
@@ -241,6 +298,11 @@ public sealed class TreatyServerOptions
 /// <summary>Every server default in one place.</summary>
 public static class TreatyServerDefaults
 {
+    /// <summary>The embedded store's name in <see cref="TreatyServerOptions.Store"/> (the default).</summary>
+    public const string SqliteStore = "sqlite";
+    /// <summary>The PostgreSQL store's name in <see cref="TreatyServerOptions.Store"/>.</summary>
+    public const string PostgresStore = "postgres";
+    public const string Store = SqliteStore;
     public const string DataDir = "./data";
     public const string Urls = "http://127.0.0.1:5080";
     public const long MaxRequestBodyBytes = 1024 * 1024;

@@ -68,7 +68,8 @@ public sealed class WorkingDirectoryTests
         output.ShouldContain("\"EnableDefaultRunWorkingDirectory\": \"false\"", customMessage: output);
     }
 
-    private static async Task RunUntilHealthyAsync(string workingDirectory, string[] args, string healthUrl)
+    /// <summary>Runs the command until <paramref name="healthUrl"/> answers 2xx, then kills it; returns what it printed.</summary>
+    internal static async Task<string> RunUntilHealthyAsync(string workingDirectory, string[] args, string healthUrl, IDictionary<string, string>? environment = null)
     {
         var info = new ProcessStartInfo(ChildProcess.DotnetHost())
         {
@@ -83,6 +84,11 @@ public sealed class WorkingDirectoryTests
         }
 
         info.Environment["ASPNETCORE_ENVIRONMENT"] = "Production";
+        foreach (var (key, value) in environment ?? new Dictionary<string, string>())
+        {
+            info.Environment[key] = value;
+        }
+
         using var process = Process.Start(info)!;
         var output = new System.Text.StringBuilder();
         process.OutputDataReceived += (_, e) => { lock (output) { output.AppendLine(e.Data); } };
@@ -101,7 +107,7 @@ public sealed class WorkingDirectoryTests
                     using var response = await http.GetAsync(healthUrl);
                     if (response.IsSuccessStatusCode)
                     {
-                        return;
+                        break;
                     }
                 }
                 catch (HttpRequestException)
@@ -121,6 +127,11 @@ public sealed class WorkingDirectoryTests
         {
             process.Kill(entireProcessTree: true);
             await process.WaitForExitAsync();
+        }
+
+        lock (output)
+        {
+            return output.ToString();
         }
     }
 

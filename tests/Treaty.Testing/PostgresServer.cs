@@ -81,6 +81,10 @@ public sealed class PostgresServer : IAsyncDisposable
         return ConnectionString(name);
     }
 
+    /// <summary>Restarts the cluster (fast shutdown: every client connection is cut), as an operator or a crash-restart would.</summary>
+    public Task RestartAsync() =>
+        RunAsPostgresAsync($"{BinDir}/pg_ctl -D {_root}/data -l {_root}/log -w -t 60 -m fast restart");
+
     public async ValueTask DisposeAsync()
     {
         if (_stopped)

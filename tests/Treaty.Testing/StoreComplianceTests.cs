@@ -6,49 +6,17 @@ using Treaty.Core.Protocols;
 using Treaty.Core.Serialization;
 
 namespace Treaty.Testing;
-
 /// <summary>
 /// The behaviour every <see cref="ITransactionStore"/> must have. Each store subclasses this once
-/// and supplies a fresh, empty database per test.
+/// and supplies a fresh, empty database per test. The lease rules are in the base class.
 /// </summary>
-public abstract class StoreComplianceTests : IAsyncLifetime
+public abstract class StoreComplianceTests : StoreLeaseComplianceTests
 {
-    /// <summary>A fixed clock reading; stores must never consult the real clock for stored times.</summary>
-    protected static readonly DateTimeOffset T0 = new(2026, 3, 1, 12, 0, 0, TimeSpan.Zero);
-
-    private static readonly SagaMachine Machine = new();
-    private readonly CancellationTokenSource _timeout = new(TimeSpan.FromMinutes(2));
-
-    /// <summary>The store under test, initialized.</summary>
-    protected ITransactionStore Store { get; private set; } = null!;
-
-    /// <summary>Bounds every call so a hung store fails the test instead of the run.</summary>
-    protected CancellationToken Ct => _timeout.Token;
-
-    /// <summary>A store on a new, empty database. The suite calls <see cref="ITransactionStore.InitializeAsync"/>.</summary>
-    protected abstract Task<ITransactionStore> CreateStoreAsync();
-
     /// <summary>
     /// Disposes the store returned last and returns a new one on the same database, as a restarted
     /// coordinator would open it. The suite calls <see cref="ITransactionStore.InitializeAsync"/>.
     /// </summary>
     protected abstract Task<ITransactionStore> ReopenStoreAsync();
-
-    public virtual async Task InitializeAsync()
-    {
-        Store = await CreateStoreAsync();
-        await Store.InitializeAsync(Ct);
-    }
-
-    public virtual async Task DisposeAsync()
-    {
-        if (Store is IAsyncDisposable disposable)
-        {
-            await disposable.DisposeAsync();
-        }
-
-        _timeout.Dispose();
-    }
 
     // ---- insert ----
 
@@ -819,138 +787,4 @@ public abstract class StoreComplianceTests : IAsyncLifetime
         journal[1].Sequence.ShouldBeGreaterThan(journal[0].Sequence);
     }
 
-    // ---- helpers ----
-
-    /// <summary>A fresh saga state with two branches, as the engine first inserts it (version 1).</summary>
-    protected static TransactionState NewState(string gid, DateTimeOffset? createdAt = null, Protocol protocol = Protocol.Saga) =>
-        Machine.Create(NewSpec(gid, protocol), "fp-" + gid, createdAt ?? T0) with { Version = 1 };
-
-    protected static TransactionSpec NewSpec(string gid, Protocol protocol = Protocol.Saga) => new(
-        gid,
-        protocol,
-        """{"orderId":42,"items":[{"sku":"book","qty":2}]}""",
-        [Branch("pay", []), Branch("ship", ["pay"])],
-        TimeoutMs: 60_000,
-        Retry: new RetryPolicy(3, 100, 1_000));
-
-    /// <summary>The next version of <paramref name="state"/>, as one persisted decision makes it.</summary>
-    protected static TransactionState Advance(TransactionState state, Func<TransactionState, TransactionState>? change = null) =>
-        (change?.Invoke(state) ?? state) with { Version = state.Version + 1, UpdatedAt = state.UpdatedAt.AddSeconds(1) };
-
-    protected static JournalEntry Entry(string kind, string? branch = null, string? op = null, int? attempt = null, string? detail = null) =>
-        new(T0, kind, branch, op, attempt, null, detail);
-
-    /// <summary>States compare by their stored JSON: ImmutableArray equality is by reference.</summary>
-    protected static void ShouldBeSameState(TransactionState? actual, TransactionState? expected)
-    {
-        actual.ShouldNotBeNull();
-        expected.ShouldNotBeNull();
-        Json(actual).ShouldBe(Json(expected));
-        actual.Version.ShouldBe(expected.Version);
-    }
-
-    /// <summary>Any stuck cause, for states that only need the flag.</summary>
-    protected static StuckCause SomeStuckCause { get; } = new("pay", ProtocolNames.Compensate, 5, null, "timeout");
-
-    protected static string Json(TransactionState state) => JsonSerializer.Serialize(state, TreatyJsonContext.Default.TransactionState);
-
-    /// <summary>A state with every optional field set, a non-UTC offset and sub-millisecond times.</summary>
-    protected static TransactionState RichState(string gid)
-    {
-        var created = new DateTimeOffset(2026, 3, 1, 14, 0, 0, TimeSpan.FromHours(2)).AddTicks(1_234_567);
-        var state = NewState(gid, createdAt: created);
-        var paid = new OpState(ProtocolNames.Action, OpStatus.Succeeded, 2, 0, null, 200, "timeout on the first try",
-            created.AddSeconds(1), created.AddSeconds(2), created.AddSeconds(2).AddTicks(3), """{"paymentId":"p-7","note":"ünïcødé ✓"}""");
-        var refunding = new OpState(ProtocolNames.Compensate, OpStatus.Waiting, 4, 1, created.AddMinutes(3), 503, "busy",
-            created.AddSeconds(5), created.AddSeconds(40), null, null);
-        var branches = state.Branches.SetItem(0, state.Branches[0].With(paid).With(refunding));
-        return state with
-        {
-            Status = TransactionStatus.Aborting,
-            Phase = ProtocolNames.Compensate,
-            Outcome = TransactionOutcome.Abort,
-            StuckOn = new StuckCause("pay", ProtocolNames.Compensate, 4, 503, "busy ✓"),
-            Reason = "ship failed: \"out of stock\"",
-            UpdatedAt = created.AddMinutes(1),
-            NextWakeAt = created.AddMinutes(3),
-            Branches = branches,
-            Version = 7,
-        };
-    }
-
-    private static BranchSpec Branch(string name, ImmutableArray<string> dependsOn) => new(
-        name,
-        ImmutableSortedDictionary.CreateRange(StringComparer.Ordinal,
-        [
-            KeyValuePair.Create(ProtocolNames.Action, $"http://svc/{name}/action"),
-            KeyValuePair.Create(ProtocolNames.Compensate, $"http://svc/{name}/compensate"),
-        ]),
-        dependsOn,
-        Pivot: false,
-        TimeoutMs: 5_000,
-        Retry: null);
-
-    /// <summary>
-    /// <paramref name="count"/> states with every status, two protocols, both stuck flags, and
-    /// groups of up to three sharing one creation time (so gid breaks ties).
-    /// </summary>
-    protected static List<TransactionState> Mixed(int count)
-    {
-        var statuses = Enum.GetValues<TransactionStatus>();
-        return Enumerable.Range(0, count).Select(i =>
-            NewState($"m{i:D3}", createdAt: T0.AddMinutes(i / 3), protocol: i % 4 == 0 ? Protocol.Tcc : Protocol.Saga) with
-            {
-                Status = statuses[i % statuses.Length],
-                StuckOn = i % 5 == 1 ? SomeStuckCause : null,
-            }).ToList();
-    }
-
-    /// <summary>Non-terminal ones due at various times, plus terminal and future ones.</summary>
-    protected static List<TransactionState> DueFixture() =>
-    [
-        NewState("past") with { Status = TransactionStatus.Running, NextWakeAt = T0.AddSeconds(-1) },
-        NewState("prepared-past") with { Status = TransactionStatus.Prepared, NextWakeAt = T0.AddSeconds(-2) },
-        NewState("exactly-now") with { Status = TransactionStatus.Aborting, NextWakeAt = T0 },
-        NewState("null-wake") with { Status = TransactionStatus.Running, NextWakeAt = null },
-        NewState("future") with { Status = TransactionStatus.Running, NextWakeAt = T0.AddTicks(1) },
-        NewState("committed") with { Status = TransactionStatus.Committed, NextWakeAt = null },
-        NewState("aborted-past") with { Status = TransactionStatus.Aborted, NextWakeAt = T0.AddSeconds(-5) },
-    ];
-
-    /// <summary>Gids of the states matching <paramref name="filter"/> in listing order: newest first, then gid descending.</summary>
-    protected static List<string> Expected(IEnumerable<TransactionState> states, Func<TransactionState, bool> filter) =>
-        states.Where(filter)
-            .OrderByDescending(s => s.CreatedAt.UtcTicks)
-            .ThenByDescending(s => s.Gid, StringComparer.Ordinal)
-            .Select(s => s.Gid)
-            .ToList();
-
-    protected async Task<List<TransactionState>> InsertAllAsync(List<TransactionState> states)
-    {
-        var results = await Task.WhenAll(states.Select(s => Store.InsertAsync(s, [], Ct)));
-        results.ShouldAllBe(r => r == null);
-        return states;
-    }
-
-    /// <summary>Every page of a listing, following cursors; fails on a loop.</summary>
-    protected async Task<List<TransactionPage>> ListPagesAsync(TransactionQuery query)
-    {
-        var pages = new List<TransactionPage>();
-        var cursor = query.Cursor;
-        do
-        {
-            var page = await Store.ListAsync(query with { Cursor = cursor }, Ct);
-            pages.Add(page);
-            cursor = page.NextCursor;
-            pages.Count.ShouldBeLessThan(10_000, "the cursors never ended");
-        }
-        while (cursor is not null);
-
-        var gids = pages.SelectMany(p => p.Items).Select(s => s.Gid).ToList();
-        gids.Distinct(StringComparer.Ordinal).Count().ShouldBe(gids.Count, "an item appeared on two pages");
-        return pages;
-    }
-
-    protected async Task<List<TransactionState>> ListAllAsync(TransactionQuery query) =>
-        (await ListPagesAsync(query)).SelectMany(p => p.Items).ToList();
 }

@@ -1,0 +1,120 @@
+using Treaty.Client;
+using Treaty.Core.Engine;
+using Treaty.Server.Tests.Support;
+using Treaty.Storage.PostgreSql;
+using Treaty.Testing;
+
+namespace Treaty.Server.Tests;
+
+/// <summary>
+/// The API on PostgreSQL (<c>Store = postgres</c>), with two coordinator instances on one database:
+/// each drives what it leases, waits through the store for what the other drives, and takes over
+/// what the other gave up.
+/// </summary>
+public sealed class PostgresStoreTests(PostgresFixture postgres) : IClassFixture<PostgresFixture>, IAsyncLifetime
+{
+    private static readonly TimeSpan Wait = TimeSpan.FromSeconds(20);
+    private Participant _participant = null!;
+    private InProcessCoordinator _a = null!;
+    private InProcessCoordinator _b = null!;
+
+    public async Task InitializeAsync()
+    {
+        var connectionString = await postgres.Server.CreateDatabaseAsync("server");
+        _participant = await Participant.StartAsync();
+        _a = await StartAsync(connectionString, "coordinator-a");
+        _b = await StartAsync(connectionString, "coordinator-b");
+    }
+
+    public async Task DisposeAsync()
+    {
+        await _b.DisposeAsync();
+        await _a.DisposeAsync();
+        await _participant.DisposeAsync();
+    }
+
+    [Fact]
+    public async Task Saga_SubmittedWithWait_CommitsOnPostgreSql_AndTheOtherInstanceReadsIt()
+    {
+        _a.Services.GetService(typeof(ITransactionStore)).ShouldBeOfType<PostgreSqlTransactionStore>();
+        var gid = Api.NewGid("pg");
+
+        var view = await Saga(_a.Client, gid).SubmitAsync(wait: Wait);
+
+        view.Status.ShouldBe("committed");
+        (await _b.Client.GetAsync(gid)).ShouldNotBeNull().Status.ShouldBe("committed");
+        _participant.EffectsOn($"{gid}/s1/action").ShouldBe(1);
+        _participant.EffectsOn($"{gid}/s2/action").ShouldBe(1);
+        var events = (await _b.Client.GetEventsAsync(gid)).Events;
+        events[^1].Kind.ShouldBe("committed");
+    }
+
+    [Fact]
+    public async Task Resubmit_ToTheOtherInstanceWithWait_AnswersWhenTheDrivingInstanceFinishes()
+    {
+        var gid = Api.NewGid("pg-wait");
+        var gate = _participant.Hold($"{gid}/s1/action");
+        (await Saga(_a.Client, gid).SubmitAsync()).Status.ShouldNotBe("committed");
+
+        var waiting = Saga(_b.Client, gid).SubmitAsync(wait: Wait);
+        await Task.Delay(500);
+        waiting.IsCompleted.ShouldBeFalse("B answered before A finished the saga");
+        gate.Open();
+
+        (await waiting.WaitAsync(TimeSpan.FromSeconds(15))).Status.ShouldBe("committed");
+        // Driven once, by A: B only waited.
+        _participant.CallsTo($"{gid}/s1/action").Count.ShouldBe(1);
+    }
+
+    [Fact]
+    public async Task InstanceStops_TheOtherTakesItsTransactionOverAndFinishesIt()
+    {
+        var connectionString = await postgres.Server.CreateDatabaseAsync("takeover");
+        var first = await StartAsync(connectionString, "first");
+        await using var second = await StartAsync(connectionString, "second");
+        var gid = Api.NewGid("pg-over");
+        var gate = _participant.Hold($"{gid}/s1/action");
+        try
+        {
+            // A short call timeout: the transaction's wake-up time (when recovery may claim it) is
+            // the in-flight call's deadline.
+            (await Saga(first.Client, gid, TimeSpan.FromSeconds(1)).SubmitAsync()).Status.ShouldNotBe("committed");
+            await WaitUntilAsync(() => _participant.CallsTo($"{gid}/s1/action").Count >= 1);
+        }
+        finally
+        {
+            // A stopping instance gives its leases up: the other claims them at once.
+            await first.DisposeAsync();
+        }
+
+        gate.Open();
+        var view = await second.Client.WaitAsync(gid, Wait);
+
+        view.Status.ShouldBe("committed");
+        _participant.EffectsOn($"{gid}/s1/action").ShouldBe(1);
+    }
+
+    private SagaBuilder Saga(TreatyClient client, string gid, TimeSpan? callTimeout = null) =>
+        client.Saga(gid).WithPayload(Api.Payload)
+            .Step("s1", _participant.Url($"{gid}/s1/action"), _participant.Url($"{gid}/s1/compensate"), timeout: callTimeout)
+            .Step("s2", _participant.Url($"{gid}/s2/action"), _participant.Url($"{gid}/s2/compensate"));
+
+    private static Task<InProcessCoordinator> StartAsync(string connectionString, string instance) =>
+        InProcessCoordinator.StartAsync(prefix: "treaty-pg", configureOptions: o =>
+        {
+            o.Store = TreatyServerDefaults.PostgresStore;
+            o.ConnectionString = connectionString;
+            o.InstanceId = instance;
+            o.LeaseDuration = TimeSpan.FromSeconds(2);
+        });
+
+    private static async Task WaitUntilAsync(Func<bool> condition)
+    {
+        for (var i = 0; i < 200 && !condition(); i++)
+        {
+            await Task.Delay(50);
+        }
+
+        condition().ShouldBeTrue();
+    }
+}

@@ -1,0 +1,172 @@
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging.Abstractions;
+using Microsoft.Extensions.Options;
+using Npgsql;
+using Treaty.Core.Engine;
+using Treaty.Core.Model;
+using Treaty.Core.Protocols;
+using Treaty.Testing;
+
+namespace Treaty.Storage.PostgreSql.Tests;
+
+/// <summary>What only the PostgreSQL store has: concurrent migration, schemas, batched notices, restarts.</summary>
+[Collection(PostgresCollection.Name)]
+public sealed class PostgreSqlTransactionStoreTests(PostgresFixture postgres) : IAsyncLifetime
+{
+    private static readonly DateTimeOffset T0 = new(2026, 3, 1, 12, 0, 0, TimeSpan.Zero);
+    private readonly List<PostgreSqlTransactionStore> _opened = [];
+    private readonly CancellationTokenSource _timeout = new(TimeSpan.FromMinutes(2));
+
+    private CancellationToken Ct => _timeout.Token;
+
+    public Task InitializeAsync() => Task.CompletedTask;
+
+    public async Task DisposeAsync()
+    {
+        foreach (var store in _opened)
+        {
+            await store.DisposeAsync();
+        }
+
+        _timeout.Dispose();
+    }
+
+    [Fact]
+    public async Task Initialize_ManyInstancesAtOnce_MigrateOnceAndAllWork()
+    {
+        var cs = await postgres.Server.CreateDatabaseAsync("migrate");
+        var stores = Enumerable.Range(0, 6).Select(_ => Open(cs)).ToList();
+
+        await Task.WhenAll(stores.Select(s => Task.Run(() => s.InitializeAsync(Ct))));
+
+        await stores[0].InsertAsync(NewState("m1"), [], Ct);
+        (await stores[5].GetAsync("m1", Ct)).ShouldNotBeNull();
+        await using var connection = new NpgsqlConnection(cs);
+        await connection.OpenAsync(Ct);
+        await using var command = new NpgsqlCommand("SELECT version FROM public.treaty_schema;", connection);
+        (await command.ExecuteScalarAsync(Ct)).ShouldBe(1);
+    }
+
+    [Fact]
+    public async Task Schema_TwoSchemasOnOneDatabase_AreSeparateStores()
+    {
+        var cs = await postgres.Server.CreateDatabaseAsync("schemas");
+        var tenantA = Open(cs, "tenant_a");
+        var plain = Open(cs);
+        await tenantA.InitializeAsync(Ct);
+        await plain.InitializeAsync(Ct);
+
+        await tenantA.InsertAsync(NewState("only-a"), [], Ct);
+
+        (await tenantA.GetAsync("only-a", Ct)).ShouldNotBeNull();
+        (await plain.GetAsync("only-a", Ct)).ShouldBeNull();
+        // Finish notices are per schema too.
+        var waiting = plain.WhenFinishedAsync("only-a", Ct);
+        await tenantA.UpdateAsync(NewState("only-a") with { Version = 2, Status = TransactionStatus.Committed, NextWakeAt = null }, [], Ct);
+        await Task.Delay(500, Ct);
+        waiting.IsCompleted.ShouldBeFalse();
+    }
+
+    [Fact]
+    public async Task WhenFinished_ManyLongGidsFinishedElsewhere_AllWaitersWake()
+    {
+        // 600 gids of 120 characters are about 73 KB of notices: the sender has to split them
+        // into payloads under PostgreSQL's 8000-byte limit.
+        var cs = await postgres.Server.CreateDatabaseAsync("notify");
+        var waiter = Open(cs);
+        var writer = Open(cs);
+        await waiter.InitializeAsync(Ct);
+        await writer.InitializeAsync(Ct);
+        var gids = Enumerable.Range(0, 600).Select(i => $"{i:D4}-".PadRight(120, 'g')).ToList();
+        var waits = gids.Select(g => waiter.WhenFinishedAsync(g, Ct)).ToList();
+
+        await Task.WhenAll(gids.Select(g => Task.Run(() => writer.InsertAsync(NewState(g) with { Status = TransactionStatus.Committed, NextWakeAt = null }, [], Ct))));
+
+        await Task.WhenAll(waits).WaitAsync(TimeSpan.FromSeconds(30), Ct);
+    }
+
+    [Fact]
+    public async Task Restart_TheStoreWorksAgain_AndTheListenerWakesEveryWaiterAfterReconnecting()
+    {
+        await using var server = await PostgresServer.StartAsync();
+        var cs = await server.CreateDatabaseAsync("restart");
+        var store = Open(cs);
+        await store.InitializeAsync(Ct);
+        await store.InsertAsync(NewState("r1"), [], Ct);
+        var waiting = store.WhenFinishedAsync("finished-while-away", Ct);
+
+        await server.RestartAsync();
+
+        // Nothing finished it here: the reconnected listener wakes every waiter, since a finish
+        // may have happened while it was not listening.
+        await waiting.WaitAsync(TimeSpan.FromSeconds(30), Ct);
+        // The pool may hand out a connection cut by the restart once; the store itself holds none.
+        TransactionState? state = null;
+        for (var attempt = 0; state is null && attempt < 20; attempt++)
+        {
+            try
+            {
+                state = await store.GetAsync("r1", Ct);
+            }
+            catch (NpgsqlException)
+            {
+                await Task.Delay(250, Ct);
+            }
+        }
+
+        state.ShouldNotBeNull();
+        await store.UpdateAsync(state with { Version = 2, Status = TransactionStatus.Committed, NextWakeAt = null }, [], Ct);
+        var other = Open(cs);
+        await other.InitializeAsync(Ct);
+        var remote = other.WhenFinishedAsync("r2", Ct);
+        await store.InsertAsync(NewState("r2") with { Status = TransactionStatus.Aborted, NextWakeAt = null }, [], Ct);
+        await remote.WaitAsync(TimeSpan.FromSeconds(10), Ct);
+    }
+
+    [Theory]
+    [InlineData(null, "public", "ConnectionString is required")]
+    [InlineData("Host=127.0.0.1;Password=hunter2;Bogus Key=1", "public", "not a valid connection string")]
+    [InlineData("Host=127.0.0.1", "Bad-Schema", "Schema must be")]
+    [InlineData("Host=127.0.0.1", "", "Schema must be")]
+    public void Options_Unusable_AreRejected_WithoutShowingThePassword(string? connectionString, string schema, string expected)
+    {
+        var options = new PostgreSqlStoreOptions { ConnectionString = connectionString, Schema = schema };
+
+        var problems = string.Join(" ", options.Validate());
+
+        problems.ShouldContain(expected);
+        problems.ShouldNotContain("hunter2");
+        Should.Throw<ArgumentException>(() => new PostgreSqlTransactionStore(options, NullLogger<PostgreSqlTransactionStore>.Instance));
+    }
+
+    [Fact]
+    public async Task AddTreatyPostgreSqlStore_RegistersOneStoreAsTheTransactionStore_AndValidatesTheOptions()
+    {
+        var cs = await postgres.Server.CreateDatabaseAsync("di");
+        await using (var provider = new ServiceCollection().AddTreatyPostgreSqlStore(o => o.ConnectionString = cs).BuildServiceProvider())
+        {
+            var store = provider.GetRequiredService<ITransactionStore>();
+            store.ShouldBeSameAs(provider.GetRequiredService<PostgreSqlTransactionStore>());
+            await store.InitializeAsync(Ct);
+            (await store.InsertAsync(NewState("di"), [], Ct)).ShouldBeNull();
+        }
+
+        await using var broken = new ServiceCollection().AddTreatyPostgreSqlStore().BuildServiceProvider();
+        Should.Throw<OptionsValidationException>(() => broken.GetRequiredService<IOptions<PostgreSqlStoreOptions>>().Value)
+            .Message.ShouldContain("ConnectionString");
+    }
+
+    private PostgreSqlTransactionStore Open(string connectionString, string schema = PostgreSqlStoreDefaults.Schema)
+    {
+        var store = new PostgreSqlTransactionStore(
+            new PostgreSqlStoreOptions { ConnectionString = connectionString, Schema = schema },
+            NullLogger<PostgreSqlTransactionStore>.Instance);
+        _opened.Add(store);
+        return store;
+    }
+
+    private static TransactionState NewState(string gid) =>
+        new SagaMachine().Create(
+            new TransactionSpec(gid, Protocol.Saga, "{}", [], TimeoutMs: 60_000, Retry: new RetryPolicy(3, 100, 1_000)),
+            "fp", T0) with { Version = 1 };
+}

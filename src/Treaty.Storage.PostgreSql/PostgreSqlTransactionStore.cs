@@ -6,6 +6,7 @@ using Npgsql;
 using NpgsqlTypes;
 using Treaty.Core.Engine;
 using Treaty.Core.Model;
+using Treaty.Core.Serialization;
 
 namespace Treaty.Storage.PostgreSql;
 
@@ -185,13 +186,14 @@ public sealed class PostgreSqlTransactionStore : ITransactionStore, IAsyncDispos
         ArgumentNullException.ThrowIfNull(state);
         ArgumentNullException.ThrowIfNull(journal);
         await EnsureInitializedAsync(cancellationToken);
-        var row = StoredRow.From(state);
+        var row = StoredRow.ForInsert(state);
         var owned = lease is not null && !row.Terminal;
         while (true)
         {
             await using (var command = _data.CreateCommand(_sql.Insert))
             {
                 AddRow(command, row);
+                Add(command, "spec_json", NpgsqlDbType.Bytea, row.SpecJson);
                 Add(command, "owner", NpgsqlDbType.Text, owned ? lease!.Owner : null);
                 Add(command, "epoch", NpgsqlDbType.Bigint, lease is null ? 0L : 1L);
                 Add(command, "lease", NpgsqlDbType.Interval, owned ? lease!.Duration : TimeSpan.Zero);
@@ -439,7 +441,7 @@ public sealed class PostgreSqlTransactionStore : ITransactionStore, IAsyncDispos
                 }
 
                 last = new ListCursor(reader.GetInt64(0), reader.GetString(1));
-                items.Add(StoredValues.Deserialize(reader.GetString(2)));
+                items.Add(StoredStateCodec.Read(reader.GetFieldValue<byte[]>(2), reader.GetFieldValue<byte[]>(3)));
             }
         }
 
@@ -699,7 +701,10 @@ public sealed class PostgreSqlTransactionStore : ITransactionStore, IAsyncDispos
     {
         await using var command = _data.CreateCommand(_sql.SelectState);
         Add(command, "gid", NpgsqlDbType.Text, gid);
-        return await command.ExecuteScalarAsync(cancellationToken) is string json ? StoredValues.Deserialize(json) : null;
+        await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+        return await reader.ReadAsync(cancellationToken)
+            ? StoredStateCodec.Read(reader.GetFieldValue<byte[]>(0), reader.GetFieldValue<byte[]>(1))
+            : null;
     }
 
     private async ValueTask EnsureInitializedAsync(CancellationToken cancellationToken)
@@ -758,7 +763,7 @@ public sealed class PostgreSqlTransactionStore : ITransactionStore, IAsyncDispos
         Add(command, "next_wake_at", NpgsqlDbType.Bigint, row.NextWakeAt);
         Add(command, "fingerprint", NpgsqlDbType.Text, row.Fingerprint);
         Add(command, "version", NpgsqlDbType.Bigint, row.Version);
-        Add(command, "state_json", NpgsqlDbType.Text, row.StateJson);
+        Add(command, "state_json", NpgsqlDbType.Bytea, row.StateJson);
     }
 
     private static void AddJournal(NpgsqlCommand command, IReadOnlyList<JournalEntry> journal)

@@ -31,12 +31,13 @@ internal sealed class Sql
 
         Migrations =
         [
-            // 1: As in the SQLite store: branch progress lives inside state_json, so a decision is one
-            // row write plus its journal rows; the columns beside it copy what listings and recovery
-            // filter on. Times are UTC ticks (exact: cursors and "since" never round). gid is
+            // 1: As in the SQLite store: the spec (branches, URLs, payload) is written once, by the
+            // insert, into spec_json; branch progress lives inside state_json, so a decision is one
+            // small row write plus its journal rows; the columns beside it copy what listings and
+            // recovery filter on. Times are UTC ticks (exact: cursors and "since" never round). gid is
             // COLLATE "C" so that its order, the cursors and the comparisons are ordinal, like
-            // everywhere else in Treaty. state_json is text, not jsonb: the exact bytes come back
-            // and nothing is parsed on write. lease_until is the DATABASE's time (timestamptz): a
+            // everywhere else in Treaty. The JSON is bytea (UTF-8), not jsonb: the exact bytes come
+            // back and nothing is parsed on write. lease_until is the DATABASE's time (timestamptz): a
             // lease is granted and checked by now() in SQL, never by a coordinator's clock.
             $"""
             CREATE TABLE {t} (
@@ -49,7 +50,8 @@ internal sealed class Sql
                 next_wake_at bigint  NULL,
                 fingerprint  text    NOT NULL,
                 version      bigint  NOT NULL,
-                state_json   text    NOT NULL,
+                state_json   bytea   NOT NULL,
+                spec_json    bytea   NOT NULL,
                 owner        text    NULL,
                 epoch        bigint  NOT NULL DEFAULT 0,
                 lease_until  timestamptz NULL
@@ -93,8 +95,8 @@ internal sealed class Sql
         Insert =
             $"""
             WITH i AS (
-                INSERT INTO {t} (gid, protocol, status, stuck, created_at, updated_at, next_wake_at, fingerprint, version, state_json, owner, epoch, lease_until)
-                VALUES (@gid, @protocol, @status, @stuck, @created_at, @updated_at, @next_wake_at, @fingerprint, @version, @state_json,
+                INSERT INTO {t} (gid, protocol, status, stuck, created_at, updated_at, next_wake_at, fingerprint, version, state_json, spec_json, owner, epoch, lease_until)
+                VALUES (@gid, @protocol, @status, @stuck, @created_at, @updated_at, @next_wake_at, @fingerprint, @version, @state_json, @spec_json,
                         @owner, @epoch, CASE WHEN @owner::text IS NULL THEN NULL ELSE now() + @lease END)
                 ON CONFLICT (gid) DO NOTHING
                 RETURNING gid),
@@ -127,7 +129,7 @@ internal sealed class Sql
             """;
 
         SelectFence = $"SELECT version, owner, epoch FROM {t} WHERE gid = @gid;";
-        SelectState = $"SELECT state_json FROM {t} WHERE gid = @gid;";
+        SelectState = $"SELECT spec_json, state_json FROM {t} WHERE gid = @gid;";
 
         // SKIP LOCKED: rows another claimer has locked are passed over, not waited for, so two
         // concurrent callers never get the same row and neither blocks on the other. The lease
@@ -191,7 +193,7 @@ internal sealed class Sql
             SELECT count(*) FROM dt;
             """;
 
-        ListFrom = $"SELECT created_at, gid, state_json FROM {t} WHERE true";
+        ListFrom = $"SELECT created_at, gid, spec_json, state_json FROM {t} WHERE true";
         CountFrom = $"SELECT status, count(*) FROM {t} WHERE true";
         CountStuckFrom = $"SELECT count(*) FROM {t} WHERE true";
     }

@@ -213,7 +213,7 @@ public sealed class SqliteTransactionStore : ITransactionStore, IAsyncDisposable
         command.CommandText = "SELECT spec_json, state_json FROM transactions WHERE gid = $gid;";
         command.Parameters.AddWithValue("$gid", gid);
         await using var reader = await command.ExecuteReaderAsync(cancellationToken);
-        return await reader.ReadAsync(cancellationToken) ? StoredValues.Read(reader, 0, 1) : null;
+        return await reader.ReadAsync(cancellationToken) ? SqliteStoredState.Read(reader, 0, 1) : null;
     }
 
     /// <inheritdoc />
@@ -294,7 +294,7 @@ public sealed class SqliteTransactionStore : ITransactionStore, IAsyncDisposable
                 }
 
                 last = new ListCursor(reader.GetInt64(0), reader.GetString(1));
-                items.Add(StoredValues.Read(reader, 2, 3));
+                items.Add(SqliteStoredState.Read(reader, 2, 3));
             }
         }
 

@@ -249,7 +249,7 @@ internal sealed class WriterConnection : IDisposable
     {
         _selectState.Parameters[0].Value = gid;
         using var reader = _selectState.ExecuteReader();
-        return reader.Read() ? StoredValues.Read(reader, 0, 1) : null;
+        return reader.Read() ? SqliteStoredState.Read(reader, 0, 1) : null;
     }
 
     public long? ReadVersion(string gid)

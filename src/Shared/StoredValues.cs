@@ -5,12 +5,13 @@ using System.Text.Json;
 using Treaty.Core.Model;
 using Treaty.Core.Serialization;
 
-namespace Treaty.Storage.PostgreSql;
+namespace Treaty.Storage;
 
 /// <summary>
 /// How model values are written to columns. The stored names are the store's own format, spelled
 /// out here rather than borrowed from the wire names, so that a change to the API cannot silently
-/// change what the indexes (see <see cref="Sql"/>) and existing rows mean.
+/// change what the indexes and existing rows mean. Compiled into each store (a linked file), so
+/// the SQLite and PostgreSQL stores write the same values.
 /// </summary>
 internal static class StoredValues
 {
@@ -56,13 +57,6 @@ internal static class StoredValues
     public static long Time(DateTimeOffset at) => at.UtcTicks;
 
     public static DateTimeOffset Time(long ticks) => new(ticks, TimeSpan.Zero);
-
-    public static string Serialize(TransactionState state) =>
-        JsonSerializer.Serialize(state, TreatyJsonContext.Default.TransactionState);
-
-    public static TransactionState Deserialize(string json) =>
-        JsonSerializer.Deserialize(json, TreatyJsonContext.Default.TransactionState)
-        ?? throw new JsonException("A stored transaction state is null.");
 }
 
 /// <summary>A transaction as the columns of one <c>transactions</c> row, prepared off the writer thread.</summary>
@@ -76,12 +70,19 @@ internal sealed record StoredRow(
     long? NextWakeAt,
     string Fingerprint,
     long Version,
-    string StateJson)
+    byte[] StateJson,
+    byte[]? SpecJson)
 {
     /// <summary>True for a committed or aborted transaction.</summary>
     public bool Terminal => Status is "committed" or "aborted";
 
-    public static StoredRow From(TransactionState state) => new(
+    /// <summary>The row of a decision: the progress only (the spec is the insert's).</summary>
+    public static StoredRow From(TransactionState state) => From(state, withSpec: false);
+
+    /// <summary>The row of an insert: the spec too.</summary>
+    public static StoredRow ForInsert(TransactionState state) => From(state, withSpec: true);
+
+    private static StoredRow From(TransactionState state, bool withSpec) => new(
         state.Gid,
         StoredValues.Protocol(state.Spec.Protocol),
         StoredValues.Status(state.Status),
@@ -91,7 +92,8 @@ internal sealed record StoredRow(
         state.NextWakeAt is { } wake ? StoredValues.Time(wake) : null,
         state.Fingerprint,
         state.Version,
-        StoredValues.Serialize(state));
+        StoredStateCodec.Progress(state),
+        withSpec ? StoredStateCodec.Spec(state.Spec) : null);
 }
 
 /// <summary>The opaque keyset cursor of a listing: the sort key of the last item of a page.</summary>

@@ -555,6 +555,9 @@ public sealed class PostgreSqlTransactionStore : ITransactionStore, IAsyncDispos
         }
     }
 
+    /// <summary>The settings the store's connections use (tests).</summary>
+    internal NpgsqlConnectionStringBuilder EffectiveSettings => new(_data.ConnectionString);
+
     /// <summary>The waiters' bookkeeping (tests).</summary>
     internal int Waiting => _finished.Count;
 

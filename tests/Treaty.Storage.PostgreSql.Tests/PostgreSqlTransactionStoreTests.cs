@@ -139,6 +139,17 @@ public sealed class PostgreSqlTransactionStoreTests(PostgresFixture postgres) : 
         Should.Throw<ArgumentException>(() => new PostgreSqlTransactionStore(options, NullLogger<PostgreSqlTransactionStore>.Instance));
     }
 
+    [Theory]
+    [InlineData("Host=127.0.0.1;Database=x", 32)]
+    [InlineData("Host=127.0.0.1;Database=x;Max Auto Prepare=0", 0)]
+    [InlineData("Host=127.0.0.1;Database=x;max auto prepare=5", 5)]
+    public void AutoPrepare_OnByDefault_TheConnectionStringWins(string connectionString, int expected)
+    {
+        var store = Open(connectionString);
+
+        store.EffectiveSettings.MaxAutoPrepare.ShouldBe(expected);
+    }
+
     [Fact]
     public async Task AddTreatyPostgreSqlStore_RegistersOneStoreAsTheTransactionStore_AndValidatesTheOptions()
     {

@@ -429,7 +429,11 @@ public sealed class FuzzTests(ITestOutputHelper output)
         private string Fill(string pattern) =>
             System.Text.RegularExpressions.Regex.Replace(pattern, "{[^}]+}", m => m.Value.Contains("documentName", StringComparison.Ordinal)
                 ? Uri.EscapeDataString(NotTheDocument("v" + OddString(2)))
-                : Uri.EscapeDataString(OddString()));
+                : Uri.EscapeDataString(NotADotSegment(OddString())));
+
+        /// <summary>Never "." or "..": the client and Kestrel both drop such a path segment (RFC 3986
+        /// dot segments), so "/api/v1/transactions/." is the listing and rightly answers 200 (seed 718772863).</summary>
+        private static string NotADotSegment(string value) => value is "." or ".." ? value + "-0" : value;
 
         /// <summary>Never the real OpenAPI document's name (a random "v" + two characters was "v1" once in CI, and
         /// a GET of the real document rightly answers 200).</summary>

@@ -54,7 +54,7 @@ var failures = 0;
 var counts = new List<(string Protocol, Counts Commit, Counts Abort)>();
 foreach (var protocol in protocols)
 {
-    var workload = new BenchWorkload(protocol, branches, participant.Url, coordinatorUrl);
+    var workload = new BenchWorkload(protocol, branches, participant.Url, [coordinatorUrl]);
     var before = counters.Snapshot(protocol);
     await Parallel.ForEachAsync(Enumerable.Range(1, commits), new ParallelOptions { MaxDegreeOfParallelism = clients }, async (i, ct) =>
     {

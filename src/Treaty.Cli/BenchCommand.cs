@@ -31,9 +31,10 @@ internal static class BenchCommand
         var peer = new Option<string?>("--peer") { Description = "Also run a peer on the same participant and compare: masstransit (needs a clone of the repository: bench/Treaty.Bench.Peer)" };
         var rabbitMq = new Option<string?>("--rabbitmq") { Description = "The RabbitMQ broker for --peer masstransit, e.g. amqp://guest:guest@127.0.0.1:5672/" };
         var json = new Option<string?>("--json") { Description = "Also write the results to this file as JSON" };
+        var coordinators = new Option<string?>("--coordinators") { Description = $"Coordinator instances on the one PostgreSQL store, 1 to {BenchSettings.MaxCoordinators} (default 1; above 1 needs --store postgres); transactions go to them in turn" };
         var command = new Command("bench", "Measure the coordinator on loopback: committed transactions/s, latency, its CPU and memory, against the uncoordinated baseline")
         {
-            protocol, branches, concurrency, duration, warmup, store, connectionString, peer, rabbitMq, json,
+            protocol, branches, concurrency, duration, warmup, store, connectionString, peer, rabbitMq, json, coordinators,
         };
         command.SetAction((parse, cancellationToken) =>
         {
@@ -41,7 +42,7 @@ internal static class BenchCommand
             var (settings, error) = BenchSettings.Parse(
                 new BenchSettings.Raw(parse.GetValue(protocol), parse.GetValue(branches), parse.GetValue(concurrency), parse.GetValue(duration),
                     parse.GetValue(warmup), parse.GetValue(store), parse.GetValue(connectionString), parse.GetValue(peer), parse.GetValue(rabbitMq),
-                    parse.GetValue(json)),
+                    parse.GetValue(json), parse.GetValue(coordinators)),
                 Environment.CurrentDirectory);
             if (settings is null)
             {
@@ -54,25 +55,43 @@ internal static class BenchCommand
         return command;
     }
 
-    /// <summary><c>treaty serve</c>'s arguments for the bench's coordinator.</summary>
-    internal static IReadOnlyList<string> ServeArguments(BenchSettings settings, string url, string dataDir)
+    /// <summary><c>treaty serve</c>'s arguments for the bench's coordinator (the connection string
+    /// travels in the environment, <see cref="ServeEnvironment"/>, never on the command line).</summary>
+    internal static IReadOnlyList<string> ServeArguments(BenchSettings settings, string url, string dataDir, int instance = 0)
     {
         List<string> args = ["serve", "--urls", url, "--data-dir", dataDir];
         if (settings.Store == "postgres")
         {
-            args.AddRange(["--store", "postgres", "--connection-string", settings.ConnectionString!]);
+            args.AddRange(["--store", "postgres", "--instance-id", "bench-" + instance.ToString(CultureInfo.InvariantCulture)]);
         }
 
         return args;
     }
 
+    /// <summary>The coordinator's environment: the connection string, out of the process list.</summary>
+    internal static Dictionary<string, string> ServeEnvironment(BenchSettings settings) =>
+        settings.Store == "postgres"
+            ? new Dictionary<string, string> { [ServeCommand.ConnectionStringVariable] = settings.ConnectionString! }
+            : [];
+
     public static async Task<int> RunAsync(BenchSettings settings, IAnsiConsole console, IAnsiConsole errors, CancellationToken cancellationToken)
     {
         var dataDir = Path.Combine(Path.GetTempPath(), "treaty-bench-" + Guid.NewGuid().ToString("N")[..8]);
         Directory.CreateDirectory(dataDir);
-        var coordinatorUrl = $"http://127.0.0.1:{ChildProcess.FreePort()}";
+        var coordinatorUrls = Enumerable.Range(0, settings.Coordinators).Select(_ => $"http://127.0.0.1:{ChildProcess.FreePort()}").ToList();
         using var http = new HttpClient { Timeout = TimeSpan.FromSeconds(60) };
-        ChildProcess? coordinator = null;
+        var coordinators = new List<ChildProcess>();
+        void KillCoordinators()
+        {
+            lock (coordinators)
+            {
+                foreach (var child in coordinators)
+                {
+                    child.Kill();
+                }
+            }
+        }
+
         // Ctrl+C and SIGTERM: the children die at once, by pid, whatever the command is awaiting;
         // then the command unwinds. Handled here: left to System.CommandLine, a SIGINT ended the
         // process with 130 without cancelling the action's token, and the coordinator outlived it.
@@ -80,23 +99,36 @@ internal static class BenchCommand
         void Interrupt(PosixSignalContext signal)
         {
             signal.Cancel = true;
-            coordinator?.Kill();
+            KillCoordinators();
             interrupted.Cancel();
         }
 
         using var sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, Interrupt);
         using var sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, Interrupt);
-        using var killOnCancel = cancellationToken.Register(() => coordinator?.Kill());
+        using var killOnCancel = cancellationToken.Register(KillCoordinators);
         cancellationToken = interrupted.Token;
         try
         {
             await using var participant = await NoOpParticipant.StartAsync(cancellationToken);
-            coordinator = ChildProcess.StartSelf("coordinator", ServeArguments(settings, coordinatorUrl, dataDir));
-            console.MarkupLineInterpolated($"coordinator  pid {coordinator.Id}  treaty serve --urls {coordinatorUrl} ({(settings.Store == "postgres" ? "PostgreSQL store" : "SQLite in " + dataDir)})");
+            for (var k = 0; k < coordinatorUrls.Count; k++)
+            {
+                var child = ChildProcess.StartDotnet(coordinatorUrls.Count == 1 ? "coordinator" : $"coordinator-{k}", typeof(ChildProcess).Assembly.Location,
+                    ServeArguments(settings, coordinatorUrls[k], Path.Combine(dataDir, k.ToString(CultureInfo.InvariantCulture)), k), ServeEnvironment(settings));
+                lock (coordinators)
+                {
+                    coordinators.Add(child);
+                }
+
+                console.MarkupLineInterpolated($"coordinator  pid {child.Id}  treaty serve --urls {coordinatorUrls[k]} ({(settings.Store == "postgres" ? "PostgreSQL store" : "SQLite in " + dataDir)})");
+            }
+
             console.MarkupLineInterpolated($"participant  {participant.Url} (in this process, pid {Environment.ProcessId})");
             try
             {
-                await coordinator.WaitHealthyAsync(http, coordinatorUrl + "/healthz", TimeSpan.FromSeconds(60), cancellationToken);
+                for (var k = 0; k < coordinatorUrls.Count; k++)
+                {
+                    await coordinators[k].WaitHealthyAsync(http, coordinatorUrls[k] + "/healthz", TimeSpan.FromSeconds(60), cancellationToken);
+                }
             }
             catch (Exception ex) when (ex is InvalidOperationException or TimeoutException)
             {
@@ -110,8 +142,9 @@ internal static class BenchCommand
                 return CliConsole.Failure;
             }
 
-            var workload = new BenchWorkload(settings.Protocol, settings.Branches, participant.Url, coordinatorUrl);
-            var pid = coordinator.Id;
+            var workload = new BenchWorkload(settings.Protocol, settings.Branches, participant.Url, coordinatorUrls);
+            var pids = coordinators.Select(c => c.Id).ToList();
+            TimeSpan CpuOfCoordinators() => pids.Aggregate(TimeSpan.Zero, (sum, pid) => sum + ProcessStats.CpuTime(pid));
             TimeSpan cpuBefore = default, cpuAfter = default;
             console.MarkupLineInterpolated($"Treaty {settings.Protocol}: {settings.Concurrency} clients, {settings.Warmup.TotalSeconds:0.###} s warm-up, {settings.Duration.TotalSeconds:0.###} s measured…");
             var treaty = await LoadRun.RunAsync(settings.Concurrency, settings.Warmup, settings.Duration,
@@ -120,15 +153,16 @@ internal static class BenchCommand
                     var status = await workload.RunAsync(http, i, abort: false, ct);
                     return status == BenchWorkload.Committed ? null : $"a transaction ended {status}";
                 },
-                () => cpuBefore = ProcessStats.CpuTime(pid), () => cpuAfter = ProcessStats.CpuTime(pid), cancellationToken);
-            if (coordinator.HasExited)
+                () => cpuBefore = CpuOfCoordinators(), () => cpuAfter = CpuOfCoordinators(), cancellationToken);
+            if (coordinators.FirstOrDefault(c => c.HasExited) is { } exited)
             {
                 errors.MarkupLine("[red]The coordinator exited during the run.[/]");
-                errors.WriteLine(coordinator.Output);
+                errors.WriteLine(exited.Output);
                 return CliConsole.Failure;
             }
 
-            var rssMb = ProcessStats.PeakRssMb(pid);
+            // With several instances: the largest one's peak (each is its own process).
+            var rssMb = pids.Max(ProcessStats.PeakRssMb);
             ReportErrors(errors, "Treaty", treaty);
 
             console.MarkupLineInterpolated($"Baseline: the same clients call {settings.Branches} participant endpoint(s) themselves…");
@@ -136,9 +170,17 @@ internal static class BenchCommand
                 (i, ct) => workload.BaselineAsync(http, i, ct), null, null, cancellationToken);
             ReportErrors(errors, "Baseline", baseline);
 
-            // The peer runs alone: the coordinator is stopped first, so they share no CPU.
-            coordinator.Dispose();
-            coordinator = null;
+            // The peer runs alone: the coordinators are stopped first, so they share no CPU.
+            lock (coordinators)
+            {
+                foreach (var child in coordinators)
+                {
+                    child.Dispose();
+                }
+
+                coordinators.Clear();
+            }
+
             PeerResult? peer = null;
             var peerFailed = false;
             if (settings.Peer is not null)
@@ -165,6 +207,7 @@ internal static class BenchCommand
                 DurationSeconds = settings.Duration.TotalSeconds,
                 WarmupSeconds = settings.Warmup.TotalSeconds,
                 Store = settings.Store,
+                Coordinators = settings.Coordinators,
                 Date = TimeProvider.System.GetUtcNow().ToString("yyyy-MM-dd'T'HH:mm:ss'Z'", CultureInfo.InvariantCulture),
                 Cores = Environment.ProcessorCount,
                 Throughput = treaty.Throughput,
@@ -208,7 +251,13 @@ internal static class BenchCommand
         }
         finally
         {
-            coordinator?.Dispose(); // SIGKILL by pid if it still runs
+            lock (coordinators)
+            {
+                foreach (var child in coordinators)
+                {
+                    child.Dispose(); // SIGKILL by pid if it still runs
+                }
+            }
             try
             {
                 Directory.Delete(dataDir, recursive: true);

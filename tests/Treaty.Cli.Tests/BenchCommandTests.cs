@@ -31,6 +31,9 @@ public sealed partial class BenchCommandTests
     [InlineData(new[] { "--peer", "nservicebus" }, "--peer")]
     [InlineData(new[] { "--rabbitmq", "amqp://127.0.0.1:5672/" }, "--rabbitmq")]
     [InlineData(new[] { "--json", "/nonexistent-dir-of-treaty-bench/b.json" }, "--json")]
+    [InlineData(new[] { "--coordinators", "0" }, "--coordinators")]
+    [InlineData(new[] { "--coordinators", "9" }, "--coordinators")]
+    [InlineData(new[] { "--coordinators", "3" }, "--coordinators")] // SQLite is one process's
     public async Task Bench_BadFlag_ExitsTwo_NamingIt_BeforeAnythingStarts(string[] flags, string named)
     {
         var result = await CliRun.CommandAsync(BenchCommand.Create(), ["bench", .. flags]);
@@ -100,8 +103,11 @@ public sealed partial class BenchCommandTests
 
         var postgres = BenchSettings.Parse(new BenchSettings.Raw(Store: "postgres", ConnectionString: "Host=h", Warmup: "0"), "/").Settings!;
         postgres.Warmup.ShouldBe(TimeSpan.Zero);
-        BenchCommand.ServeArguments(postgres, "http://127.0.0.1:1", "/d")
-            .ShouldBe(["serve", "--urls", "http://127.0.0.1:1", "--data-dir", "/d", "--store", "postgres", "--connection-string", "Host=h"]);
+        // The connection string (and any password in it) never on the command line: in the environment.
+        BenchCommand.ServeArguments(postgres, "http://127.0.0.1:1", "/d", instance: 2)
+            .ShouldBe(["serve", "--urls", "http://127.0.0.1:1", "--data-dir", "/d", "--store", "postgres", "--instance-id", "bench-2"]);
+        BenchCommand.ServeEnvironment(postgres).ShouldBe(new Dictionary<string, string> { [ServeCommand.ConnectionStringVariable] = "Host=h" });
+        BenchCommand.ServeEnvironment(settings!).ShouldBeEmpty();
     }
 
     [Fact]
@@ -179,6 +185,9 @@ public sealed partial class BenchCommandTests
         return int.Parse(match.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
     }
 
+    internal static IReadOnlyList<int> CoordinatorPids(string output) =>
+        [.. CoordinatorLine().Matches(output).Select(m => int.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture))];
+
     // Gone, or its pid already reused by something else.
     internal static bool IsTreatyServe(int pid)
     {
@@ -192,7 +201,7 @@ public sealed partial class BenchCommandTests
         }
     }
 
-    [GeneratedRegex(@"coordinator\s+pid (\d+)")]
+    [GeneratedRegex(@"coordinator(?:-\d+)?\s+pid (\d+)")]
     private static partial Regex CoordinatorLine();
 }
 
@@ -276,6 +285,42 @@ public sealed class BenchRunTests
             ((long)report["errors"]!).ShouldBe(0);
             ((double)report["baselineThroughput"]!).ShouldBeGreaterThan(0);
             BenchCommandTests.CoordinatorShouldBeGone(result.Out);
+        }
+        finally
+        {
+            File.Delete(json);
+        }
+    }
+
+    [Fact]
+    public async Task Bench_ThreeCoordinatorsOnOnePostgreSql_Commits_AndStopsThemAll()
+    {
+        await using var postgres = await Treaty.Testing.PostgresServer.StartAsync();
+        var connection = await postgres.CreateDatabaseAsync("bench");
+        var json = Path.Combine(Path.GetTempPath(), $"treaty-bench-test-{Guid.NewGuid():N}.json");
+        try
+        {
+            var result = await CliRun.ProcessAsync(
+                ["bench", "--store", "postgres", "--connection-string", connection, "--coordinators", "3",
+                 "--concurrency", "6", "--duration", "2s", "--warmup", "1s", "--json", json],
+                environment: BenchCommandTests.NoColor, timeout: TimeSpan.FromSeconds(120));
+
+            result.ExitCode.ShouldBe(0, result.ToString());
+            var report = JsonNode.Parse(File.ReadAllText(json))!.AsObject();
+            ((string?)report["store"]).ShouldBe("postgres");
+            ((int)report["coordinators"]!).ShouldBe(3);
+            ((double)report["throughput"]!).ShouldBeGreaterThan(0);
+            ((long)report["errors"]!).ShouldBe(0);
+            ((double)report["cpuUsPerTx"]!).ShouldBeGreaterThan(0);
+            var pids = BenchCommandTests.CoordinatorPids(result.Out);
+            pids.Count.ShouldBe(3, result.Out);
+            pids.ShouldAllBe(pid => !BenchCommandTests.IsTreatyServe(pid));
+            // The three instances' transactions are all in the one database.
+            await using var db = new Npgsql.NpgsqlConnection(connection);
+            await db.OpenAsync();
+            await using var command = db.CreateCommand();
+            command.CommandText = "SELECT count(*) FROM transactions WHERE status = 'committed'";
+            Convert.ToInt64(await command.ExecuteScalarAsync(), System.Globalization.CultureInfo.InvariantCulture).ShouldBeGreaterThan(0);
         }
         finally
         {

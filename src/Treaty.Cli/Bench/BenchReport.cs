@@ -22,6 +22,9 @@ internal sealed record BenchReport
 
     public required string Store { get; init; }
 
+    /// <summary>Coordinator instances (on one PostgreSQL store when more than one); CPU per transaction counts them all.</summary>
+    public int Coordinators { get; init; } = 1;
+
     /// <summary>When the run ended, ISO 8601 UTC.</summary>
     public required string Date { get; init; }
 
@@ -88,7 +91,7 @@ internal sealed record BenchReport
     public void Write(IAnsiConsole console)
     {
         var table = new Table().Border(TableBorder.Rounded)
-            .Title(Invariant($"treaty bench: {Protocol}, {Branches} branch(es), {Concurrency} clients, {DurationSeconds:0.###} s after {WarmupSeconds:0.###} s warm-up, {Store}, {Cores} cores"));
+            .Title(Invariant($"treaty bench: {Protocol}, {Branches} branch(es), {Concurrency} clients, {DurationSeconds:0.###} s after {WarmupSeconds:0.###} s warm-up, {Store}{(Coordinators > 1 ? $" ({Coordinators} coordinators)" : "")}, {Cores} cores"));
         table.AddColumn("run");
         foreach (var column in new[] { "tx/s", "p50 ms", "p95 ms", "p99 ms", "CPU µs/tx", "RSS MiB", "errors" })
         {

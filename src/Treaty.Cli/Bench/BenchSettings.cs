@@ -15,10 +15,14 @@ namespace Treaty.Cli.Bench;
 /// <param name="PeerProject">The peer's project file, found from the current directory (with <paramref name="Peer"/> only).</param>
 /// <param name="RabbitMq">The broker for the peer, or null.</param>
 /// <param name="JsonFile">Where the results go as JSON (absolute), or null.</param>
+/// <param name="Coordinators">Coordinator instances on the one PostgreSQL store (1 with SQLite).</param>
 internal sealed record BenchSettings(
     string Protocol, int Branches, int Concurrency, TimeSpan Duration, TimeSpan Warmup,
-    string Store, string? ConnectionString, string? Peer, string? PeerProject, string? RabbitMq, string? JsonFile)
+    string Store, string? ConnectionString, string? Peer, string? PeerProject, string? RabbitMq, string? JsonFile, int Coordinators = 1)
 {
+    /// <summary>Most coordinator instances a bench starts (<c>--coordinators</c>).</summary>
+    public const int MaxCoordinators = 8;
+
     public static readonly string[] Protocols = ["saga", "tcc", "2pc", "3pc", "msg"];
     public static readonly string[] Stores = ["sqlite", "postgres"];
     public static readonly string[] Peers = ["masstransit"];
@@ -31,7 +35,8 @@ internal sealed record BenchSettings(
     /// <summary>The flags as typed (null when not given).</summary>
     internal sealed record Raw(
         string? Protocol = null, string? Branches = null, string? Concurrency = null, string? Duration = null, string? Warmup = null,
-        string? Store = null, string? ConnectionString = null, string? Peer = null, string? RabbitMq = null, string? Json = null);
+        string? Store = null, string? ConnectionString = null, string? Peer = null, string? RabbitMq = null, string? Json = null,
+        string? Coordinators = null);
 
     /// <summary>The settings the flags describe, or the usage error that names the flag at fault.</summary>
     /// <param name="raw">The flags as typed.</param>
@@ -125,6 +130,16 @@ internal sealed record BenchSettings(
             }
         }
 
+        if (!TryCount(raw.Coordinators, 1, MaxCoordinators, out var coordinators))
+        {
+            return Fail($"--coordinators must be a whole number from 1 to {MaxCoordinators}, not '{raw.Coordinators}'.");
+        }
+
+        if (coordinators > 1 && store != "postgres")
+        {
+            return Fail("--coordinators above 1 needs --store postgres: several instances share one PostgreSQL database (a SQLite file is one process's).");
+        }
+
         string? peerProject = null;
         if (raw.Peer is not null)
         {
@@ -135,7 +150,7 @@ internal sealed record BenchSettings(
             }
         }
 
-        return (new BenchSettings(protocol, branches, concurrency, duration, warmup, store, raw.ConnectionString, raw.Peer, peerProject, raw.RabbitMq, json), null);
+        return (new BenchSettings(protocol, branches, concurrency, duration, warmup, store, raw.ConnectionString, raw.Peer, peerProject, raw.RabbitMq, json, coordinators), null);
 
         static (BenchSettings?, string?) Fail(string error) => (null, error);
     }

@@ -13,9 +13,13 @@ namespace Treaty.Cli.Bench;
 /// <param name="Protocol">saga, tcc, 2pc, 3pc or msg.</param>
 /// <param name="Branches">Branches per transaction.</param>
 /// <param name="ParticipantUrl">The no-op participant's base URL (<see cref="NoOpParticipant"/>).</param>
-/// <param name="CoordinatorUrl">The coordinator's base URL.</param>
-internal sealed record BenchWorkload(string Protocol, int Branches, string ParticipantUrl, string CoordinatorUrl)
+/// <param name="CoordinatorUrls">The base URLs of the coordinator instances: transaction i goes to
+/// instance i mod their count (all of one transaction's requests to the same one).</param>
+internal sealed record BenchWorkload(string Protocol, int Branches, string ParticipantUrl, IReadOnlyList<string> CoordinatorUrls)
 {
+    /// <summary>The instance transaction <paramref name="i"/> talks to.</summary>
+    private string CoordinatorFor(long i) => CoordinatorUrls[(int)(Math.Abs(i) % CoordinatorUrls.Count)];
+
     /// <summary>The terminal status of a transaction that committed.</summary>
     public const string Committed = "committed";
 
@@ -38,7 +42,7 @@ internal sealed record BenchWorkload(string Protocol, int Branches, string Parti
     /// 1 ms timeout passes).
     /// </summary>
     public Task<string> RunAsync(HttpClient http, long i, bool abort, CancellationToken cancellationToken) =>
-        Protocol == "msg" ? MessageAsync(http, i, abort, cancellationToken) : SubmitAsync(http, Body(i, abort), "?wait=30s", cancellationToken);
+        Protocol == "msg" ? MessageAsync(http, i, abort, cancellationToken) : SubmitAsync(http, CoordinatorFor(i), Body(i, abort), "?wait=30s", cancellationToken);
 
     /// <summary>The submit body of transaction <paramref name="i"/> (not a message's).</summary>
     public string Body(long i, bool abort)
@@ -89,23 +93,23 @@ internal sealed record BenchWorkload(string Protocol, int Branches, string Parti
             $$"""{"gid":"{{gid}}","protocol":"msg","payload":{"amount":1},"queryPrepared":"{{Url(abort, 0, "queryPrepared")}}","timeoutMs":{{(abort ? 1 : 60_000)}},"branches":[{{branches}}]}""");
         if (abort)
         {
-            return await SubmitAsync(http, body, "?wait=30s", cancellationToken);
+            return await SubmitAsync(http, CoordinatorFor(i), body, "?wait=30s", cancellationToken);
         }
 
-        var registered = await SubmitAsync(http, body, "", cancellationToken);
+        var registered = await SubmitAsync(http, CoordinatorFor(i), body, "", cancellationToken);
         if (registered != "prepared")
         {
             return registered;
         }
 
-        using var submitted = await http.PostAsync($"{CoordinatorUrl}/api/v1/transactions/{gid}/submit?wait=30s", null, cancellationToken);
+        using var submitted = await http.PostAsync($"{CoordinatorFor(i)}/api/v1/transactions/{gid}/submit?wait=30s", null, cancellationToken);
         return StatusOf(await submitted.Content.ReadAsByteArrayAsync(cancellationToken)) ?? $"HTTP {(int)submitted.StatusCode}";
     }
 
-    private async Task<string> SubmitAsync(HttpClient http, string body, string query, CancellationToken cancellationToken)
+    private static async Task<string> SubmitAsync(HttpClient http, string coordinatorUrl, string body, string query, CancellationToken cancellationToken)
     {
         using var content = new StringContent(body, Encoding.UTF8, "application/json");
-        using var response = await http.PostAsync(CoordinatorUrl + "/api/v1/transactions" + query, content, cancellationToken);
+        using var response = await http.PostAsync(coordinatorUrl + "/api/v1/transactions" + query, content, cancellationToken);
         return StatusOf(await response.Content.ReadAsByteArrayAsync(cancellationToken)) ?? $"HTTP {(int)response.StatusCode}";
     }
 

@@ -419,12 +419,22 @@ public abstract class IdempotencyComplianceTests : IAsyncLifetime
     {
         var json = IdempotencyTestApp.ChargeJson(Account, 250);
         var slow = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        App.Control.BeforeAnswer = () => slow.Task;
-
-        // the user clicks Buy; the charge is slow and the client gives up: the response is lost
-        using (var impatient = new HttpClient { BaseAddress = App.BaseAddress, Timeout = TimeSpan.FromMilliseconds(500) })
+        var charging = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        App.Control.BeforeAnswer = () =>
         {
-            await Should.ThrowAsync<TaskCanceledException>(() => App.SendAsync("/charges", "buy-1", json, client: impatient));
+            charging.TrySetResult();
+            return slow.Task;
+        };
+
+        // the user clicks Buy; the charge is slow and the client gives up: the response is lost.
+        // It gives up once the server is charging (a fixed client timeout could fire before a busy
+        // server even started, and then nothing would be charged at all).
+        using (var impatient = new HttpClient { BaseAddress = App.BaseAddress, Timeout = Timeout.InfiniteTimeSpan })
+        {
+            var buy = App.SendAsync("/charges", "buy-1", json, client: impatient);
+            await charging.Task.WaitAsync(TimeSpan.FromSeconds(15));
+            impatient.CancelPendingRequests();
+            await Should.ThrowAsync<TaskCanceledException>(() => buy);
         }
 
         // meanwhile the server finishes the charge, for a client that is gone

@@ -40,9 +40,11 @@ internal sealed partial class OrderOutbox(ShopDatabase database, OrderTransactio
             {
                 return;
             }
-            catch (Exception e) when (e is Microsoft.Data.Sqlite.SqliteException or TimeoutException or InvalidOperationException)
+            catch (Exception e) when (e is not OperationCanceledException)
             {
-                LogFailed(e); // try again on the next round
+                // Whatever it was, the order rows are the truth and the next round starts from them;
+                // an exception escaping here would stop the whole service (the host's default).
+                LogFailed(e);
             }
 
             using var timeout = new CancellationTokenSource(_period, timeProvider);
@@ -94,7 +96,7 @@ internal sealed partial class OrderOutbox(ShopDatabase database, OrderTransactio
             {
                 view = await saga.Client.GetAsync(order.Gid, cancellationToken);
             }
-            catch (Exception e) when (e is HttpRequestException or Treaty.Client.TreatyApiException or System.Text.Json.JsonException)
+            catch (Exception e) when (e is HttpRequestException or System.Net.Sockets.SocketException or IOException or Treaty.Client.TreatyApiException or System.Text.Json.JsonException)
             {
                 return; // the coordinator is unreachable: next round
             }

@@ -108,8 +108,10 @@ internal sealed partial class OrderTransaction(ShopOptions options, TreatyClient
             LogUnavailable(order.Gid, e.Message);
             return (SubmitOutcome.Unavailable, e.Message);
         }
-        catch (HttpRequestException e)
+        catch (Exception e) when (e is HttpRequestException or System.Net.Sockets.SocketException or IOException)
         {
+            // SocketException too: a coordinator killed while the connection is being made can make
+            // HttpClient throw it bare ("Transport endpoint is not connected", seen in the chaos test).
             LogUnavailable(order.Gid, e.Message);
             return (SubmitOutcome.Unavailable, e.Message);
         }

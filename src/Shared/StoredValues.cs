@@ -2,6 +2,7 @@ using System.Buffers.Text;
 using System.Globalization;
 using System.Text;
 using System.Text.Json;
+using Treaty.Core.Engine;
 using Treaty.Core.Model;
 using Treaty.Core.Serialization;
 
@@ -52,6 +53,22 @@ internal static class StoredValues
         Core.Model.Protocol.Choreography => "choreography",
         _ => throw new ArgumentOutOfRangeException(nameof(protocol), protocol, "Unknown protocol."),
     };
+
+    /// <summary>A journal row read with the columns <c>seq, at, kind, branch, op, attempt, status_code,
+    /// detail, duration_ms, body</c>, in that order.</summary>
+    public static JournalRecord JournalRecord(System.Data.Common.DbDataReader reader, string gid) => new(
+        reader.GetInt64(0),
+        gid,
+        new JournalEntry(
+            Time(reader.GetInt64(1)),
+            reader.GetString(2),
+            reader.IsDBNull(3) ? null : reader.GetString(3),
+            reader.IsDBNull(4) ? null : reader.GetString(4),
+            reader.IsDBNull(5) ? null : reader.GetInt32(5),
+            reader.IsDBNull(6) ? null : reader.GetInt32(6),
+            reader.IsDBNull(7) ? null : reader.GetString(7),
+            reader.IsDBNull(8) ? null : reader.GetInt64(8),
+            reader.IsDBNull(9) ? null : reader.GetString(9)));
 
     /// <summary>UTC ticks: exact and never negative.</summary>
     public static long Time(DateTimeOffset at) => at.UtcTicks;

@@ -232,17 +232,7 @@ public sealed class SqliteTransactionStore : ITransactionStore, IAsyncDisposable
         await using var reader = await command.ExecuteReaderAsync(cancellationToken);
         while (await reader.ReadAsync(cancellationToken))
         {
-            var entry = new JournalEntry(
-                StoredValues.Time(reader.GetInt64(1)),
-                reader.GetString(2),
-                reader.IsDBNull(3) ? null : reader.GetString(3),
-                reader.IsDBNull(4) ? null : reader.GetString(4),
-                reader.IsDBNull(5) ? null : reader.GetInt32(5),
-                reader.IsDBNull(6) ? null : reader.GetInt32(6),
-                reader.IsDBNull(7) ? null : reader.GetString(7),
-                reader.IsDBNull(8) ? null : reader.GetInt64(8),
-                reader.IsDBNull(9) ? null : reader.GetString(9));
-            records.Add(new JournalRecord(reader.GetInt64(0), gid, entry));
+            records.Add(StoredValues.JournalRecord(reader, gid));
         }
 
         return records;

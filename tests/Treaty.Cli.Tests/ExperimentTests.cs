@@ -140,7 +140,9 @@ public sealed class LatencyExperimentTests(ExperimentEnvironment environment, IT
         {
             var (rounds, calls) = expected[row.Protocol.Name];
             row.MeasuredRounds.ShouldBe(rounds, 0.5, row.Protocol.Name);
-            row.Delayed.Median.ShouldBeGreaterThanOrEqualTo(settings.Delay * rounds, row.Protocol.Name);
+            // A floor, less 2 %: a participant's 200 ms delay may end a millisecond early (timers
+            // round to the tick; msg's one round measured 198.9 ms once in CI).
+            row.Delayed.Median.ShouldBeGreaterThanOrEqualTo(settings.Delay * rounds * 0.98, row.Protocol.Name);
             row.Zero.Calls.Concat(row.Delayed.Calls).ShouldAllBe(c => c == calls, row.Protocol.Name);
             row.Zero.Committed.ShouldBe(settings.Transactions);
             row.Delayed.Committed.ShouldBe(settings.Transactions);

@@ -32,9 +32,10 @@ internal static class BenchCommand
         var rabbitMq = new Option<string?>("--rabbitmq") { Description = "The RabbitMQ broker for --peer masstransit, e.g. amqp://guest:guest@127.0.0.1:5672/" };
         var json = new Option<string?>("--json") { Description = "Also write the results to this file as JSON" };
         var coordinators = new Option<string?>("--coordinators") { Description = $"Coordinator instances on the one PostgreSQL store, 1 to {BenchSettings.MaxCoordinators} (default 1; above 1 needs --store postgres); transactions go to them in turn" };
+        var inFlight = new Option<string?>("--in-flight") { Description = $"Also hold this many sagas in flight at once (their first call held by the participant) and read the coordinator's memory, 1 to {BenchSettings.MaxInFlight:N0}" };
         var command = new Command("bench", "Measure the coordinator on loopback: committed transactions/s, latency, its CPU and memory, against the uncoordinated baseline")
         {
-            protocol, branches, concurrency, duration, warmup, store, connectionString, peer, rabbitMq, json, coordinators,
+            protocol, branches, concurrency, duration, warmup, store, connectionString, peer, rabbitMq, json, coordinators, inFlight,
         };
         command.SetAction((parse, cancellationToken) =>
         {
@@ -42,7 +43,7 @@ internal static class BenchCommand
             var (settings, error) = BenchSettings.Parse(
                 new BenchSettings.Raw(parse.GetValue(protocol), parse.GetValue(branches), parse.GetValue(concurrency), parse.GetValue(duration),
                     parse.GetValue(warmup), parse.GetValue(store), parse.GetValue(connectionString), parse.GetValue(peer), parse.GetValue(rabbitMq),
-                    parse.GetValue(json), parse.GetValue(coordinators)),
+                    parse.GetValue(json), parse.GetValue(coordinators), parse.GetValue(inFlight)),
                 Environment.CurrentDirectory);
             if (settings is null)
             {
@@ -165,6 +166,17 @@ internal static class BenchCommand
             var rssMb = pids.Max(ProcessStats.PeakRssMb);
             ReportErrors(errors, "Treaty", treaty);
 
+            InFlightResult? held = null;
+            if (settings.InFlight > 0)
+            {
+                console.MarkupLineInterpolated($"In flight: {settings.InFlight:N0} sagas submitted, each one's first call held by the participant…");
+                held = await InFlightRun.RunAsync(settings.InFlight, settings.Concurrency, workload, participant.Holds, http, pids, cancellationToken);
+                if (held.Errors > 0)
+                {
+                    errors.MarkupLineInterpolated($"[red]In flight: {held.Errors} error(s); the first: {held.FirstError}[/]");
+                }
+            }
+
             console.MarkupLineInterpolated($"Baseline: the same clients call {settings.Branches} participant endpoint(s) themselves…");
             var baseline = await LoadRun.RunAsync(settings.Concurrency, settings.Warmup, settings.Duration,
                 (i, ct) => workload.BaselineAsync(http, i, ct), null, null, cancellationToken);
@@ -234,6 +246,13 @@ internal static class BenchCommand
                 PeerRssMb = peer?.RssMb,
                 PeerErrors = peer?.Errors,
                 PeerRatio = peer is null ? null : BenchReport.Ratio(treaty.Throughput, peer.Throughput),
+                InFlight = held?.InFlight,
+                InFlightHeldCalls = held?.Held,
+                InFlightRssMb = held?.RssMb,
+                InFlightSubmitSeconds = held?.SubmitSeconds,
+                InFlightDrainSeconds = held?.DrainSeconds,
+                InFlightCommitted = held?.Committed,
+                InFlightErrors = held?.Errors,
             };
             report.Write(console);
             if (settings.JsonFile is not null)
@@ -242,7 +261,7 @@ internal static class BenchCommand
                 console.MarkupLineInterpolated($"JSON: {settings.JsonFile}");
             }
 
-            return treaty.Errors == 0 && baseline.Errors == 0 && treaty.Completed > 0 && !peerFailed ? 0 : CliConsole.Failure;
+            return treaty.Errors == 0 && baseline.Errors == 0 && treaty.Completed > 0 && !peerFailed && (held?.Errors ?? 0) == 0 ? 0 : CliConsole.Failure;
         }
         catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
         {

@@ -87,6 +87,24 @@ internal sealed record BenchReport
     /// <summary><see cref="Throughput"/> / <see cref="PeerThroughput"/>.</summary>
     public double? PeerRatio { get; init; }
 
+    /// <summary>Sagas held in flight at once (<c>--in-flight</c>), or null.</summary>
+    public int? InFlight { get; init; }
+
+    /// <summary>Of them, calls the participant held at once (the rest waited in the coordinator for a connection).</summary>
+    public int? InFlightHeldCalls { get; init; }
+
+    /// <summary>The coordinator's resident set (VmRSS) with every one of them in flight, MiB.</summary>
+    public double? InFlightRssMb { get; init; }
+
+    public double? InFlightSubmitSeconds { get; init; }
+
+    /// <summary>From letting the held calls answer to every held saga committed.</summary>
+    public double? InFlightDrainSeconds { get; init; }
+
+    public long? InFlightCommitted { get; init; }
+
+    public long? InFlightErrors { get; init; }
+
     /// <summary>The table for people.</summary>
     public void Write(IAnsiConsole console)
     {
@@ -112,6 +130,11 @@ internal sealed record BenchReport
         console.MarkupLine(Markup.Escape(Invariant($"Treaty / baseline: {Number(BaselineRatio, "0.00")}")
             + (Peer is null ? "" : Invariant($"; Treaty / {Peer}: {Number(PeerRatio, "0.00")}"))
             + (PeerCpuScope is null ? "" : $"; the peer's CPU is {PeerCpuScope}")));
+        if (InFlight is { } inFlight)
+        {
+            console.MarkupLine(Markup.Escape(Invariant(
+                $"In flight: {inFlight:N0} sagas held at once ({Number(InFlightHeldCalls, "N0")} calls at the participant, the rest waiting in the coordinator): coordinator RSS {Number(InFlightRssMb, "N0")} MiB; submitted in {Number(InFlightSubmitSeconds, "0.0")} s, all committed {Number(InFlightDrainSeconds, "0.0")} s after release ({Number(InFlightCommitted, "N0")} committed, {Number(InFlightErrors, "N0")} errors)")));
+        }
     }
 
     /// <summary>a / b, or null when b is not positive.</summary>

@@ -16,10 +16,15 @@ namespace Treaty.Cli.Bench;
 /// <param name="RabbitMq">The broker for the peer, or null.</param>
 /// <param name="JsonFile">Where the results go as JSON (absolute), or null.</param>
 /// <param name="Coordinators">Coordinator instances on the one PostgreSQL store (1 with SQLite).</param>
+/// <param name="InFlight">Sagas to hold in flight at once after the measured window (0: none).</param>
 internal sealed record BenchSettings(
     string Protocol, int Branches, int Concurrency, TimeSpan Duration, TimeSpan Warmup,
-    string Store, string? ConnectionString, string? Peer, string? PeerProject, string? RabbitMq, string? JsonFile, int Coordinators = 1)
+    string Store, string? ConnectionString, string? Peer, string? PeerProject, string? RabbitMq, string? JsonFile, int Coordinators = 1,
+    int InFlight = 0)
 {
+    /// <summary>Most sagas <c>--in-flight</c> holds.</summary>
+    public const int MaxInFlight = 100_000;
+
     /// <summary>Most coordinator instances a bench starts (<c>--coordinators</c>).</summary>
     public const int MaxCoordinators = 8;
 
@@ -36,7 +41,7 @@ internal sealed record BenchSettings(
     internal sealed record Raw(
         string? Protocol = null, string? Branches = null, string? Concurrency = null, string? Duration = null, string? Warmup = null,
         string? Store = null, string? ConnectionString = null, string? Peer = null, string? RabbitMq = null, string? Json = null,
-        string? Coordinators = null);
+        string? Coordinators = null, string? InFlight = null);
 
     /// <summary>The settings the flags describe, or the usage error that names the flag at fault.</summary>
     /// <param name="raw">The flags as typed.</param>
@@ -140,6 +145,12 @@ internal sealed record BenchSettings(
             return Fail("--coordinators above 1 needs --store postgres: several instances share one PostgreSQL database (a SQLite file is one process's).");
         }
 
+        var inFlight = 0;
+        if (raw.InFlight is not null && !TryCount(raw.InFlight, 0, MaxInFlight, out inFlight))
+        {
+            return Fail($"--in-flight must be a whole number from 1 to {MaxInFlight:N0}, not '{raw.InFlight}'.");
+        }
+
         string? peerProject = null;
         if (raw.Peer is not null)
         {
@@ -150,7 +161,7 @@ internal sealed record BenchSettings(
             }
         }
 
-        return (new BenchSettings(protocol, branches, concurrency, duration, warmup, store, raw.ConnectionString, raw.Peer, peerProject, raw.RabbitMq, json, coordinators), null);
+        return (new BenchSettings(protocol, branches, concurrency, duration, warmup, store, raw.ConnectionString, raw.Peer, peerProject, raw.RabbitMq, json, coordinators, inFlight), null);
 
         static (BenchSettings?, string?) Fail(string error) => (null, error);
     }

@@ -65,6 +65,36 @@ internal sealed record BenchWorkload(string Protocol, int Branches, string Parti
     }
 
     /// <summary>
+    /// A saga whose first branch's action the participant holds (<c>/hold/</c>) until the bench
+    /// opens its gate: <see cref="Branches"/> branches, every call's timeout long enough that a
+    /// held call is never given up on. Its gid is <c>hold-{run}-{i}</c>.
+    /// </summary>
+    public string HoldBody(string run, long i)
+    {
+        var branches = new StringBuilder();
+        for (var b = 0; b < Branches; b++)
+        {
+            var action = b == 0 ? $"{ParticipantUrl}/hold/b0/action" : Url(false, b, "action");
+            branches.Append(b == 0 ? "{" : ",{").Append(CultureInfo.InvariantCulture,
+                $"\"name\":\"b{b}\",\"action\":\"{action}\",\"compensate\":\"{Url(false, b, "compensate")}\",\"timeoutMs\":{HeldCallTimeoutMs}}}");
+        }
+
+        return string.Create(CultureInfo.InvariantCulture,
+            $$"""{"gid":"hold-{{run}}-{{i}}","protocol":"saga","payload":{"amount":1},"branches":[{{branches}}]}""");
+    }
+
+    /// <summary>The call timeout of a held saga's branches: longer than any hold.</summary>
+    public const long HeldCallTimeoutMs = 3_600_000;
+
+    /// <summary>Submits <paramref name="body"/> without waiting; null when the coordinator took it (2xx), else what went wrong.</summary>
+    public async Task<string?> SubmitOnlyAsync(HttpClient http, long i, string body, CancellationToken cancellationToken)
+    {
+        using var content = new StringContent(body, Encoding.UTF8, "application/json");
+        using var response = await http.PostAsync(CoordinatorFor(i) + "/api/v1/transactions", content, cancellationToken);
+        return response.IsSuccessStatusCode ? null : $"submit answered HTTP {(int)response.StatusCode}";
+    }
+
+    /// <summary>
     /// The baseline operation: the client calls the <see cref="Branches"/> participant endpoints itself,
     /// one after the other, with the coordinator's envelope. Null when every call answered 2xx, else what went wrong.
     /// </summary>

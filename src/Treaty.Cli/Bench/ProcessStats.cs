@@ -5,7 +5,7 @@ namespace Treaty.Cli.Bench;
 
 /// <summary>
 /// CPU time and memory of another process, from <c>/proc/PID/stat</c> (utime + stime) and
-/// <c>/proc/PID/status</c> (VmHWM: the peak resident set) on Linux; from <see cref="Process"/>
+/// <c>/proc/PID/status</c> (VmRSS: the resident set; VmHWM: its peak) on Linux; from <see cref="Process"/>
 /// elsewhere.
 /// </summary>
 internal static class ProcessStats
@@ -32,21 +32,26 @@ internal static class ProcessStats
     }
 
     /// <summary>The peak resident set of the process <paramref name="pid"/> so far, in MiB.</summary>
-    public static double PeakRssMb(int pid)
+    public static double PeakRssMb(int pid) => Status(pid, "VmHWM:", p => p.PeakWorkingSet64);
+
+    /// <summary>The resident set of the process <paramref name="pid"/> now, in MiB.</summary>
+    public static double RssMb(int pid) => Status(pid, "VmRSS:", p => p.WorkingSet64);
+
+    private static double Status(int pid, string field, Func<Process, long> elsewhere)
     {
         var path = $"/proc/{pid}/status";
         if (!File.Exists(path))
         {
             using var process = Process.GetProcessById(pid);
-            return process.PeakWorkingSet64 / 1_048_576.0;
+            return elsewhere(process) / 1_048_576.0;
         }
 
         foreach (var line in File.ReadLines(path))
         {
             // "VmHWM:	  123456 kB"
-            if (line.StartsWith("VmHWM:", StringComparison.Ordinal))
+            if (line.StartsWith(field, StringComparison.Ordinal))
             {
-                var kb = long.Parse(line["VmHWM:".Length..].Replace("kB", "", StringComparison.Ordinal).Trim(), CultureInfo.InvariantCulture);
+                var kb = long.Parse(line[field.Length..].Replace("kB", "", StringComparison.Ordinal).Trim(), CultureInfo.InvariantCulture);
                 return kb / 1024.0;
             }
         }

@@ -34,6 +34,9 @@ public sealed partial class BenchCommandTests
     [InlineData(new[] { "--coordinators", "0" }, "--coordinators")]
     [InlineData(new[] { "--coordinators", "9" }, "--coordinators")]
     [InlineData(new[] { "--coordinators", "3" }, "--coordinators")] // SQLite is one process's
+    [InlineData(new[] { "--in-flight", "0" }, "--in-flight")]
+    [InlineData(new[] { "--in-flight", "100001" }, "--in-flight")]
+    [InlineData(new[] { "--in-flight", "many" }, "--in-flight")]
     public async Task Bench_BadFlag_ExitsTwo_NamingIt_BeforeAnythingStarts(string[] flags, string named)
     {
         var result = await CliRun.CommandAsync(BenchCommand.Create(), ["bench", .. flags]);
@@ -255,6 +258,35 @@ public sealed class BenchRunTests
             result.Out.ShouldContain("baseline: 3 plain call(s), no coordinator", customMessage: result.ToString());
             result.Out.ShouldNotContain("\u001b[", customMessage: result.ToString());
 
+            BenchCommandTests.CoordinatorShouldBeGone(result.Out);
+        }
+        finally
+        {
+            File.Delete(json);
+        }
+    }
+
+    [Fact]
+    public async Task Bench_InFlight_HoldsEverySagaAtOnce_ReadsTheMemory_ThenAllCommit()
+    {
+        var json = Path.Combine(Path.GetTempPath(), $"treaty-bench-test-{Guid.NewGuid():N}.json");
+        try
+        {
+            var result = await CliRun.ProcessAsync(
+                ["bench", "--branches", "3", "--concurrency", "8", "--duration", "1s", "--warmup", "0", "--in-flight", "600", "--json", json],
+                environment: BenchCommandTests.NoColor, timeout: TimeSpan.FromSeconds(120));
+
+            result.ExitCode.ShouldBe(0, result.ToString());
+            var report = JsonNode.Parse(File.ReadAllText(json))!.AsObject();
+            ((int)report["inFlight"]!).ShouldBe(600);
+            // The coordinator opens at most 256 connections to one participant (the default): the
+            // participant holds that many calls and the other sagas wait in the coordinator.
+            ((int)report["inFlightHeldCalls"]!).ShouldBe(256);
+            ((double)report["inFlightRssMb"]!).ShouldBeGreaterThan(0);
+            ((long)report["inFlightCommitted"]!).ShouldBe(600);
+            ((long)report["inFlightErrors"]!).ShouldBe(0);
+            ((double)report["inFlightDrainSeconds"]!).ShouldBeGreaterThan(0);
+            result.Out.ShouldContain("In flight: 600 sagas held at once", customMessage: result.ToString());
             BenchCommandTests.CoordinatorShouldBeGone(result.Out);
         }
         finally

@@ -27,6 +27,7 @@ internal static class InFlightRun
 {
     private static readonly TimeSpan Settle = TimeSpan.FromSeconds(2);
     private static readonly TimeSpan DrainLimit = TimeSpan.FromMinutes(10);
+    private static readonly TimeSpan SettleLimit = TimeSpan.FromMinutes(1);
 
     /// <param name="count">Sagas to hold in flight.</param>
     /// <param name="submitters">Clients submitting them.</param>
@@ -72,12 +73,20 @@ internal static class InFlightRun
 
         // Every saga is in the coordinator; wait until the calls reaching the participant stop growing.
         var held = holds.Held;
+        var settling = Stopwatch.StartNew();
         while (true)
         {
             await Task.Delay(Settle, TimeProvider.System, cancellationToken);
             var now = holds.Held;
             if (now == held && now > 0)
             {
+                break;
+            }
+
+            if (settling.Elapsed > SettleLimit)
+            {
+                firstError ??= $"the participant held {now} call(s), still changing after {SettleLimit.TotalMinutes:0} min: the sagas are not in flight as asked";
+                errors++;
                 break;
             }
 

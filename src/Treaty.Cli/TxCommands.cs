@@ -87,7 +87,8 @@ internal static class TxCommands
             return CliConsole.UsageError;
         }
 
-        var apiKey = parse.GetValue<string?>(ApiKeyOption) is { Length: > 0 } flag ? flag : Environment.GetEnvironmentVariable(ApiKeyVariable);
+        var flag = parse.GetValue<string?>(ApiKeyOption) is { Length: > 0 } given ? given : null;
+        var apiKey = flag ?? (Environment.GetEnvironmentVariable(ApiKeyVariable) is { Length: > 0 } variable ? variable : null);
         using var client = new TreatyClient(uri, apiKey);
         try
         {
@@ -96,6 +97,16 @@ internal static class TxCommands
         catch (TreatyApiException ex)
         {
             error.MarkupLineInterpolated($"[red]{ex.StatusCode} {ex.Title}[/]: {ex.Detail}");
+            // The problem speaks HTTP (Authorization: Bearer); say it in the CLI's terms, naming where the key came from, never the key.
+            if (ex.StatusCode == 401 && apiKey is null)
+            {
+                error.MarkupLineInterpolated($"{server} needs a key: give a client or operator key with {ApiKeyOption} or {ApiKeyVariable}.");
+            }
+            else if (ex.StatusCode == 401)
+            {
+                error.MarkupLineInterpolated($"{server} refused the key given with {(flag is null ? ApiKeyVariable : ApiKeyOption)}.");
+            }
+
             return CliConsole.Failure;
         }
         catch (HttpRequestException ex)

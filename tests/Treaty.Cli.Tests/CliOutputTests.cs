@@ -15,7 +15,6 @@ namespace Treaty.Cli.Tests;
 public sealed class CliOutputTests : IAsyncLifetime
 {
     private const char Escape = '\u001b';
-    private static readonly JsonElement EmptyPayload = JsonDocument.Parse("{}").RootElement;
     private InProcessCoordinator _coordinator = null!;
     private TinyParticipant _participant = null!;
 
@@ -141,10 +140,7 @@ public sealed class CliOutputTests : IAsyncLifetime
         var stuck = LongGid("json-retry");
         await StuckAsync(stuck);
         var running = LongGid("json-abort");
-        await _coordinator.Client.Saga(running).WithPayload(EmptyPayload)
-            .Step("s1", _participant.Url + "/down/s1", _participant.Url + "/ok/s1-undo",
-                retry: new RetrySettings(100, TimeSpan.FromSeconds(1), TimeSpan.FromMinutes(1)))
-            .SubmitAsync();
+        await Sagas.RetryingAsync(_coordinator.Client, _participant, running);
 
         var retry = await CliRun.TxAsync("tx", "retry", stuck, "-o", "json", "--server", Server);
         var abort = await CliRun.TxAsync("tx", "abort", running, "--reason", "test", "-o", "json", "--server", Server);
@@ -204,27 +200,7 @@ public sealed class CliOutputTests : IAsyncLifetime
     /// <summary>A gid of ~90 characters: wider than a column of an 80-column table could hold.</summary>
     private static string LongGid(string what) => $"cli-{what}-{Guid.NewGuid():D}-{Guid.NewGuid():D}";
 
-    private async Task CommittedAsync(string gid)
-    {
-        var view = await _coordinator.Client.Saga(gid).WithPayload(EmptyPayload)
-            .Step("s1", _participant.Url + "/ok/s1", _participant.Url + "/ok/s1-undo")
-            .SubmitAsync(wait: TimeSpan.FromSeconds(20));
-        view.Status.ShouldBe("committed");
-    }
+    private Task CommittedAsync(string gid) => Sagas.CommittedAsync(_coordinator.Client, _participant, gid);
 
-    /// <summary>s2 declines, s1's compensation answers 503 twice: stuck while aborting (as in OperatorTests).</summary>
-    private async Task StuckAsync(string gid)
-    {
-        // A long capped delay: once stuck, only an operator's retry moves it on within the test.
-        var retry = new RetrySettings(2, TimeSpan.FromMilliseconds(10), TimeSpan.FromMinutes(1));
-        await _coordinator.Client.Saga(gid).WithPayload(EmptyPayload)
-            .Step("s1", _participant.Url + "/ok/s1", _participant.Url + "/down/s1-undo", retry: retry)
-            .Step("s2", _participant.Url + "/no/s2", _participant.Url + "/ok/s2-undo")
-            .SubmitAsync();
-        using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(20));
-        while (await _coordinator.Client.GetAsync(gid, deadline.Token) is not { Stuck: true })
-        {
-            await Task.Delay(50, deadline.Token);
-        }
-    }
+    private Task StuckAsync(string gid) => Sagas.StuckAsync(_coordinator.Client, _participant, gid);
 }

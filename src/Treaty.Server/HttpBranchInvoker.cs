@@ -27,6 +27,7 @@ internal sealed partial class HttpBranchInvoker : IBranchInvoker, IDisposable
     private readonly byte[]? _callbackSecret;
     private readonly ILogger _logger;
     private readonly ParticipantAllowlist _allowlist;
+    private readonly ConnectionSlots _slots;
 
     public HttpBranchInvoker(TreatyServerOptions options, TimeProvider time, ILogger<HttpBranchInvoker> logger, ParticipantAllowlist allowlist)
     {
@@ -36,6 +37,7 @@ internal sealed partial class HttpBranchInvoker : IBranchInvoker, IDisposable
         _maxResultBytes = options.MaxBranchResultBytes;
         _timelineBodyBytes = options.TimelineBodyBytes;
         _callbackSecret = options.CallbackSecret is { } secret ? Encoding.UTF8.GetBytes(secret) : null;
+        _slots = new ConnectionSlots(options.MaxConnectionsPerParticipant);
         var handler = new SocketsHttpHandler
         {
             MaxConnectionsPerServer = options.MaxConnectionsPerParticipant,
@@ -56,6 +58,27 @@ internal sealed partial class HttpBranchInvoker : IBranchInvoker, IDisposable
 
     public async Task<BranchOutcome> InvokeAsync(BranchCall call, CancellationToken cancellationToken)
     {
+        // The call's time starts now, also while it waits for a connection to the participant.
+        using var timeout = new CancellationTokenSource(call.Timeout, _time);
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(timeout.Token, cancellationToken);
+        ConnectionSlots.Slot slot;
+        try
+        {
+            slot = await _slots.TakeAsync(call.Url, linked.Token);
+        }
+        catch (OperationCanceledException) when (timeout.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
+        {
+            return BranchOutcome.Unknown(null, $"no connection to the participant within {call.Timeout.TotalMilliseconds:0} ms (every one of its connections busy)");
+        }
+
+        using (slot)
+        {
+            return await CallAsync(call, timeout, linked.Token, cancellationToken);
+        }
+    }
+
+    private async Task<BranchOutcome> CallAsync(BranchCall call, CancellationTokenSource timeout, CancellationToken linked, CancellationToken cancellationToken)
+    {
         // Every call of one transaction shares one trace id (derived from the gid), so a trace
         // follows the whole order across its participants, retries and coordinator restarts.
         var trace = TraceOf(call.Gid);
@@ -75,8 +98,6 @@ internal sealed partial class HttpBranchInvoker : IBranchInvoker, IDisposable
             return BranchOutcome.Unknown(null, "not called: the URL is outside the participant allowlist");
         }
 
-        using var timeout = new CancellationTokenSource(call.Timeout, _time);
-        using var linked = CancellationTokenSource.CreateLinkedTokenSource(timeout.Token, cancellationToken);
         try
         {
             var envelope = Envelope(call);
@@ -105,9 +126,9 @@ internal sealed partial class HttpBranchInvoker : IBranchInvoker, IDisposable
             // listener sampled one, still of this transaction's trace.
             request.Headers.TryAddWithoutValidation("traceparent", Traceparent(activity, trace));
 
-            using var response = await _http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, linked.Token);
+            using var response = await _http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, linked);
             var status = (int)response.StatusCode;
-            var (body, clipped) = await ReadBodyAsync(response, linked.Token);
+            var (body, clipped) = await ReadBodyAsync(response, linked);
             activity?.SetTag("http.response.status_code", status);
             if (status >= 500)
             {

@@ -632,7 +632,12 @@ public sealed partial class TransactionEngine : IAsyncDisposable
             Gid = state.Gid;
             Claim = new LeaseClaim(state.Gid, fence.Epoch);
             engine.EnsureRenewing();
-            _timer = engine._time.CreateTimer(static s => ((Runner)s!).OnTimer(), this, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+            // Without the creator's execution context (a submit request's span and log scopes): the
+            // timer would keep them alive as long as the transaction, and its callbacks set their own scope.
+            using (ExecutionContext.SuppressFlow())
+            {
+                _timer = engine._time.CreateTimer(static s => ((Runner)s!).OnTimer(), this, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+            }
         }
 
         public string Gid { get; }
@@ -831,10 +836,21 @@ public sealed partial class TransactionEngine : IAsyncDisposable
                 switch (command)
                 {
                     case InvokeOperation invoke:
-                        _ = InvokeAsync(state, invoke);
+                        // Calls start on a clean execution context (they set their own gid scope and
+                        // span): one waiting on a busy participant must not keep the request that
+                        // decided it (its span, its log scopes) alive.
+                        using (ExecutionContext.SuppressFlow())
+                        {
+                            _ = InvokeAsync(state, invoke);
+                        }
+
                         break;
                     case NotifyOperation notify:
-                        _ = _engine.NotifyAsync(state, notify);
+                        using (ExecutionContext.SuppressFlow())
+                        {
+                            _ = _engine.NotifyAsync(state, notify);
+                        }
+
                         break;
                     case Finish finish:
                         LogFinished(_engine._logger, Gid, finish.Status.ToWire());

@@ -35,6 +35,13 @@ public static class TreatyMessagingTelemetry
     /// <summary>The W3C traceparent of the current span, if it has one.</summary>
     internal static string? CurrentTraceParent() =>
         Activity.Current is { IdFormat: ActivityIdFormat.W3C } current ? current.Id : null;
+
+    /// <summary>
+    /// The gid scope (<see cref="Treaty.Core.Diagnostics.GidLogScope"/>) of a message's correlation
+    /// id, the saga's gid; nothing for a message without one.
+    /// </summary>
+    internal static IDisposable? BeginCorrelationScope(this ILogger logger, string? correlationId) =>
+        string.IsNullOrEmpty(correlationId) ? null : Treaty.Core.Diagnostics.GidLogScopeExtensions.BeginGidScope(logger, correlationId);
 }
 
 /// <summary>Log messages of Treaty.Messaging (event ids 4501-4549).</summary>

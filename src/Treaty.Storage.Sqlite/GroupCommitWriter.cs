@@ -1,5 +1,6 @@
 using System.Threading.Channels;
 using Microsoft.Extensions.Logging;
+using Treaty.Core.Diagnostics;
 
 namespace Treaty.Storage.Sqlite;
 
@@ -194,7 +195,12 @@ internal sealed class GroupCommitWriter
         {
             _writer.RollbackToSavepoint();
             _writer.Release();
-            Log.WriteFailed(_logger, ex, request.Gid ?? "(probe)");
+            // The writer's thread serves many transactions: the failed write's gid scope around its line.
+            using (request.Gid is { } gid ? _logger.BeginGidScope(gid) : null)
+            {
+                Log.WriteFailed(_logger, ex, request.Gid ?? "(probe)");
+            }
+
             request.SetFailed(ex);
             return;
         }

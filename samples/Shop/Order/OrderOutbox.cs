@@ -1,5 +1,6 @@
 using Shop.Infrastructure;
 using Treaty.Core.Contracts;
+using Treaty.Core.Diagnostics;
 
 namespace Shop.Order;
 
@@ -76,6 +77,8 @@ internal sealed partial class OrderOutbox(ShopDatabase database, OrderTransactio
 
             foreach (var order in unsent)
             {
+                // One order at a time, in its gid's scope (the submit, the record, the lock it drops).
+                using var scope = logger.BeginGidScope(order.Gid);
                 var (outcome, detail) = await saga.SubmitAsync(order, cancellationToken);
                 await service.RecordSubmitAsync(order, outcome, detail, cancellationToken);
                 if (outcome == SubmitOutcome.Unavailable)
@@ -91,6 +94,7 @@ internal sealed partial class OrderOutbox(ShopDatabase database, OrderTransactio
         var stale = await database.ReadAsync(c => OrderStore.StalePendingAsync(c, timeProvider.GetUtcNow() - options.InDoubtAfter, 20, cancellationToken), cancellationToken);
         foreach (var order in stale)
         {
+            using var scope = logger.BeginGidScope(order.Gid);
             TransactionView? view;
             try
             {

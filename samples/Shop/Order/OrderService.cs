@@ -7,6 +7,7 @@ using Treaty.AspNetCore.Barrier;
 using Treaty.AspNetCore.Idempotency;
 using Treaty.AspNetCore.SemanticLocks;
 using Treaty.Core.Contracts;
+using Treaty.Core.Diagnostics;
 
 namespace Shop.Order;
 
@@ -276,6 +277,7 @@ internal sealed partial class OrderService(ShopDatabase database, OrderTransacti
     public async Task<string> AbortReasonAsync(string gid, CancellationToken ct)
     {
         const string fallback = "the transaction was aborted";
+        using var scope = logger.BeginGidScope(gid);
         using var timeout = new CancellationTokenSource(ReasonLookupTimeout, timeProvider);
         using var linked = CancellationTokenSource.CreateLinkedTokenSource(ct, timeout.Token);
         try

@@ -3,6 +3,7 @@ using Microsoft.AspNetCore.Hosting.Server.Features;
 using Shop.Infrastructure;
 using Treaty.Client;
 using Treaty.Core.Contracts;
+using Treaty.Core.Diagnostics;
 
 namespace Shop.Order;
 
@@ -86,6 +87,8 @@ internal sealed partial class OrderTransaction(ShopOptions options, TreatyClient
 
     public async Task<(SubmitOutcome Outcome, string? Detail)> SubmitAsync(OrderRow order, CancellationToken cancellationToken)
     {
+        // Every line about this order's transaction carries its gid as the log scope `gid`.
+        using var scope = logger.BeginGidScope(order.Gid);
         using var timeout = new CancellationTokenSource(SubmitTimeout, timeProvider);
         using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, timeout.Token);
         try

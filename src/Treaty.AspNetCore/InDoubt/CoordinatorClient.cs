@@ -2,6 +2,7 @@ using System.Net.Http.Json;
 using System.Text.Json;
 using Microsoft.Extensions.Logging;
 using Treaty.Core.Contracts;
+using Treaty.Core.Diagnostics;
 using Treaty.Core.Serialization;
 
 namespace Treaty.AspNetCore.InDoubt;
@@ -18,6 +19,8 @@ internal sealed class CoordinatorClient(Uri coordinator, TimeSpan requestTimeout
 
     public async Task<CoordinatorAnswer> AskAsync(HttpClient http, string gid, CancellationToken cancellationToken)
     {
+        // Already open when the resolver asks (then null); opened here for any other caller.
+        using var scope = logger.BeginGidScope(gid);
         using var timeout = new CancellationTokenSource(requestTimeout, timeProvider);
         using var linked = CancellationTokenSource.CreateLinkedTokenSource(timeout.Token, cancellationToken);
         try

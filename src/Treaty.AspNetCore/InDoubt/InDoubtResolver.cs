@@ -7,6 +7,7 @@ using Microsoft.Extensions.Options;
 using Treaty.AspNetCore.Barrier;
 using Treaty.AspNetCore.Data;
 using Treaty.AspNetCore.PreparedTransactions;
+using Treaty.Core.Diagnostics;
 
 namespace Treaty.AspNetCore.InDoubt;
 
@@ -142,6 +143,9 @@ internal sealed class InDoubtResolver(
 
     private async Task<InDoubtResolution> ResolveAsync(HttpClient http, PreparedBranch branch, CancellationToken cancellationToken)
     {
+        // One branch at a time, each in its gid's scope: the question to the coordinator, the
+        // decision and the outcome run here (barrier, prepared transaction, handler) all carry it.
+        using var scope = logger.BeginGidScope(branch.Gid);
         var answer = await Coordinator.AskAsync(http, branch.Gid, cancellationToken);
         var action = InDoubtRules.Decide(branch.Stage, answer);
         if (action == InDoubtAction.Wait)

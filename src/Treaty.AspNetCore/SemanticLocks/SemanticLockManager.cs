@@ -2,6 +2,7 @@ using System.Data.Common;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using Treaty.AspNetCore.Data;
+using Treaty.Core.Diagnostics;
 
 namespace Treaty.AspNetCore.SemanticLocks;
 
@@ -65,6 +66,9 @@ public sealed class SemanticLockManager
         CheckKey(resource, nameof(resource));
         CheckKey(gid, nameof(gid));
 
+        // Usually inside the barrier's scope of the same gid (then nothing is opened); a lock taken
+        // elsewhere (a message consumer, a background job) still logs with its gid.
+        using var scope = _logger.BeginGidScope(gid);
         for (var attempt = 0; attempt < MaxRaceRetries; attempt++)
         {
             var now = _timeProvider.GetUtcNow();
@@ -116,6 +120,7 @@ public sealed class SemanticLockManager
         ArgumentNullException.ThrowIfNull(transaction);
         CheckKey(resource, nameof(resource));
         CheckKey(gid, nameof(gid));
+        using var scope = _logger.BeginGidScope(gid);
         await using var delete = transaction.CreateCommand(SemanticLockSql.Delete, ("resource", resource), ("gid", gid));
         var released = await delete.ExecuteNonQueryAsync(cancellationToken) > 0;
         if (released)

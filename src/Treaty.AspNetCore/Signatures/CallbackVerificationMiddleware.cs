@@ -1,6 +1,7 @@
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Mvc;
 using Microsoft.Extensions.Logging;
+using Treaty.Core.Diagnostics;
 using Treaty.Core.Security;
 
 namespace Treaty.AspNetCore.Signatures;
@@ -39,7 +40,13 @@ internal sealed partial class CallbackVerificationMiddleware(RequestDelegate nex
         var check = verifier.Verify(header, buffer.GetBuffer().AsSpan(0, (int)buffer.Length));
         if (check != SignatureCheck.Valid)
         {
-            LogRejected(logger, request.Path.Value ?? "/", request.Headers["Treaty-Gid"].ToString(), Reason(check));
+            // The gid is the caller's claim (the signature failed), but it is what the line names.
+            var gid = request.Headers["Treaty-Gid"].ToString();
+            using (gid.Length > 0 ? logger.BeginGidScope(gid) : null)
+            {
+                LogRejected(logger, request.Path.Value ?? "/", gid, Reason(check));
+            }
+
             await RejectAsync(context, check);
             return;
         }

@@ -56,7 +56,11 @@ internal sealed class EmbeddedTransport(HttpClient http, EmbeddedRoutes routes, 
             var subscribers = routes.For(message.Type);
             if (subscribers.Count == 0)
             {
-                MessagingLog.NoRoute(_logger, message.Type, message.MessageId);
+                using (_logger.BeginCorrelationScope(message.CorrelationId))
+                {
+                    MessagingLog.NoRoute(_logger, message.Type, message.MessageId);
+                }
+
                 continue;
             }
 

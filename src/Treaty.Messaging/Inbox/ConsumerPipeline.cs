@@ -24,7 +24,8 @@ internal sealed class ConsumerPipeline(
     public async Task<DeliveryOutcome> DeliverAsync(TransportMessage message, MessageConsumer consumer, CancellationToken cancellationToken)
     {
         using var activity = TreatyMessagingTelemetry.StartConsume(message, Subscriber);
-        using var scope = logger.BeginScope(new Dictionary<string, object> { ["gid"] = message.CorrelationId, ["messageId"] = message.MessageId });
+        using var gidScope = logger.BeginCorrelationScope(message.CorrelationId);
+        using var scope = logger.BeginScope(new Dictionary<string, object> { ["messageId"] = message.MessageId });
         int attempt;
         try
         {

@@ -121,7 +121,11 @@ public sealed class DeadLetters
         }
 
         await transaction.CommitAsync(cancellationToken);
-        MessagingLog.Replaying(_logger, id, found[0].MessageId);
+        using (_logger.BeginCorrelationScope(found[0].CorrelationId))
+        {
+            MessagingLog.Replaying(_logger, id, found[0].MessageId);
+        }
+
         _nudge();
         return true;
     }
@@ -200,6 +204,7 @@ internal sealed class ReplayWorker(
         var handled = 0;
         foreach (var letter in due)
         {
+            using var scope = logger.BeginCorrelationScope(letter.CorrelationId);
             var message = new TransportMessage(letter.MessageId, letter.Type, letter.CorrelationId, Encoding.UTF8.GetBytes(letter.Body), letter.TraceParent, letter.Source, letter.CreatedAt);
             var outcome = consumers.TryGet(letter.Type, out var consumer)
                 ? await pipeline.DeliverAsync(message, consumer, cancellationToken)

@@ -78,6 +78,7 @@ internal sealed class RabbitMqSubscription : IAsyncDisposable
             return;
         }
 
+        using var scope = logger.BeginCorrelationScope(message.CorrelationId);
         DeliveryOutcome outcome;
         try
         {

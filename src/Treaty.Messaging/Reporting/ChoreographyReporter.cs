@@ -79,7 +79,13 @@ internal sealed class ChoreographyReporter(
             await RecordFailureAsync(row, failure.Message, cancellationToken);
         }
 
-        ReportingLog.ReportFailed(logger, batch.Count, failure.Message);
+        // One line per transaction, in its gid's scope: a query on a gid finds its unreported events.
+        foreach (var events in batch.GroupBy(row => row.Request.CorrelationId, StringComparer.Ordinal))
+        {
+            using var scope = logger.BeginCorrelationScope(events.Key);
+            ReportingLog.ReportFailed(logger, events.Count(), events.Key, failure.Message);
+        }
+
         return new ReportPass(batch.Count, 0, batch.Count);
     }
 
@@ -140,6 +146,7 @@ internal sealed class ChoreographyReporter(
         var reported = 0;
         foreach (var row in batch)
         {
+            using var scope = logger.BeginCorrelationScope(row.Request.CorrelationId);
             string? result = null;
             string? error = null;
             try
@@ -302,8 +309,8 @@ internal sealed class HttpReportChannel(HttpClient http, TimeProvider time) : IR
 /// <summary>Log messages of the choreography reporter (event ids 4530-4539 of Treaty.Messaging's 4501-4549).</summary>
 internal static partial class ReportingLog
 {
-    [LoggerMessage(EventId = 4530, Level = LogLevel.Warning, Message = "Could not report {Count} choreography event(s) to the coordinator; each is tried again after its backoff (treaty_reports.last_error): {Detail}")]
-    public static partial void ReportFailed(ILogger logger, int count, string detail);
+    [LoggerMessage(EventId = 4530, Level = LogLevel.Warning, Message = "Could not report {Count} choreography event(s) of {Gid} to the coordinator; each is tried again after its backoff (treaty_reports.last_error): {Detail}")]
+    public static partial void ReportFailed(ILogger logger, int count, string gid, string detail);
 
     [LoggerMessage(EventId = 4531, Level = LogLevel.Warning, Message = "The coordinator refused the report of {Type} for {Gid} (not sent again): {Detail}")]
     public static partial void Rejected(ILogger logger, string type, string gid, string detail);

@@ -31,6 +31,9 @@ public sealed record ParticipantSetup(ParticipantDatabase Database, TimeProvider
 
     /// <summary>Also map <c>/native</c>, a PostgreSQL prepared-transaction branch.</summary>
     public bool PreparedTransactions { get; init; }
+
+    /// <summary>Where the kit's log lines go, every level, with their scopes (none: not captured).</summary>
+    public CapturingLoggerProvider? Logs { get; init; }
 }
 
 /// <summary>
@@ -88,6 +91,11 @@ public sealed class InDoubtParticipant : IAsyncDisposable
         builder.WebHost.UseUrls("http://127.0.0.1:0");
         builder.Logging.SetMinimumLevel(LogLevel.Warning);
         builder.Logging.AddFilter("Treaty.AspNetCore", LogLevel.None); // expected errors (500s, conflicts) are asserted, not logged
+        if (setup.Logs is { } logs)
+        {
+            builder.Logging.AddProvider(logs);
+            builder.Logging.AddFilter<CapturingLoggerProvider>("Treaty.AspNetCore", LogLevel.Debug);
+        }
         builder.Services.AddSingleton(setup.Database);
         builder.Services.AddSingleton(setup.Time);
         builder.Services.AddTreatyBarrier();

@@ -22,6 +22,9 @@ public abstract class InDoubtResolverCompliance : IAsyncLifetime
 
     protected InDoubtParticipant Participant { get; private set; } = null!;
 
+    /// <summary>The participant's kit log lines (every level), with their scopes.</summary>
+    protected CapturingLoggerProvider Logs { get; } = new();
+
     protected abstract Task<TestDatabase> CreateDatabaseAsync();
 
     public async Task InitializeAsync()
@@ -49,7 +52,7 @@ public abstract class InDoubtResolverCompliance : IAsyncLifetime
         }
     }
 
-    private ParticipantSetup Setup(Uri coordinator) => new(_database.Database, Time) { Coordinator = coordinator, After = After };
+    private ParticipantSetup Setup(Uri coordinator) => new(_database.Database, Time) { Coordinator = coordinator, After = After, Logs = Logs };
 
     /// <summary>Stops the participant and starts a new one on the same database (a restart after a crash).</summary>
     private async Task RestartAsync(Uri? coordinator = null)
@@ -377,6 +380,52 @@ public abstract class InDoubtResolverCompliance : IAsyncLifetime
         (await Participant.ResolveAsync()).ShouldHaveSingleItem().Result.ShouldBe(InDoubtResult.Resolved);
         Participant.Runs(gid, "rollback").ShouldBe(2);
         (await Participant.HoldAsync(gid)).ShouldBeNull();
+    }
+
+    [Fact]
+    public async Task ResolverLogs_AboutABranch_CarryItsGidScope_OncePerLine()
+    {
+        // One pass over five gids, each ending differently, so a scope leaking from one branch to
+        // the next would show: still in doubt (undecided), no answer (503), resolved (abort, through
+        // the barrier), the 3PC termination rule (no record after preCommit), an unmapped endpoint.
+        var undecided = NewGid();
+        var unreachable = NewGid();
+        var aborted = NewGid();
+        var terminated = NewGid();
+        var unmapped = NewGid();
+        await VoteAsync(undecided, "prepare");
+        await VoteAsync(unreachable, "prepare");
+        await VoteAsync(aborted, "prepare");
+        await VoteAsync(terminated, "canCommit", "preCommit");
+        await VoteAsync(unmapped, "prepare");
+        Coordinator.Says(undecided, "running");
+        Coordinator.Fails(unreachable, 503);
+        Coordinator.Says(aborted, "aborted", "abort");
+        Coordinator.Says(unmapped, "aborted", "abort");
+        await using (var transaction = await Participant.Database.BeginAsync(CancellationToken.None))
+        {
+            await using var move = transaction.CreateCommand("UPDATE treaty_prepared SET endpoint = '/v0/branch' WHERE gid = @gid", ("gid", unmapped));
+            await move.ExecuteNonQueryAsync();
+            await transaction.CommitAsync(CancellationToken.None);
+        }
+
+        Time.Advance(After);
+        var before = Logs.Logs.Count;
+        (await Participant.ResolveAsync()).Count.ShouldBe(5);
+        var pass = Logs.Logs.Skip(before).ToList();
+
+        string[] gids = [undecided, unreachable, aborted, terminated, unmapped];
+        // 4402 resolved, 4403 still in doubt, 4404 termination rule, 4408 unknown endpoint, 4410 no answer; 42xx the barrier
+        new[] { 4402, 4403, 4404, 4408, 4410 }.ShouldBeSubsetOf(pass.Select(l => l.EventId.Id));
+        pass.ShouldContain(l => l.EventId.Id >= 4201 && l.EventId.Id <= 4249, "the barrier's line of the outcome run here");
+        foreach (var line in pass)
+        {
+            var about = gids.Where(g => line.Message.Contains(g, StringComparison.Ordinal)).ToList();
+            var what = $"{line.EventId.Id} {line.Category}: {line.Message} (scope gid {line.ScopeGid ?? "none"}, {line.GidScopes} gid scopes)";
+            about.Count.ShouldBe(1, what);
+            line.ScopeGid.ShouldBe(about[0], what);
+            line.GidScopes.ShouldBe(1, what);
+        }
     }
 
     [Fact]

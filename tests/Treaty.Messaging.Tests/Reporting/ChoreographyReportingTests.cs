@@ -259,6 +259,44 @@ public abstract partial class ChoreographyReportingTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task ReporterLogs_AboutATransaction_CarryItsGidScope_OneLinePerGid()
+    {
+        // One batch of three transactions' events, the coordinator down (4530, a line per gid),
+        // then up and refusing one of them for good (4531).
+        var port = FreePort();
+        var logs = new CapturingLoggerProvider();
+        var database = await CreateDatabaseAsync("orders");
+        var host = await StartHostAsync("orders", database, new Uri($"http://127.0.0.1:{port}/"), report => report.MaxRetryDelay = TimeSpan.FromMilliseconds(300), logs: logs);
+        var outbox = host.Services.GetRequiredService<Outbox>();
+        string[] gids = ["saga-scope-a", "saga-scope-b", "not a gid!"];
+        await using (var tx = await database.BeginAsync(CancellationToken.None))
+        {
+            await outbox.PublishAsync(tx, "order.created", gids[0], Payload("a"), CancellationToken.None);
+            await outbox.PublishAsync(tx, "order.created", gids[1], Payload("b"), CancellationToken.None);
+            await outbox.PublishAsync(tx, "payment.reserved", gids[0], Payload("a"), CancellationToken.None);
+            await outbox.PublishAsync(tx, "order.created", gids[2], Payload("x"), CancellationToken.None);
+            await tx.CommitAsync(CancellationToken.None);
+        }
+
+        await EventuallyAsync(() => Task.FromResult(gids.All(g => logs.Logs.Any(l => l.EventId.Id == 4530 && l.Message.Contains(g, StringComparison.Ordinal)))));
+        _coordinator = await InProcessCoordinator.StartAsync(configureOptions: o => o.Urls = $"http://127.0.0.1:{port}");
+        await EventuallyAsync(async () => await ScalarAsync(database, "SELECT COUNT(*) FROM treaty_reports WHERE reported_at IS NULL") == 0);
+
+        var lines = logs.Logs.Where(l => l.Category == typeof(ChoreographyReporter).FullName).ToList();
+        // The first pass read the whole batch: saga-scope-a's two events on one line.
+        lines.ShouldContain(l => l.EventId.Id == 4530 && l.Message.StartsWith("Could not report 2 choreography event(s) of saga-scope-a ", StringComparison.Ordinal));
+        lines.ShouldContain(l => l.EventId.Id == 4531 && l.ScopeGid == gids[2]);
+        foreach (var line in lines)
+        {
+            var about = gids.Where(g => line.Message.Contains(g, StringComparison.Ordinal)).ToList();
+            var what = $"{line.EventId.Id}: {line.Message} (scope gid {line.ScopeGid ?? "none"}, {line.GidScopes} gid scopes)";
+            about.Count.ShouldBe(1, what);
+            line.ScopeGid.ShouldBe(about[0], what);
+            line.GidScopes.ShouldBe(1, what);
+        }
+    }
+
+    [Fact]
     public async Task AnEventNotToReport_HasNoReportRow()
     {
         var database = await CreateDatabaseAsync("orders");
@@ -280,10 +318,15 @@ public abstract partial class ChoreographyReportingTests : IAsyncLifetime
         }
     }
 
-    private static IHost BuildHost(string service, ParticipantDatabase database, Uri coordinator, Action<ChoreographyReportingOptions>? configure, TimeProvider? time = null)
+    private static IHost BuildHost(string service, ParticipantDatabase database, Uri coordinator, Action<ChoreographyReportingOptions>? configure, TimeProvider? time = null, CapturingLoggerProvider? logs = null)
     {
         var builder = Host.CreateApplicationBuilder();
         builder.Logging.ClearProviders();
+        if (logs is not null)
+        {
+            builder.Logging.AddProvider(logs);
+        }
+
         if (time is not null)
         {
             builder.Services.AddSingleton(time); // before AddTreatyMessaging, whose TryAdd keeps it
@@ -308,9 +351,9 @@ public abstract partial class ChoreographyReportingTests : IAsyncLifetime
         return builder.Build();
     }
 
-    private async Task<IHost> StartHostAsync(string service, ParticipantDatabase database, Uri coordinator, Action<ChoreographyReportingOptions>? configure = null, TimeProvider? time = null)
+    private async Task<IHost> StartHostAsync(string service, ParticipantDatabase database, Uri coordinator, Action<ChoreographyReportingOptions>? configure = null, TimeProvider? time = null, CapturingLoggerProvider? logs = null)
     {
-        var host = BuildHost(service, database, coordinator, configure, time);
+        var host = BuildHost(service, database, coordinator, configure, time, logs);
         _hosts.Add(host);
         await host.StartAsync();
         return host;

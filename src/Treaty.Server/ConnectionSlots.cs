@@ -14,8 +14,8 @@ internal sealed class ConnectionSlots(int max)
 {
     private readonly ConcurrentDictionary<string, SemaphoreSlim> _origins = new(StringComparer.Ordinal);
 
-    /// <summary>Waits for a slot to <paramref name="url"/>'s origin; dispose the result to give it back.</summary>
-    public async ValueTask<Slot> TakeAsync(string url, CancellationToken cancellationToken)
+    /// <summary>Waits for a slot to <paramref name="url"/>'s origin; returns the origin's slots, to <see cref="SemaphoreSlim.Release()"/> once.</summary>
+    public async ValueTask<SemaphoreSlim> TakeAsync(string url, CancellationToken cancellationToken)
     {
         var origin = Origin(url);
         var lookup = _origins.GetAlternateLookup<ReadOnlySpan<char>>();
@@ -25,7 +25,7 @@ internal sealed class ConnectionSlots(int max)
         }
 
         await slots.WaitAsync(cancellationToken).ConfigureAwait(false);
-        return new Slot(slots);
+        return slots;
     }
 
     /// <summary>Origins seen so far (bounded by the allowlist's participants in practice).</summary>
@@ -42,13 +42,5 @@ internal sealed class ConnectionSlots(int max)
 
         var end = url.AsSpan(start + 3).IndexOfAny('/', '?', '#');
         return end < 0 ? url : url.AsSpan(0, start + 3 + end);
-    }
-
-    /// <summary>A slot held; disposing gives it back once.</summary>
-    internal struct Slot(SemaphoreSlim slots) : IDisposable
-    {
-        private SemaphoreSlim? _slots = slots;
-
-        public void Dispose() => Interlocked.Exchange(ref _slots, null)?.Release();
     }
 }

@@ -61,19 +61,23 @@ internal sealed partial class HttpBranchInvoker : IBranchInvoker, IDisposable
         // The call's time starts now, also while it waits for a connection to the participant.
         using var timeout = new CancellationTokenSource(call.Timeout, _time);
         using var linked = CancellationTokenSource.CreateLinkedTokenSource(timeout.Token, cancellationToken);
-        ConnectionSlots.Slot slot;
+        SemaphoreSlim slots;
         try
         {
-            slot = await _slots.TakeAsync(call.Url, linked.Token);
+            slots = await _slots.TakeAsync(call.Url, linked.Token);
         }
         catch (OperationCanceledException) when (timeout.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
         {
             return BranchOutcome.Unknown(null, $"no connection to the participant within {call.Timeout.TotalMilliseconds:0} ms (every one of its connections busy)");
         }
 
-        using (slot)
+        try
         {
             return await CallAsync(call, timeout, linked.Token, cancellationToken);
+        }
+        finally
+        {
+            slots.Release();
         }
     }
 

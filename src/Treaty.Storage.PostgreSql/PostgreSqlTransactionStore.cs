@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Globalization;
 using System.Text;
 using System.Threading.Channels;
@@ -198,7 +199,10 @@ public sealed class PostgreSqlTransactionStore : ITransactionStore, IAsyncDispos
                 Add(command, "epoch", NpgsqlDbType.Bigint, lease is null ? 0L : 1L);
                 Add(command, "lease", NpgsqlDbType.Interval, owned ? lease!.Duration : TimeSpan.Zero);
                 AddJournal(command, journal);
-                if (Convert.ToInt64(await command.ExecuteScalarAsync(cancellationToken), CultureInfo.InvariantCulture) == 1)
+                var started = Stopwatch.GetTimestamp();
+                var inserted = Convert.ToInt64(await command.ExecuteScalarAsync(cancellationToken), CultureInfo.InvariantCulture) == 1;
+                Committed(started);
+                if (inserted)
                 {
                     if (row.Terminal)
                     {
@@ -238,7 +242,10 @@ public sealed class PostgreSqlTransactionStore : ITransactionStore, IAsyncDispos
             Add(command, "fence_owner", NpgsqlDbType.Text, fence?.Owner);
             Add(command, "fence_epoch", NpgsqlDbType.Bigint, fence?.Epoch ?? 0L);
             AddJournal(command, journal);
-            if (Convert.ToInt64(await command.ExecuteScalarAsync(cancellationToken), CultureInfo.InvariantCulture) == 1)
+            var started = Stopwatch.GetTimestamp();
+            var updated = Convert.ToInt64(await command.ExecuteScalarAsync(cancellationToken), CultureInfo.InvariantCulture) == 1;
+            Committed(started);
+            if (updated)
             {
                 if (row.Terminal)
                 {
@@ -283,12 +290,16 @@ public sealed class PostgreSqlTransactionStore : ITransactionStore, IAsyncDispos
         Add(command, "due_by", NpgsqlDbType.Bigint, StoredValues.Time(dueBy));
         Add(command, "limit", NpgsqlDbType.Integer, limit);
         var claims = new List<LeaseClaim>();
-        await using var reader = await command.ExecuteReaderAsync(cancellationToken);
-        while (await reader.ReadAsync(cancellationToken))
+        var started = Stopwatch.GetTimestamp();
+        await using (var reader = await command.ExecuteReaderAsync(cancellationToken))
         {
-            claims.Add(new LeaseClaim(reader.GetString(0), reader.GetInt64(1)));
+            while (await reader.ReadAsync(cancellationToken))
+            {
+                claims.Add(new LeaseClaim(reader.GetString(0), reader.GetInt64(1)));
+            }
         }
 
+        Committed(started);
         return claims;
     }
 
@@ -303,7 +314,10 @@ public sealed class PostgreSqlTransactionStore : ITransactionStore, IAsyncDispos
         Add(command, "lease", NpgsqlDbType.Interval, lease.Duration);
         Add(command, "gid", NpgsqlDbType.Text, gid);
         Add(command, "take_over", NpgsqlDbType.Boolean, takeOver);
-        return await command.ExecuteScalarAsync(cancellationToken) is long epoch ? new LeaseClaim(gid, epoch) : null;
+        var started = Stopwatch.GetTimestamp();
+        var claimed = await command.ExecuteScalarAsync(cancellationToken);
+        Committed(started);
+        return claimed is long epoch ? new LeaseClaim(gid, epoch) : null;
     }
 
     /// <inheritdoc />
@@ -321,6 +335,7 @@ public sealed class PostgreSqlTransactionStore : ITransactionStore, IAsyncDispos
         AddHeld(command, lease.Owner, held);
         Add(command, "lease", NpgsqlDbType.Interval, lease.Duration);
         var renewed = new HashSet<string>(StringComparer.Ordinal);
+        var started = Stopwatch.GetTimestamp();
         await using (var reader = await command.ExecuteReaderAsync(cancellationToken))
         {
             while (await reader.ReadAsync(cancellationToken))
@@ -328,6 +343,8 @@ public sealed class PostgreSqlTransactionStore : ITransactionStore, IAsyncDispos
                 renewed.Add(reader.GetString(0));
             }
         }
+
+        Committed(started);
 
         return [.. held.Select(c => c.Gid).Where(gid => !renewed.Contains(gid)).Distinct(StringComparer.Ordinal)];
     }
@@ -345,7 +362,9 @@ public sealed class PostgreSqlTransactionStore : ITransactionStore, IAsyncDispos
         await EnsureInitializedAsync(cancellationToken);
         await using var command = _data.CreateCommand(_sql.Release);
         AddHeld(command, owner, held);
+        var started = Stopwatch.GetTimestamp();
         await command.ExecuteNonQueryAsync(cancellationToken);
+        Committed(started);
     }
 
     /// <inheritdoc />
@@ -500,8 +519,19 @@ public sealed class PostgreSqlTransactionStore : ITransactionStore, IAsyncDispos
         await using var command = _data.CreateCommand(_sql.Purge);
         Add(command, "before", NpgsqlDbType.Bigint, StoredValues.Time(finishedBefore));
         Add(command, "limit", NpgsqlDbType.Integer, batchSize);
-        return Convert.ToInt32(await command.ExecuteScalarAsync(cancellationToken), CultureInfo.InvariantCulture);
+        var started = Stopwatch.GetTimestamp();
+        var purged = Convert.ToInt32(await command.ExecuteScalarAsync(cancellationToken), CultureInfo.InvariantCulture);
+        Committed(started);
+        return purged;
     }
+
+    /// <summary>
+    /// One write is one autocommitted statement (one round trip, the server's commit included): a
+    /// batch of 1 in <c>treaty.store.batch.size</c>, its round trip in <c>treaty.store.commit.duration</c>,
+    /// as the SQLite store records its group commits. A write that found a conflict and changed
+    /// nothing still committed its statement, and counts, as in SQLite; a statement that threw does not.
+    /// </summary>
+    private static void Committed(long startedTimestamp) => StoreMetrics.Committed(StoreMetrics.PostgreSql, 1, startedTimestamp);
 
     /// <summary>Stops listening, sends the notifications still queued, and closes every connection.</summary>
     public async ValueTask DisposeAsync()

@@ -137,7 +137,7 @@ internal sealed class GroupCommitWriter
         }
 
         Interlocked.Increment(ref _committedBatches);
-        StoreMetrics.Committed(batch.Count, started);
+        StoreMetrics.Committed(StoreMetrics.Sqlite, batch.Count, started);
         Log.BatchCommitted(_logger, batch.Count);
         foreach (var request in batch)
         {

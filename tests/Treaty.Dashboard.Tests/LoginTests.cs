@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using System.Text.Json.Nodes;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Http;
@@ -83,6 +84,72 @@ public sealed class LoginTests(LoginTests.KeyedFixture fixture) : IClassFixture<
         await Expect(_page.Locator("#login-form")).ToBeVisibleAsync();
         (await _page.EvaluateAsync<string?>("() => sessionStorage.getItem('treaty.operatorKey')")).ShouldBeNull();
         _urls.ShouldAllBe(url => !url.Contains("not-the-key", StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public async Task SignedInOperator_RetriesAStuckOneAndAbortsARunningOne_AndTheTimelineNamesTheKeyNotItsSecret()
+    {
+        var stuck = DashboardFixture.NewGid("keyretry");
+        var confirm = $"{stuck}/stock/confirm";
+        fixture.Participant.Fail(confirm, 503);
+        var twice = new JsonObject { ["maxAttempts"] = 2, ["initialDelayMs"] = 20, ["maxDelayMs"] = 600_000 };
+        await fixture.SubmitAsync("tcc", stuck,
+        [
+            fixture.Branch(stuck, "wallet", ["try", "confirm", "cancel"]),
+            fixture.Branch(stuck, "stock", ["try", "confirm", "cancel"], retry: twice),
+        ], wait: "0s", http: fixture.KeyedHttp);
+        var running = DashboardFixture.NewGid("keyabort");
+        fixture.Participant.Fail($"{running}/pay/action", 503);
+        var slow = new JsonObject { ["maxAttempts"] = 50, ["initialDelayMs"] = 60_000, ["maxDelayMs"] = 60_000 };
+        await fixture.SubmitAsync("saga", running,
+        [
+            fixture.Branch(running, "order", ["action", "compensate"]),
+            fixture.Branch(running, "pay", ["action", "compensate"], retry: slow),
+        ], wait: "0s", http: fixture.KeyedHttp);
+        await fixture.WaitForAsync(stuck, tx => tx["stuck"]!.GetValue<bool>(), "stuck", fixture.KeyedHttp);
+        await fixture.WaitForAsync(running, tx => tx["branches"]![1]!["ops"]!["action"]!["attempts"]!.GetValue<int>() >= 1, "tried once", fixture.KeyedHttp);
+
+        await _page.GotoAsync("/");
+        await _page.FillAsync("#key", OperatorKey);
+        await _page.ClickAsync("#login-form button[type=submit]");
+        await Expect(_page.Locator("#logout")).ToBeVisibleAsync();
+
+        // Retry from the stuck view once the participant is back.
+        await _page.GotoAsync("/#/stuck");
+        var row = _page.Locator($"#stuck-rows tr[data-gid='{stuck}']");
+        await Expect(row).ToContainTextAsync("stock.confirm");
+        fixture.Participant.Heal(confirm);
+        await row.Locator("button[data-action=retry]").ClickAsync();
+        await Expect(row).ToHaveCountAsync(0);
+        await fixture.WaitForAsync(stuck, tx => tx["status"]!.GetValue<string>() == "committed", "committed", fixture.KeyedHttp);
+        await _page.GotoAsync($"/#/tx/{stuck}");
+        await Expect(_page.Locator(".tx-header [data-status]")).ToHaveTextAsync("committed");
+        // The actor is the key's name as the server authenticated it, not an address, not the secret.
+        await Expect(_page.Locator("#timeline tr[data-kind=operator-retry]")).ToContainTextAsync("by key:dash");
+        await AssertSecretNowhereAsync();
+
+        // Abort the running saga from its own page (two clicks).
+        await _page.GotoAsync($"/#/tx/{running}");
+        await Expect(_page.Locator("#tx-gid")).ToHaveTextAsync(running);
+        var abort = _page.Locator("#tx-actions button[data-action=abort]");
+        await _page.FillAsync("#tx-actions .reason-input", "duplicate order");
+        await abort.ClickAsync();
+        await Expect(abort).ToHaveTextAsync("Confirm abort");
+        await abort.ClickAsync();
+        await Expect(_page.Locator(".tx-header [data-status]")).ToHaveTextAsync("aborted");
+        await Expect(_page.Locator("#timeline tr[data-kind=operator-abort]")).ToContainTextAsync("aborted by operator key:dash: duplicate order");
+        (await fixture.WaitForAsync(running, tx => tx["status"]!.GetValue<string>() == "aborted", "aborted", fixture.KeyedHttp))["reason"]!.GetValue<string>().ShouldContain("key:dash");
+        await AssertSecretNowhereAsync();
+        _urls.ShouldAllBe(url => !url.Contains(OperatorKey, StringComparison.Ordinal));
+        fixture.RequestTargets.ShouldAllBe(target => !target.Contains(OperatorKey, StringComparison.Ordinal));
+    }
+
+    private async Task AssertSecretNowhereAsync()
+    {
+        _page.Url.ShouldNotContain(OperatorKey);
+        (await _page.Locator("body").InnerTextAsync()).ShouldNotContain(OperatorKey);
+        (await _page.ContentAsync()).ShouldNotContain(OperatorKey);
+        (await _page.TitleAsync()).ShouldNotContain(OperatorKey);
     }
 
     /// <summary>A coordinator whose API wants <see cref="OperatorKey"/>; it records what it was sent.</summary>

@@ -167,6 +167,36 @@ public sealed class PostgreSqlTransactionStoreTests(PostgresFixture postgres) : 
             .Message.ShouldContain("ConnectionString");
     }
 
+    [Fact]
+    public async Task Metrics_EveryWriteIsACommitOfOne_OnTheTreatyMeter_WithTheSqliteStoresNamesUnitsAndTags()
+    {
+        var cs = await postgres.Server.CreateDatabaseAsync("metrics");
+        var store = Open(cs);
+        await store.InitializeAsync(Ct);
+        // Process-wide, but every class of this assembly is in one collection: nothing else writes now.
+        using var metrics = new MetricRecorder("Treaty");
+
+        foreach (var gid in new[] { "m-a", "m-b", "m-c" })
+        {
+            (await store.InsertAsync(NewState(gid), [], Ct)).ShouldBeNull();
+        }
+
+        (await store.InsertAsync(NewState("m-a"), [], Ct)).ShouldNotBeNull(); // a conflict: the statement still ran
+        await store.UpdateAsync(NewState("m-b") with { Version = 2 }, [], Ct);
+        var lease = new LeaseRequest("owner-m", TimeSpan.FromSeconds(30));
+        var claim = (await store.ClaimAsync("m-c", lease, takeOver: false, Ct)).ShouldNotBeNull();
+        await store.ReleaseAsync("owner-m", [claim], Ct);
+        _ = await store.GetAsync("m-a", Ct); // a read is no write
+
+        // 7 statements that write: 4 inserts, 1 update, 1 claim, 1 release.
+        var batches = metrics.Of("treaty.store.batch.size");
+        batches.Count.ShouldBe(7);
+        batches.ShouldAllBe(m => m.Value == 1 && m.Unit == "{write}" && m.Tags.Count == 1 && m.Has("store", "postgresql"));
+        var durations = metrics.Of("treaty.store.commit.duration");
+        durations.Count.ShouldBe(7);
+        durations.ShouldAllBe(m => m.Value > 0 && m.Value < 60_000 && m.Unit == "ms" && m.Tags.Count == 1 && m.Has("store", "postgresql"));
+    }
+
     private PostgreSqlTransactionStore Open(string connectionString, string schema = PostgreSqlStoreDefaults.Schema)
     {
         var store = new PostgreSqlTransactionStore(

@@ -94,20 +94,20 @@ public class DashboardFixture : IAsyncLifetime
         return JsonNode.Parse(text)!.AsObject();
     }
 
-    public async Task<JsonObject> GetAsync(string gid)
+    public async Task<JsonObject> GetAsync(string gid, HttpClient? http = null)
     {
-        using var response = await Http.GetAsync($"/api/v1/transactions/{Uri.EscapeDataString(gid)}");
+        using var response = await (http ?? Http).GetAsync($"/api/v1/transactions/{Uri.EscapeDataString(gid)}");
         response.StatusCode.ShouldBe(HttpStatusCode.OK);
         return (await response.Content.ReadFromJsonAsync<JsonObject>())!;
     }
 
     /// <summary>Polls the API until <paramref name="done"/> holds (at most 30 s).</summary>
-    public async Task<JsonObject> WaitForAsync(string gid, Func<JsonObject, bool> done, string what)
+    public async Task<JsonObject> WaitForAsync(string gid, Func<JsonObject, bool> done, string what, HttpClient? http = null)
     {
         var deadline = DateTime.UtcNow.AddSeconds(30);
         while (true)
         {
-            var tx = await GetAsync(gid);
+            var tx = await GetAsync(gid, http);
             if (done(tx))
             {
                 return tx;

@@ -14,18 +14,13 @@ internal sealed class ConnectionSlots(int max)
 {
     private readonly ConcurrentDictionary<string, SemaphoreSlim> _origins = new(StringComparer.Ordinal);
 
-    /// <summary>Waits for a slot to <paramref name="url"/>'s origin; returns the origin's slots, to <see cref="SemaphoreSlim.Release()"/> once.</summary>
-    public async ValueTask<SemaphoreSlim> TakeAsync(string url, CancellationToken cancellationToken)
+    /// <summary>The slots of <paramref name="url"/>'s origin: take one (<see cref="SemaphoreSlim.Wait(int)"/>
+    /// or <see cref="SemaphoreSlim.WaitAsync(CancellationToken)"/>) before the call, give it back once after.</summary>
+    public SemaphoreSlim For(string url)
     {
         var origin = Origin(url);
         var lookup = _origins.GetAlternateLookup<ReadOnlySpan<char>>();
-        if (!lookup.TryGetValue(origin, out var slots))
-        {
-            slots = _origins.GetOrAdd(origin.ToString(), _ => new SemaphoreSlim(max, max));
-        }
-
-        await slots.WaitAsync(cancellationToken).ConfigureAwait(false);
-        return slots;
+        return lookup.TryGetValue(origin, out var slots) ? slots : _origins.GetOrAdd(origin.ToString(), _ => new SemaphoreSlim(max, max));
     }
 
     /// <summary>Origins seen so far (bounded by the allowlist's participants in practice).</summary>

@@ -61,14 +61,17 @@ internal sealed partial class HttpBranchInvoker : IBranchInvoker, IDisposable
         // The call's time starts now, also while it waits for a connection to the participant.
         using var timeout = new CancellationTokenSource(call.Timeout, _time);
         using var linked = CancellationTokenSource.CreateLinkedTokenSource(timeout.Token, cancellationToken);
-        SemaphoreSlim slots;
-        try
+        var slots = _slots.For(call.Url);
+        if (!slots.Wait(0, CancellationToken.None)) // a free slot at once, without a task
         {
-            slots = await _slots.TakeAsync(call.Url, linked.Token);
-        }
-        catch (OperationCanceledException) when (timeout.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
-        {
-            return BranchOutcome.Unknown(null, $"no connection to the participant within {call.Timeout.TotalMilliseconds:0} ms (every one of its connections busy)");
+            try
+            {
+                await slots.WaitAsync(linked.Token);
+            }
+            catch (OperationCanceledException) when (timeout.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
+            {
+                return BranchOutcome.Unknown(null, $"no connection to the participant within {call.Timeout.TotalMilliseconds:0} ms (every one of its connections busy)");
+            }
         }
 
         try

@@ -154,7 +154,7 @@ public static class RequestParser
                 }
                 else
                 {
-                    urls[op] = url;
+                    urls[op] = UrlPool.Intern(url);
                 }
             }
 
@@ -232,7 +232,7 @@ public static class RequestParser
             }
             else
             {
-                urls[op] = url;
+                urls[op] = UrlPool.Intern(url);
             }
         }
 

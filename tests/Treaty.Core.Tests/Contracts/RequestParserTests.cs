@@ -57,6 +57,31 @@ public sealed class RequestParserTests
     }
 
     [Fact]
+    public void Parse_TwoTransactionsNamingOneEndpoint_ShareOneUrlString()
+    {
+        // Fresh strings, as two request bodies would give them.
+        var url = string.Concat("http://pool.test/", "reserve-", Guid.NewGuid().ToString("N"));
+        var first = Parse(Request(r => r.Branches![0]!.Action = new string(url.AsSpan()))).Spec!;
+        var second = Parse(Request(r => r.Branches![0]!.Action = new string(url.AsSpan()))).Spec!;
+
+        first.Branches[0].UrlOf("action").ShouldBe(url);
+        ReferenceEquals(first.Branches[0].UrlOf("action"), second.Branches[0].UrlOf("action")).ShouldBeTrue();
+    }
+
+    [Fact]
+    public void UrlPool_PastItsCapacity_KeepsAUrlAsGiven()
+    {
+        for (var i = 0; i <= UrlPool.Capacity; i++)
+        {
+            UrlPool.Intern($"http://fill.test/{i}");
+        }
+
+        var url = new string($"http://over.test/{Guid.NewGuid():N}".AsSpan());
+        ReferenceEquals(UrlPool.Intern(url), url).ShouldBeTrue();
+        UrlPool.Intern(new string(url.AsSpan())).ShouldBe(url);
+    }
+
+    [Fact]
     public void Parse_NoGid_UsesAGeneratedOne() =>
         Parse(Request(r => r.Gid = null)).Spec.ShouldNotBeNull().Gid.ShouldBe("generated-gid");
 

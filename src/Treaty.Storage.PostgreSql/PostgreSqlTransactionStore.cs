@@ -24,6 +24,7 @@ public sealed class PostgreSqlTransactionStore : ITransactionStore, IAsyncDispos
     private static readonly TimeSpan MaxReconnectDelay = TimeSpan.FromSeconds(5);
 
     private readonly NpgsqlDataSource _data;
+    private readonly WriteBatcher _writes;
     private readonly Sql _sql;
     private readonly ILogger _logger;
     private readonly TimeProvider _clock;
@@ -74,6 +75,7 @@ public sealed class PostgreSqlTransactionStore : ITransactionStore, IAsyncDispos
         _port = builder.Port;
         _database = builder.Database;
         _data = NpgsqlDataSource.Create(builder);
+        _writes = new WriteBatcher(_data);
         _sql = new Sql(options.Schema);
         _logger = logger;
         _clock = clock;
@@ -104,6 +106,7 @@ public sealed class PostgreSqlTransactionStore : ITransactionStore, IAsyncDispos
             }
 
             var version = await MigrateAsync(cancellationToken);
+            _writes.Start();
             _notifier ??= Task.Run(() => NotifyLoopAsync(_stop.Token), CancellationToken.None);
             // Listening before the store is usable: a waiter registered afterwards cannot miss a
             // notification sent by another instance.
@@ -191,26 +194,23 @@ public sealed class PostgreSqlTransactionStore : ITransactionStore, IAsyncDispos
         var owned = lease is not null && !row.Terminal;
         while (true)
         {
-            await using (var command = _data.CreateCommand(_sql.Insert))
+            var inserted = await _writes.WriteAsync(_sql.Insert, p =>
             {
-                AddRow(command, row);
-                Add(command, "spec_json", NpgsqlDbType.Bytea, row.SpecJson);
-                Add(command, "owner", NpgsqlDbType.Text, owned ? lease!.Owner : null);
-                Add(command, "epoch", NpgsqlDbType.Bigint, lease is null ? 0L : 1L);
-                Add(command, "lease", NpgsqlDbType.Interval, owned ? lease!.Duration : TimeSpan.Zero);
-                AddJournal(command, journal);
-                var started = Stopwatch.GetTimestamp();
-                var inserted = Convert.ToInt64(await command.ExecuteScalarAsync(cancellationToken), CultureInfo.InvariantCulture) == 1;
-                Committed(started);
-                if (inserted)
+                AddRow(p, row);
+                Add(p, "spec_json", NpgsqlDbType.Bytea, row.SpecJson);
+                Add(p, "owner", NpgsqlDbType.Text, owned ? lease!.Owner : null);
+                Add(p, "epoch", NpgsqlDbType.Bigint, lease is null ? 0L : 1L);
+                Add(p, "lease", NpgsqlDbType.Interval, owned ? lease!.Duration : TimeSpan.Zero);
+                AddJournal(p, journal);
+            }, cancellationToken) == 1;
+            if (inserted)
+            {
+                if (row.Terminal)
                 {
-                    if (row.Terminal)
-                    {
-                        Finished(row.Gid);
-                    }
-
-                    return null;
+                    Finished(row.Gid);
                 }
+
+                return null;
             }
 
             // Only the conflict path pays for the second look. A purge between the two statements
@@ -234,26 +234,23 @@ public sealed class PostgreSqlTransactionStore : ITransactionStore, IAsyncDispos
         await EnsureInitializedAsync(cancellationToken);
         var row = StoredRow.From(state);
         var expected = row.Version - 1;
-        await using (var command = _data.CreateCommand(_sql.Update))
+        var updated = await _writes.WriteAsync(_sql.Update, p =>
         {
-            AddRow(command, row);
-            Add(command, "expected_version", NpgsqlDbType.Bigint, expected);
-            Add(command, "terminal", NpgsqlDbType.Boolean, row.Terminal);
-            Add(command, "fence_owner", NpgsqlDbType.Text, fence?.Owner);
-            Add(command, "fence_epoch", NpgsqlDbType.Bigint, fence?.Epoch ?? 0L);
-            AddJournal(command, journal);
-            var started = Stopwatch.GetTimestamp();
-            var updated = Convert.ToInt64(await command.ExecuteScalarAsync(cancellationToken), CultureInfo.InvariantCulture) == 1;
-            Committed(started);
-            if (updated)
+            AddRow(p, row);
+            Add(p, "expected_version", NpgsqlDbType.Bigint, expected);
+            Add(p, "terminal", NpgsqlDbType.Boolean, row.Terminal);
+            Add(p, "fence_owner", NpgsqlDbType.Text, fence?.Owner);
+            Add(p, "fence_epoch", NpgsqlDbType.Bigint, fence?.Epoch ?? 0L);
+            AddJournal(p, journal);
+        }, cancellationToken) == 1;
+        if (updated)
+        {
+            if (row.Terminal)
             {
-                if (row.Terminal)
-                {
-                    Finished(row.Gid);
-                }
-
-                return;
+                Finished(row.Gid);
             }
+
+            return;
         }
 
         // Nothing was written; a second look says which conflict it was.
@@ -545,6 +542,9 @@ public sealed class PostgreSqlTransactionStore : ITransactionStore, IAsyncDispos
             }
 
             _disposed = true;
+            // Queued writes are sent first: their callers wait for them, and their finishes are
+            // owed to the notifier's last batch.
+            await _writes.StopAsync();
             _toNotify.Writer.TryComplete();
             if (_notifier is not null)
             {
@@ -577,6 +577,9 @@ public sealed class PostgreSqlTransactionStore : ITransactionStore, IAsyncDispos
 
     /// <summary>The settings the store's connections use (tests).</summary>
     internal NpgsqlConnectionStringBuilder EffectiveSettings => new(_data.ConnectionString);
+
+    /// <summary>The group commit (tests: hold it, count its batches).</summary>
+    internal WriteBatcher Writes => _writes;
 
     /// <summary>The waiters' bookkeeping (tests).</summary>
     internal int Waiting => _finished.Count;
@@ -775,7 +778,7 @@ public sealed class PostgreSqlTransactionStore : ITransactionStore, IAsyncDispos
         }
     }
 
-    private static void AddRow(NpgsqlCommand command, StoredRow row)
+    private static void AddRow(NpgsqlParameterCollection command, StoredRow row)
     {
         Add(command, "gid", NpgsqlDbType.Text, row.Gid);
         Add(command, "protocol", NpgsqlDbType.Text, row.Protocol);
@@ -789,7 +792,7 @@ public sealed class PostgreSqlTransactionStore : ITransactionStore, IAsyncDispos
         Add(command, "state_json", NpgsqlDbType.Bytea, row.StateJson);
     }
 
-    private static void AddJournal(NpgsqlCommand command, IReadOnlyList<JournalEntry> journal)
+    private static void AddJournal(NpgsqlParameterCollection command, IReadOnlyList<JournalEntry> journal)
     {
         var n = journal.Count;
         var at = new long[n];
@@ -846,5 +849,8 @@ public sealed class PostgreSqlTransactionStore : ITransactionStore, IAsyncDispos
     }
 
     private static void Add(NpgsqlCommand command, string name, NpgsqlDbType type, object? value) =>
-        command.Parameters.Add(new NpgsqlParameter(name, type) { Value = value ?? DBNull.Value });
+        Add(command.Parameters, name, type, value);
+
+    private static void Add(NpgsqlParameterCollection parameters, string name, NpgsqlDbType type, object? value) =>
+        parameters.Add(new NpgsqlParameter(name, type) { Value = value ?? DBNull.Value });
 }

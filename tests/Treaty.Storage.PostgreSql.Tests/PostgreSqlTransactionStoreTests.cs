@@ -197,6 +197,72 @@ public sealed class PostgreSqlTransactionStoreTests(PostgresFixture postgres) : 
         durations.ShouldAllBe(m => m.Value > 0 && m.Value < 60_000 && m.Unit == "ms" && m.Tags.Count == 1 && m.Has("store", "postgresql"));
     }
 
+    [Fact]
+    public async Task ConcurrentWrites_GoAsOneBatch_EachWithItsOwnOutcome()
+    {
+        var cs = await postgres.Server.CreateDatabaseAsync("batch");
+        var store = Open(cs);
+        await store.InitializeAsync(Ct);
+        (await store.InsertAsync(NewState("b-taken"), [], Ct)).ShouldBeNull();
+        using var metrics = new MetricRecorder("Treaty");
+
+        Task<TransactionState?>[] inserts;
+        Task update, stale;
+        using (store.Writes.Hold())
+        {
+            inserts = Enumerable.Range(0, 8).Select(i => store.InsertAsync(NewState($"b-{i}"), [Entry("submitted")], Ct))
+                .Append(store.InsertAsync(NewState("b-taken"), [], Ct)) // a conflict, in the same batch
+                .ToArray();
+            update = store.UpdateAsync(NewState("b-taken") with { Version = 2 }, [Entry("decided")], Ct);
+            stale = store.UpdateAsync(NewState("b-taken") with { Version = 5 }, [], Ct); // expects version 4
+            await Task.Delay(200, Ct); // every write queued behind the hold
+        }
+
+        var results = await Task.WhenAll(inserts);
+        results[..8].ShouldAllBe(r => r == null);
+        results[8].ShouldNotBeNull().Gid.ShouldBe("b-taken");
+        await update;
+        await Should.ThrowAsync<ConcurrencyConflictException>(stale);
+        for (var i = 0; i < 8; i++)
+        {
+            (await store.GetAsync($"b-{i}", Ct)).ShouldNotBeNull();
+            (await store.GetJournalAsync($"b-{i}", Ct)).Select(j => j.Entry.Kind).ShouldBe(["submitted"]);
+        }
+
+        (await store.GetAsync("b-taken", Ct))!.Version.ShouldBe(2);
+        store.Writes.Batches.ShouldBeGreaterThanOrEqualTo(1);
+        metrics.Of("treaty.store.batch.size").ShouldContain(m => m.Value == 11);
+    }
+
+    [Fact]
+    public async Task ABatch_WithAStatementTheServerRefuses_WritesEveryOtherOne_AndFailsOnlyThatOne()
+    {
+        var cs = await postgres.Server.CreateDatabaseAsync("batchfail");
+        var store = Open(cs);
+        await store.InitializeAsync(Ct);
+
+        Task<TransactionState?>[] good;
+        Task<TransactionState?> bad;
+        using (store.Writes.Hold())
+        {
+            good = Enumerable.Range(0, 5).Select(i => store.InsertAsync(NewState($"f-{i}"), [Entry("submitted")], Ct)).ToArray();
+            // A journal row without a kind: NOT NULL refuses it, and the batch's implicit transaction with it.
+            bad = store.InsertAsync(NewState("f-bad"), [Entry(null!)], Ct);
+            await Task.Delay(200, Ct);
+        }
+
+        (await Task.WhenAll(good)).ShouldAllBe(r => r == null);
+        (await Should.ThrowAsync<PostgresException>(bad)).SqlState.ShouldBe(PostgresErrorCodes.NotNullViolation);
+        for (var i = 0; i < 5; i++)
+        {
+            (await store.GetAsync($"f-{i}", Ct)).ShouldNotBeNull();
+        }
+
+        (await store.GetAsync("f-bad", Ct)).ShouldBeNull();
+    }
+
+    private static JournalEntry Entry(string kind) => new(DateTimeOffset.UnixEpoch.AddDays(1), kind);
+
     private PostgreSqlTransactionStore Open(string connectionString, string schema = PostgreSqlStoreDefaults.Schema)
     {
         var store = new PostgreSqlTransactionStore(

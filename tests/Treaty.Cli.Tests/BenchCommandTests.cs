@@ -101,7 +101,7 @@ public sealed partial class BenchCommandTests
         var (settings, error) = BenchSettings.Parse(new BenchSettings.Raw(), "/");
 
         error.ShouldBeNull();
-        settings.ShouldBe(new BenchSettings("saga", 3, 64, TimeSpan.FromSeconds(10), TimeSpan.FromSeconds(3), "sqlite", null, null, null, null, null));
+        settings.ShouldBe(new BenchSettings("saga", 3, 64, TimeSpan.FromSeconds(10), TimeSpan.FromSeconds(20), "sqlite", null, null, null, null, null));
         BenchCommand.ServeArguments(settings!, "http://127.0.0.1:1", "/d").ShouldBe(["serve", "--urls", "http://127.0.0.1:1", "--data-dir", "/d"]);
 
         var postgres = BenchSettings.Parse(new BenchSettings.Raw(Store: "postgres", ConnectionString: "Host=h", Warmup: "0"), "/").Settings!;

@@ -94,6 +94,22 @@ public sealed record CapturedLog(string Category, EventId EventId, LogLevel Leve
         .Where(p => p.Key == "gid")
         .Select(p => p.Value as string)
         .LastOrDefault();
+
+    /// <summary>
+    /// Every line names exactly one of <paramref name="gids"/> and is written in that gid's scope,
+    /// opened once (not nested twice).
+    /// </summary>
+    public static void ShouldEachBeInTheScopeOfTheGidTheyName(IEnumerable<CapturedLog> lines, IReadOnlyCollection<string> gids)
+    {
+        foreach (var line in lines)
+        {
+            var about = gids.Where(g => line.Message.Contains(g, StringComparison.Ordinal)).ToList();
+            var what = $"{line.EventId.Id} {line.Category}: {line.Message} (scope gid {line.ScopeGid ?? "none"}, {line.GidScopes} gid scopes)";
+            about.Count.ShouldBe(1, what);
+            line.ScopeGid.ShouldBe(about[0], what);
+            line.GidScopes.ShouldBe(1, what);
+        }
+    }
 }
 
 /// <summary>An ILoggerProvider that keeps every line and its scopes (it takes the host's scope provider).</summary>

@@ -418,14 +418,7 @@ public abstract class InDoubtResolverCompliance : IAsyncLifetime
         // 4402 resolved, 4403 still in doubt, 4404 termination rule, 4408 unknown endpoint, 4410 no answer; 42xx the barrier
         new[] { 4402, 4403, 4404, 4408, 4410 }.ShouldBeSubsetOf(pass.Select(l => l.EventId.Id));
         pass.ShouldContain(l => l.EventId.Id >= 4201 && l.EventId.Id <= 4249, "the barrier's line of the outcome run here");
-        foreach (var line in pass)
-        {
-            var about = gids.Where(g => line.Message.Contains(g, StringComparison.Ordinal)).ToList();
-            var what = $"{line.EventId.Id} {line.Category}: {line.Message} (scope gid {line.ScopeGid ?? "none"}, {line.GidScopes} gid scopes)";
-            about.Count.ShouldBe(1, what);
-            line.ScopeGid.ShouldBe(about[0], what);
-            line.GidScopes.ShouldBe(1, what);
-        }
+        CapturedLog.ShouldEachBeInTheScopeOfTheGidTheyName(pass, gids);
     }
 
     [Fact]

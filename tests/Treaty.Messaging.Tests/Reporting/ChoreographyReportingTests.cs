@@ -286,14 +286,7 @@ public abstract partial class ChoreographyReportingTests : IAsyncLifetime
         // The first pass read the whole batch: saga-scope-a's two events on one line.
         lines.ShouldContain(l => l.EventId.Id == 4530 && l.Message.StartsWith("Could not report 2 choreography event(s) of saga-scope-a ", StringComparison.Ordinal));
         lines.ShouldContain(l => l.EventId.Id == 4531 && l.ScopeGid == gids[2]);
-        foreach (var line in lines)
-        {
-            var about = gids.Where(g => line.Message.Contains(g, StringComparison.Ordinal)).ToList();
-            var what = $"{line.EventId.Id}: {line.Message} (scope gid {line.ScopeGid ?? "none"}, {line.GidScopes} gid scopes)";
-            about.Count.ShouldBe(1, what);
-            line.ScopeGid.ShouldBe(about[0], what);
-            line.GidScopes.ShouldBe(1, what);
-        }
+        CapturedLog.ShouldEachBeInTheScopeOfTheGidTheyName(lines, gids);
     }
 
     [Fact]

@@ -10,6 +10,8 @@ namespace Treaty.Server;
 /// client's own <see cref="SocketsHttpHandler.MaxConnectionsPerServer"/> is the same number, so a
 /// call that has its slot also has a connection.
 /// </summary>
+/// <remarks>One entry per origin ever called, like the client's own connection pools: the
+/// participants the allowlist lets through.</remarks>
 internal sealed class ConnectionSlots(int max)
 {
     private readonly ConcurrentDictionary<string, SemaphoreSlim> _origins = new(StringComparer.Ordinal);
@@ -22,9 +24,6 @@ internal sealed class ConnectionSlots(int max)
         var lookup = _origins.GetAlternateLookup<ReadOnlySpan<char>>();
         return lookup.TryGetValue(origin, out var slots) ? slots : _origins.GetOrAdd(origin.ToString(), _ => new SemaphoreSlim(max, max));
     }
-
-    /// <summary>Origins seen so far (bounded by the allowlist's participants in practice).</summary>
-    public int Origins => _origins.Count;
 
     /// <summary><c>scheme://authority</c> of an absolute URL: up to the first '/', '?' or '#' after "://".</summary>
     internal static ReadOnlySpan<char> Origin(string url)

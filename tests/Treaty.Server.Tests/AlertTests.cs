@@ -80,6 +80,38 @@ public sealed class AlertTests(ParticipantFixture fixture) : IClassFixture<Parti
     }
 
     [Fact]
+    public async Task WebhookDown_TheResolvedAlertWaitsBehindTheStuckOne_AndTheLoopSleepsMeanwhile()
+    {
+        await using var webhook = await WebhookReceiver.StartAsync();
+        webhook.FailNext(int.MaxValue);
+        await using var coordinator = await InProcessCoordinator.StartAsync(configureOptions: o =>
+        {
+            o.AlertWebhook = webhook.Url;
+            o.AlertRetryInitialDelay = TimeSpan.FromSeconds(2);
+            o.AlertRetryMaxDelay = TimeSpan.FromSeconds(2);
+            o.AlertReconcileInterval = TimeSpan.FromMinutes(1);
+        });
+        var monitor = coordinator.Services.GetRequiredService<AlertMonitor>();
+        var gid = Api.NewGid("alertblocked");
+        await SubmitStuckSagaAsync(coordinator, gid);
+        await Eventually(() => webhook.Attempts($"{gid}/stuck/1") >= 1, "the first delivery attempt");
+        _participant.Recover($"{gid}/s1/compensate");
+        (await coordinator.Client.RetryAsync(gid)).Stuck.ShouldBeFalse();
+        await Eventually(() => monitor.AlertsAsync(CancellationToken.None).Result.Any(a => a.Id == $"{gid}/resolved/1"), "the resolved alert to be recorded");
+
+        // The resolved alert is due but waits for the stuck one, which waits 2 s for its next try:
+        // the loop sleeps until then rather than looking again and again.
+        var before = monitor.Rounds;
+        await Task.Delay(1000);
+        (monitor.Rounds - before).ShouldBeLessThan(10);
+        webhook.Attempts($"{gid}/resolved/1").ShouldBe(0);
+
+        webhook.FailNext(0);
+        await webhook.WaitForAsync(a => a.Id == $"{gid}/resolved/1");
+        webhook.Delivered.Where(a => a.Gid == gid).Select(a => a.Id).ShouldBe([$"{gid}/stuck/1", $"{gid}/resolved/1"]);
+    }
+
+    [Fact]
     public async Task StuckBeforeTheWebhookWasConfigured_AlertedAtStart()
     {
         await using var webhook = await WebhookReceiver.StartAsync();

@@ -7,6 +7,7 @@ using Treaty.Core.Diagnostics;
 using Treaty.Core.Engine;
 using Treaty.Core.Model;
 using Treaty.Core.Security;
+using Treaty.Storage.PostgreSql;
 
 namespace Treaty.Server.Alerts;
 
@@ -35,7 +36,8 @@ internal sealed partial class AlertMonitor : BackgroundService, IEngineObserver
     // looks here when it is not empty.
     private readonly ConcurrentDictionary<string, byte> _open = new(StringComparer.Ordinal);
     private readonly RetryPolicy _retry;
-    private AlertOutbox? _outbox;
+    private IAlertOutbox? _outbox;
+    private long _rounds;
 
     public AlertMonitor(ITransactionStore store, TreatyServerOptions options, TimeProvider time, IRandomSource random, ILogger<AlertMonitor> logger)
     {
@@ -53,6 +55,9 @@ internal sealed partial class AlertMonitor : BackgroundService, IEngineObserver
         };
     }
 
+    /// <summary>How many times the loop has looked for work (tests: it sleeps when there is none).</summary>
+    internal long Rounds => Interlocked.Read(ref _rounds);
+
     /// <summary>Every alert recorded so far (tests and operators).</summary>
     internal Task<IReadOnlyList<AlertRow>> AlertsAsync(CancellationToken cancellationToken) =>
         _outbox is { } outbox ? outbox.AllAsync(cancellationToken) : Task.FromResult<IReadOnlyList<AlertRow>>([]);
@@ -61,7 +66,7 @@ internal sealed partial class AlertMonitor : BackgroundService, IEngineObserver
     {
         try
         {
-            _outbox = await AlertOutbox.OpenAsync(Path.Combine(_options.DataDir, "alerts.db"), stoppingToken);
+            _outbox = await OpenOutboxAsync(stoppingToken);
             foreach (var gid in await _outbox.OpenEpisodesAsync(stoppingToken))
             {
                 _open[gid] = 0;
@@ -73,6 +78,7 @@ internal sealed partial class AlertMonitor : BackgroundService, IEngineObserver
             {
                 try
                 {
+                    Interlocked.Increment(ref _rounds);
                     if (_time.GetUtcNow() >= nextReconcile)
                     {
                         await ReconcileAsync(stoppingToken);
@@ -105,6 +111,21 @@ internal sealed partial class AlertMonitor : BackgroundService, IEngineObserver
                 await _outbox.DisposeAsync();
             }
         }
+    }
+
+    /// <summary>
+    /// On PostgreSQL the instances share one outbox in the database (so a transaction another
+    /// instance takes over is not alerted twice); on SQLite it is <c>alerts.db</c> beside the store.
+    /// </summary>
+    private async Task<IAlertOutbox> OpenOutboxAsync(CancellationToken cancellationToken)
+    {
+        if (_store is PostgreSqlTransactionStore postgres)
+        {
+            await postgres.InitializeAsync(cancellationToken);
+            return await PostgresAlertOutbox.OpenAsync(_options.ConnectionString!, postgres.Schema, cancellationToken);
+        }
+
+        return await AlertOutbox.OpenAsync(Path.Combine(_options.DataDir, "alerts.db"), cancellationToken);
     }
 
     /// <summary>Sleeps until a transaction needs a look, the next alert is due, or the next reconcile.</summary>
@@ -175,6 +196,10 @@ internal sealed partial class AlertMonitor : BackgroundService, IEngineObserver
             episodes = (await _store.GetJournalAsync(gid, cancellationToken)).Count(r => r.Entry.Kind == JournalKinds.Stuck);
         }
 
+        // Open: an episode is recorded and its end is not. Another instance may have recorded it
+        // (a shared outbox), so this one watches the transaction too, and reports its end if it is
+        // the one that sees it.
+        var open = ledger.LastStuckEpisode > 0 && !ledger.LastResolved;
         foreach (var alert in AlertRules.Decide(state, episodes, ledger))
         {
             var now = _time.GetUtcNow();
@@ -185,14 +210,16 @@ internal sealed partial class AlertMonitor : BackgroundService, IEngineObserver
                 LogRecorded(_logger, message.Id, message.Message);
             }
 
-            if (alert.Kind == AlertRules.Stuck)
-            {
-                _open[gid] = 0;
-            }
-            else
-            {
-                _open.TryRemove(gid, out _);
-            }
+            open = alert.Kind == AlertRules.Stuck;
+        }
+
+        if (open)
+        {
+            _open[gid] = 0;
+        }
+        else
+        {
+            _open.TryRemove(gid, out _);
         }
     }
 
@@ -215,7 +242,7 @@ internal sealed partial class AlertMonitor : BackgroundService, IEngineObserver
 
     private async Task DeliverDueAsync(CancellationToken cancellationToken)
     {
-        var due = await _outbox!.DueAsync(_time.GetUtcNow(), 50, cancellationToken);
+        var due = await _outbox!.ClaimDueAsync(_time.GetUtcNow(), PostgresAlertOutbox.ClaimBatch, cancellationToken);
         foreach (var row in due)
         {
             using var scope = _logger.BeginGidScope(row.Gid);

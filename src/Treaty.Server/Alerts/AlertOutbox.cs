@@ -6,11 +6,45 @@ namespace Treaty.Server.Alerts;
 internal sealed record AlertRow(long Seq, string Id, string Gid, string Kind, int Episode, string Body, int Attempts, DateTimeOffset? DeliveredAt, string? LastError);
 
 /// <summary>
-/// The alerts to deliver, durable in <c>alerts.db</c> beside the store: an alert is recorded once
-/// (its id is unique) and stays until the webhook accepted it, across restarts. Used by one loop
-/// only (<see cref="AlertMonitor"/>), so one connection.
+/// The alerts to deliver, durable: an alert is recorded once (its id is unique) and stays until the
+/// webhook accepted it, across restarts. Each coordinator has one, used by its
+/// <see cref="AlertMonitor"/>'s loop only; coordinators sharing a database share its outbox, so a
+/// stuck transaction taken over by another instance is not alerted twice.
 /// </summary>
-internal sealed class AlertOutbox : IAsyncDisposable
+internal interface IAlertOutbox : IAsyncDisposable
+{
+    /// <summary>The last stuck episode recorded for <paramref name="gid"/> and whether it was resolved.</summary>
+    Task<AlertLedger> LedgerAsync(string gid, CancellationToken cancellationToken);
+
+    /// <summary>Records an alert unless one with its id exists; true when it was new.</summary>
+    Task<bool> AddAsync(string id, string gid, string kind, int episode, string body, DateTimeOffset now, CancellationToken cancellationToken);
+
+    /// <summary>Gids with a stuck episode whose resolution is not recorded yet.</summary>
+    Task<IReadOnlyList<string>> OpenEpisodesAsync(CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Undelivered alerts due by <paramref name="now"/>, oldest first, none behind an undelivered
+    /// earlier alert of the same transaction (a receiver never sees "resolved" before its "stuck"),
+    /// and none another coordinator is delivering; this one delivers them now.
+    /// </summary>
+    Task<IReadOnlyList<AlertRow>> ClaimDueAsync(DateTimeOffset now, int limit, CancellationToken cancellationToken);
+
+    /// <summary>Every alert, oldest first (operators and tests).</summary>
+    Task<IReadOnlyList<AlertRow>> AllAsync(CancellationToken cancellationToken);
+
+    /// <summary>When the next alert that <see cref="ClaimDueAsync"/> could give is due, or null when none is waiting.</summary>
+    Task<DateTimeOffset?> NextDueAsync(CancellationToken cancellationToken);
+
+    Task MarkDeliveredAsync(long seq, int attempts, DateTimeOffset now, CancellationToken cancellationToken);
+
+    Task MarkFailedAsync(long seq, int attempts, DateTimeOffset nextAt, string error, CancellationToken cancellationToken);
+}
+
+/// <summary>
+/// The outbox of a coordinator on SQLite: <c>alerts.db</c> beside the store (one coordinator per
+/// store file, so nobody else delivers from it). One connection.
+/// </summary>
+internal sealed class AlertOutbox : IAlertOutbox
 {
     private const string Schema = """
         CREATE TABLE IF NOT EXISTS alerts (
@@ -52,7 +86,6 @@ internal sealed class AlertOutbox : IAsyncDisposable
         }
     }
 
-    /// <summary>The last stuck episode recorded for <paramref name="gid"/> and whether it was resolved.</summary>
     public async Task<AlertLedger> LedgerAsync(string gid, CancellationToken cancellationToken)
     {
         await using var command = _connection.CreateCommand();
@@ -67,7 +100,6 @@ internal sealed class AlertOutbox : IAsyncDisposable
             : AlertLedger.None;
     }
 
-    /// <summary>Records an alert unless one with its id exists; true when it was new.</summary>
     public async Task<bool> AddAsync(string id, string gid, string kind, int episode, string body, DateTimeOffset now, CancellationToken cancellationToken)
     {
         await using var command = _connection.CreateCommand();
@@ -84,7 +116,6 @@ internal sealed class AlertOutbox : IAsyncDisposable
         return await command.ExecuteNonQueryAsync(cancellationToken) == 1;
     }
 
-    /// <summary>Gids with a stuck episode whose resolution is not recorded yet.</summary>
     public async Task<IReadOnlyList<string>> OpenEpisodesAsync(CancellationToken cancellationToken)
     {
         await using var command = _connection.CreateCommand();
@@ -102,11 +133,7 @@ internal sealed class AlertOutbox : IAsyncDisposable
         return gids;
     }
 
-    /// <summary>
-    /// Undelivered alerts due by <paramref name="now"/>, oldest first, none behind an undelivered
-    /// earlier alert of the same transaction (a receiver never sees "resolved" before its "stuck").
-    /// </summary>
-    public Task<IReadOnlyList<AlertRow>> DueAsync(DateTimeOffset now, int limit, CancellationToken cancellationToken) =>
+    public Task<IReadOnlyList<AlertRow>> ClaimDueAsync(DateTimeOffset now, int limit, CancellationToken cancellationToken) =>
         QueryAsync("""
             SELECT seq, id, gid, kind, episode, body, attempts, delivered_at, last_error FROM alerts a
             WHERE a.delivered_at IS NULL AND a.next_at <= $now
@@ -114,15 +141,18 @@ internal sealed class AlertOutbox : IAsyncDisposable
             ORDER BY a.seq LIMIT $limit
             """, now, limit, cancellationToken);
 
-    /// <summary>Every alert, oldest first (operators and tests).</summary>
     public Task<IReadOnlyList<AlertRow>> AllAsync(CancellationToken cancellationToken) =>
         QueryAsync("SELECT seq, id, gid, kind, episode, body, attempts, delivered_at, last_error FROM alerts ORDER BY seq", null, null, cancellationToken);
 
-    /// <summary>When the next undelivered alert is due, or null when every alert was delivered.</summary>
     public async Task<DateTimeOffset?> NextDueAsync(CancellationToken cancellationToken)
     {
         await using var command = _connection.CreateCommand();
-        command.CommandText = "SELECT MIN(next_at) FROM alerts WHERE delivered_at IS NULL";
+        // Only the first undelivered alert of each transaction: the ones behind it wait for it, and
+        // counting them would wake the loop for nothing, over and over, until it is delivered.
+        command.CommandText = """
+            SELECT MIN(a.next_at) FROM alerts a WHERE a.delivered_at IS NULL
+            AND NOT EXISTS (SELECT 1 FROM alerts b WHERE b.gid = a.gid AND b.seq < a.seq AND b.delivered_at IS NULL)
+            """;
         var value = await command.ExecuteScalarAsync(cancellationToken);
         return value is long ms ? DateTimeOffset.FromUnixTimeMilliseconds(ms) : null;
     }

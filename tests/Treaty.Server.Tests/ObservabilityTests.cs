@@ -269,7 +269,7 @@ public sealed partial class ObservabilityTests(ObservabilityFixture fixture) : I
     public async Task OtlpExport_SendsSpansMetricsAndLogs_ToTheCollector()
     {
         await using var receiver = await OtlpReceiver.StartAsync();
-        await using var coordinator = await InProcessCoordinator.StartAsync(prefix: "treaty-otlp", configure: b => b.Logging.SetMinimumLevel(LogLevel.Information), configureOptions: o =>
+        await using var coordinator = await InProcessCoordinator.StartAsync(prefix: "treaty-otlp", configure: b => b.Logging.SetMinimumLevel(LogLevel.Debug), configureOptions: o =>
         {
             o.OtlpEndpoint = receiver.BaseAddress.AbsoluteUri;
             o.OtlpExportInterval = TimeSpan.FromMilliseconds(200);
@@ -285,7 +285,7 @@ public sealed partial class ObservabilityTests(ObservabilityFixture fixture) : I
 
         await Eventually.Until(() => receiver.Received("/v1/traces", "treaty.submit", "treaty.branch action", "treaty.decision commit", gid), "the spans at /v1/traces");
         await Eventually.Until(() => receiver.Received("/v1/metrics", "treaty.transactions.finished", "treaty.branch.duration", "treaty.store.batch.size", "treaty.store.commit.duration", "treaty.transactions.in_flight"), "the metrics at /v1/metrics");
-        // The decision's line, with the gid scope as an attribute.
+        // The decision's line (Debug), with the gid scope as an attribute.
         await Eventually.Until(() => receiver.ReceivedTogether("/v1/logs", $"Transaction {gid} decided: commit", "gid"), "the decision's log line at /v1/logs");
         receiver.ContentTypes.ShouldAllBe(t => t == "application/x-protobuf");
         // The resource's service.name: an AnyValue whose string_value (field 1, length 6) is "treaty".

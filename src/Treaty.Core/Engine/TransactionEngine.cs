@@ -956,7 +956,7 @@ public sealed partial class TransactionEngine : IAsyncDisposable
     [LoggerMessage(EventId = 1006, Level = LogLevel.Debug, Message = "Transaction {Gid} submitted ({Protocol}, {Branches} branches)")]
     private static partial void LogSubmitted(ILogger logger, string gid, string protocol, int branches);
 
-    [LoggerMessage(EventId = 1007, Level = LogLevel.Information, Message = "Transaction {Gid} decided: {Outcome} (reason: {Reason})")]
+    [LoggerMessage(EventId = 1007, Level = LogLevel.Debug, Message = "Transaction {Gid} decided: {Outcome} (reason: {Reason})")]
     private static partial void LogDecided(ILogger logger, string gid, string outcome, string reason);
 
     [LoggerMessage(EventId = 1008, Level = LogLevel.Information, Message = "Transaction {Gid} is no longer stuck")]

@@ -18,15 +18,16 @@ public static class StoredStateCodec
     }
 
     /// <summary>
-    /// The progress's bytes: the whole state with the spec cut down to its gid and protocol, so a
-    /// field added to <see cref="TransactionState"/> is stored without anyone remembering to.
+    /// The progress's bytes: the whole state without its spec, so a field added to
+    /// <see cref="TransactionState"/> is stored without anyone remembering to; compact
+    /// (<see cref="StoredJsonContext"/>: no default-valued fields, times as ticks), because every
+    /// decision writes it.
     /// </summary>
     public static byte[] Progress(TransactionState state)
     {
         ArgumentNullException.ThrowIfNull(state);
-        var spec = state.Spec;
-        var stub = new TransactionSpec(spec.Gid, spec.Protocol, "null", [], null, null);
-        return JsonSerializer.SerializeToUtf8Bytes(state with { Spec = stub }, TreatyJsonContext.Default.TransactionState);
+        // A null spec is left out like any default; Read puts the stored one back.
+        return JsonSerializer.SerializeToUtf8Bytes(state with { Spec = null! }, StoredJsonContext.Default.TransactionState);
     }
 
     /// <summary>
@@ -36,11 +37,13 @@ public static class StoredStateCodec
     /// <exception cref="JsonException">The bytes are not a stored state.</exception>
     public static TransactionState Read(ReadOnlySpan<byte> spec, ReadOnlySpan<byte> progress)
     {
-        var state = JsonSerializer.Deserialize(progress, TreatyJsonContext.Default.TransactionState)
+        // Reads every form written so far: the whole state (before the spec was split off), the
+        // progress with a stub spec and ISO times, and the compact progress.
+        var state = JsonSerializer.Deserialize(progress, StoredJsonContext.Default.TransactionState)
             ?? throw new JsonException("A stored transaction state is null.");
         if (spec.IsEmpty)
         {
-            return state;
+            return state.Spec is null ? throw new JsonException("A stored transaction state has no spec.") : state;
         }
 
         var full = JsonSerializer.Deserialize(spec, TreatyJsonContext.Default.TransactionSpec)

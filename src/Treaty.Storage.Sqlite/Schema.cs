@@ -22,7 +22,7 @@ internal static class Schema
     /// and SQLite refuses the statement outright if the index could not serve it.
     /// </summary>
     public const string FinishedBatch =
-        "SELECT gid FROM transactions INDEXED BY ix_transactions_finished WHERE " + Terminal +
+        "SELECT id FROM transactions INDEXED BY ix_transactions_finished WHERE " + Terminal +
         " AND updated_at < $before ORDER BY updated_at, gid LIMIT $limit;";
 
     /// <summary>The sort key of due work: an unset wake-up time sorts first (ticks are never negative).</summary>
@@ -122,6 +122,60 @@ internal static class Schema
         ALTER TABLE journal_v6 RENAME TO journal;
         CREATE INDEX ix_journal_gid ON journal (gid, seq);
         DELETE FROM sqlite_sequence WHERE name = 'journal';
+        """,
+        // 7: Every transaction gets an integer id (an alias of the rowid, so it never changes, also not
+        // under VACUUM), and the journal names its transaction by that id rather than by gid. Ids
+        // grow with time, so the journal index entries of the transactions in flight are neighbours
+        // at the end of the index: a batch of decisions dirties a page or two of it, where an index
+        // on the gid (random, or at best one run per client) dirtied one page per transaction. Every
+        // dirty page is written to the WAL at each commit and again at the checkpoint. The journal
+        // rows lose their copy of the gid too (~50 bytes each, eight rows per 3-step saga).
+        $"""
+        CREATE TABLE transactions_v7 (
+            id           INTEGER PRIMARY KEY,
+            gid          TEXT    NOT NULL UNIQUE,
+            protocol     TEXT    NOT NULL,
+            status       TEXT    NOT NULL,
+            stuck        INTEGER NOT NULL,
+            created_at   INTEGER NOT NULL,
+            updated_at   INTEGER NOT NULL,
+            next_wake_at INTEGER NULL,
+            fingerprint  TEXT    NOT NULL,
+            version      INTEGER NOT NULL,
+            state_json   BLOB    NOT NULL,
+            owner        TEXT    NULL,
+            epoch        INTEGER NOT NULL DEFAULT 0,
+            lease_until  INTEGER NULL,
+            spec_json    BLOB    NULL
+        );
+        INSERT INTO transactions_v7 (id, gid, protocol, status, stuck, created_at, updated_at, next_wake_at, fingerprint, version, state_json, owner, epoch, lease_until, spec_json)
+            SELECT rowid, gid, protocol, status, stuck, created_at, updated_at, next_wake_at, fingerprint, version, state_json, owner, epoch, lease_until, spec_json FROM transactions ORDER BY rowid;
+        CREATE TABLE journal_v7 (
+            seq         INTEGER PRIMARY KEY,
+            tx          INTEGER NOT NULL,
+            at          INTEGER NOT NULL,
+            kind        TEXT    NOT NULL,
+            branch      TEXT    NULL,
+            op          TEXT    NULL,
+            attempt     INTEGER NULL,
+            status_code INTEGER NULL,
+            detail      TEXT    NULL,
+            duration_ms INTEGER NULL,
+            body        TEXT    NULL
+        );
+        INSERT INTO journal_v7 (seq, tx, at, kind, branch, op, attempt, status_code, detail, duration_ms, body)
+            SELECT j.seq, t.id, j.at, j.kind, j.branch, j.op, j.attempt, j.status_code, j.detail, j.duration_ms, j.body
+            FROM journal j JOIN transactions_v7 t ON t.gid = j.gid ORDER BY j.seq;
+        DROP TABLE journal;
+        DROP TABLE transactions;
+        ALTER TABLE transactions_v7 RENAME TO transactions;
+        ALTER TABLE journal_v7 RENAME TO journal;
+        CREATE INDEX ix_transactions_created ON transactions (created_at DESC, gid DESC);
+        CREATE INDEX ix_transactions_status_created ON transactions (status, created_at DESC, gid DESC);
+        CREATE INDEX ix_transactions_stuck_created ON transactions (created_at DESC, gid DESC) WHERE stuck = 1;
+        CREATE INDEX ix_transactions_due ON transactions ({DueKey}, gid) WHERE {NonTerminal};
+        CREATE INDEX ix_transactions_finished ON transactions (updated_at, gid) WHERE {Terminal};
+        CREATE INDEX ix_journal_tx ON journal (tx, seq);
         """,
     ];
 

@@ -225,7 +225,7 @@ public sealed class SqliteTransactionStore : ITransactionStore, IAsyncDisposable
         command.CommandText =
             """
             SELECT seq, at, kind, branch, op, attempt, status_code, detail, duration_ms, body
-            FROM journal WHERE gid = $gid ORDER BY seq;
+            FROM journal WHERE tx = (SELECT id FROM transactions WHERE gid = $gid) ORDER BY seq;
             """;
         command.Parameters.AddWithValue("$gid", gid);
         var records = new List<JournalRecord>();

@@ -94,9 +94,9 @@ internal sealed class InsertRequest(StoredRow row, IReadOnlyList<JournalEntry> j
             owned ? lease!.Owner : null,
             lease is null ? 0 : 1,
             owned ? StoredValues.Time(clock.GetUtcNow() + lease!.Duration) : null);
-        if (inserted)
+        if (inserted is { } id)
         {
-            writer.AppendJournal(row.Gid, journal);
+            writer.AppendJournal(id, journal);
             SetResult(null);
             return;
         }
@@ -115,9 +115,9 @@ internal sealed class UpdateRequest(StoredRow row, IReadOnlyList<JournalEntry> j
     public override void Apply(WriterConnection writer)
     {
         var expected = row.Version - 1;
-        if (writer.TryUpdate(row, expected, fence))
+        if (writer.TryUpdate(row, expected, fence) is { } id)
         {
-            writer.AppendJournal(row.Gid, journal);
+            writer.AppendJournal(id, journal);
             SetResult(true);
             return;
         }

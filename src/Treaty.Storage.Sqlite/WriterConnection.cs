@@ -50,7 +50,8 @@ internal sealed class WriterConnection : IDisposable
             """
             INSERT INTO transactions (gid, protocol, status, stuck, created_at, updated_at, next_wake_at, fingerprint, version, state_json, owner, epoch, lease_until, spec_json)
             VALUES ($gid, $protocol, $status, $stuck, $created_at, $updated_at, $next_wake_at, $fingerprint, $version, $state_json, $owner, $epoch, $lease_until, $spec_json)
-            ON CONFLICT (gid) DO NOTHING;
+            ON CONFLICT (gid) DO NOTHING
+            RETURNING id;
             """,
             "$gid", "$protocol", "$status", "$stuck", "$created_at", "$updated_at", "$next_wake_at", "$fingerprint", "$version", "$state_json",
             "$owner", "$epoch", "$lease_until", "$spec_json");
@@ -65,7 +66,8 @@ internal sealed class WriterConnection : IDisposable
                 version = $version, state_json = $state_json,
                 owner = CASE WHEN $terminal THEN NULL ELSE owner END,
                 lease_until = CASE WHEN $terminal THEN NULL ELSE lease_until END
-            WHERE gid = $gid AND version = $expected_version AND owner IS $fence_owner AND ($fence_owner IS NULL OR epoch = $fence_epoch);
+            WHERE gid = $gid AND version = $expected_version AND owner IS $fence_owner AND ($fence_owner IS NULL OR epoch = $fence_epoch)
+            RETURNING id;
             """,
             "$gid", "$status", "$stuck", "$updated_at", "$next_wake_at", "$version", "$state_json", "$expected_version",
             "$terminal", "$fence_owner", "$fence_epoch");
@@ -99,15 +101,15 @@ internal sealed class WriterConnection : IDisposable
         _selectVersion = Prepare("SELECT version FROM transactions WHERE gid = $gid;", "$gid");
         _appendJournal = Prepare(
             """
-            INSERT INTO journal (gid, at, kind, branch, op, attempt, status_code, detail, duration_ms, body)
-            VALUES ($gid, $at, $kind, $branch, $op, $attempt, $status_code, $detail, $duration_ms, $body);
+            INSERT INTO journal (tx, at, kind, branch, op, attempt, status_code, detail, duration_ms, body)
+            VALUES ($tx, $at, $kind, $branch, $op, $attempt, $status_code, $detail, $duration_ms, $body);
             """,
-            "$gid", "$at", "$kind", "$branch", "$op", "$attempt", "$status_code", "$detail", "$duration_ms", "$body");
+            "$tx", "$at", "$kind", "$branch", "$op", "$attempt", "$status_code", "$detail", "$duration_ms", "$body");
         _selectFinished = Prepare(Schema.FinishedBatch,
             "$before", "$limit");
-        _deleteJournal = Prepare("DELETE FROM journal WHERE gid = $gid;", "$gid");
-        // The status check again: only a finished row goes, even if a caller passed a gid by mistake.
-        _deleteTransaction = Prepare($"DELETE FROM transactions WHERE gid = $gid AND {Schema.Terminal};", "$gid");
+        _deleteJournal = Prepare("DELETE FROM journal WHERE tx = $tx;", "$tx");
+        // The status check again: only a finished row goes, even if a caller passed an id by mistake.
+        _deleteTransaction = Prepare($"DELETE FROM transactions WHERE id = $tx AND {Schema.Terminal};", "$tx");
     }
 
     /// <summary>The raw connection, for diagnostics run on the writer thread.</summary>
@@ -125,8 +127,8 @@ internal sealed class WriterConnection : IDisposable
 
     public void RollbackToSavepoint() => _rollbackToSavepoint.ExecuteNonQuery();
 
-    /// <summary>Inserts the row; false when a row with its gid exists (nothing written).</summary>
-    public bool TryInsert(StoredRow row, string? owner, long epoch, long? leaseUntil)
+    /// <summary>Inserts the row; its id, or null when a row with its gid exists (nothing written).</summary>
+    public long? TryInsert(StoredRow row, string? owner, long epoch, long? leaseUntil)
     {
         var p = _insert.Parameters;
         p[0].Value = row.Gid;
@@ -143,12 +145,12 @@ internal sealed class WriterConnection : IDisposable
         p[11].Value = epoch;
         p[12].Value = Nullable(leaseUntil);
         p[13].Value = row.SpecJson ?? throw new InvalidOperationException("An insert needs the spec.");
-        return _insert.ExecuteNonQuery() == 1;
+        return Id(_insert.ExecuteScalar());
     }
 
-    /// <summary>Replaces the row if it is at <paramref name="expectedVersion"/> under <paramref name="fence"/>;
-    /// false otherwise (nothing written).</summary>
-    public bool TryUpdate(StoredRow row, long expectedVersion, Fence? fence)
+    /// <summary>Replaces the row if it is at <paramref name="expectedVersion"/> under <paramref name="fence"/>
+    /// and returns its id; null otherwise (nothing written).</summary>
+    public long? TryUpdate(StoredRow row, long expectedVersion, Fence? fence)
     {
         var p = _update.Parameters;
         p[0].Value = row.Gid;
@@ -162,7 +164,7 @@ internal sealed class WriterConnection : IDisposable
         p[8].Value = row.Terminal ? 1 : 0;
         p[9].Value = fence is { } f ? f.Owner : DBNull.Value;
         p[10].Value = fence is { } g ? g.Epoch : 0L;
-        return _update.ExecuteNonQuery() == 1;
+        return Id(_update.ExecuteScalar());
     }
 
     /// <summary>The stored version, owner and epoch of a gid (null when it does not exist).</summary>
@@ -260,10 +262,11 @@ internal sealed class WriterConnection : IDisposable
             : null;
     }
 
-    public void AppendJournal(string gid, IReadOnlyList<JournalEntry> entries)
+    /// <summary>Appends entries to the journal of the transaction with id <paramref name="tx"/>.</summary>
+    public void AppendJournal(long tx, IReadOnlyList<JournalEntry> entries)
     {
         var p = _appendJournal.Parameters;
-        p[0].Value = gid;
+        p[0].Value = tx;
         foreach (var entry in entries)
         {
             p[1].Value = StoredValues.Time(entry.At);
@@ -285,21 +288,21 @@ internal sealed class WriterConnection : IDisposable
     {
         _selectFinished.Parameters[0].Value = before;
         _selectFinished.Parameters[1].Value = limit;
-        var gids = new List<string>(limit);
+        var ids = new List<long>(limit);
         using (var reader = _selectFinished.ExecuteReader())
         {
             while (reader.Read())
             {
-                gids.Add(reader.GetString(0));
+                ids.Add(reader.GetInt64(0));
             }
         }
 
         var deleted = 0;
-        foreach (var gid in gids)
+        foreach (var id in ids)
         {
-            _deleteJournal.Parameters[0].Value = gid;
+            _deleteJournal.Parameters[0].Value = id;
             _deleteJournal.ExecuteNonQuery();
-            _deleteTransaction.Parameters[0].Value = gid;
+            _deleteTransaction.Parameters[0].Value = id;
             deleted += _deleteTransaction.ExecuteNonQuery();
         }
 
@@ -315,6 +318,8 @@ internal sealed class WriterConnection : IDisposable
 
         _connection.Dispose();
     }
+
+    private static long? Id(object? value) => value is long id ? id : null;
 
     private static object Nullable<T>(T? value) where T : struct => value.HasValue ? value.Value : DBNull.Value;
 

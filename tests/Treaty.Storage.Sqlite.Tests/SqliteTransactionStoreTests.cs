@@ -325,7 +325,7 @@ public sealed class SqliteTransactionStoreTests : IAsyncLifetime
             .ShouldContain("ix_transactions_stuck_created");
         Plan("SELECT gid FROM transactions WHERE 1 = 1 AND status = $s ORDER BY created_at DESC, gid DESC LIMIT 5", ("$s", "running"))
             .ShouldContain("ix_transactions_status_created");
-        Plan("SELECT seq FROM journal WHERE gid = $g ORDER BY seq", ("$g", "x")).ShouldContain("ix_journal_gid");
+        Plan("SELECT seq FROM journal WHERE tx = (SELECT id FROM transactions WHERE gid = $g) ORDER BY seq", ("$g", "x")).ShouldContain("ix_journal_tx");
         // The dashboard's counts, polled every 1.5 s: an index scan, never the table with its state_json.
         Plan("SELECT status, count(*) FROM transactions WHERE 1 = 1 GROUP BY status").ShouldContain("COVERING INDEX ix_transactions_status_created");
         Plan("SELECT count(*) FROM transactions WHERE 1 = 1 AND stuck = 1").ShouldContain("ix_transactions_stuck_created");

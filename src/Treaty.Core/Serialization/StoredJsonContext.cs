@@ -6,8 +6,8 @@ namespace Treaty.Core.Serialization;
 
 /// <summary>
 /// The stored progress (<see cref="StoredStateCodec.Progress"/>): the wire context's names, but a
-/// field at its type's default (a null, a zero, the first member of an enum) is left out, and times
-/// are UTC ticks rather than ISO text. The source-generated reader passes its type's default for a
+/// field at its type's default (a null, a zero, the first member of an enum) is left out, and UTC
+/// times are ticks rather than ISO text. The source-generated reader passes its type's default for a
 /// missing constructor parameter or init-only property, so leaving a default out loses nothing
 /// (<c>StoredStateCodecTests</c> round-trips every field, set and at its default). It reads the
 /// older, longer form too.
@@ -20,7 +20,11 @@ namespace Treaty.Core.Serialization;
 [JsonSerializable(typeof(TransactionState))]
 internal sealed partial class StoredJsonContext : JsonSerializerContext;
 
-/// <summary>A time as its UTC ticks (a number: 18 digits where ISO text takes 35 characters); reads ISO text too.</summary>
+/// <summary>
+/// A UTC time as its ticks (a number: 18 digits where ISO text takes 35 characters); a time with
+/// another offset (the coordinator's clock is UTC, but a state is kept exactly as given) stays ISO
+/// text, offset included. Reads both.
+/// </summary>
 internal sealed class UtcTicksConverter : JsonConverter<DateTimeOffset>
 {
     public override DateTimeOffset Read(ref Utf8JsonReader reader, Type typeToConvert, JsonSerializerOptions options) =>
@@ -28,6 +32,15 @@ internal sealed class UtcTicksConverter : JsonConverter<DateTimeOffset>
             ? new DateTimeOffset(reader.GetInt64(), TimeSpan.Zero)
             : reader.GetDateTimeOffset();
 
-    public override void Write(Utf8JsonWriter writer, DateTimeOffset value, JsonSerializerOptions options) =>
-        writer.WriteNumberValue(value.UtcTicks);
+    public override void Write(Utf8JsonWriter writer, DateTimeOffset value, JsonSerializerOptions options)
+    {
+        if (value.Offset == TimeSpan.Zero)
+        {
+            writer.WriteNumberValue(value.UtcTicks);
+        }
+        else
+        {
+            writer.WriteStringValue(value);
+        }
+    }
 }

@@ -81,6 +81,19 @@ public sealed class StoredStateCodecTests
     }
 
     [Fact]
+    public void Progress_TimesWithAnOffset_KeepIt()
+    {
+        var plus2 = TimeSpan.FromHours(2);
+        var state = Everything() with { CreatedAt = T0.ToOffset(plus2), Deadline = T1.ToOffset(plus2) };
+
+        var back = StoredStateCodec.Read(StoredStateCodec.Spec(state.Spec), StoredStateCodec.Progress(state));
+
+        back.CreatedAt.Offset.ShouldBe(plus2);
+        back.Deadline!.Value.Offset.ShouldBe(plus2);
+        Wire(back).ShouldBe(Wire(state));
+    }
+
+    [Fact]
     public void Read_ACompactProgressWithoutItsSpec_IsRefused() =>
         Should.Throw<JsonException>(() => StoredStateCodec.Read([], StoredStateCodec.Progress(Everything())));
 

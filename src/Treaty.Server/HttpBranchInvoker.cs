@@ -99,7 +99,7 @@ internal sealed partial class HttpBranchInvoker : IBranchInvoker, IDisposable
         activity?.SetTag("treaty.op", call.Op);
         activity?.SetTag("treaty.attempt", call.Attempt);
 
-        if (!_allowlist.IsAllowed(call.Url))
+        if (!_allowlist.IsAllowed(call.Url, out var url))
         {
             // Accepted under an older, wider allowlist: never called now; an operator decides.
             return BranchOutcome.Unknown(null, "not called: the URL is outside the participant allowlist");
@@ -108,7 +108,7 @@ internal sealed partial class HttpBranchInvoker : IBranchInvoker, IDisposable
         try
         {
             var envelope = Envelope(call);
-            using var request = new HttpRequestMessage(HttpMethod.Post, call.Url)
+            using var request = new HttpRequestMessage(HttpMethod.Post, url)
             {
                 Content = new ReadOnlyMemoryContent(envelope) { Headers = { ContentType = JsonContentType } },
             };

@@ -1,3 +1,5 @@
+using System.Collections.Concurrent;
+using System.Diagnostics.CodeAnalysis;
 using System.Net;
 using System.Net.Sockets;
 using Treaty.Core.Engine;
@@ -13,7 +15,14 @@ namespace Treaty.Server.Security;
 /// </summary>
 internal sealed class ParticipantAllowlist
 {
+    /// <summary>Distinct URLs whose answer is remembered at most.</summary>
+    internal const int RememberedUrls = 4096;
+
     private readonly Uri[] _prefixes;
+    // The prefixes never change while the process runs, and a coordinator calls the same few
+    // participant URLs over and over (six checks per 3-step saga: three at submit, three before
+    // the calls): each is parsed once, not every time.
+    private readonly ConcurrentDictionary<string, Checked> _checked = new(StringComparer.Ordinal);
 
     public ParticipantAllowlist(IEnumerable<Uri> prefixes, Func<string, CancellationToken, Task<IPAddress[]>>? resolve = null)
     {
@@ -52,9 +61,37 @@ internal sealed class ParticipantAllowlist
     }
 
     /// <summary>True when <paramref name="url"/> may be called.</summary>
-    public bool IsAllowed(string url)
+    public bool IsAllowed(string url) => Check(url).Allowed;
+
+    /// <summary>True when <paramref name="url"/> may be called; then <paramref name="uri"/> is it,
+    /// parsed (one instance per distinct URL, shared: a <see cref="Uri"/> is immutable).</summary>
+    public bool IsAllowed(string url, [NotNullWhen(true)] out Uri? uri)
     {
-        if (!Uri.TryCreate(url, UriKind.Absolute, out var uri) || (uri.Scheme != Uri.UriSchemeHttp && uri.Scheme != Uri.UriSchemeHttps) || uri.UserInfo.Length > 0)
+        var answer = Check(url);
+        uri = answer.Uri;
+        return answer.Allowed;
+    }
+
+    private Checked Check(string url)
+    {
+        if (_checked.TryGetValue(url, out var known))
+        {
+            return known;
+        }
+
+        var uri = Uri.TryCreate(url, UriKind.Absolute, out var parsed) ? parsed : null;
+        var answer = new Checked(uri, uri is not null && Allows(uri));
+        if (_checked.Count < RememberedUrls)
+        {
+            _checked.TryAdd(url, answer);
+        }
+
+        return answer;
+    }
+
+    private bool Allows(Uri uri)
+    {
+        if ((uri.Scheme != Uri.UriSchemeHttp && uri.Scheme != Uri.UriSchemeHttps) || uri.UserInfo.Length > 0)
         {
             return false;
         }
@@ -77,6 +114,8 @@ internal sealed class ParticipantAllowlist
 
         return false;
     }
+
+    private readonly record struct Checked(Uri? Uri, bool Allowed);
 
     /// <summary>"/api" covers "/api" and "/api/...", not "/apix"; "/" covers every path.</summary>
     private static bool PathMatches(string prefix, string path) =>

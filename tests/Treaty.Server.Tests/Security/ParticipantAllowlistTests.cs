@@ -138,6 +138,31 @@ public sealed class ParticipantAllowlistTests(ServerFixture fixture) : IClassFix
     public void DefaultIsLoopbackOnly(string url, bool allowed) =>
         new ParticipantAllowlist([]).IsAllowed(url).ShouldBe(allowed);
 
+    [Fact]
+    public void AUrlCheckedAgain_GetsTheSameAnswerAndTheSameParsedUri_AlsoPastTheRememberedOnes()
+    {
+        var allowlist = new ParticipantAllowlist(ParticipantAllowlist.Parse(["http://payments.internal/pay"], null));
+
+        allowlist.IsAllowed("http://payments.internal/pay/charge", out var first).ShouldBeTrue();
+        allowlist.IsAllowed("http://payments.internal/pay/charge", out var again).ShouldBeTrue();
+        again.ShouldBeSameAs(first);
+        first!.AbsolutePath.ShouldBe("/pay/charge");
+        allowlist.IsAllowed("http://payments.internal/other", out _).ShouldBeFalse();
+        allowlist.IsAllowed("http://payments.internal/other", out _).ShouldBeFalse();
+        allowlist.IsAllowed("not a url", out var none).ShouldBeFalse();
+        none.ShouldBeNull();
+
+        // Past the remembered URLs the answers are still computed, just not kept.
+        for (var i = 0; i < ParticipantAllowlist.RememberedUrls; i++)
+        {
+            allowlist.IsAllowed($"http://payments.internal/pay/{i}");
+        }
+
+        allowlist.IsAllowed("http://payments.internal/pay/late", out var late).ShouldBeTrue();
+        late!.AbsolutePath.ShouldBe("/pay/late");
+        allowlist.IsAllowed("http://evil.example/pay/late").ShouldBeFalse();
+    }
+
     [Theory]
     [InlineData("not a url")]
     [InlineData("ftp://host/")]

@@ -1,9 +1,27 @@
+using System.Data.Common;
 using Microsoft.Data.Sqlite;
 
 namespace Treaty.Server.Alerts;
 
 /// <summary>One recorded alert as the outbox holds it.</summary>
-internal sealed record AlertRow(long Seq, string Id, string Gid, string Kind, int Episode, string Body, int Attempts, DateTimeOffset? DeliveredAt, string? LastError);
+internal sealed record AlertRow(long Seq, string Id, string Gid, string Kind, int Episode, string Body, int Attempts, DateTimeOffset? DeliveredAt, string? LastError)
+{
+    /// <summary>The rows of a query that selects the outbox's columns in this record's order (either outbox).</summary>
+    public static async Task<List<AlertRow>> ReadAllAsync(DbCommand command, CancellationToken cancellationToken)
+    {
+        var rows = new List<AlertRow>();
+        await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+        while (await reader.ReadAsync(cancellationToken))
+        {
+            rows.Add(new AlertRow(
+                reader.GetInt64(0), reader.GetString(1), reader.GetString(2), reader.GetString(3), reader.GetInt32(4), reader.GetString(5), reader.GetInt32(6),
+                reader.IsDBNull(7) ? null : DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(7)),
+                reader.IsDBNull(8) ? null : reader.GetString(8)));
+        }
+
+        return rows;
+    }
+}
 
 /// <summary>
 /// The alerts to deliver, durable: an alert is recorded once (its id is unique) and stays until the
@@ -194,17 +212,7 @@ internal sealed class AlertOutbox : IAlertOutbox
             command.Parameters.AddWithValue("$limit", l);
         }
 
-        var rows = new List<AlertRow>();
-        await using var reader = await command.ExecuteReaderAsync(cancellationToken);
-        while (await reader.ReadAsync(cancellationToken))
-        {
-            rows.Add(new AlertRow(
-                reader.GetInt64(0), reader.GetString(1), reader.GetString(2), reader.GetString(3), reader.GetInt32(4), reader.GetString(5), reader.GetInt32(6),
-                reader.IsDBNull(7) ? null : DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(7)),
-                reader.IsDBNull(8) ? null : reader.GetString(8)));
-        }
-
-        return rows;
+        return await AlertRow.ReadAllAsync(command, cancellationToken);
     }
 
     private static async Task ExecuteAsync(SqliteConnection connection, string sql, CancellationToken cancellationToken)

@@ -146,7 +146,7 @@ internal sealed class PostgresAlertOutbox : IAlertOutbox
         command.Parameters.Add(new NpgsqlParameter<TimeSpan>("claim", ClaimFor) { NpgsqlDbType = NpgsqlDbType.Interval });
         command.Parameters.Add(new NpgsqlParameter<long>("now", now.ToUnixTimeMilliseconds()));
         command.Parameters.Add(new NpgsqlParameter<int>("limit", Math.Min(limit, ClaimBatch)));
-        var rows = await ReadRowsAsync(command, cancellationToken);
+        var rows = await AlertRow.ReadAllAsync(command, cancellationToken);
         rows.Sort((x, y) => x.Seq.CompareTo(y.Seq));
         return rows;
     }
@@ -154,7 +154,7 @@ internal sealed class PostgresAlertOutbox : IAlertOutbox
     public async Task<IReadOnlyList<AlertRow>> AllAsync(CancellationToken cancellationToken)
     {
         await using var command = _data.CreateCommand($"SELECT {Columns} FROM {_table} ORDER BY seq");
-        return await ReadRowsAsync(command, cancellationToken);
+        return await AlertRow.ReadAllAsync(command, cancellationToken);
     }
 
     public async Task<DateTimeOffset?> NextDueAsync(CancellationToken cancellationToken)
@@ -205,19 +205,4 @@ internal sealed class PostgresAlertOutbox : IAlertOutbox
     }
 
     public ValueTask DisposeAsync() => _data.DisposeAsync();
-
-    private static async Task<List<AlertRow>> ReadRowsAsync(NpgsqlCommand command, CancellationToken cancellationToken)
-    {
-        var rows = new List<AlertRow>();
-        await using var reader = await command.ExecuteReaderAsync(cancellationToken);
-        while (await reader.ReadAsync(cancellationToken))
-        {
-            rows.Add(new AlertRow(
-                reader.GetInt64(0), reader.GetString(1), reader.GetString(2), reader.GetString(3), reader.GetInt32(4), reader.GetString(5), reader.GetInt32(6),
-                reader.IsDBNull(7) ? null : DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(7)),
-                reader.IsDBNull(8) ? null : reader.GetString(8)));
-        }
-
-        return rows;
-    }
 }

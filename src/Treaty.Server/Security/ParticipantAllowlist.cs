@@ -20,8 +20,8 @@ internal sealed class ParticipantAllowlist
 
     private readonly Uri[] _prefixes;
     // The prefixes never change while the process runs, and a coordinator calls the same few
-    // participant URLs over and over (six checks per 3-step saga: three at submit, three before
-    // the calls): each is parsed once, not every time.
+    // participant URLs over and over (a 3-step saga checks nine: its six operation URLs at submit,
+    // then each action before its call): each is parsed once, not every time.
     private readonly ConcurrentDictionary<string, Checked> _checked = new(StringComparer.Ordinal);
 
     public ParticipantAllowlist(IEnumerable<Uri> prefixes, Func<string, CancellationToken, Task<IPAddress[]>>? resolve = null)

@@ -14,6 +14,12 @@ public sealed record BranchCall(string Gid, string? Branch, string Op, string Ur
 {
     /// <summary>The same on every retry of this operation, so the participant applies it at most once.</summary>
     public string IdempotencyKey => Branch is null ? $"{Gid}/{Op}" : $"{Gid}/{Branch}/{Op}";
+
+    /// <summary>
+    /// When the engine started this attempt, by its clock (the decision's time). A call can leave
+    /// later than that: a saga's forward step sends it while its write is still on its way.
+    /// </summary>
+    public DateTimeOffset? StartedAt { get; init; }
 }
 
 /// <summary>Calls participants. Never throws for a participant's failure: every outcome is data.</summary>

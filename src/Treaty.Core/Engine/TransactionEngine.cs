@@ -898,7 +898,11 @@ public sealed partial class TransactionEngine : IAsyncDisposable
             await Task.Yield();
             using var scope = _engine._logger.BeginGidScope(Gid);
             BranchOutcome outcome;
-            var call = new BranchCall(Gid, invoke.BranchName, invoke.Op, invoke.Url, invoke.Attempt, state.Spec.PayloadJson, invoke.Timeout);
+            var op = invoke.Branch is { } branch ? state.Branches[branch].Op(invoke.Op) : state.TransactionOp(invoke.Op);
+            var call = new BranchCall(Gid, invoke.BranchName, invoke.Op, invoke.Url, invoke.Attempt, state.Spec.PayloadJson, invoke.Timeout)
+            {
+                StartedAt = op?.LastAttemptAt,
+            };
             var started = _engine._time.GetTimestamp();
             try
             {

@@ -116,7 +116,8 @@ public static class StatusExtensions
     /// <summary>True when at least one call was made whose effect may have landed.</summary>
     public static bool MayHaveApplied(this OpState op) =>
         op.Status is OpStatus.Succeeded or OpStatus.Exhausted or OpStatus.InFlight
-        || (op.Status == OpStatus.Waiting && op.Attempts > 0);
+        || (op.Status == OpStatus.Waiting && op.Attempts > 0)
+        || op.MaybeCalled;
 }
 
 /// <summary>One operation's progress.</summary>
@@ -147,6 +148,15 @@ public sealed record OpState(
 {
     public static OpState New(string op) =>
         new(op, OpStatus.NotStarted, 0, 0, null, null, null, null, null, null, null);
+
+    /// <summary>
+    /// A call of this operation may have left although no durable state recorded it: a saga's
+    /// forward step does not wait for its write (<see cref="Decision.WriteAhead"/>), and the
+    /// coordinator restarted before the write landed. Set on a <see cref="OpStatus.NotStarted"/>
+    /// operation when the transaction resumes; it counts as possibly applied (an abort undoes it)
+    /// until the operation is called again.
+    /// </summary>
+    public bool MaybeCalled { get; init; }
 
     /// <summary>Attempts made since the budget last restarted.</summary>
     [JsonIgnore]

@@ -206,6 +206,8 @@ public sealed class SagaMachine : ProtocolMachine
     private static void RunForward(TransactionStep step)
     {
         var allDone = true;
+        var started = 0;
+        var ahead = true;
         for (var i = 0; i < step.BranchCount; i++)
         {
             var action = step.Op(i, Action);
@@ -216,8 +218,17 @@ public sealed class SagaMachine : ProtocolMachine
 
             if (action.Status == OpStatus.NotStarted ? DependenciesSucceeded(step, i) : step.IsRetryDue(action))
             {
+                ahead &= action.Status == OpStatus.NotStarted && MayStartAhead(step.Spec, i) && step.Outcome is null;
+                started++;
                 step.Start(i, Action);
             }
+        }
+
+        if (started > 0 && ahead)
+        {
+            // Only first calls of tentative actions that follow another: a restart before this write
+            // lands marks them maybe-called (OnResumed), so an abort still undoes them.
+            step.ActBeforeDurable();
         }
 
         if (allDone)
@@ -229,6 +240,69 @@ public sealed class SagaMachine : ProtocolMachine
             // Re-checked after starting: a pivot started just now ends the deadline's hold.
             step.WakeAt(deadline);
         }
+    }
+
+    /// <summary>
+    /// The saga's forward step does not wait for its write: the first call of a tentative action
+    /// (not the pivot, no outcome decided yet) that depends on another leaves while the state that
+    /// records it is being written. What may leave this way from a durable state is exactly what
+    /// <see cref="OnResumed"/> marks maybe-called, so a restart before the write lands loses nothing:
+    /// an abort compensates those actions too (a compensation of an action that never arrived is the
+    /// participant's null compensation). The submit and the pivot stay write-ahead.
+    /// </summary>
+    private static bool MayStartAhead(TransactionSpec spec, int index)
+    {
+        var branch = spec.Branches[index];
+        if (branch.Pivot || branch.DependsOn.Length == 0)
+        {
+            return false;
+        }
+
+        // A branch after the pivot starts only once the pivot succeeded, i.e. after the commit
+        // decision, which is written ahead; it may not have a compensation at all.
+        for (var pivot = 0; pivot < spec.Branches.Length; pivot++)
+        {
+            if (spec.Branches[pivot].Pivot)
+            {
+                return !Dag.From(spec).Descendants(pivot).Contains(index);
+            }
+        }
+
+        return true;
+    }
+
+    /// <inheritdoc />
+    protected internal override void OnResumed(TransactionStep step)
+    {
+        if (step.Outcome is not null)
+        {
+            return; // decided: forward steps after the decision were written ahead.
+        }
+
+        for (var i = 0; i < step.BranchCount; i++)
+        {
+            if (step.Op(i, Action).Status == OpStatus.NotStarted && MayStartAhead(step.Spec, i) && DependenciesMayHaveApplied(step, i))
+            {
+                step.MarkMaybeCalled(i, Action, "may have been called before the coordinator restarted: its step did not wait for its write");
+            }
+        }
+    }
+
+    // Every dependency was called and may have applied (succeeded, or its outcome unknown): the
+    // step that would start this branch could have been taken and its write lost. A dependency
+    // marked maybe-called itself is not enough: this branch would have waited for its success.
+    private static bool DependenciesMayHaveApplied(TransactionStep step, int index)
+    {
+        foreach (var dependency in step.Spec.Branches[index].DependsOn)
+        {
+            var action = step.Op(IndexOf(step.Spec, dependency), Action);
+            if (action.Status == OpStatus.NotStarted || !action.MayHaveApplied())
+            {
+                return false;
+            }
+        }
+
+        return true;
     }
 
     private static bool DependenciesSucceeded(TransactionStep step, int index)

@@ -122,6 +122,22 @@ public sealed class TransactionStep
         _commands.Add(new InvokeOperation(branch, spec.Name, op, url, next.Attempts, CallTimeout(branch)));
     }
 
+    /// <summary>
+    /// Records that a never-started branch operation may have been called all the same (see
+    /// <see cref="OpState.MaybeCalled"/>), with a journal line saying why.
+    /// </summary>
+    public void MarkMaybeCalled(int branch, string op, string why)
+    {
+        var state = _branches[branch].Op(op);
+        if (state.Status != OpStatus.NotStarted || state.MaybeCalled)
+        {
+            return;
+        }
+
+        _branches[branch] = _branches[branch].With(state with { MaybeCalled = true });
+        _journal.Add(new(Now, JournalKinds.AttemptUnknown, Spec.Branches[branch].Name, op, Detail: why));
+    }
+
     /// <summary>Calls the next attempt of a transaction-level operation.</summary>
     public void StartTransactionOp(string op)
     {
@@ -533,6 +549,7 @@ public sealed class TransactionStep
         NextAttemptAt = null,
         FirstAttemptAt = op.FirstAttemptAt ?? Now,
         LastAttemptAt = Now,
+        MaybeCalled = false, // called now: from here its status says what may have applied.
     };
 
     private void Replace(int? branch, OpState op)

@@ -61,10 +61,10 @@ internal sealed partial class SimulationRun
                 break;
             case ProtocolNames.Action when spec.Protocol == Protocol.Msg:
                 RequireCommitDecision(state, what);
-                RequireDependenciesDone(state, b, what);
+                RequireDependenciesDone(state, b, what, aheadOf: null);
                 break;
             case ProtocolNames.Action when spec.Protocol == Protocol.Saga:
-                RequireDependenciesDone(state, b, what);
+                RequireDependenciesDone(state, b, what, aheadOf: call);
                 var pivot = spec.Branches.IndexOf(spec.Branches.FirstOrDefault(x => x.Pivot)!);
                 if (pivot >= 0 && b != pivot && Dag.From(spec).Descendants(pivot).Contains(b))
                 {
@@ -100,13 +100,19 @@ internal sealed partial class SimulationRun
         }
     }
 
-    /// <summary>A saga action or a message delivery only after every branch it depends on succeeded.</summary>
-    private void RequireDependenciesDone(TransactionState state, int branch, string what)
+    /// <summary>
+    /// A saga action or a message delivery only after every branch it depends on succeeded: durably,
+    /// or, for a saga action's first call (<paramref name="aheadOf"/>; its step does not wait for
+    /// its write), at least applied at the dependency's participant, its success on its way into
+    /// the durable state.
+    /// </summary>
+    private void RequireDependenciesDone(TransactionState state, int branch, string what, BranchCall? aheadOf)
     {
         foreach (var dependency in state.Spec.Branches[branch].DependsOn)
         {
             var action = state.Branches.First(x => x.Name == dependency).Op(ProtocolNames.Action);
-            if (action.Status != OpStatus.Succeeded)
+            var ahead = aheadOf is { Attempt: 1 } && action.Status != OpStatus.NotStarted && _ledger.Of(aheadOf.Gid, dependency).Applied > 0;
+            if (action.Status != OpStatus.Succeeded && !ahead)
             {
                 Violation($"order: {what} sent although {dependency}, which it depends on, is {action.Status.ToWire()} in the durable state");
             }
@@ -129,9 +135,11 @@ internal sealed partial class SimulationRun
         }
 
         // When the engine started this attempt, by its own clock: the durable state's record of it
-        // (or, if the attempt is not durable yet, now).
+        // (or, if the attempt is not durable yet, the time the engine gave the call: a saga's
+        // forward step sends it while its write is on its way; else now).
         var op = state.Branches[branch].Op(call.Op);
         var started = op.Attempts == call.Attempt && op.LastAttemptAt is { } at ? at
+            : op.Attempts < call.Attempt && call.StartedAt is { } given ? given
             : Multi && op.Attempts > call.Attempt && StartedAt(call) is { } recorded ? recorded
             : ClockHere().GetUtcNow();
         if (started >= deadline)

@@ -644,6 +644,14 @@ internal sealed partial class SimulationRun
         return fate;
     }
 
+    // A write whose calls did not wait for it: presumed abort's notified rollbacks, or a saga's
+    // first call of an action after the submit (a forward step; the pivot's also matches, which
+    // only adds crashes where none is needed).
+    private static bool CallsLeftAhead(IReadOnlyList<JournalEntry> journal) =>
+        journal.Any(e => e.Kind == JournalKinds.Notified)
+        || (journal.Any(e => e.Kind == JournalKinds.AttemptStarted && e.Op == ProtocolNames.Action && e.Attempt == 1)
+            && !journal.Any(e => e.Kind == JournalKinds.Submitted));
+
     private WriteFate PickFate(IReadOnlyList<JournalEntry> journal)
     {
         if (!_faults.Active)
@@ -651,11 +659,11 @@ internal sealed partial class SimulationRun
             return WriteFate.Durable;
         }
 
-        if (_faults.FocusOnDecisions > 0 && journal.Any(e => e.Kind == JournalKinds.Notified)
+        if (_faults.FocusOnDecisions > 0 && CallsLeftAhead(journal)
             && _crashes < _maxCrashes && _more.NextDouble() < 0.8)
         {
             // BUGGIFY: a write whose calls already left before it was durable (presumed abort's
-            // lazy abort) is where a crash just before it becomes durable hurts.
+            // lazy abort, a saga's forward step) is where a crash just before it becomes durable hurts.
             _focusedCrashes++;
             return WriteFate.CrashBefore;
         }

@@ -19,6 +19,7 @@ internal enum SimVariant
     Misclassify500,
     KeyPerAttempt,
     CompensateInForwardOrder,
+    ForgetMaybeCalled,
     StartAfterDeadline,
     TwoPhaseCommitBeforeDurable,
     TwoPhaseParticipantDecidesAlone,
@@ -49,6 +50,7 @@ internal static class SimVariants
         (SimVariant.Misclassify500, "misclassify-500", "the invoker takes a 500 for a definitive failure"),
         (SimVariant.KeyPerAttempt, "key-per-attempt", "the invoker sends a new Idempotency-Key on every attempt"),
         (SimVariant.CompensateInForwardOrder, "compensate-forward-order", "saga: compensations run in forward dependency order"),
+        (SimVariant.ForgetMaybeCalled, "forget-maybe-called", "saga: a restarted coordinator forgets that the forward step it did not wait for may have called the next action"),
         (SimVariant.StartAfterDeadline, "start-after-deadline", "saga/tcc/2pc/3pc: the deadline is ignored, forward ops start after it"),
         (SimVariant.TwoPhaseCommitBeforeDurable, "2pc-commit-before-durable", "2PC: commits leave before the commit decision is durable"),
         (SimVariant.TwoPhaseParticipantDecidesAlone, "2pc-participant-decides-alone", "2PC: a prepared participant rolls back on its own timeout"),
@@ -87,6 +89,7 @@ internal static class SimVariants
         (SimVariant.SkipCompensation, Protocol.Saga) => new SkipCompensationMachine(machine, "payment"),
         (SimVariant.LoseEarlyWakeUp, _) => new LoseEarlyWakeUpMachine(machine),
         (SimVariant.CompensateInForwardOrder, Protocol.Saga) => new ForwardOrderCompensationMachine(machine),
+        (SimVariant.ForgetMaybeCalled, Protocol.Saga) => new ForgetMaybeCalledMachine(machine),
         (SimVariant.StartAfterDeadline, not Protocol.Msg) => new IgnoreDeadlineMachine(machine),
         (SimVariant.TwoPhaseCommitBeforeDurable, Protocol.TwoPhaseCommit) => new CommitBeforeDurableMachine(machine),
         (SimVariant.TwoPhaseResumeVoting, Protocol.TwoPhaseCommit) => new ResumeVotingMachine(machine),
@@ -251,6 +254,29 @@ internal sealed class ResumeVotingMachine(IProtocolMachine inner) : MachineVaria
             })],
         };
         return Inner.Decide(retried, new TimerFired(), context);
+    }
+}
+
+/// <summary>
+/// Saga: a resumed transaction takes an action its durable state shows as never started for never
+/// called, although the forward step that would start it left before its write was durable; an
+/// abort then leaves that action applied and never compensated.
+/// </summary>
+internal sealed class ForgetMaybeCalledMachine(IProtocolMachine inner) : MachineVariant(inner)
+{
+    public override Decision Decide(TransactionState state, TransactionEvent @event, DecisionContext context)
+    {
+        var decision = Inner.Decide(state, @event, context);
+        if (@event is not Resumed)
+        {
+            return decision;
+        }
+
+        var next = decision.Next with
+        {
+            Branches = [.. decision.Next.Branches.Select(b => b with { Ops = [.. b.Ops.Select(o => o with { MaybeCalled = false })] })],
+        };
+        return decision with { Next = next };
     }
 }
 

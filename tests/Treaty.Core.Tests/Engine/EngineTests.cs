@@ -59,6 +59,11 @@ public sealed class EngineTests : IAsyncLifetime
 
     private static TransactionSpec Checkout(RetryPolicy? retry = null) => Sequential(retry, "order", "payment");
 
+    // Order, then payment as the pivot: every decision that calls is written ahead (a forward step
+    // to a tentative action does not wait for its write; see the ForwardStep tests).
+    private static TransactionSpec PivotCheckout() =>
+        Saga([Branch("order"), Branch("payment", dependsOn: ["order"], pivot: true, compensate: false)]);
+
     private async Task<PendingCall> ExpectCallAsync(string name)
     {
         var call = await _invoker.NextCallAsync();
@@ -106,9 +111,9 @@ public sealed class EngineTests : IAsyncLifetime
     }
 
     [Fact]
-    public async Task Engine_EveryDecisionWithAnInvoke_IsPersistedBeforeTheInvokerIsCalled()
+    public async Task Engine_EveryDecisionWithAnInvokeButAForwardStep_IsPersistedBeforeTheInvokerIsCalled()
     {
-        await _engine.SubmitAsync(Checkout(), "fp-1", Ct);
+        await _engine.SubmitAsync(PivotCheckout(), "fp-1", Ct);
         var order = await ExpectCallAsync("order.action#1");
 
         // Hold the next write: nothing may be called while it is not durable.
@@ -132,6 +137,92 @@ public sealed class EngineTests : IAsyncLifetime
         ShouldHaveBeenDurableBeforeTheCall(payment);
         payment.DurableAtInvoke!.Version.ShouldBe(2);
         _timeline.IndexOf("update v2").ShouldBeLessThan(_timeline.IndexOf("invoke payment.action#1"));
+    }
+
+    [Fact]
+    public async Task ForwardStep_TheNextActionLeavesWhileItsWriteIsOnItsWay_AndItsAnswerWaitsForTheWrite()
+    {
+        await _engine.SubmitAsync(Checkout(), "fp-1", Ct);
+        var order = await ExpectCallAsync("order.action#1");
+        var writing = new TaskCompletionSource<TransactionState>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        _store.BeforeUpdate = async state =>
+        {
+            writing.TrySetResult(state);
+            await release.Task;
+        };
+
+        order.Succeed();
+        var payment = await ExpectCallAsync("payment.action#1");
+        (await writing.Task.WaitAsync(Timeout, Ct)).Branches[1].Op(Action).Status.ShouldBe(OpStatus.InFlight);
+        payment.DurableAtInvoke.ShouldNotBeNull().Version.ShouldBe(1, "the step's write was not durable yet");
+
+        // Its answer is not taken until the write it followed is durable: the lag is one step.
+        var waiting = _engine.WaitAsync("tx-1", TimeSpan.FromMinutes(1), Ct);
+        payment.Succeed();
+        await Task.Delay(TimeSpan.FromMilliseconds(50), TimeProvider.System, Ct);
+        waiting.IsCompleted.ShouldBeFalse();
+        _store.Peek("tx-1").ShouldNotBeNull().Version.ShouldBe(1);
+
+        _store.BeforeUpdate = null;
+        release.SetResult();
+        var done = (await waiting.WaitAsync(Timeout, Ct)).ShouldNotBeNull();
+        done.Status.ShouldBe(TransactionStatus.Committed);
+        done.Version.ShouldBe(3);
+        _timeline.IndexOf("invoke payment.action#1").ShouldBeLessThan(_timeline.IndexOf("update v2"));
+    }
+
+    [Fact]
+    public async Task ForwardStep_ItsWriteFails_TheResumedTransactionCountsTheCallAsMaybeApplied_AndAnAbortUndoesIt()
+    {
+        await _engine.SubmitAsync(Checkout(), "fp-1", Ct);
+        var order = await ExpectCallAsync("order.action#1");
+        _store.BeforeUpdate = _ => throw new IOException("disk full");
+
+        order.Succeed();
+        var payment = await ExpectCallAsync("payment.action#1"); // left before its write failed
+        await WaitUntilAsync(() => _engine.ActiveCount == 0);
+        var durable = _store.Peek("tx-1").ShouldNotBeNull();
+        durable.Version.ShouldBe(1);
+        durable.Branches[1].Op(Action).Status.ShouldBe(OpStatus.NotStarted);
+
+        _store.BeforeUpdate = null;
+        await _engine.ResumeAsync("tx-1", Ct);
+        var resumed = _store.Peek("tx-1").ShouldNotBeNull();
+        resumed.Branches[1].Op(Action).MaybeCalled.ShouldBeTrue();
+        resumed.Branches[1].Op(Action).MayHaveApplied().ShouldBeTrue();
+        payment.Succeed(); // its answer reaches an instance that unloaded the transaction: dropped
+
+        (await _engine.AbortAsync("tx-1", "alice", "customer called", Ct)).Status.ShouldBe(AdminStatus.Accepted);
+        (await ExpectCallAsync("payment.compensate#1")).Succeed();
+        (await ExpectCallAsync("order.compensate#1")).Succeed();
+        var done = (await _engine.WaitAsync("tx-1", TimeSpan.FromMinutes(1), Ct)).ShouldNotBeNull();
+        done.Status.ShouldBe(TransactionStatus.Aborted);
+        done.Branches[1].Op(Compensate).Status.ShouldBe(OpStatus.Succeeded);
+    }
+
+    [Fact]
+    public async Task ForwardStep_AStaleOwnersStepSendsOneCall_AndTheNewOwnerCountsItAsMaybeApplied()
+    {
+        await _engine.SubmitAsync(Checkout(), "fp-1", Ct);
+        var late = await ExpectCallAsync("order.action#1");
+        var other = NewEngine();
+        (await other.RetryAsync("tx-1", "alice", Ct)).Status.ShouldBe(AdminStatus.Accepted);
+        var again = await ExpectCallAsync("order.action#2");
+        other.ActiveCount.ShouldBe(1);
+        _store.Peek("tx-1").ShouldNotBeNull().Branches[1].Op(Action).MaybeCalled.ShouldBeTrue("taken over from a state whose next step may have left");
+
+        // The old owner's answer comes late: its forward step sends payment's action, then its write is fenced.
+        late.Succeed();
+        var stale = await ExpectCallAsync("payment.action#1");
+        await WaitUntilAsync(() => _engine.ActiveCount == 0);
+        stale.Succeed();
+
+        (await other.AbortAsync("tx-1", "alice", "customer called", Ct)).Status.ShouldBe(AdminStatus.Accepted);
+        again.Succeed();
+        (await ExpectCallAsync("payment.compensate#1")).Succeed();
+        (await ExpectCallAsync("order.compensate#1")).Succeed();
+        (await other.WaitAsync("tx-1", TimeSpan.FromMinutes(1), Ct)).ShouldNotBeNull().Status.ShouldBe(TransactionStatus.Aborted);
     }
 
     [Fact]
@@ -211,7 +302,7 @@ public sealed class EngineTests : IAsyncLifetime
     [Fact]
     public async Task Engine_StoreUpdateFails_DoesNotInvokeAndUnloadsThenResumeContinuesFromTheDurableState()
     {
-        await _engine.SubmitAsync(Checkout(), "fp-1", Ct);
+        await _engine.SubmitAsync(PivotCheckout(), "fp-1", Ct);
         var order = await ExpectCallAsync("order.action#1");
         var failed = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         _store.BeforeUpdate = _ =>
@@ -468,7 +559,7 @@ public sealed class EngineTests : IAsyncLifetime
     [Fact]
     public async Task Lease_OperatorActsOnAnotherInstance_ItTakesOverAndTheOldOwnersLateAnswerIsFenced()
     {
-        await _engine.SubmitAsync(Checkout(), "fp-1", Ct);
+        await _engine.SubmitAsync(PivotCheckout(), "fp-1", Ct);
         var late = await ExpectCallAsync("order.action#1");
         var other = NewEngine();
 
@@ -493,7 +584,7 @@ public sealed class EngineTests : IAsyncLifetime
     [Fact]
     public async Task Lease_StaleOwnerWakesUpMidCall_ItsWriteIsFencedAndNothingIsWritten()
     {
-        await _engine.SubmitAsync(Checkout(), "fp-1", Ct);
+        await _engine.SubmitAsync(PivotCheckout(), "fp-1", Ct);
         var late = await ExpectCallAsync("order.action#1");
         // Paused past its lease: another instance claimed the transaction and has not written yet,
         // so the stale owner's write comes at the right version and only the fence stops it.

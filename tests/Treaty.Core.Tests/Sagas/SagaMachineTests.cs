@@ -316,6 +316,70 @@ public sealed class SagaMachineTests
     }
 
     [Fact]
+    public void Decide_ForwardStepToATentativeAction_DoesNotWaitForItsWrite_TheSubmitRetriesAndThePivotDo()
+    {
+        var run = new SagaRun(Saga([Branch("order"), Branch("payment", ["order"]), Branch("charge", ["payment"], pivot: true), Branch("ship", ["charge"], compensate: false)], retry: Policy));
+        run.Submit().WriteAhead.ShouldBeTrue("the first calls follow the submit");
+
+        var step = run.Succeed("order");
+        step.Invocations().ShouldBe(["payment.action#1"]);
+        step.WriteAhead.ShouldBeFalse("a forward step to a tentative action");
+
+        run.Unknown("payment").WriteAhead.ShouldBeTrue();
+        var retry = run.FireTimer();
+        retry.Invocations().ShouldBe(["payment.action#2"]);
+        retry.WriteAhead.ShouldBeTrue("a retry");
+
+        var pivot = run.Succeed("payment");
+        pivot.Invocations().ShouldBe(["charge.action#1"]);
+        pivot.WriteAhead.ShouldBeTrue("the pivot");
+
+        var afterPivot = run.Succeed("charge");
+        afterPivot.Invocations().ShouldBe(["ship.action#1"]);
+        afterPivot.WriteAhead.ShouldBeTrue("after the commit decision");
+    }
+
+    [Fact]
+    public void Decide_Resumed_MarksMaybeCalledWhatAForwardStepCouldHaveSent_AndAnAbortCompensatesIt()
+    {
+        var run = new SagaRun(Saga([Branch("order"), Branch("payment", ["order"]), Branch("stock", ["order"]), Branch("ship", ["payment", "stock"])], retry: Policy));
+        run.Submit();
+
+        var resumed = run.Send(new Resumed());
+
+        // Order was in flight: its success could have started payment and stock before that write landed.
+        run.Op("payment").MaybeCalled.ShouldBeTrue();
+        run.Op("stock").MaybeCalled.ShouldBeTrue();
+        run.Op("ship").MaybeCalled.ShouldBeFalse("two steps away");
+        resumed.Journal.Count(j => j.Kind == JournalKinds.AttemptUnknown && j.Op == Action).ShouldBe(3);
+        resumed.Invocations().ShouldBeEmpty();
+
+        // Exhausted, so abort: the maybe-called actions are compensated too (before order, which they depend on).
+        run.FireTimer();
+        run.Unknown("order");
+        run.FireTimer();
+        var abort = run.Unknown("order");
+        abort.Invocations().ShouldBe(["payment.compensate#1", "stock.compensate#1"]);
+        run.Succeed("payment", Compensate);
+        run.Succeed("stock", Compensate).Invocations().ShouldBe(["order.compensate#1"]);
+        run.Succeed("order", Compensate).Commands.ShouldContain(new Finish(TransactionStatus.Aborted));
+    }
+
+    [Fact]
+    public void Decide_MaybeCalledActionStartedAgain_IsAnOrdinaryCall()
+    {
+        var run = new SagaRun(Sequential(Policy, "order", "payment"));
+        run.Submit();
+        run.Send(new Resumed());
+        run.Op("payment").MaybeCalled.ShouldBeTrue();
+
+        run.FireTimer().Invocations().ShouldBe(["order.action#2"]);
+        run.Succeed("order").Invocations().ShouldBe(["payment.action#1"]);
+        run.Op("payment").MaybeCalled.ShouldBeFalse();
+        run.Fail("payment").Invocations().ShouldBe(["order.compensate#1"]); // a definitive refusal: nothing of payment to undo
+    }
+
+    [Fact]
     public void Decide_ResumedWhileCompensating_RetriesTheCompensation()
     {
         var run = new SagaRun(Sequential(Policy, "order", "payment"));

@@ -81,6 +81,19 @@ public sealed class EngineTests : IAsyncLifetime
         op.Attempts.ShouldBe(call.Call.Attempt);
     }
 
+    /// <summary>Holds the store's next update until the test releases it (and lets later ones through once released).</summary>
+    private (Task<TransactionState> Writing, TaskCompletionSource Release) HoldTheNextWrite()
+    {
+        var writing = new TaskCompletionSource<TransactionState>(TaskCreationOptions.RunContinuationsAsynchronously);
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        _store.BeforeUpdate = async state =>
+        {
+            writing.TrySetResult(state);
+            await release.Task;
+        };
+        return (writing.Task, release);
+    }
+
     private async Task WaitUntilAsync(Func<bool> condition)
     {
         var deadline = TimeProvider.System.GetTimestamp();
@@ -117,15 +130,9 @@ public sealed class EngineTests : IAsyncLifetime
         var order = await ExpectCallAsync("order.action#1");
 
         // Hold the next write: nothing may be called while it is not durable.
-        var writing = new TaskCompletionSource<TransactionState>(TaskCreationOptions.RunContinuationsAsynchronously);
-        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        _store.BeforeUpdate = async state =>
-        {
-            writing.TrySetResult(state);
-            await release.Task;
-        };
+        var (writing, release) = HoldTheNextWrite();
         order.Succeed();
-        var pendingWrite = await writing.Task.WaitAsync(Timeout, Ct);
+        var pendingWrite = await writing.WaitAsync(Timeout, Ct);
         pendingWrite.Branches[1].Op(Action).Status.ShouldBe(OpStatus.InFlight);
         _invoker.Received.Count.ShouldBe(1);
         _invoker.HasWaitingCall.ShouldBeFalse();
@@ -144,17 +151,11 @@ public sealed class EngineTests : IAsyncLifetime
     {
         await _engine.SubmitAsync(Checkout(), "fp-1", Ct);
         var order = await ExpectCallAsync("order.action#1");
-        var writing = new TaskCompletionSource<TransactionState>(TaskCreationOptions.RunContinuationsAsynchronously);
-        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        _store.BeforeUpdate = async state =>
-        {
-            writing.TrySetResult(state);
-            await release.Task;
-        };
+        var (writing, release) = HoldTheNextWrite();
 
         order.Succeed();
         var payment = await ExpectCallAsync("payment.action#1");
-        (await writing.Task.WaitAsync(Timeout, Ct)).Branches[1].Op(Action).Status.ShouldBe(OpStatus.InFlight);
+        (await writing.WaitAsync(Timeout, Ct)).Branches[1].Op(Action).Status.ShouldBe(OpStatus.InFlight);
         payment.DurableAtInvoke.ShouldNotBeNull().Version.ShouldBe(1, "the step's write was not durable yet");
 
         // Its answer is not taken until the write it followed is durable: the lag is one step.

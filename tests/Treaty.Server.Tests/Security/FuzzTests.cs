@@ -462,7 +462,8 @@ public sealed class FuzzTests(ITestOutputHelper output)
             if (Chance(5))
             {
                 method = Pick("GET", "POST", "PUT");
-                path = "/" + Uri.EscapeDataString(OddString()) + (Chance(50) ? "/api/v1/transactions" : "");
+                // Not "/..": that is "/", the dashboard page, which rightly answers 200 (seed 379139899).
+                path = "/" + Uri.EscapeDataString(NotADotSegment(OddString())) + (Chance(50) ? "/api/v1/transactions" : "");
             }
             else
             {

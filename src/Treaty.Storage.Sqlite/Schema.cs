@@ -223,15 +223,19 @@ internal static class Schema
         return Convert.ToInt32(command.ExecuteScalar(), CultureInfo.InvariantCulture);
     }
 
-    public static string ConnectionString(string path) => new SqliteConnectionStringBuilder
+    public static string ConnectionString(string path)
     {
-        DataSource = path,
-        Mode = SqliteOpenMode.ReadWriteCreate,
-        Cache = SqliteCacheMode.Private,
-        // The store keeps its own connections (one writer, a pool of readers), so it can close
-        // every handle on dispose; the driver's pool would keep the file open after that.
-        Pooling = false,
-    }.ToString();
+        SqliteLibrary.EnsureConfigured();
+        return new SqliteConnectionStringBuilder
+        {
+            DataSource = path,
+            Mode = SqliteOpenMode.ReadWriteCreate,
+            Cache = SqliteCacheMode.Private,
+            // The store keeps its own connections (one writer, a pool of readers), so it can close
+            // every handle on dispose; the driver's pool would keep the file open after that.
+            Pooling = false,
+        }.ToString();
+    }
 
     /// <summary>Opens the one writer connection: WAL so readers never block it, FULL so a commit is on disk.</summary>
     public static SqliteConnection OpenWriter(string path)

@@ -19,11 +19,11 @@ internal sealed class WriterConnection : IDisposable
     private readonly SqliteCommand _savepoint;
     private readonly SqliteCommand _release;
     private readonly SqliteCommand _rollbackToSavepoint;
-    private readonly SqliteCommand _insert;
-    private readonly SqliteCommand _update;
+    private readonly RawStatement _insert;
+    private readonly RawStatement _update;
     private readonly SqliteCommand _selectState;
     private readonly SqliteCommand _selectVersion;
-    private readonly SqliteCommand _appendJournal;
+    private readonly RawStatement _appendJournal;
     private readonly SqliteCommand _selectFinished;
     private readonly SqliteCommand _deleteJournal;
     private readonly SqliteCommand _deleteTransaction;
@@ -34,6 +34,7 @@ internal sealed class WriterConnection : IDisposable
     private readonly SqliteCommand _releaseLease;
     private readonly SqliteCommand _releaseEveryone;
     private readonly List<SqliteCommand> _commands = [];
+    private readonly List<RawStatement> _statements = [];
 
     public WriterConnection(SqliteConnection connection)
     {
@@ -46,7 +47,8 @@ internal sealed class WriterConnection : IDisposable
         _savepoint = Prepare("SAVEPOINT treaty_write;");
         _release = Prepare("RELEASE treaty_write;");
         _rollbackToSavepoint = Prepare("ROLLBACK TO treaty_write;");
-        _insert = Prepare(
+        // The three statements of every write (insert, decision, journal) bypass the driver.
+        _insert = PrepareRaw(
             """
             INSERT INTO transactions (gid, protocol, status, stuck, created_at, updated_at, next_wake_at, fingerprint, version, state_json, owner, epoch, lease_until, spec_json)
             VALUES ($gid, $protocol, $status, $stuck, $created_at, $updated_at, $next_wake_at, $fingerprint, $version, $state_json, $owner, $epoch, $lease_until, $spec_json)
@@ -59,7 +61,7 @@ internal sealed class WriterConnection : IDisposable
         // spares SQLite from rewriting the listing indexes on every decision. The fence: the stored
         // owner must be the writer's (IS: both NULL for an unfenced write) at the writer's epoch; a
         // terminal write gives the lease up.
-        _update = Prepare(
+        _update = PrepareRaw(
             """
             UPDATE transactions
             SET status = $status, stuck = $stuck, updated_at = $updated_at, next_wake_at = $next_wake_at,
@@ -99,7 +101,7 @@ internal sealed class WriterConnection : IDisposable
         _releaseEveryone = Prepare("UPDATE transactions SET owner = NULL, lease_until = NULL WHERE owner IS NOT NULL;");
         _selectState = Prepare("SELECT spec_json, state_json FROM transactions WHERE gid = $gid;", "$gid");
         _selectVersion = Prepare("SELECT version FROM transactions WHERE gid = $gid;", "$gid");
-        _appendJournal = Prepare(
+        _appendJournal = PrepareRaw(
             """
             INSERT INTO journal (tx, at, kind, branch, op, attempt, status_code, detail, duration_ms, body)
             VALUES ($tx, $at, $kind, $branch, $op, $attempt, $status_code, $detail, $duration_ms, $body);
@@ -130,41 +132,41 @@ internal sealed class WriterConnection : IDisposable
     /// <summary>Inserts the row; its id, or null when a row with its gid exists (nothing written).</summary>
     public long? TryInsert(StoredRow row, string? owner, long epoch, long? leaseUntil)
     {
-        var p = _insert.Parameters;
-        p[0].Value = row.Gid;
-        p[1].Value = row.Protocol;
-        p[2].Value = row.Status;
-        p[3].Value = row.Stuck ? 1 : 0;
-        p[4].Value = row.CreatedAt;
-        p[5].Value = row.UpdatedAt;
-        p[6].Value = Nullable(row.NextWakeAt);
-        p[7].Value = row.Fingerprint;
-        p[8].Value = row.Version;
-        p[9].Value = row.StateJson;
-        p[10].Value = Nullable(owner);
-        p[11].Value = epoch;
-        p[12].Value = Nullable(leaseUntil);
-        p[13].Value = row.SpecJson ?? throw new InvalidOperationException("An insert needs the spec.");
-        return Id(_insert.ExecuteScalar());
+        var s = _insert;
+        s.Bind(0, row.Gid);
+        s.Bind(1, row.Protocol);
+        s.Bind(2, row.Status);
+        s.Bind(3, row.Stuck);
+        s.Bind(4, row.CreatedAt);
+        s.Bind(5, row.UpdatedAt);
+        s.Bind(6, row.NextWakeAt);
+        s.Bind(7, row.Fingerprint);
+        s.Bind(8, row.Version);
+        s.Bind(9, row.StateJson);
+        s.Bind(10, owner);
+        s.Bind(11, epoch);
+        s.Bind(12, leaseUntil);
+        s.Bind(13, row.SpecJson ?? throw new InvalidOperationException("An insert needs the spec."));
+        return s.ExecuteScalarInt64();
     }
 
     /// <summary>Replaces the row if it is at <paramref name="expectedVersion"/> under <paramref name="fence"/>
     /// and returns its id; null otherwise (nothing written).</summary>
     public long? TryUpdate(StoredRow row, long expectedVersion, Fence? fence)
     {
-        var p = _update.Parameters;
-        p[0].Value = row.Gid;
-        p[1].Value = row.Status;
-        p[2].Value = row.Stuck ? 1 : 0;
-        p[3].Value = row.UpdatedAt;
-        p[4].Value = Nullable(row.NextWakeAt);
-        p[5].Value = row.Version;
-        p[6].Value = row.StateJson;
-        p[7].Value = expectedVersion;
-        p[8].Value = row.Terminal ? 1 : 0;
-        p[9].Value = fence is { } f ? f.Owner : DBNull.Value;
-        p[10].Value = fence is { } g ? g.Epoch : 0L;
-        return Id(_update.ExecuteScalar());
+        var s = _update;
+        s.Bind(0, row.Gid);
+        s.Bind(1, row.Status);
+        s.Bind(2, row.Stuck);
+        s.Bind(3, row.UpdatedAt);
+        s.Bind(4, row.NextWakeAt);
+        s.Bind(5, row.Version);
+        s.Bind(6, row.StateJson);
+        s.Bind(7, expectedVersion);
+        s.Bind(8, row.Terminal);
+        s.Bind(9, fence?.Owner);
+        s.Bind(10, fence is { } f ? f.Epoch : 0L);
+        return s.ExecuteScalarInt64();
     }
 
     /// <summary>The stored version, owner and epoch of a gid (null when it does not exist).</summary>
@@ -265,20 +267,20 @@ internal sealed class WriterConnection : IDisposable
     /// <summary>Appends entries to the journal of the transaction with id <paramref name="tx"/>.</summary>
     public void AppendJournal(long tx, IReadOnlyList<JournalEntry> entries)
     {
-        var p = _appendJournal.Parameters;
-        p[0].Value = tx;
+        var s = _appendJournal;
+        s.Bind(0, tx);
         foreach (var entry in entries)
         {
-            p[1].Value = StoredValues.Time(entry.At);
-            p[2].Value = entry.Kind;
-            p[3].Value = Nullable(entry.Branch);
-            p[4].Value = Nullable(entry.Op);
-            p[5].Value = Nullable(entry.Attempt);
-            p[6].Value = Nullable(entry.StatusCode);
-            p[7].Value = Nullable(entry.Detail);
-            p[8].Value = Nullable(entry.DurationMs);
-            p[9].Value = Nullable(entry.Body);
-            _appendJournal.ExecuteNonQuery();
+            s.Bind(1, StoredValues.Time(entry.At));
+            s.Bind(2, entry.Kind);
+            s.Bind(3, entry.Branch);
+            s.Bind(4, entry.Op);
+            s.Bind(5, entry.Attempt);
+            s.Bind(6, entry.StatusCode);
+            s.Bind(7, entry.Detail);
+            s.Bind(8, entry.DurationMs);
+            s.Bind(9, entry.Body);
+            s.ExecuteNonQuery();
         }
     }
 
@@ -311,6 +313,11 @@ internal sealed class WriterConnection : IDisposable
 
     public void Dispose()
     {
+        foreach (var statement in _statements)
+        {
+            statement.Dispose();
+        }
+
         foreach (var command in _commands)
         {
             command.Dispose();
@@ -319,11 +326,12 @@ internal sealed class WriterConnection : IDisposable
         _connection.Dispose();
     }
 
-    private static long? Id(object? value) => value is long id ? id : null;
-
-    private static object Nullable<T>(T? value) where T : struct => value.HasValue ? value.Value : DBNull.Value;
-
-    private static object Nullable(string? value) => value is null ? DBNull.Value : value;
+    private RawStatement PrepareRaw(string sql, params string[] parameters)
+    {
+        var statement = new RawStatement(_connection.Handle!, sql, parameters);
+        _statements.Add(statement);
+        return statement;
+    }
 
     private SqliteCommand Prepare(string sql, params string[] parameters)
     {

@@ -116,7 +116,8 @@ internal sealed class TreatyTelemetry : IEngineObserver, IDisposable
         {
             _decisions.Add(1, new TagList { { "protocol", next.Spec.Protocol.ToWire() }, { "outcome", outcome.ToWire() } });
             // A decision is an instant: a span of (almost) no length, in the transaction's trace.
-            using var decision = Source.StartActivity("treaty.decision " + outcome.ToWire(), ActivityKind.Internal, HttpBranchInvoker.TraceOf(next.Gid));
+            // Its name and trace id (a SHA-256) are made only when someone listens.
+            using var decision = !Source.HasListeners() ? null : Source.StartActivity("treaty.decision " + outcome.ToWire(), ActivityKind.Internal, HttpBranchInvoker.TraceOf(next.Gid));
             if (decision is not null)
             {
                 Tag(decision, next);
@@ -132,7 +133,7 @@ internal sealed class TreatyTelemetry : IEngineObserver, IDisposable
         if (previous.Status != TransactionStatus.Aborting && next.Status == TransactionStatus.Aborting)
         {
             // The compensating calls follow as treaty.branch spans of their own; this marks where they begin.
-            using var compensation = Source.StartActivity("treaty.compensation", ActivityKind.Internal, HttpBranchInvoker.TraceOf(next.Gid));
+            using var compensation = !Source.HasListeners() ? null : Source.StartActivity("treaty.compensation", ActivityKind.Internal, HttpBranchInvoker.TraceOf(next.Gid));
             if (compensation is not null)
             {
                 Tag(compensation, next);

@@ -83,19 +83,25 @@ internal sealed class AlertOutbox : IAlertOutbox
         """;
 
     private readonly SqliteConnection _connection;
+    private readonly string _connectionString;
 
-    private AlertOutbox(SqliteConnection connection) => _connection = connection;
+    private AlertOutbox(SqliteConnection connection, string connectionString)
+    {
+        _connection = connection;
+        _connectionString = connectionString;
+    }
 
     public static async Task<AlertOutbox> OpenAsync(string path, CancellationToken cancellationToken)
     {
         Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!);
-        var connection = new SqliteConnection(new SqliteConnectionStringBuilder { DataSource = path, Pooling = false }.ToString());
+        var connectionString = new SqliteConnectionStringBuilder { DataSource = path, Pooling = false }.ToString();
+        var connection = new SqliteConnection(connectionString);
         try
         {
             await connection.OpenAsync(cancellationToken);
             await ExecuteAsync(connection, "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;", cancellationToken);
             await ExecuteAsync(connection, Schema, cancellationToken);
-            return new AlertOutbox(connection);
+            return new AlertOutbox(connection, connectionString);
         }
         catch
         {
@@ -159,8 +165,19 @@ internal sealed class AlertOutbox : IAlertOutbox
             ORDER BY a.seq LIMIT $limit
             """, now, limit, cancellationToken);
 
-    public Task<IReadOnlyList<AlertRow>> AllAsync(CancellationToken cancellationToken) =>
-        QueryAsync("SELECT seq, id, gid, kind, episode, body, attempts, delivered_at, last_error FROM alerts ORDER BY seq", null, null, cancellationToken);
+    /// <summary>
+    /// Every alert, read on a connection of its own: the others serve only the monitor's loop, and
+    /// this is called from outside it (operators, tests) while the loop runs. A SQLite connection
+    /// serves one caller at a time (the store runs the library without a mutex per connection).
+    /// </summary>
+    public async Task<IReadOnlyList<AlertRow>> AllAsync(CancellationToken cancellationToken)
+    {
+        await using var connection = new SqliteConnection(_connectionString);
+        await connection.OpenAsync(cancellationToken);
+        await using var command = connection.CreateCommand();
+        command.CommandText = "SELECT seq, id, gid, kind, episode, body, attempts, delivered_at, last_error FROM alerts ORDER BY seq";
+        return await AlertRow.ReadAllAsync(command, cancellationToken);
+    }
 
     public async Task<DateTimeOffset?> NextDueAsync(CancellationToken cancellationToken)
     {

@@ -61,6 +61,15 @@ public sealed class ManualTimeProvider : TimeProvider
         }
     }
 
+    /// <summary>True when a timer is armed to fire at exactly <paramref name="at"/>.</summary>
+    public bool HasTimerDueAt(DateTimeOffset at)
+    {
+        lock (_lock)
+        {
+            return _timers.Exists(t => t.DueAt == at);
+        }
+    }
+
     public override ITimer CreateTimer(TimerCallback callback, object? state, TimeSpan dueTime, TimeSpan period)
     {
         var timer = new ManualTimer(this, callback, state);

@@ -519,8 +519,12 @@ public sealed class EngineTests : IAsyncLifetime
         await WaitUntilAsync(() => _store.Peek("tx-1")?.Branches[0].Op(Action).Status == OpStatus.Waiting);
 
         var delay = Backoff.Delay(1, RetryPolicy.Default, 0.5);
+        var retryAt = _time.GetUtcNow() + delay;
         _time.Advance(delay - TimeSpan.FromMilliseconds(5)); // the early wake-up: nothing is due yet
         _invoker.HasWaitingCall.ShouldBeFalse();
+        // The engine takes the early tick on its own thread and arms the timer again. Advancing the
+        // clock before it has would arm it 5 ms after a clock that never moves again.
+        await WaitUntilAsync(() => _time.HasTimerDueAt(retryAt));
         _time.Advance(TimeSpan.FromMilliseconds(5));        // the re-armed timer: now it is
 
         (await ExpectCallAsync("order.action#2")).Succeed();

@@ -146,7 +146,11 @@ internal static class BenchCommand
             var workload = new BenchWorkload(settings.Protocol, settings.Branches, participant.Url, coordinatorUrls);
             var pids = coordinators.Select(c => c.Id).ToList();
             TimeSpan CpuOfCoordinators() => pids.Aggregate(TimeSpan.Zero, (sum, pid) => sum + ProcessStats.CpuTime(pid));
+            // The SQLite store's writer thread, by its name (the PostgreSQL store has none).
+            TimeSpan? CpuOfWriters() => pids.Aggregate((TimeSpan?)null,
+                (sum, pid) => ProcessStats.ThreadCpuTime(pid, "treaty-writer") is { } cpu ? (sum ?? TimeSpan.Zero) + cpu : sum);
             TimeSpan cpuBefore = default, cpuAfter = default;
+            TimeSpan? writerBefore = null, writerAfter = null;
             console.MarkupLineInterpolated($"Treaty {settings.Protocol}: {settings.Concurrency} clients, {settings.Warmup.TotalSeconds:0.###} s warm-up, {settings.Duration.TotalSeconds:0.###} s measured…");
             var treaty = await LoadRun.RunAsync(settings.Concurrency, settings.Warmup, settings.Duration,
                 async (i, ct) =>
@@ -154,7 +158,8 @@ internal static class BenchCommand
                     var status = await workload.RunAsync(http, i, abort: false, ct);
                     return status == BenchWorkload.Committed ? null : $"a transaction ended {status}";
                 },
-                () => cpuBefore = CpuOfCoordinators(), () => cpuAfter = CpuOfCoordinators(), cancellationToken);
+                () => (cpuBefore, writerBefore) = (CpuOfCoordinators(), CpuOfWriters()),
+                () => (cpuAfter, writerAfter) = (CpuOfCoordinators(), CpuOfWriters()), cancellationToken);
             if (coordinators.FirstOrDefault(c => c.HasExited) is { } exited)
             {
                 errors.MarkupLine("[red]The coordinator exited during the run.[/]");
@@ -227,6 +232,9 @@ internal static class BenchCommand
                 P95Ms = treaty.Percentile(0.95),
                 P99Ms = treaty.Percentile(0.99),
                 CpuUsPerTx = treaty.Completed == 0 ? null : (cpuAfter - cpuBefore).TotalMicroseconds / treaty.Completed,
+                WriterCpuUsPerTx = treaty.Completed == 0 || writerBefore is not { } wb || writerAfter is not { } wa
+                    ? null
+                    : (wa - wb).TotalMicroseconds / treaty.Completed,
                 RssMb = rssMb,
                 Committed = treaty.Completed,
                 Errors = treaty.Errors,

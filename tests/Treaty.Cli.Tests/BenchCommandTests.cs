@@ -248,6 +248,10 @@ public sealed class BenchRunTests
             p50.ShouldBeLessThanOrEqualTo(p95);
             p95.ShouldBeLessThanOrEqualTo(p99);
             ((double)report["cpuUsPerTx"]!).ShouldBeGreaterThan(0);
+            // The store's writer thread, found by its name: part of the process's CPU, never all of it.
+            var writer = (double)report["writerCpuUsPerTx"].ShouldNotBeNull("the writer thread (treaty-writer) was not found");
+            writer.ShouldBeGreaterThan(0);
+            writer.ShouldBeLessThan((double)report["cpuUsPerTx"]!);
             ((double)report["rssMb"]!).ShouldBeGreaterThan(0);
             ((double)report["baselineP99Ms"]!).ShouldBeGreaterThan(0);
             report.ContainsKey("peerThroughput").ShouldBeTrue();
@@ -256,6 +260,7 @@ public sealed class BenchRunTests
             // The table for people, plain (NO_COLOR, a pipe): its rows and no escape sequence.
             result.Out.ShouldContain("Treaty saga (coordinator process)", customMessage: result.ToString());
             result.Out.ShouldContain("baseline: 3 plain call(s), no coordinator", customMessage: result.ToString());
+            result.Out.ShouldContain("the store's writer thread:", customMessage: result.ToString());
             result.Out.ShouldNotContain("\u001b[", customMessage: result.ToString());
 
             BenchCommandTests.CoordinatorShouldBeGone(result.Out);
@@ -344,6 +349,7 @@ public sealed class BenchRunTests
             ((double)report["throughput"]!).ShouldBeGreaterThan(0);
             ((long)report["errors"]!).ShouldBe(0);
             ((double)report["cpuUsPerTx"]!).ShouldBeGreaterThan(0);
+            report["writerCpuUsPerTx"].ShouldBeNull(); // the PostgreSQL store has no writer thread
             var pids = BenchCommandTests.CoordinatorPids(result.Out);
             pids.Count.ShouldBe(3, result.Out);
             pids.ShouldAllBe(pid => !BenchCommandTests.IsTreatyServe(pid));

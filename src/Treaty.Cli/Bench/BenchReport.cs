@@ -42,6 +42,13 @@ internal sealed record BenchReport
     /// <summary>The coordinator process's CPU time (user + system) over the window, per committed transaction, µs.</summary>
     public required double? CpuUsPerTx { get; init; }
 
+    /// <summary>
+    /// Of <see cref="CpuUsPerTx"/>, the SQLite store's writer thread (<c>treaty-writer</c>: every
+    /// write and fsync), µs per committed transaction; null with PostgreSQL or without <c>/proc</c>.
+    /// A steadier figure than the process's for a change to the store.
+    /// </summary>
+    public double? WriterCpuUsPerTx { get; init; }
+
     /// <summary>The coordinator process's peak resident set (VmHWM), MiB.</summary>
     public required double RssMb { get; init; }
 
@@ -127,6 +134,11 @@ internal sealed record BenchReport
         }
 
         console.Write(table);
+        if (WriterCpuUsPerTx is { } writer)
+        {
+            console.MarkupLine(Markup.Escape(Invariant($"Of the coordinator's CPU, the store's writer thread: {writer:N0} µs/tx")));
+        }
+
         console.MarkupLine(Markup.Escape(Invariant($"Treaty / baseline: {Number(BaselineRatio, "0.00")}")
             + (Peer is null ? "" : Invariant($"; Treaty / {Peer}: {Number(PeerRatio, "0.00")}"))
             + (PeerCpuScope is null ? "" : $"; the peer's CPU is {PeerCpuScope}")));

@@ -23,7 +23,43 @@ internal static class ProcessStats
             return process.TotalProcessorTime;
         }
 
-        var stat = File.ReadAllText(path);
+        return StatCpuTime(File.ReadAllText(path));
+    }
+
+    /// <summary>
+    /// User + system CPU time so far of the threads of process <paramref name="pid"/> named
+    /// <paramref name="threadName"/> (<c>/proc/PID/task/*/comm</c>); null where there is no
+    /// <c>/proc</c> or no such thread. A thread that ended is not counted.
+    /// </summary>
+    public static TimeSpan? ThreadCpuTime(int pid, string threadName)
+    {
+        var tasks = $"/proc/{pid}/task";
+        if (!Directory.Exists(tasks))
+        {
+            return null;
+        }
+
+        TimeSpan? sum = null;
+        foreach (var task in Directory.EnumerateDirectories(tasks))
+        {
+            try
+            {
+                if (File.ReadAllText(Path.Combine(task, "comm")).TrimEnd('\n') == threadName)
+                {
+                    sum = (sum ?? TimeSpan.Zero) + StatCpuTime(File.ReadAllText(Path.Combine(task, "stat")));
+                }
+            }
+            catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+            {
+                // The thread ended while we looked.
+            }
+        }
+
+        return sum;
+    }
+
+    private static TimeSpan StatCpuTime(string stat)
+    {
         // The command name (field 2) is in parentheses and may contain spaces: count from the last ')'.
         // After it: state is field 3, utime field 14 and stime field 15.
         var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');

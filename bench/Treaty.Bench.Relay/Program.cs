@@ -11,7 +11,18 @@ using System.Text;
 // The relay's share of the baseline is what a coordinator could reach if its durable work cost nothing.
 //   dotnet run -c Release --project bench/Treaty.Bench.Relay -- --concurrency 64 --branches 3 --warmup 20 --duration 10
 // The relay is a child process (this program with --serve), stopped by its pid at the end.
-var options = Options.Parse(args);
+Options options;
+try
+{
+    options = Options.Parse(args);
+}
+catch (Exception ex) when (ex is ArgumentException or FormatException or IndexOutOfRangeException)
+{
+    Console.Error.WriteLine($"Treaty.Bench.Relay: {(ex is IndexOutOfRangeException ? "an option lacks its value" : ex.Message)}");
+    Console.Error.WriteLine(Options.Usage);
+    return 2;
+}
+
 if (options.Serve is { } serve)
 {
     await Relay.ServeAsync(serve.Port, serve.Participant, options.Branches);
@@ -22,6 +33,8 @@ return await Driver.RunAsync(options);
 
 internal sealed record Options(int Concurrency, int Branches, int WarmupSeconds, int DurationSeconds, (int Port, string Participant)? Serve)
 {
+    public const string Usage = "Options: --concurrency N (64) --branches N (3) --warmup SECONDS (20) --duration SECONDS (10)";
+
     public static Options Parse(string[] args)
     {
         var concurrency = 64;
@@ -39,8 +52,13 @@ internal sealed record Options(int Concurrency, int Branches, int WarmupSeconds,
                 case "--warmup": warmup = Next(); break;
                 case "--duration": duration = Next(); break;
                 case "--serve": serve = (Next(), args[++i]); break;
-                default: throw new ArgumentException($"Unknown option '{args[i]}'. Options: --concurrency N --branches N --warmup SECONDS --duration SECONDS");
+                default: throw new ArgumentException($"Unknown option '{args[i]}'.");
             }
+        }
+
+        if (concurrency < 1 || branches < 1 || warmup < 0 || duration < 1)
+        {
+            throw new ArgumentException("--concurrency, --branches and --duration must be at least 1, --warmup at least 0.");
         }
 
         return new Options(concurrency, branches, warmup, duration, serve);

@@ -520,10 +520,12 @@ public sealed class EngineTests : IAsyncLifetime
 
         var delay = Backoff.Delay(1, RetryPolicy.Default, 0.5);
         var retryAt = _time.GetUtcNow() + delay;
+        // The engine arms its timer on its own thread, after the write the test saw, and again after
+        // the early tick. Each time the clock may move only once the timer is armed: moved before,
+        // the timer is armed from a clock that has gone on, past any time the test will advance to.
+        await WaitUntilAsync(() => _time.HasTimerDueAt(retryAt - TimeSpan.FromMilliseconds(5)));
         _time.Advance(delay - TimeSpan.FromMilliseconds(5)); // the early wake-up: nothing is due yet
         _invoker.HasWaitingCall.ShouldBeFalse();
-        // The engine takes the early tick on its own thread and arms the timer again. Advancing the
-        // clock before it has would arm it 5 ms after a clock that never moves again.
         await WaitUntilAsync(() => _time.HasTimerDueAt(retryAt));
         _time.Advance(TimeSpan.FromMilliseconds(5));        // the re-armed timer: now it is
 

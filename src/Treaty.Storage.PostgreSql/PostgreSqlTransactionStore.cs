@@ -24,6 +24,7 @@ public sealed class PostgreSqlTransactionStore : ITransactionStore, IAsyncDispos
     private static readonly TimeSpan MaxReconnectDelay = TimeSpan.FromSeconds(5);
 
     private readonly NpgsqlDataSource _data;
+    private readonly NpgsqlDataSource _listen;
     private readonly WriteBatcher _writes;
     private readonly Sql _sql;
     private readonly ILogger _logger;
@@ -71,10 +72,24 @@ public sealed class PostgreSqlTransactionStore : ITransactionStore, IAsyncDispos
             builder.MaxAutoPrepare = PostgreSqlStoreDefaults.MaxAutoPrepare;
         }
 
+        if (!Names(options.ConnectionString!, "No Reset On Close", "NoResetOnClose"))
+        {
+            // A pooled connection is otherwise reset each time it goes back to the pool: with
+            // prepared statements to keep, Npgsql sends seven statements for it (RESET ALL, UNLISTEN *,
+            // DISCARD TEMP, ...) ahead of the connection's next use, about one set per saga under
+            // load. The store leaves no session state behind (its advisory lock is the transaction's,
+            // and the one LISTEN has a connection of its own, never pooled). A connection string
+            // that sets it wins.
+            builder.NoResetOnClose = true;
+        }
+
         _host = builder.Host;
         _port = builder.Port;
         _database = builder.Database;
         _data = NpgsqlDataSource.Create(builder);
+        // LISTEN is session state: the listener's connection is closed with its session, never
+        // handed back to the pool still listening.
+        _listen = NpgsqlDataSource.Create(new NpgsqlConnectionStringBuilder(builder.ConnectionString) { Pooling = false });
         _writes = new WriteBatcher(_data);
         _sql = new Sql(options.Schema);
         _logger = logger;
@@ -328,22 +343,30 @@ public sealed class PostgreSqlTransactionStore : ITransactionStore, IAsyncDispos
         }
 
         await EnsureInitializedAsync(cancellationToken);
-        await using var command = _data.CreateCommand(_sql.Renew);
-        AddHeld(command, lease.Owner, held);
-        Add(command, "lease", NpgsqlDbType.Interval, lease.Duration);
-        var renewed = new HashSet<string>(StringComparer.Ordinal);
-        var started = Stopwatch.GetTimestamp();
+        var gids = held.Select(c => c.Gid).Distinct(StringComparer.Ordinal).ToList();
+        // In the write queue (see Sql.Renew: a renew beside the instance's own batch deadlocked).
+        var renewed = await _writes.WriteAsync(_sql.Renew, p =>
+        {
+            AddHeld(p, lease.Owner, held);
+            Add(p, "lease", NpgsqlDbType.Interval, lease.Duration);
+        }, cancellationToken);
+        if (renewed == gids.Count)
+        {
+            return [];
+        }
+
+        var still = new HashSet<string>(StringComparer.Ordinal);
+        await using var command = _data.CreateCommand(_sql.SelectHeld);
+        AddHeld(command.Parameters, lease.Owner, held);
         await using (var reader = await command.ExecuteReaderAsync(cancellationToken))
         {
             while (await reader.ReadAsync(cancellationToken))
             {
-                renewed.Add(reader.GetString(0));
+                still.Add(reader.GetString(0));
             }
         }
 
-        Committed(started);
-
-        return [.. held.Select(c => c.Gid).Where(gid => !renewed.Contains(gid)).Distinct(StringComparer.Ordinal)];
+        return [.. gids.Where(gid => !still.Contains(gid))];
     }
 
     /// <inheritdoc />
@@ -357,11 +380,8 @@ public sealed class PostgreSqlTransactionStore : ITransactionStore, IAsyncDispos
         }
 
         await EnsureInitializedAsync(cancellationToken);
-        await using var command = _data.CreateCommand(_sql.Release);
-        AddHeld(command, owner, held);
-        var started = Stopwatch.GetTimestamp();
-        await command.ExecuteNonQueryAsync(cancellationToken);
-        Committed(started);
+        // In the write queue, as a renew is (see Sql.Renew).
+        await _writes.WriteAsync(_sql.Release, p => AddHeld(p, owner, held), cancellationToken);
     }
 
     /// <inheritdoc />
@@ -563,6 +583,7 @@ public sealed class PostgreSqlTransactionStore : ITransactionStore, IAsyncDispos
             }
 
             await _data.DisposeAsync();
+            await _listen.DisposeAsync();
             _stop.Dispose();
             if (_initialized)
             {
@@ -577,6 +598,9 @@ public sealed class PostgreSqlTransactionStore : ITransactionStore, IAsyncDispos
 
     /// <summary>The settings the store's connections use (tests).</summary>
     internal NpgsqlConnectionStringBuilder EffectiveSettings => new(_data.ConnectionString);
+
+    /// <summary>The settings of the listener's own connection (tests).</summary>
+    internal NpgsqlConnectionStringBuilder ListenerSettings => new(_listen.ConnectionString);
 
     /// <summary>The group commit (tests: hold it, count its batches).</summary>
     internal WriteBatcher Writes => _writes;
@@ -668,7 +692,7 @@ public sealed class PostgreSqlTransactionStore : ITransactionStore, IAsyncDispos
         {
             try
             {
-                await using var connection = await _data.OpenConnectionAsync(stop);
+                await using var connection = await _listen.OpenConnectionAsync(stop);
                 connection.Notification += OnNotification;
                 await using (var listen = new NpgsqlCommand($"LISTEN \"{_sql.Channel}\";", connection))
                 {
@@ -829,7 +853,7 @@ public sealed class PostgreSqlTransactionStore : ITransactionStore, IAsyncDispos
         Add(command, "j_body", NpgsqlDbType.Array | NpgsqlDbType.Text, body);
     }
 
-    private static void AddHeld(NpgsqlCommand command, string owner, IReadOnlyCollection<LeaseClaim> held)
+    private static void AddHeld(NpgsqlParameterCollection command, string owner, IReadOnlyCollection<LeaseClaim> held)
     {
         Add(command, "owner", NpgsqlDbType.Text, owner);
         Add(command, "gids", NpgsqlDbType.Array | NpgsqlDbType.Text, held.Select(c => c.Gid).ToArray());

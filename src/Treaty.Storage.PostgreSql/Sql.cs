@@ -157,19 +157,38 @@ internal sealed class Sql
             RETURNING epoch;
             """;
 
+        // Renew and release go through the write queue, one statement in a batch of the instance's
+        // decisions, and answer a count like every write there. Sent on a connection of their own,
+        // they locked the instance's rows beside its batch, each waiting for a row the other held:
+        // a deadlock, broken only after PostgreSQL's deadlock_timeout (1 s by default) with every
+        // write of the instance stalled behind it (seen under load with three coordinators).
         Renew =
             $"""
-            UPDATE {t} AS t SET lease_until = now() + @lease
-            FROM unnest(@gids::text[], @epochs::bigint[]) AS h(gid, epoch)
-            WHERE t.gid = h.gid AND t.epoch = h.epoch AND t.owner = @owner
-            RETURNING t.gid;
+            WITH r AS (
+                UPDATE {t} AS t SET lease_until = now() + @lease
+                FROM unnest(@gids::text[], @epochs::bigint[]) AS h(gid, epoch)
+                WHERE t.gid = h.gid AND t.epoch = h.epoch AND t.owner = @owner
+                RETURNING t.gid)
+            SELECT count(DISTINCT gid) FROM r;
+            """;
+
+        // Which of the claims are still this owner's: a plain read, no lock (after a renew that did
+        // not renew them all).
+        SelectHeld =
+            $"""
+            SELECT DISTINCT t.gid FROM {t} AS t
+            JOIN unnest(@gids::text[], @epochs::bigint[]) AS h(gid, epoch) ON t.gid = h.gid AND t.epoch = h.epoch
+            WHERE t.owner = @owner;
             """;
 
         Release =
             $"""
-            UPDATE {t} AS t SET owner = NULL, lease_until = NULL
-            FROM unnest(@gids::text[], @epochs::bigint[]) AS h(gid, epoch)
-            WHERE t.gid = h.gid AND t.epoch = h.epoch AND t.owner = @owner;
+            WITH r AS (
+                UPDATE {t} AS t SET owner = NULL, lease_until = NULL
+                FROM unnest(@gids::text[], @epochs::bigint[]) AS h(gid, epoch)
+                WHERE t.gid = h.gid AND t.epoch = h.epoch AND t.owner = @owner
+                RETURNING 1)
+            SELECT count(*) FROM r;
             """;
 
         SelectJournal =
@@ -228,6 +247,9 @@ internal sealed class Sql
     public string Renew { get; }
 
     public string Release { get; }
+
+    /// <summary>The gids of the given claims still held by @owner at their epoch (no lock).</summary>
+    public string SelectHeld { get; }
 
     public string SelectJournal { get; }
 

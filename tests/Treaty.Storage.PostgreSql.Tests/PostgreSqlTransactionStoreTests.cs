@@ -150,6 +150,19 @@ public sealed class PostgreSqlTransactionStoreTests(PostgresFixture postgres) : 
         store.EffectiveSettings.MaxAutoPrepare.ShouldBe(expected);
     }
 
+    [Theory]
+    [InlineData("Host=127.0.0.1;Database=x", true)]
+    [InlineData("Host=127.0.0.1;Database=x;No Reset On Close=false", false)]
+    [InlineData("Host=127.0.0.1;Database=x;noresetonclose=false", false)]
+    public void NoResetOnClose_OnByDefault_TheConnectionStringWins_TheListenerIsNeverPooled(string connectionString, bool expected)
+    {
+        var store = Open(connectionString);
+
+        store.EffectiveSettings.NoResetOnClose.ShouldBe(expected);
+        store.EffectiveSettings.Pooling.ShouldBeTrue();
+        store.ListenerSettings.Pooling.ShouldBeFalse();
+    }
+
     [Fact]
     public async Task AddTreatyPostgreSqlStore_RegistersOneStoreAsTheTransactionStore_AndValidatesTheOptions()
     {
@@ -232,6 +245,43 @@ public sealed class PostgreSqlTransactionStoreTests(PostgresFixture postgres) : 
         (await store.GetAsync("b-taken", Ct))!.Version.ShouldBe(2);
         store.Writes.Batches.ShouldBeGreaterThanOrEqualTo(1);
         metrics.Of("treaty.store.batch.size").ShouldContain(m => m.Value == 11);
+    }
+
+    [Fact]
+    public async Task RenewAndRelease_GoInTheWriteBatch_BesideTheDecisions_NeverOnAConnectionOfTheirOwn()
+    {
+        // On a connection of its own a renew locked the instance's rows while its batch locked them
+        // in another order: a deadlock, broken only after PostgreSQL's deadlock_timeout with every
+        // write of the instance stalled. In the write queue it is one statement of the batch.
+        var cs = await postgres.Server.CreateDatabaseAsync("renewbatch");
+        var store = Open(cs);
+        await store.InitializeAsync(Ct);
+        var lease = new LeaseRequest("owner-a", TimeSpan.FromMinutes(1));
+        foreach (var gid in new[] { "rb-x", "rb-y", "rb-z" })
+        {
+            (await store.InsertAsync(NewState(gid), [], lease, Ct)).ShouldBeNull();
+        }
+
+        var fence = new Fence("owner-a", 1);
+        using var metrics = new MetricRecorder("Treaty");
+        Task updateX, updateY, release;
+        Task<IReadOnlyList<string>> renew;
+        using (store.Writes.Hold())
+        {
+            updateX = store.UpdateAsync(NewState("rb-x") with { Version = 2 }, [Entry("decided")], fence, Ct);
+            renew = store.RenewAsync(lease, [new LeaseClaim("rb-y", 1), new LeaseClaim("rb-x", 1), new LeaseClaim("rb-gone", 1)], Ct);
+            release = store.ReleaseAsync("owner-a", [new LeaseClaim("rb-z", 1)], Ct);
+            updateY = store.UpdateAsync(NewState("rb-y") with { Version = 2 }, [Entry("decided")], fence, Ct);
+            await Task.Delay(200, Ct);
+            renew.IsCompleted.ShouldBeFalse("the renew did not wait for the write queue");
+            release.IsCompleted.ShouldBeFalse("the release did not wait for the write queue");
+        }
+
+        await Task.WhenAll(updateX, updateY, release);
+        (await renew).ShouldBe(["rb-gone"]);
+        metrics.Of("treaty.store.batch.size").ShouldContain(m => m.Value == 4);
+        (await store.ClaimAsync("rb-z", new LeaseRequest("owner-b", TimeSpan.FromMinutes(1)), takeOver: false, Ct)).ShouldBe(new LeaseClaim("rb-z", 2));
+        (await store.ClaimAsync("rb-x", new LeaseRequest("owner-b", TimeSpan.FromMinutes(1)), takeOver: false, Ct)).ShouldBeNull();
     }
 
     [Fact]

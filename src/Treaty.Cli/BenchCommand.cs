@@ -25,7 +25,7 @@ internal static class BenchCommand
         var branches = new Option<string?>("--branches") { Description = "Branches per transaction, 1 to 64 (default 3); the baseline makes as many calls" };
         var concurrency = new Option<string?>("--concurrency") { Description = "Clients, each with one transaction in flight (default 64)" };
         var duration = new Option<string?>("--duration") { Description = "The measured window, e.g. 10s (default) or 1m" };
-        var warmup = new Option<string?>("--warmup") { Description = "Load before the window, not measured (default 20s, the time the fresh coordinator needs to compile its hot path; 0 for none)" };
+        var warmup = new Option<string?>("--warmup") { Description = "Load before the window, not measured (default 20s per coordinator, the time a fresh coordinator needs to compile its hot path; 0 for none)" };
         var store = new Option<string?>("--store") { Description = "The coordinator's store: sqlite (default, a temp directory) or postgres (needs --connection-string)" };
         var connectionString = new Option<string?>("--connection-string") { Description = "The PostgreSQL store's connection string, for --store postgres" };
         var peer = new Option<string?>("--peer") { Description = "Also run a peer on the same participant and compare: masstransit (needs a clone of the repository: bench/Treaty.Bench.Peer)" };

@@ -106,6 +106,11 @@ public sealed partial class BenchCommandTests
 
         var postgres = BenchSettings.Parse(new BenchSettings.Raw(Store: "postgres", ConnectionString: "Host=h", Warmup: "0"), "/").Settings!;
         postgres.Warmup.ShouldBe(TimeSpan.Zero);
+        // Three coordinators share the load, and their JIT takes three times as long to warm up.
+        BenchSettings.Parse(new BenchSettings.Raw(Store: "postgres", ConnectionString: "Host=h", Coordinators: "3"), "/").Settings!
+            .Warmup.ShouldBe(TimeSpan.FromSeconds(60));
+        BenchSettings.Parse(new BenchSettings.Raw(Store: "postgres", ConnectionString: "Host=h", Coordinators: "3", Warmup: "5s"), "/").Settings!
+            .Warmup.ShouldBe(TimeSpan.FromSeconds(5));
         // The connection string (and any password in it) never on the command line: in the environment.
         BenchCommand.ServeArguments(postgres, "http://127.0.0.1:1", "/d", instance: 2)
             .ShouldBe(["serve", "--urls", "http://127.0.0.1:1", "--data-dir", "/d", "--store", "postgres", "--instance-id", "bench-2"]);

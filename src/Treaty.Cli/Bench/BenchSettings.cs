@@ -25,6 +25,9 @@ internal sealed record BenchSettings(
     /// <summary>Most sagas <c>--in-flight</c> holds.</summary>
     public const int MaxInFlight = 100_000;
 
+    /// <summary>The warm-up when <c>--warmup</c> is not given, for each coordinator started.</summary>
+    public static readonly TimeSpan DefaultWarmupPerCoordinator = TimeSpan.FromSeconds(20);
+
     /// <summary>Most coordinator instances a bench starts (<c>--coordinators</c>).</summary>
     public const int MaxCoordinators = 8;
 
@@ -72,8 +75,8 @@ internal sealed record BenchSettings(
 
         // The coordinator is a fresh process: its JIT tiers the hot path up for about half a minute
         // (after 5 s the JIT and the runtime still took 20-55 % of its CPU), and the figures are for
-        // a coordinator that has been running.
-        var warmup = TimeSpan.FromSeconds(20);
+        // a coordinator that has been running. Set below, once the coordinators are known.
+        var warmup = TimeSpan.Zero;
         if (raw.Warmup is not null && raw.Warmup.Trim() is not ("0" or "0s") && !DurationText.TryParse(raw.Warmup, out warmup))
         {
             return Fail($"--warmup must be a duration such as 3s, 500ms or 0, not '{raw.Warmup}'.");
@@ -146,6 +149,14 @@ internal sealed record BenchSettings(
         if (coordinators > 1 && store != "postgres")
         {
             return Fail("--coordinators above 1 needs --store postgres: several instances share one PostgreSQL database (a SQLite file is one process's).");
+        }
+
+        if (raw.Warmup is null)
+        {
+            // Each of N coordinators gets 1/N of the load, so its hot methods reach the JIT's call
+            // counts N times later: with three on two cores and 20 s, the JIT still took a third of
+            // the machine in some windows (docs/benchmarks.md). 20 s per coordinator.
+            warmup = DefaultWarmupPerCoordinator * coordinators;
         }
 
         var inFlight = 0;

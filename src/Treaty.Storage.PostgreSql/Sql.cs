@@ -161,7 +161,7 @@ internal sealed class Sql
         // decisions, and answer a count like every write there. Sent on a connection of their own,
         // they locked the instance's rows beside its batch, each waiting for a row the other held:
         // a deadlock, broken only after PostgreSQL's deadlock_timeout (1 s by default) with every
-        // write of the instance stalled behind it (seen under load with three coordinators).
+        // write of the instance stalled behind it (seen under load, with one coordinator and with three).
         Renew =
             $"""
             WITH r AS (

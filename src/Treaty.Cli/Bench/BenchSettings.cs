@@ -75,16 +75,12 @@ internal sealed record BenchSettings(
 
         // The coordinator is a fresh process: its JIT tiers the hot path up for about half a minute
         // (after 5 s the JIT and the runtime still took 20-55 % of its CPU), and the figures are for
-        // a coordinator that has been running. Set below, once the coordinators are known.
+        // a coordinator that has been running. "0" is none; without --warmup the default is set
+        // below, once the coordinators are known.
         var warmup = TimeSpan.Zero;
         if (raw.Warmup is not null && raw.Warmup.Trim() is not ("0" or "0s") && !DurationText.TryParse(raw.Warmup, out warmup))
         {
             return Fail($"--warmup must be a duration such as 3s, 500ms or 0, not '{raw.Warmup}'.");
-        }
-
-        if (raw.Warmup?.Trim() is "0" or "0s")
-        {
-            warmup = TimeSpan.Zero;
         }
 
         var store = raw.Store ?? "sqlite";

@@ -139,7 +139,7 @@ public sealed partial class ChaosTests
         while (true)
         {
             var open = await OpenGidsAsync(env, ct);
-            if (open.Count >= atLeast || (open.Count > 0 && watch.Elapsed >= patience) || watch.Elapsed >= patience * 2)
+            if (open.Count >= atLeast || watch.Elapsed >= patience)
             {
                 return open;
             }

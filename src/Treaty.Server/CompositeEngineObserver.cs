@@ -61,4 +61,28 @@ internal sealed class CompositeEngineObserver(params IEngineObserver[] observers
             observer.StuckChanged(state, stuck);
         }
     }
+
+    public void Resumed(TransactionState state, long epoch, bool takeOver)
+    {
+        foreach (var observer in observers)
+        {
+            observer.Resumed(state, epoch, takeOver);
+        }
+    }
+
+    public void LeaseLost(string gid, long epoch, bool atRenewal)
+    {
+        foreach (var observer in observers)
+        {
+            observer.LeaseLost(gid, epoch, atRenewal);
+        }
+    }
+
+    public void RenewFailed(int held)
+    {
+        foreach (var observer in observers)
+        {
+            observer.RenewFailed(held);
+        }
+    }
 }

@@ -18,7 +18,12 @@ internal static class OtlpExport
     /// <summary>Service name when <c>OTEL_SERVICE_NAME</c> does not give one.</summary>
     public const string DefaultServiceName = "treaty";
 
-    public static void AddTreatyOtlpExport(this IServiceCollection services, TreatyServerOptions options)
+    /// <param name="services">The coordinator's services.</param>
+    /// <param name="options">Its options: the endpoint, protocol and interval.</param>
+    /// <param name="instance">This coordinator's lease owner name, exported as the resource's
+    /// <c>service.instance.id</c>: with several instances on one database, the telemetry of each
+    /// carries the name its transactions are leased to (the store's <c>owner</c> column, the logs).</param>
+    public static void AddTreatyOtlpExport(this IServiceCollection services, TreatyServerOptions options, string instance)
     {
         if (options.OtlpEndpoint is not { } endpoint)
         {
@@ -36,7 +41,9 @@ internal static class OtlpExport
         }
 
         services.AddOpenTelemetry()
-            .ConfigureResource(resource => resource.AddService(Environment.GetEnvironmentVariable("OTEL_SERVICE_NAME") is { Length: > 0 } name ? name : DefaultServiceName))
+            .ConfigureResource(resource => resource.AddService(
+                Environment.GetEnvironmentVariable("OTEL_SERVICE_NAME") is { Length: > 0 } name ? name : DefaultServiceName,
+                serviceInstanceId: instance))
             .WithTracing(tracing => tracing
                 .AddSource(TreatyTelemetry.Name)
                 .AddOtlpExporter(exporter =>

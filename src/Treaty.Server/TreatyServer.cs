@@ -86,7 +86,8 @@ public static class TreatyServer
         services.AddSingleton<IProtocolMachine, MessageMachine>();
         services.AddSingleton<IProtocolMachine>(new ChoreographyMachine(options.ChoreographyTimeout));
         services.AddSingleton<TreatyTelemetry>();
-        services.AddSingleton(new LeaseRequest(options.InstanceId ?? LeaseDefaults.NewOwner(), options.LeaseDuration));
+        var lease = new LeaseRequest(options.InstanceId ?? LeaseDefaults.NewOwner(), options.LeaseDuration);
+        services.AddSingleton(lease);
         services.AddSingleton(sp =>
         {
             var engine = ActivatorUtilities.CreateInstance<TransactionEngine>(sp);
@@ -110,7 +111,7 @@ public static class TreatyServer
             services.AddHostedService(sp => sp.GetRequiredService<AlertMonitor>());
             services.AddSingleton<IEngineObserver>(sp => new CompositeEngineObserver(sp.GetRequiredService<TreatyTelemetry>(), sp.GetRequiredService<AlertMonitor>()));
         }
-        services.AddTreatyOtlpExport(options);
+        services.AddTreatyOtlpExport(options, lease.Owner);
         services.AddProblemDetails();
         services.AddOpenApi();
         services.Configure<JsonOptions>(json =>

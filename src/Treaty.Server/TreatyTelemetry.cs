@@ -27,6 +27,9 @@ internal sealed class TreatyTelemetry : IEngineObserver, IDisposable
     private readonly Counter<long> _writes;
     private readonly Counter<long> _decisions;
     private readonly Counter<long> _purged;
+    private readonly Counter<long> _resumed;
+    private readonly Counter<long> _leasesLost;
+    private readonly Counter<long> _renewFailures;
     private TransactionEngine? _engine;
 
     public TreatyTelemetry(IMeterFactory meters)
@@ -43,6 +46,12 @@ internal sealed class TreatyTelemetry : IEngineObserver, IDisposable
         _decisions = _meter.CreateCounter<long>("treaty.decisions", unit: "{decision}", description: "Coordinator decisions (commit or abort) by protocol");
         _purged = _meter.CreateCounter<long>("treaty.transactions.purged", unit: "{transaction}",
             description: "Finished transactions deleted by retention, with their journal");
+        _resumed = _meter.CreateCounter<long>("treaty.transactions.resumed", unit: "{transaction}",
+            description: "Transactions this coordinator took over from the store: recovery, or an operator's take-over (takeover=true)");
+        _leasesLost = _meter.CreateCounter<long>("treaty.leases.lost", unit: "{transaction}",
+            description: "Transactions this coordinator stopped driving because another instance holds them now, found at a renewal or by a fenced write");
+        _renewFailures = _meter.CreateCounter<long>("treaty.leases.renewal_failures", unit: "{renewal}",
+            description: "Lease renewals that failed (the store did not answer); the leases run on until they expire");
         _meter.CreateObservableGauge("treaty.transactions.in_flight", () => _engine?.ActiveCount ?? 0, unit: "{transaction}",
             description: "Transactions this coordinator drives now (not terminal, held in memory)");
         _meter.CreateObservableGauge("treaty.transactions.stuck.current", () => _engine?.StuckCount ?? 0, unit: "{transaction}",
@@ -146,6 +155,17 @@ internal sealed class TreatyTelemetry : IEngineObserver, IDisposable
             }
         }
     }
+
+    public void Resumed(TransactionState state, long epoch, bool takeOver) =>
+        _resumed.Add(1, new TagList { { "protocol", state.Spec.Protocol.ToWire() }, { "takeover", takeOver } });
+
+    public void LeaseLost(string gid, long epoch, bool atRenewal) =>
+        _leasesLost.Add(1, new KeyValuePair<string, object?>("found", atRenewal ? "renewal" : "write"));
+
+    public void RenewFailed(int held) => _renewFailures.Add(1);
+
+    /// <summary>The Meter of this coordinator (tests tell coordinators in one process apart by it).</summary>
+    internal Meter Meter => _meter;
 
     private static void Tag(Activity activity, TransactionState state)
     {

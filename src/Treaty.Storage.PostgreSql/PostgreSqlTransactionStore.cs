@@ -268,7 +268,8 @@ public sealed class PostgreSqlTransactionStore : ITransactionStore, IAsyncDispos
             return;
         }
 
-        // Nothing was written; a second look says which conflict it was.
+        // Nothing was written; a second look says which conflict it was: the fence first, so a stale
+        // owner hears that it lost the transaction even after the new owner wrote.
         await using var look = _data.CreateCommand(_sql.SelectFence);
         Add(look, "gid", NpgsqlDbType.Text, row.Gid);
         await using var reader = await look.ExecuteReaderAsync(cancellationToken);
@@ -280,13 +281,13 @@ public sealed class PostgreSqlTransactionStore : ITransactionStore, IAsyncDispos
         var version = reader.GetInt64(0);
         var owner = reader.IsDBNull(1) ? null : reader.GetString(1);
         var epoch = reader.GetInt64(2);
-        if (version != expected)
+        if (!Fence.Admits(fence, owner, epoch))
         {
-            throw new ConcurrencyConflictException($"Transaction '{row.Gid}' is at version {version}; the update expected {expected}.");
+            throw new LeaseLostException(
+                $"Transaction '{row.Gid}' is held by {owner ?? "nobody"} at epoch {epoch}; the write was fenced by {fence?.Owner ?? "nobody"} at epoch {fence?.Epoch ?? 0}.");
         }
 
-        throw new LeaseLostException(
-            $"Transaction '{row.Gid}' is held by {owner ?? "nobody"} at epoch {epoch}; the write was fenced by {fence?.Owner ?? "nobody"} at epoch {fence?.Epoch ?? 0}.");
+        throw new ConcurrencyConflictException($"Transaction '{row.Gid}' is at version {version}; the update expected {expected}.");
     }
 
     /// <inheritdoc />

@@ -122,14 +122,15 @@ internal sealed class UpdateRequest(StoredRow row, IReadOnlyList<JournalEntry> j
             return;
         }
 
-        // Only the conflict path pays for this second look, to say which conflict it was.
+        // Only the conflict path pays for this second look, to say which conflict it was: the fence
+        // first, so a stale owner hears that it lost the transaction even after the new owner wrote.
         SetFailed(writer.ReadFence(row.Gid) switch
         {
             null => new ConcurrencyConflictException($"Transaction '{row.Gid}' does not exist."),
-            var (version, _, _) when version != expected =>
-                new ConcurrencyConflictException($"Transaction '{row.Gid}' is at version {version}; the update expected {expected}."),
-            var (_, owner, epoch) => new LeaseLostException(
+            var (_, owner, epoch) when !Fence.Admits(fence, owner, epoch) => new LeaseLostException(
                 $"Transaction '{row.Gid}' is held by {owner ?? "nobody"} at epoch {epoch}; the write was fenced by {fence?.Owner ?? "nobody"} at epoch {fence?.Epoch ?? 0}."),
+            var (version, _, _) =>
+                new ConcurrencyConflictException($"Transaction '{row.Gid}' is at version {version}; the update expected {expected}."),
         });
     }
 }

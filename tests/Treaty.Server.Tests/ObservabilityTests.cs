@@ -273,6 +273,7 @@ public sealed partial class ObservabilityTests(ObservabilityFixture fixture) : I
         {
             o.OtlpEndpoint = receiver.BaseAddress.AbsoluteUri;
             o.OtlpExportInterval = TimeSpan.FromMilliseconds(200);
+            o.InstanceId = "coordinator-otlp-7";
         });
         var gid = Api.NewGid("otel-otlp");
         using (var response = await Api.SubmitAsync(coordinator.Http, Json.Saga(gid, Api.PayloadNode(),
@@ -290,6 +291,11 @@ public sealed partial class ObservabilityTests(ObservabilityFixture fixture) : I
         receiver.ContentTypes.ShouldAllBe(t => t == "application/x-protobuf");
         // The resource's service.name: an AnyValue whose string_value (field 1, length 6) is "treaty".
         receiver.ReceivedTogether("/v1/traces", "service.name", "\n\u0006" + OtlpExport.DefaultServiceName, "treaty.submit").ShouldBeTrue();
+        // service.instance.id: the instance's lease owner name, on every signal.
+        foreach (var signal in new[] { "/v1/traces", "/v1/metrics", "/v1/logs" })
+        {
+            receiver.ReceivedTogether(signal, "service.instance.id", "\n\u0012coordinator-otlp-7").ShouldBeTrue(signal);
+        }
     }
 
     [Fact]

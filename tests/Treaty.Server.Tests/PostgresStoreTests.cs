@@ -69,6 +69,7 @@ public sealed class PostgresStoreTests(PostgresFixture postgres) : IClassFixture
     [Fact]
     public async Task InstanceStops_TheOtherTakesItsTransactionOverAndFinishesIt()
     {
+        using var metrics = new MetricRecorder();
         var connectionString = await postgres.Server.CreateDatabaseAsync("takeover");
         var first = await StartAsync(connectionString, "first");
         await using var second = await StartAsync(connectionString, "second");
@@ -92,6 +93,47 @@ public sealed class PostgresStoreTests(PostgresFixture postgres) : IClassFixture
 
         view.Status.ShouldBe("committed");
         _participant.EffectsOn($"{gid}/s1/action").ShouldBe(1);
+        // Counted where it happened: a recovery by the second instance, no operator involved.
+        var resumed = Of(metrics, second, "treaty.transactions.resumed").ShouldHaveSingleItem();
+        resumed.Value.ShouldBe(1);
+        resumed.Has("protocol", "saga").ShouldBeTrue();
+        resumed.Has("takeover", false).ShouldBeTrue();
+        Of(metrics, second, "treaty.leases.lost").ShouldBeEmpty();
+    }
+
+    [Fact]
+    public async Task OperatorRetriesOnTheOtherInstance_ItTakesOver_TheOldOwnersLateWriteIsFenced_BothAreCounted()
+    {
+        using var metrics = new MetricRecorder();
+        var gid = Api.NewGid("pg-operator");
+        var gate = _participant.Hold($"{gid}/s1/action");
+        (await Saga(_a.Client, gid).SubmitAsync()).Status.ShouldNotBe("committed");
+        await WaitUntilAsync(() => _participant.CallsTo($"{gid}/s1/action").Count == 1);
+
+        // The operator's retry reaches B while A still waits for its call: B claims the
+        // transaction at the next epoch, calls s1 again (answered at once) and finishes it.
+        await _b.Client.RetryAsync(gid);
+        (await _b.Client.WaitAsync(gid, Wait)).Status.ShouldBe("committed");
+
+        // A's call answers late. Its write is refused for the fence, though B has written since:
+        // A hears that it lost the transaction, and lets go.
+        gate.Open();
+        await WaitUntilAsync(() => Of(metrics, _a, "treaty.leases.lost").Count == 1);
+        Of(metrics, _a, "treaty.leases.lost").ShouldHaveSingleItem().Has("found", "write").ShouldBeTrue();
+        Of(metrics, _b, "treaty.transactions.resumed").ShouldHaveSingleItem().Has("takeover", true).ShouldBeTrue();
+        Of(metrics, _a, "treaty.transactions.resumed").ShouldBeEmpty();
+        Of(metrics, _b, "treaty.leases.lost").ShouldBeEmpty();
+        (await _a.Client.GetAsync(gid)).ShouldNotBeNull().Status.ShouldBe("committed");
+        _participant.CallsTo($"{gid}/s1/action").Count.ShouldBe(2);
+        _participant.EffectsOn($"{gid}/s1/action").ShouldBe(1, "one idempotency key for both calls");
+        _participant.EffectsOn($"{gid}/s2/action").ShouldBe(1);
+    }
+
+    /// <summary>The measurements of <paramref name="instrument"/> by one coordinator (each has its own Meter).</summary>
+    private static List<Measurement> Of(MetricRecorder metrics, InProcessCoordinator coordinator, string instrument)
+    {
+        var meter = ((TreatyTelemetry)coordinator.Services.GetService(typeof(TreatyTelemetry))!).Meter;
+        return [.. metrics.Of(instrument).Where(m => ReferenceEquals(m.Meter, meter))];
     }
 
     private SagaBuilder Saga(TreatyClient client, string gid, TimeSpan? callTimeout = null) =>

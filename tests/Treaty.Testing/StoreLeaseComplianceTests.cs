@@ -113,6 +113,24 @@ public abstract class StoreLeaseComplianceTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task Lease_OldOwnersWriteAfterTheNewOwnerWrote_IsLeaseLost_NotAPlainConflict()
+    {
+        var v1 = NewState("l-moved-on");
+        await Store.InsertAsync(v1, [Entry(JournalKinds.Submitted)], A, Ct);
+        var taken = (await Store.ClaimAsync("l-moved-on", B, takeOver: true, Ct)).ShouldNotBeNull();
+        var v2 = Advance(v1, s => s with { Reason = "new owner" });
+        await Store.UpdateAsync(v2, [Entry(JournalKinds.Resumed)], B.FenceOf(taken), Ct);
+
+        // The stale owner's write is behind on both counts; the fence is what it must hear about.
+        await Should.ThrowAsync<LeaseLostException>(() => Store.UpdateAsync(v2, [], new Fence("owner-a", 1), Ct));
+        await Should.ThrowAsync<LeaseLostException>(() => Store.UpdateAsync(Advance(v2), [], new Fence("owner-a", 1), Ct));
+        // The holder itself behind on the version: a plain conflict, not a lost lease.
+        var conflict = await Should.ThrowAsync<ConcurrencyConflictException>(() => Store.UpdateAsync(v2, [], B.FenceOf(taken), Ct));
+        conflict.ShouldNotBeOfType<LeaseLostException>();
+        ShouldBeSameState(await Store.GetAsync("l-moved-on", Ct), v2);
+    }
+
+    [Fact]
     public async Task Lease_UnfencedWriteOnAnOwnedRow_IsRefused_AndAFencedWriteOnAnUnownedRowToo()
     {
         var owned = NewState("l-owned");

@@ -34,8 +34,9 @@ public sealed class SpanRecorder : IDisposable
     public void Dispose() => _listener.Dispose();
 }
 
-/// <summary>One measurement: the instrument, its value and its tags.</summary>
-public sealed record Measurement(string Instrument, string? Unit, double Value, IReadOnlyDictionary<string, object?> Tags)
+/// <summary>One measurement: the instrument, its value and its tags, and the Meter it came from
+/// (several coordinators in one process each have their own Meter <c>Treaty</c>).</summary>
+public sealed record Measurement(string Instrument, string? Unit, double Value, IReadOnlyDictionary<string, object?> Tags, Meter? Meter = null)
 {
     public bool Has(string tag, object? value) => Tags.TryGetValue(tag, out var actual) && Equals(actual, value);
 }
@@ -75,7 +76,7 @@ public sealed class MetricRecorder : IDisposable
             copy[key] = tagValue;
         }
 
-        _measurements.Enqueue(new Measurement(instrument.Name, instrument.Unit, value, copy));
+        _measurements.Enqueue(new Measurement(instrument.Name, instrument.Unit, value, copy, instrument.Meter));
     }
 
     public void Dispose() => _listener.Dispose();

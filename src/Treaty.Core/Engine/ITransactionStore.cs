@@ -30,11 +30,12 @@ public interface ITransactionStore
 
     /// <summary>
     /// Replaces the stored state (whose version must be <c>state.Version - 1</c>) and appends the
-    /// journal entries, atomically. Throws <see cref="ConcurrencyConflictException"/> when the
-    /// stored version differs or the transaction does not exist, and <see cref="LeaseLostException"/>
-    /// when <paramref name="fence"/> is not the stored owner and epoch (the lease's expiry alone does
-    /// not refuse the write: only a new claim does). An unfenced write (null) is refused while the
-    /// transaction has an owner. A write of a terminal state releases the lease (no owner after it).
+    /// journal entries, atomically. Throws <see cref="LeaseLostException"/> when <paramref name="fence"/>
+    /// is not the stored owner and epoch (<see cref="Fence.Admits"/>; the lease's expiry alone does
+    /// not refuse the write: only a new claim does), whatever the stored version; an unfenced write
+    /// (null) is refused while the transaction has an owner. Throws <see cref="ConcurrencyConflictException"/>
+    /// when the transaction does not exist, or when the fence admits the write but the stored version
+    /// differs. A write of a terminal state releases the lease (no owner after it).
     /// </summary>
     Task UpdateAsync(TransactionState state, IReadOnlyList<JournalEntry> journal, Fence? fence, CancellationToken cancellationToken);
 

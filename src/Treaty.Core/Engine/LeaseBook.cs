@@ -23,14 +23,14 @@ internal sealed class LeaseBook
     public LeaseLostException? CheckWrite(string gid, Fence? fence)
     {
         var entry = _entries.GetValueOrDefault(gid);
-        if (fence is { } f)
+        if (Fence.Admits(fence, entry.Owner, entry.Epoch))
         {
-            return string.Equals(entry.Owner, f.Owner, StringComparison.Ordinal) && entry.Epoch == f.Epoch
-                ? null
-                : new LeaseLostException($"Transaction '{gid}' is held by {entry.Owner ?? "nobody"} at epoch {entry.Epoch}; the write was fenced by {f.Owner} at epoch {f.Epoch}.");
+            return null;
         }
 
-        return entry.Owner is null ? null : new LeaseLostException($"Transaction '{gid}' is held by {entry.Owner}; an unfenced write is refused.");
+        return fence is { } f
+            ? new LeaseLostException($"Transaction '{gid}' is held by {entry.Owner ?? "nobody"} at epoch {entry.Epoch}; the write was fenced by {f.Owner} at epoch {f.Epoch}.")
+            : new LeaseLostException($"Transaction '{gid}' is held by {entry.Owner}; an unfenced write is refused.");
     }
 
     /// <summary>A write went through: a terminal state releases the lease.</summary>

@@ -56,7 +56,18 @@ public static class LeaseDefaults
 /// transaction raises its epoch, so a write under an older epoch (a stale owner waking up late) is
 /// refused by the store.
 /// </summary>
-public readonly record struct Fence(string Owner, long Epoch);
+public readonly record struct Fence(string Owner, long Epoch)
+{
+    /// <summary>
+    /// True when a write under <paramref name="fence"/> may change a transaction held by
+    /// <paramref name="owner"/> at <paramref name="epoch"/>: the fence names that holder at that
+    /// epoch, or, for an unfenced write (null), nobody holds it. Every store applies this rule, and
+    /// applies it before the version check, so a stale owner learns that it lost the transaction
+    /// even when the new owner has written since.
+    /// </summary>
+    public static bool Admits(Fence? fence, string? owner, long epoch) =>
+        fence is { } f ? string.Equals(owner, f.Owner, StringComparison.Ordinal) && epoch == f.Epoch : owner is null;
+}
 
 /// <summary>A transaction granted to an owner at <see cref="Epoch"/>.</summary>
 public sealed record LeaseClaim(string Gid, long Epoch);

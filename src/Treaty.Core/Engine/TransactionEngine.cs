@@ -315,6 +315,7 @@ public sealed partial class TransactionEngine : IAsyncDisposable
             }
 
             LogResuming(_logger, gid, state.Status.ToWire());
+            _observer.Resumed(state, claim.Epoch, takeOver);
             await runner.HandleAsync(new Resumed());
         }
         finally
@@ -355,9 +356,9 @@ public sealed partial class TransactionEngine : IAsyncDisposable
             return;
         }
 
+        var held = new Dictionary<string, LeaseClaim>(StringComparer.Ordinal);
         try
         {
-            var held = new Dictionary<string, LeaseClaim>(StringComparer.Ordinal);
             foreach (var runner in _active.Values)
             {
                 if (runner.Current is not null)
@@ -377,6 +378,7 @@ public sealed partial class TransactionEngine : IAsyncDisposable
                 if (_active.TryGetValue(gid, out var runner) && runner.Claim == held[gid] && runner.Current is { IsTerminal: false })
                 {
                     LogLeaseLost(_logger, gid, runner.Claim.Epoch);
+                    _observer.LeaseLost(gid, runner.Claim.Epoch, atRenewal: true);
                     Unload(runner);
                 }
             }
@@ -390,6 +392,7 @@ public sealed partial class TransactionEngine : IAsyncDisposable
             // The leases run on; every write is fenced, so an instance that cannot renew only risks
             // being fenced out later, never a double drive.
             LogRenewFailed(_logger, ex);
+            _observer.RenewFailed(held.Count);
         }
         finally
         {
@@ -791,6 +794,7 @@ public sealed partial class TransactionEngine : IAsyncDisposable
                 // Another instance claimed it (this one paused past its lease, or an operator acted
                 // there): it drives the transaction now, from the durable state.
                 LogLeaseLost(_engine._logger, Gid, _fence.Epoch);
+                _engine._observer.LeaseLost(Gid, _fence.Epoch, atRenewal: false);
                 return false;
             }
             catch (Exception ex) when (ex is not OutOfMemoryException)
@@ -1002,6 +1006,32 @@ public interface IEngineObserver
 
     /// <summary>The transaction started (<paramref name="stuck"/> true) or stopped waiting for an operator.</summary>
     void StuckChanged(TransactionState state, bool stuck)
+    {
+    }
+
+    /// <summary>
+    /// This instance took a transaction over from the store and drives it now, under the claim's
+    /// <paramref name="epoch"/>: recovery (after a crash, or from a peer whose lease ran out or
+    /// that gave it up at shutdown), or, when <paramref name="takeOver"/>, an operator's action
+    /// here while another instance held it. <paramref name="state"/> is the durable state it
+    /// resumes from.
+    /// </summary>
+    void Resumed(TransactionState state, long epoch, bool takeOver)
+    {
+    }
+
+    /// <summary>
+    /// This instance stopped driving <paramref name="gid"/>: another one holds it now. Found by a
+    /// lease renewal (<paramref name="atRenewal"/>) or by a write the store fenced off (this one
+    /// paused past its lease, or an operator acted on another instance).
+    /// </summary>
+    void LeaseLost(string gid, long epoch, bool atRenewal)
+    {
+    }
+
+    /// <summary>Renewing the leases of the <paramref name="held"/> transactions this instance
+    /// drives failed (the store did not answer); they run on until they expire.</summary>
+    void RenewFailed(int held)
     {
     }
 }

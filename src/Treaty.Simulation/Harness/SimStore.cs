@@ -105,17 +105,24 @@ internal sealed class SimStore(SimScheduler scheduler, Random random, Func<Trans
         var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         Fsync(state, journal, () =>
         {
-            if (!_durable.TryGetValue(state.Gid, out var stored) || stored.Version != state.Version - 1)
+            if (!_durable.TryGetValue(state.Gid, out var stored))
             {
-                done.TrySetException(new ConcurrencyConflictException($"{state.Gid}: stored v{stored?.Version}, writing v{state.Version}"));
+                done.TrySetException(new ConcurrencyConflictException($"{state.Gid}: not stored, writing v{state.Version}"));
                 return false;
             }
 
+            // The fence before the version, as every store checks them (Fence.Admits).
             if (!IgnoreFence && _leases.CheckWrite(state.Gid, fence) is { } refused)
             {
                 FencedWrites++;
                 Trace(SimNode.Here, $"write FENCED {state.Gid} v{state.Version}: {refused.Message}");
                 done.TrySetException(refused);
+                return false;
+            }
+
+            if (stored.Version != state.Version - 1)
+            {
+                done.TrySetException(new ConcurrencyConflictException($"{state.Gid}: stored v{stored.Version}, writing v{state.Version}"));
                 return false;
             }
 

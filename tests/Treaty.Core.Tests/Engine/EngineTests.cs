@@ -356,6 +356,7 @@ public sealed class EngineTests : IAsyncLifetime
         recovered.ActiveCount.ShouldBe(1);
         _store.LeaseOf("tx-1").ShouldBe((recovered.Lease.Owner, 2L, T0 + LeaseDefaults.Duration * 2));
         (await _store.GetJournalAsync("tx-1", Ct)).Select(r => r.Entry.Kind).ShouldContain(JournalKinds.Resumed);
+        _observer.Resumes.ToArray().ShouldBe(new[] { ("tx-1", TransactionStatus.Running, 2L, false) }, "one recovery, reported once, not at the refused attempt");
         _time.Advance(TimeSpan.FromSeconds(1));
 
         (await ExpectCallAsync("order.action#2")).Succeed();
@@ -581,6 +582,8 @@ public sealed class EngineTests : IAsyncLifetime
         late.Succeed();
         await WaitUntilAsync(() => _engine.ActiveCount == 0);
         _store.Peek("tx-1")!.Version.ShouldBe(before, "the old owner wrote nothing");
+        _observer.Resumes.ToArray().ShouldBe(new[] { ("tx-1", TransactionStatus.Running, 2L, true) }, "the operator's take-over");
+        _observer.LeasesLost.ToArray().ShouldBe(new[] { ("tx-1", 1L, false) }, "the old owner found out by its fenced write");
 
         again.Succeed();
         (await ExpectCallAsync("payment.action#1")).Succeed();
@@ -601,6 +604,7 @@ public sealed class EngineTests : IAsyncLifetime
         late.Succeed();
 
         await WaitUntilAsync(() => _engine.ActiveCount == 0);
+        _observer.LeasesLost.ToArray().ShouldBe(new[] { ("tx-1", 1L, false) });
         _timeline.Entries.ShouldContain($"fenced v{before.Version + 1}");
         _store.Peek("tx-1").ShouldBe(before);
         _invoker.Received.Count.ShouldBe(1, "a stale owner makes no new call");
@@ -617,6 +621,27 @@ public sealed class EngineTests : IAsyncLifetime
 
         _engine.ActiveCount.ShouldBe(0);
         _store.LeaseOf("tx-1").Owner.ShouldBe("someone-else");
+        _observer.LeasesLost.ToArray().ShouldBe(new[] { ("tx-1", 1L, true) });
+        _observer.RenewFailures.ShouldBeEmpty();
+    }
+
+    [Fact]
+    public async Task Lease_RenewalFails_ItIsReported_TheRunnerCarriesOnUnderItsLease()
+    {
+        await _engine.SubmitAsync(Checkout(), "fp-1", Ct);
+        var call = await ExpectCallAsync("order.action#1");
+        _store.RenewFailure = new TimeoutException("the store did not answer");
+
+        await _engine.RenewLeasesAsync();
+
+        _observer.RenewFailures.ToArray().ShouldBe(new[] { 1 }, "one renewal of the one transaction held failed");
+        _observer.LeasesLost.ShouldBeEmpty("a failed renewal loses nothing yet");
+        _engine.ActiveCount.ShouldBe(1);
+        _store.RenewFailure = null;
+        call.Succeed();
+        (await ExpectCallAsync("payment.action#1")).Succeed();
+        (await _engine.WaitAsync("tx-1", TimeSpan.FromMinutes(1), Ct)).ShouldNotBeNull().Status.ShouldBe(TransactionStatus.Committed);
+        _observer.Resumes.ShouldBeEmpty("its own transaction, never taken over");
     }
 
     [Fact]

@@ -84,15 +84,21 @@ internal sealed class InMemoryTransactionStore(Timeline timeline, TimeProvider? 
 
         lock (_lock)
         {
-            if (!_states.TryGetValue(state.Gid, out var stored) || stored.Version != state.Version - 1)
+            if (!_states.TryGetValue(state.Gid, out var stored))
             {
-                throw new ConcurrencyConflictException($"{state.Gid}: stored v{stored?.Version}, writing v{state.Version}");
+                throw new ConcurrencyConflictException($"{state.Gid}: not stored, writing v{state.Version}");
             }
 
+            // The fence before the version, as every store checks them (Fence.Admits).
             if (_leases.CheckWrite(state.Gid, fence) is { } refused)
             {
                 timeline.Add($"fenced v{state.Version}");
                 throw refused;
+            }
+
+            if (stored.Version != state.Version - 1)
+            {
+                throw new ConcurrencyConflictException($"{state.Gid}: stored v{stored.Version}, writing v{state.Version}");
             }
 
             Updates++;
@@ -216,8 +222,16 @@ internal sealed class InMemoryTransactionStore(Timeline timeline, TimeProvider? 
         }
     }
 
+    /// <summary>When set, a renewal throws it (the store did not answer).</summary>
+    public Exception? RenewFailure { get; set; }
+
     public Task<IReadOnlyList<string>> RenewAsync(LeaseRequest lease, IReadOnlyCollection<LeaseClaim> held, CancellationToken cancellationToken)
     {
+        if (RenewFailure is { } failure)
+        {
+            return Task.FromException<IReadOnlyList<string>>(failure);
+        }
+
         lock (_lock)
         {
             return Task.FromResult<IReadOnlyList<string>>(_leases.Renew(lease, held, _clock.GetUtcNow()));
@@ -369,4 +383,19 @@ internal sealed class RecordingObserver : IEngineObserver
     public void Decided(TransactionState previous, TransactionState next) => Decisions.Enqueue((previous, next));
 
     public void StuckChanged(TransactionState state, bool stuck) => StuckChanges.Enqueue(stuck);
+
+    /// <summary>Every take-over from the store: (gid, status resumed from, epoch, by an operator).</summary>
+    public ConcurrentQueue<(string Gid, TransactionStatus Status, long Epoch, bool TakeOver)> Resumes { get; } = new();
+
+    /// <summary>Every lease lost: (gid, the lost epoch, found at a renewal).</summary>
+    public ConcurrentQueue<(string Gid, long Epoch, bool AtRenewal)> LeasesLost { get; } = new();
+
+    /// <summary>The held counts of the renewals that failed.</summary>
+    public ConcurrentQueue<int> RenewFailures { get; } = new();
+
+    public void Resumed(TransactionState state, long epoch, bool takeOver) => Resumes.Enqueue((state.Gid, state.Status, epoch, takeOver));
+
+    public void LeaseLost(string gid, long epoch, bool atRenewal) => LeasesLost.Enqueue((gid, epoch, atRenewal));
+
+    public void RenewFailed(int held) => RenewFailures.Enqueue(held);
 }

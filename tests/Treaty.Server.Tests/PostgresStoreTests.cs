@@ -123,6 +123,8 @@ public sealed class PostgresStoreTests(PostgresFixture postgres) : IClassFixture
         Of(metrics, _b, "treaty.transactions.resumed").ShouldHaveSingleItem().Has("takeover", true).ShouldBeTrue();
         Of(metrics, _a, "treaty.transactions.resumed").ShouldBeEmpty();
         Of(metrics, _b, "treaty.leases.lost").ShouldBeEmpty();
+        // The timeline says who took it over.
+        (await _a.Client.GetEventsAsync(gid)).Events.ShouldContain(e => e.Kind == "resumed" && e.Detail == "by coordinator-b at epoch 2");
         (await _a.Client.GetAsync(gid)).ShouldNotBeNull().Status.ShouldBe("committed");
         _participant.CallsTo($"{gid}/s1/action").Count.ShouldBe(2);
         _participant.EffectsOn($"{gid}/s1/action").ShouldBe(1, "one idempotency key for both calls");

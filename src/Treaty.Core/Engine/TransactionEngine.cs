@@ -316,7 +316,7 @@ public sealed partial class TransactionEngine : IAsyncDisposable
 
             LogResuming(_logger, gid, state.Status.ToWire());
             _observer.Resumed(state, claim.Epoch, takeOver);
-            await runner.HandleAsync(new Resumed());
+            await runner.HandleAsync(new Resumed(_lease.Owner, claim.Epoch));
         }
         finally
         {

@@ -12,7 +12,13 @@ public sealed record Submitted : TransactionEvent;
 
 /// <summary>The engine (re)loaded the transaction from the store, after a restart or a lost lease.
 /// Calls that were in flight then have an unknown outcome.</summary>
-public sealed record Resumed : TransactionEvent;
+/// <param name="By">The instance that resumed it (its lease owner name), for the timeline.</param>
+/// <param name="Epoch">The epoch of its claim.</param>
+public sealed record Resumed(string? By = null, long Epoch = 0) : TransactionEvent
+{
+    /// <summary>The journal entry's detail: who resumed it, under which claim (null when not said).</summary>
+    public string? Detail => By is null ? null : $"by {By} at epoch {Epoch}";
+}
 
 /// <summary>A call of an operation came back (or failed to).</summary>
 /// <param name="Branch">The branch's index, or null for a transaction-level operation (msg's queryPrepared).</param>

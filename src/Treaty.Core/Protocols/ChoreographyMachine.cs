@@ -107,7 +107,7 @@ public sealed class ChoreographyMachine : IProtocolMachine
 
             case TimerFired or Resumed when !state.IsTerminal:
                 {
-                    JournalEntry[] journal = @event is Resumed ? [new(now, JournalKinds.Resumed)] : [];
+                    JournalEntry[] journal = @event is Resumed resumed ? [new(now, JournalKinds.Resumed, Detail: resumed.Detail)] : [];
                     if (state.Stuck || watch.DueBy > now)
                     {
                         return journal.Length == 0 && (state.Stuck ? state.NextWakeAt > now : state.NextWakeAt == watch.DueBy)

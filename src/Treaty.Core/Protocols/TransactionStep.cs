@@ -381,8 +381,8 @@ public sealed class TransactionStep
                 _machine.OnSubmitted(this);
                 return true;
 
-            case Resumed:
-                _journal.Add(new(Now, JournalKinds.Resumed));
+            case Resumed resumed:
+                _journal.Add(new(Now, JournalKinds.Resumed, Detail: resumed.Detail));
                 if (Status == TransactionStatus.Pending)
                 {
                     Status = TransactionStatus.Running;

@@ -355,7 +355,7 @@ public sealed class EngineTests : IAsyncLifetime
         await recovered.ResumeAsync("tx-1", Ct);
         recovered.ActiveCount.ShouldBe(1);
         _store.LeaseOf("tx-1").ShouldBe((recovered.Lease.Owner, 2L, T0 + LeaseDefaults.Duration * 2));
-        (await _store.GetJournalAsync("tx-1", Ct)).Select(r => r.Entry.Kind).ShouldContain(JournalKinds.Resumed);
+        (await _store.GetJournalAsync("tx-1", Ct)).ShouldContain(r => r.Entry.Kind == JournalKinds.Resumed && r.Entry.Detail == $"by {recovered.Lease.Owner} at epoch 2");
         _observer.Resumes.ToArray().ShouldBe(new[] { ("tx-1", TransactionStatus.Running, 2L, false) }, "one recovery, reported once, not at the refused attempt");
         _time.Advance(TimeSpan.FromSeconds(1));
 

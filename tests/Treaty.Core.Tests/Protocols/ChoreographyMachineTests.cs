@@ -193,9 +193,10 @@ public sealed class ChoreographyMachineTests
         run.Send(Event("m1", "order.created", "order", timeoutMs: 1_000));
         run.Now = run.Now.AddMinutes(5);
 
-        run.Send(new Resumed());
+        var resumed = run.Send(new Resumed("coordinator-b", 3));
 
         run.State.Stuck.ShouldBeTrue();
+        resumed.Journal.ShouldContain(j => j.Kind == JournalKinds.Resumed && j.Detail == "by coordinator-b at epoch 3");
     }
 
     [Fact]

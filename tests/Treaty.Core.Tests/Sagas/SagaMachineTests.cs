@@ -301,10 +301,10 @@ public sealed class SagaMachineTests
         run.Submit();
         run.Succeed("stock");
 
-        var resumed = run.Send(new Resumed());
+        var resumed = run.Send(new Resumed("coordinator-b", 2));
 
         resumed.Invocations().ShouldBeEmpty();
-        resumed.Journal.ShouldContain(j => j.Kind == JournalKinds.Resumed);
+        resumed.Journal.ShouldContain(j => j.Kind == JournalKinds.Resumed && j.Detail == "by coordinator-b at epoch 2");
         resumed.Journal.ShouldContain(j => j.Kind == JournalKinds.AttemptUnknown && j.Branch == "payment" && j.Attempt == 1);
         run.Op("payment").Status.ShouldBe(OpStatus.Waiting);
         run.Op("payment").NextAttemptAt.ShouldBe(T0 + TimeSpan.FromMilliseconds(75));

@@ -7,7 +7,7 @@ using Treaty.Core.Serialization;
 
 namespace Treaty.Cli;
 
-/// <summary><c>treaty tx list|show|retry|abort</c> against a running coordinator.</summary>
+/// <summary><c>treaty tx list|show|retry|abort|instances</c> against a running coordinator.</summary>
 internal static class TxCommands
 {
     public static Command Create()
@@ -50,10 +50,16 @@ internal static class TxCommands
             return Print(parse, console, view, $"Abort accepted: {view.Gid} is {view.Status}.");
         }, ct));
 
+        var instances = new Command("instances", "The coordinator instances holding unfinished transactions, and whether their leases ran out");
+        instances.SetAction((parse, ct) => RunAsync(parse, parse.GetValue(server)!, (client, console, _) => parse.GetValue(output) == OutputFormat.Json
+            ? InstancesJsonAsync(client, parse.InvocationConfiguration.Output, ct)
+            : InstancesAsync(client, console, ct), ct));
+
         tx.Subcommands.Add(list);
         tx.Subcommands.Add(show);
         tx.Subcommands.Add(retry);
         tx.Subcommands.Add(abort);
+        tx.Subcommands.Add(instances);
         return tx;
 
         int Print(ParseResult parse, IAnsiConsole console, TransactionView view, string text)
@@ -170,6 +176,44 @@ internal static class TxCommands
 
         console.Write(table);
         console.MarkupLineInterpolated($"{page.Items.Count} transaction(s){(page.NextCursor is null ? "" : " (more: use --limit)")}");
+        return 0;
+    }
+
+    /// <summary><c>tx instances</c>: who holds unfinished transactions; an instance whose leases ran
+    /// out is marked, with what happens to its transactions.</summary>
+    public static async Task<int> InstancesAsync(TreatyClient client, IAnsiConsole console, CancellationToken cancellationToken)
+    {
+        var view = await client.ListInstancesAsync(cancellationToken);
+        var table = new Table().Border(TableBorder.Simple);
+        table.AddColumn(new TableColumn("instance") { NoWrap = true });
+        table.AddColumn(new TableColumn("held").RightAligned());
+        table.AddColumn(new TableColumn("lease until") { NoWrap = true });
+        table.AddColumn("lease");
+        foreach (var instance in view.Instances)
+        {
+            table.AddRow(
+                Markup.Escape(instance.Instance) + (instance.Instance == view.Self ? " [grey](this one)[/]" : ""),
+                instance.Held.ToString(System.Globalization.CultureInfo.InvariantCulture),
+                instance.LeaseUntil.ToString("u", System.Globalization.CultureInfo.InvariantCulture),
+                instance.Expired ? "[red]expired[/]" : "[green]live[/]");
+        }
+
+        console.Write(table);
+        var expired = view.Instances.Count(i => i.Expired);
+        console.MarkupLineInterpolated($"{view.Instances.Count} instance(s) hold unfinished transactions; {view.Self} answered.");
+        if (expired > 0)
+        {
+            console.MarkupLineInterpolated($"[red]{expired} stopped renewing[/]: the others take their transactions over as they come due.");
+        }
+
+        return 0;
+    }
+
+    /// <summary><c>tx instances -o json</c>: as the API returns it (<c>self</c>, <c>instances</c>).</summary>
+    public static async Task<int> InstancesJsonAsync(TreatyClient client, TextWriter output, CancellationToken cancellationToken)
+    {
+        var view = await client.ListInstancesAsync(cancellationToken);
+        CliConsole.WriteJson(output, JsonSerializer.SerializeToNode(view, TreatyJsonContext.Default.InstanceListView)!);
         return 0;
     }
 

@@ -198,6 +198,14 @@ public sealed class TreatyClient : IDisposable
         return await ReadAsync(response, TreatyJsonContext.Default.TransactionCountsView, cancellationToken).ConfigureAwait(false);
     }
 
+    /// <summary>The coordinator instances holding unfinished transactions, and the one that answered
+    /// (<c>GET /api/v1/instances</c>).</summary>
+    public async Task<InstanceListView> ListInstancesAsync(CancellationToken cancellationToken = default)
+    {
+        using var response = await _http.GetAsync(Resolve("api/v1/instances"), cancellationToken).ConfigureAwait(false);
+        return await ReadAsync(response, TreatyJsonContext.Default.InstanceListView, cancellationToken).ConfigureAwait(false);
+    }
+
     /// <summary>Every transaction matching <paramref name="query"/>, following the cursor page by page.</summary>
     /// <param name="query">Filters (its <see cref="TransactionListQuery.Cursor"/> is the starting point).</param>
     /// <param name="cancellationToken">Cancels the enumeration.</param>

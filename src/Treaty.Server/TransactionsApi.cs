@@ -23,6 +23,10 @@ public static class TransactionsApi
             .WithSummary("Transactions by status, with the listing's filters (all but status)")
             .Produces<TransactionCountsView>()
             .Produces<ProblemView>(StatusCodes.Status400BadRequest, "application/problem+json");
+        v1.MapGet("/instances", ListInstancesAsync)
+            .WithName("ListInstances")
+            .WithSummary("The coordinator instances holding unfinished transactions: how many each holds, and whether its leases ran out")
+            .Produces<InstanceListView>();
         v1.MapPost("/choreography/events", ReportEventsAsync)
             .WithName("ReportChoreographyEvents")
             .WithSummary("Report events of choreographed sagas (one event, or { events: [...] }); the first event of a gid creates it")
@@ -308,6 +312,13 @@ public static class TransactionsApi
         var counts = await store.CountAsync(filters, cancellationToken);
         var byStatus = counts.ByStatus.ToDictionary(pair => pair.Key.ToWire(), pair => pair.Value, StringComparer.Ordinal);
         return Results.Json(new TransactionCountsView(counts.Total, counts.Stuck, byStatus), TreatyJsonContext.Default.TransactionCountsView);
+    }
+
+    private static async Task<IResult> ListInstancesAsync(TransactionEngine engine, ITransactionStore store, CancellationToken cancellationToken)
+    {
+        var holders = await store.ListHoldersAsync(cancellationToken);
+        var instances = holders.Select(h => new InstanceView(h.Owner, h.Held, h.LeaseUntil, h.Expired)).ToList();
+        return Results.Json(new InstanceListView(engine.Lease.Owner, instances), TreatyJsonContext.Default.InstanceListView);
     }
 
     /// <summary>The filters of the listing and the counts; each bad one adds an error naming its field.</summary>

@@ -512,6 +512,22 @@ public sealed class PostgreSqlTransactionStore : ITransactionStore, IAsyncDispos
     }
 
     /// <inheritdoc />
+    /// <remarks>Reads the unfinished rows only (the due index's rows); expiry by the database's clock.</remarks>
+    public async Task<IReadOnlyList<LeaseHolder>> ListHoldersAsync(CancellationToken cancellationToken)
+    {
+        await EnsureInitializedAsync(cancellationToken);
+        await using var command = _data.CreateCommand(_sql.ListHolders);
+        var holders = new List<LeaseHolder>();
+        await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+        while (await reader.ReadAsync(cancellationToken))
+        {
+            holders.Add(new LeaseHolder(reader.GetString(0), reader.GetInt64(1), new DateTimeOffset(reader.GetDateTime(2), TimeSpan.Zero), reader.GetBoolean(3)));
+        }
+
+        return holders;
+    }
+
+    /// <inheritdoc />
     public async Task<IReadOnlyList<string>> ListDueAsync(DateTimeOffset dueBy, int limit, CancellationToken cancellationToken)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(limit);

@@ -199,6 +199,14 @@ internal sealed class Sql
 
         ListDue = $"SELECT gid FROM {t} WHERE {NonTerminal} AND {DueKey} <= @due_by ORDER BY {DueKey}, gid LIMIT @limit;";
 
+        // The unfinished rows only (the due index's); a terminal write gives its lease up anyway.
+        ListHolders =
+            $"""
+            SELECT owner, count(*), max(lease_until), max(lease_until) <= now()
+            FROM {t} WHERE {NonTerminal} AND owner IS NOT NULL AND lease_until IS NOT NULL
+            GROUP BY owner ORDER BY owner COLLATE "C";
+            """;
+
         // One bounded statement: the oldest finished rows (SKIP LOCKED: two purgers split the work
         // instead of queueing), their journal, then the rows, the status checked again on delete.
         Purge =
@@ -254,6 +262,9 @@ internal sealed class Sql
     public string SelectJournal { get; }
 
     public string ListDue { get; }
+
+    /// <summary>Per owner of unfinished transactions: how many, the latest lease expiry, and whether it has passed.</summary>
+    public string ListHolders { get; }
 
     public string Purge { get; }
 

@@ -325,6 +325,30 @@ public sealed class SqliteTransactionStore : ITransactionStore, IAsyncDisposable
         }
     }
 
+    /// <inheritdoc />
+    /// <remarks>Reads the unfinished rows only (the due index's rows); expiry by the store's clock.</remarks>
+    public async Task<IReadOnlyList<LeaseHolder>> ListHoldersAsync(CancellationToken cancellationToken)
+    {
+        using var lease = await RentReaderAsync(cancellationToken);
+        await using var command = lease.Connection.CreateCommand();
+        command.CommandText =
+            $"""
+            SELECT owner, count(*), max(lease_until) FROM transactions
+            WHERE {Schema.NonTerminal} AND owner IS NOT NULL AND lease_until IS NOT NULL
+            GROUP BY owner ORDER BY owner;
+            """;
+        var now = _clock.GetUtcNow();
+        var holders = new List<LeaseHolder>();
+        await using var reader = await command.ExecuteReaderAsync(cancellationToken);
+        while (await reader.ReadAsync(cancellationToken))
+        {
+            var until = StoredValues.Time(reader.GetInt64(2));
+            holders.Add(new LeaseHolder(reader.GetString(0), reader.GetInt64(1), until, until <= now));
+        }
+
+        return holders;
+    }
+
     /// <summary>The filters shared by the listing and the counts (all but status and paging), from
     /// constant fragments only (so each filter can use its index); every value is a parameter.</summary>
     private static void AppendFilters(StringBuilder sql, SqliteCommand command, TransactionQuery query)

@@ -18,11 +18,13 @@ public sealed class CliOutputTests : IAsyncLifetime
     private InProcessCoordinator _coordinator = null!;
     private TinyParticipant _participant = null!;
 
+    private const string Instance = "cli-output-coordinator";
+
     private string Server => _coordinator.BaseAddress.AbsoluteUri;
 
     public async Task InitializeAsync()
     {
-        _coordinator = await InProcessCoordinator.StartAsync(prefix: "treaty-cli-output");
+        _coordinator = await InProcessCoordinator.StartAsync(prefix: "treaty-cli-output", configureOptions: o => o.InstanceId = Instance);
         _participant = await TinyParticipant.StartAsync();
     }
 
@@ -199,6 +201,34 @@ public sealed class CliOutputTests : IAsyncLifetime
 
     /// <summary>A gid of ~90 characters: wider than a column of an 80-column table could hold.</summary>
     private static string LongGid(string what) => $"cli-{what}-{Guid.NewGuid():D}-{Guid.NewGuid():D}";
+
+    [Fact]
+    public async Task TxInstances_ListsTheCoordinatorHoldingTheUnfinishedTransaction_AsTextAndAsJson()
+    {
+        await CommittedAsync(LongGid("done"));
+        var none = await CliRun.TxAsync("tx", "instances", "--server", Server, "-o", "json");
+        none.ExitCode.ShouldBe(0, none.ToString());
+        using (var json = JsonDocument.Parse(none.Out))
+        {
+            json.RootElement.GetProperty("instances").GetArrayLength().ShouldBe(0, "a finished transaction is nobody's");
+        }
+
+        await StuckAsync(LongGid("held"));
+
+        var text = await CliRun.TxAsync("tx", "instances", "--server", Server);
+        text.ExitCode.ShouldBe(0, text.ToString());
+        text.Out.Split('\n').ShouldContain(line => line.Contains(Instance) && line.Contains("(this one)") && line.Contains(" 1 ") && line.Contains("live"), text.ToString());
+        text.Out.ShouldContain($"1 instance(s) hold unfinished transactions; {Instance} answered.");
+        var result = await CliRun.TxAsync("tx", "instances", "--server", Server, "-o", "json");
+        result.ExitCode.ShouldBe(0, result.ToString());
+        using var held = JsonDocument.Parse(result.Out);
+        held.RootElement.GetProperty("self").GetString().ShouldBe(Instance);
+        var instance = held.RootElement.GetProperty("instances").EnumerateArray().ShouldHaveSingleItem();
+        instance.GetProperty("instance").GetString().ShouldBe(Instance);
+        instance.GetProperty("held").GetInt64().ShouldBe(1);
+        instance.GetProperty("expired").GetBoolean().ShouldBeFalse();
+        instance.GetProperty("leaseUntil").GetDateTimeOffset().ShouldBeGreaterThan(DateTimeOffset.UtcNow);
+    }
 
     private Task CommittedAsync(string gid) => Sagas.CommittedAsync(_coordinator.Client, _participant, gid);
 

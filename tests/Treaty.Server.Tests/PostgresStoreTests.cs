@@ -131,6 +131,35 @@ public sealed class PostgresStoreTests(PostgresFixture postgres) : IClassFixture
         _participant.EffectsOn($"{gid}/s2/action").ShouldBe(1);
     }
 
+    [Fact]
+    public async Task Instances_EitherCoordinatorListsBothWithWhatEachHolds()
+    {
+        var onA = Api.NewGid("pg-held-a");
+        var onB = Api.NewGid("pg-held-b");
+        var gateA = _participant.Hold($"{onA}/s1/action");
+        var gateB = _participant.Hold($"{onB}/s1/action");
+        (await Saga(_a.Client, onA).SubmitAsync()).Status.ShouldNotBe("committed");
+        (await Saga(_b.Client, onB).SubmitAsync()).Status.ShouldNotBe("committed");
+        (await Saga(_b.Client, Api.NewGid("pg-done")).SubmitAsync(wait: Wait)).Status.ShouldBe("committed");
+
+        var fromA = await _a.Client.ListInstancesAsync();
+        var fromB = await _b.Client.ListInstancesAsync();
+
+        fromA.Self.ShouldBe("coordinator-a");
+        fromB.Self.ShouldBe("coordinator-b");
+        foreach (var view in new[] { fromA, fromB })
+        {
+            view.Instances.Select(i => (i.Instance, i.Held, i.Expired)).ShouldBe([("coordinator-a", 1L, false), ("coordinator-b", 1L, false)]);
+            view.Instances.ShouldAllBe(i => i.LeaseUntil > DateTimeOffset.UtcNow);
+        }
+
+        gateA.Open();
+        gateB.Open();
+        (await _a.Client.WaitAsync(onA, Wait)).Status.ShouldBe("committed");
+        (await _b.Client.WaitAsync(onB, Wait)).Status.ShouldBe("committed");
+        (await _a.Client.ListInstancesAsync()).Instances.ShouldBeEmpty("finished transactions are nobody's");
+    }
+
     /// <summary>The measurements of <paramref name="instrument"/> by one coordinator (each has its own Meter).</summary>
     private static List<Measurement> Of(MetricRecorder metrics, InProcessCoordinator coordinator, string instrument)
     {

@@ -131,6 +131,32 @@ public abstract class StoreLeaseComplianceTests : IAsyncLifetime
     }
 
     [Fact]
+    public async Task ListHolders_CountsEachOwnersUnfinishedTransactions_AndSaysWhoseLeasesRanOut()
+    {
+        (await Store.ListHoldersAsync(Ct)).ShouldBeEmpty();
+        await Store.InsertAsync(NewState("h-a1"), [], A, Ct);
+        await Store.InsertAsync(NewState("h-a2"), [], A, Ct);
+        var finished = NewState("h-a3");
+        await Store.InsertAsync(finished, [], A, Ct);
+        await Store.UpdateAsync(Advance(finished, s => s with { Status = TransactionStatus.Committed, NextWakeAt = null }), [], new Fence("owner-a", 1), Ct);
+        await Store.InsertAsync(NewState("h-b"), [], B, Ct);
+        await Store.InsertAsync(NewState("h-free"), [], Ct);
+        var before = DateTimeOffset.UtcNow;
+        await Store.InsertAsync(NewState("h-c"), [], new LeaseRequest("owner-c", TimeSpan.FromMilliseconds(200)), Ct);
+        await Task.Delay(500, Ct);
+
+        var holders = await Store.ListHoldersAsync(Ct);
+
+        // The finished one gave its lease up; the unleased one has no holder.
+        holders.Select(h => (h.Owner, h.Held, h.Expired)).ShouldBe([("owner-a", 2L, false), ("owner-b", 1L, false), ("owner-c", 1L, true)]);
+        holders[0].LeaseUntil.ShouldBeGreaterThan(before + TimeSpan.FromSeconds(50), "owner-a's minute-long leases");
+        holders[2].LeaseUntil.ShouldBeLessThan(before + TimeSpan.FromSeconds(30));
+        // A take-over moves the count to the new holder, at once.
+        (await Store.ClaimAsync("h-c", B, takeOver: false, Ct)).ShouldNotBeNull();
+        (await Store.ListHoldersAsync(Ct)).Select(h => (h.Owner, h.Held, h.Expired)).ShouldBe([("owner-a", 2L, false), ("owner-b", 2L, false)]);
+    }
+
+    [Fact]
     public async Task Lease_UnfencedWriteOnAnOwnedRow_IsRefused_AndAFencedWriteOnAnUnownedRowToo()
     {
         var owned = NewState("l-owned");

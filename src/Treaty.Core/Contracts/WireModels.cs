@@ -218,6 +218,20 @@ public sealed record EventListView(string Gid, IReadOnlyList<EventView> Events);
 /// <param name="ByStatus">Count per status (<c>prepared</c>, <c>pending</c>, ...); every status is present.</param>
 public sealed record TransactionCountsView(long Total, long Stuck, IReadOnlyDictionary<string, long> ByStatus);
 
+/// <summary>The coordinator instances that hold unfinished transactions (<c>GET /api/v1/instances</c>).</summary>
+/// <param name="Self">The instance that answered: its lease owner name.</param>
+/// <param name="Instances">Every instance holding at least one unfinished transaction, by name. An
+/// idle instance holds none and is not listed.</param>
+public sealed record InstanceListView(string Self, IReadOnlyList<InstanceView> Instances);
+
+/// <summary>One coordinator instance and the unfinished transactions it holds.</summary>
+/// <param name="Instance">Its lease owner name (<c>--instance-id</c>).</param>
+/// <param name="Held">How many unfinished transactions it holds.</param>
+/// <param name="LeaseUntil">The latest expiry among its leases, by the store's clock.</param>
+/// <param name="Expired">True when that has passed: the instance stopped renewing (dead, paused or cut
+/// off), and any other instance takes its transactions over as they come due.</param>
+public sealed record InstanceView(string Instance, long Held, DateTimeOffset LeaseUntil, bool Expired);
+
 /// <summary>RFC 9457 problem details as Treaty writes them (with the offending fields).</summary>
 public sealed record ProblemView(
     string Type,

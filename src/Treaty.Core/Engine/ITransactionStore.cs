@@ -90,6 +90,14 @@ public interface ITransactionStore
     /// <see cref="TransactionQuery.Cursor"/> are ignored: the counts are the dashboard's tabs.</summary>
     Task<TransactionCounts> CountAsync(TransactionQuery query, CancellationToken cancellationToken);
 
+    /// <summary>
+    /// The coordinator instances that hold unfinished transactions: per owner, how many it holds and
+    /// the latest expiry among its leases, and whether that has passed by the store's clock (the
+    /// instance stopped renewing: dead, paused or cut off). Ordered by owner. An instance that holds
+    /// nothing is not listed (the store keeps no registry of instances).
+    /// </summary>
+    Task<IReadOnlyList<LeaseHolder>> ListHoldersAsync(CancellationToken cancellationToken);
+
     /// <summary>Gids of non-terminal transactions whose <see cref="TransactionState.NextWakeAt"/> is at or
     /// before <paramref name="dueBy"/> (or unset), earliest first.</summary>
     Task<IReadOnlyList<string>> ListDueAsync(DateTimeOffset dueBy, int limit, CancellationToken cancellationToken);
@@ -143,6 +151,14 @@ public sealed record TransactionCounts(IReadOnlyDictionary<TransactionStatus, lo
     /// <summary>All of them.</summary>
     public long Total => ByStatus.Values.Sum();
 }
+
+/// <summary>A coordinator instance holding unfinished transactions (<see cref="ITransactionStore.ListHoldersAsync"/>).</summary>
+/// <param name="Owner">Its lease owner name.</param>
+/// <param name="Held">How many unfinished transactions it holds.</param>
+/// <param name="LeaseUntil">The latest expiry among those leases.</param>
+/// <param name="Expired">True when <paramref name="LeaseUntil"/> has passed by the store's clock: every
+/// lease of the instance has run out, and any other instance may take its transactions over.</param>
+public sealed record LeaseHolder(string Owner, long Held, DateTimeOffset LeaseUntil, bool Expired);
 
 /// <summary>One page of a listing.</summary>
 public sealed record TransactionPage(IReadOnlyList<TransactionState> Items, string? NextCursor);

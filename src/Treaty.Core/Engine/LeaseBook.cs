@@ -96,6 +96,19 @@ internal sealed class LeaseBook
         }
     }
 
+    /// <summary>The holders of the gids <paramref name="unfinished"/> says are not terminal
+    /// (see <see cref="ITransactionStore.ListHoldersAsync"/>).</summary>
+    public List<LeaseHolder> Holders(Func<string, bool> unfinished, DateTimeOffset now) =>
+        [.. _entries
+            .Where(e => e.Value.Owner is not null && e.Value.Until is not null && unfinished(e.Key))
+            .GroupBy(e => e.Value.Owner!, StringComparer.Ordinal)
+            .OrderBy(g => g.Key, StringComparer.Ordinal)
+            .Select(g =>
+            {
+                var until = g.Max(e => e.Value.Until!.Value);
+                return new LeaseHolder(g.Key, g.LongCount(), until, until <= now);
+            })];
+
     /// <summary>The gid's row was deleted.</summary>
     public void Remove(string gid) => _entries.Remove(gid);
 

@@ -20,6 +20,7 @@ namespace Treaty.Core.Serialization;
 [JsonSerializable(typeof(TransactionListView))]
 [JsonSerializable(typeof(EventListView))]
 [JsonSerializable(typeof(TransactionCountsView))]
+[JsonSerializable(typeof(InstanceListView))]
 [JsonSerializable(typeof(ProblemView))]
 [JsonSerializable(typeof(ChoreographyReportView))]
 [JsonSerializable(typeof(ReportChoreographyEventsRequest))]

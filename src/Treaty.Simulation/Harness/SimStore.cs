@@ -377,6 +377,9 @@ internal sealed class SimStore(SimScheduler scheduler, Random random, Func<Trans
             matching.Count(s => s.Stuck)));
     }
 
+    public Task<IReadOnlyList<LeaseHolder>> ListHoldersAsync(CancellationToken cancellationToken) =>
+        Task.FromResult<IReadOnlyList<LeaseHolder>>(_leases.Holders(gid => _durable.TryGetValue(gid, out var s) && !s.IsTerminal, LeaseNow()));
+
     public Task<IReadOnlyList<string>> ListDueAsync(DateTimeOffset dueBy, int limit, CancellationToken cancellationToken) =>
         Task.FromResult<IReadOnlyList<string>>([.. _durable.Values
             .Where(s => !s.IsTerminal && (s.NextWakeAt is null || s.NextWakeAt <= dueBy))

@@ -164,6 +164,14 @@ internal sealed class InMemoryTransactionStore(Timeline timeline, TimeProvider? 
         }
     }
 
+    public Task<IReadOnlyList<LeaseHolder>> ListHoldersAsync(CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            return Task.FromResult<IReadOnlyList<LeaseHolder>>(_leases.Holders(gid => _states.TryGetValue(gid, out var s) && !s.IsTerminal, _clock.GetUtcNow()));
+        }
+    }
+
     public Task<IReadOnlyList<string>> ListDueAsync(DateTimeOffset dueBy, int limit, CancellationToken cancellationToken)
     {
         lock (_lock)

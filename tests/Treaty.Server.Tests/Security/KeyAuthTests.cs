@@ -36,6 +36,7 @@ public sealed class KeyAuthTests : IAsyncLifetime
     [InlineData("GET", Api.Transactions + "/some-gid")]
     [InlineData("GET", Api.Transactions + "/some-gid/events")]
     [InlineData("GET", "/api/v1/transaction-counts")]
+    [InlineData("GET", "/api/v1/instances")]
     [InlineData("POST", Api.Transactions)]
     [InlineData("POST", Api.Transactions + "/some-gid/submit")]
     [InlineData("POST", Api.Transactions + "/some-gid/retry")]

@@ -248,6 +248,59 @@ public sealed class DashboardTests(DashboardFixture fixture) : IClassFixture<Das
     }
 
     [Fact]
+    public async Task Instances_ShowsThisCoordinatorWithTheTransactionsItHolds_LiveUntilTheyFinish()
+    {
+        var owner = ((Treaty.Core.Engine.TransactionEngine)fixture.Coordinator.Services.GetService(typeof(Treaty.Core.Engine.TransactionEngine))!).Lease.Owner;
+        var gid = DashboardFixture.NewGid("held");
+        var action = $"{gid}/only/action";
+        fixture.Participant.Fail(action, 503);
+        var retry = new JsonObject { ["maxAttempts"] = 1000, ["initialDelayMs"] = 50, ["maxDelayMs"] = 100 };
+        await fixture.SubmitAsync("saga", gid, [fixture.Branch(gid, "only", ["action", "compensate"], retry: retry)], wait: "0s");
+
+        await _page.GotoAsync("/#/instances");
+
+        var row = _page.Locator("#instance-rows tr[data-instance]");
+        await Expect(row).ToHaveCountAsync(1);
+        await Expect(row).ToHaveAttributeAsync("data-instance", owner);
+        await Expect(row.Locator("[data-self]")).ToHaveTextAsync("(this one)");
+        await Expect(row.Locator("[data-lease]")).ToHaveTextAsync("live");
+        await Expect(_page.Locator("[data-nav=instances]")).ToHaveClassAsync(new Regex("active"));
+        await Expect(_page.Locator("#instances-summary")).ToHaveTextAsync($"Answered by {owner}.");
+        var held = int.Parse(await row.Locator("[data-held]").GetAttributeAsync("data-held") ?? "", System.Globalization.CultureInfo.InvariantCulture);
+        held.ShouldBeGreaterThanOrEqualTo(1);
+
+        // The participant recovers: the transaction finishes, and the page (polling, no reload) shows
+        // this instance holding fewer (other tests' transactions of this coordinator may finish too).
+        fixture.Participant.Heal(action);
+        await fixture.WaitForAsync(gid, tx => tx["status"]!.GetValue<string>() == "committed", "committed");
+        var deadline = DateTime.UtcNow.AddSeconds(20);
+        while (await HeldNowAsync() >= held && DateTime.UtcNow < deadline)
+        {
+            await Task.Delay(100);
+        }
+
+        (await HeldNowAsync()).ShouldBeLessThan(held);
+
+        async Task<int> HeldNowAsync()
+        {
+            if (await _page.Locator("#instance-rows td.empty").CountAsync() == 1)
+            {
+                return 0;
+            }
+
+            try
+            {
+                var text = await row.Locator("[data-held]").TextContentAsync(new() { Timeout = 2_000 });
+                return int.Parse(text ?? "", System.Globalization.CultureInfo.InvariantCulture);
+            }
+            catch (TimeoutException)
+            {
+                return held; // the row was being replaced: look again
+            }
+        }
+    }
+
+    [Fact]
     public async Task Stuck_OperatorRetriesAfterTheParticipantRecovers_AndTheTransactionFinishes()
     {
         var gid = DashboardFixture.NewGid("stuck");

@@ -84,6 +84,7 @@ export const api = {
   events: (gid) => request('GET', `/api/v1/transactions/${enc(gid)}/events`),
   retry: (gid) => request('POST', `/api/v1/transactions/${enc(gid)}/retry`),
   abort: (gid, reason) => request('POST', `/api/v1/transactions/${enc(gid)}/abort`, reason ? { reason } : undefined),
+  instances: () => request('GET', '/api/v1/instances'),
   deadLetters: (filters) => request('GET', `/api/v1/dead-letters${query(filters)}`),
   replayDeadLetter: (source, id) => request('POST', `/api/v1/dead-letters/${enc(source)}/${enc(id)}/replay`),
   settings: () => request('GET', '/dashboard/settings.json'),

@@ -1,6 +1,7 @@
 // The Treaty dashboard: transactions with filters and live counts, one transaction's graph and
 // timeline, the stuck view with the operator's retry and abort, and the services' dead letters
-// with replay. Hash routes (#/, #/stuck, #/dead-letters, #/tx/<gid>); the page polls the API
+// with replay, and the coordinator instances holding transactions. Hash routes (#/, #/stuck,
+// #/dead-letters, #/instances, #/tx/<gid>); the page polls the API
 // every 1.5 s while it is visible.
 
 import { api, ApiError, Unauthorized, getKey, setKey, clearKey } from './api.js';
@@ -117,6 +118,9 @@ async function route() {
   } else if (path === '/dead-letters') {
     document.querySelector('[data-nav="dead-letters"]').classList.add('active');
     view = deadLettersView(params);
+  } else if (path === '/instances') {
+    document.querySelector('[data-nav="instances"]').classList.add('active');
+    view = instancesView();
   } else if (path === '/stuck') {
     document.querySelector('[data-nav="stuck"]').classList.add('active');
     view = stuckView();
@@ -400,6 +404,33 @@ function stuckView() {
         h('td', { class: 'reason' }, t.stuckOn?.lastError || (t.stuckOn?.lastStatusCode ? `HTTP ${t.stuckOn.lastStatusCode}` : '')),
         h('td', {}, formatTime(t.updatedAt)),
         h('td', {}, actionButtons(t, async () => { last = ''; await tick(); }))))));
+  }
+  return { refresh };
+}
+
+// ---------- coordinator instances (from the leases in the store; no registry) ----------
+
+function instancesView() {
+  const body = h('tbody', { id: 'instance-rows' });
+  const summary = h('p', { class: 'hint', id: 'instances-summary' });
+  main.append(
+    h('h1', {}, 'Coordinator instances'),
+    h('p', { class: 'hint' }, 'The instances that hold unfinished transactions, read from the leases in the store. A live instance renews its leases; one whose leases ran out has stopped (crashed, paused or cut off from the database), and the others take its transactions over as they come due. An idle instance holds nothing and is not listed.'),
+    h('table', { class: 'list' },
+      h('thead', {}, h('tr', {}, ['Instance', 'Holds', 'Lease until', 'Lease'].map((c) => h('th', {}, c)))),
+      body),
+    summary);
+
+  async function refresh() {
+    const list = await api.instances();
+    body.replaceChildren(...(list.instances.length === 0
+      ? [h('tr', {}, h('td', { colspan: 4, class: 'empty' }, 'No instance holds an unfinished transaction.'))]
+      : list.instances.map((i) => h('tr', { 'data-instance': i.instance },
+        h('td', {}, i.instance, i.instance === list.self ? h('span', { class: 'hint', 'data-self': true }, ' (this one)') : null),
+        h('td', { class: 'num', 'data-held': i.held }, String(i.held)),
+        h('td', {}, formatTime(i.leaseUntil)),
+        h('td', {}, h('span', { class: `tone ${i.expired ? 'tone-bad' : 'tone-ok'}`, 'data-lease': i.expired ? 'expired' : 'live' }, i.expired ? 'expired' : 'live'))))));
+    summary.textContent = `Answered by ${list.self}.`;
   }
   return { refresh };
 }

@@ -26,7 +26,8 @@ public static class TransactionsApi
         v1.MapGet("/instances", ListInstancesAsync)
             .WithName("ListInstances")
             .WithSummary("The coordinator instances holding unfinished transactions: how many each holds, and whether its leases ran out")
-            .Produces<InstanceListView>();
+            .Produces<InstanceListView>()
+            .Produces<ProblemView>(StatusCodes.Status400BadRequest, "application/problem+json");
         v1.MapPost("/choreography/events", ReportEventsAsync)
             .WithName("ReportChoreographyEvents")
             .WithSummary("Report events of choreographed sagas (one event, or { events: [...] }); the first event of a gid creates it")
@@ -314,8 +315,14 @@ public static class TransactionsApi
         return Results.Json(new TransactionCountsView(counts.Total, counts.Stuck, byStatus), TreatyJsonContext.Default.TransactionCountsView);
     }
 
-    private static async Task<IResult> ListInstancesAsync(TransactionEngine engine, ITransactionStore store, CancellationToken cancellationToken)
+    private static async Task<IResult> ListInstancesAsync(HttpContext context, TransactionEngine engine, ITransactionStore store, CancellationToken cancellationToken)
     {
+        if (context.Request.Query.Count > 0)
+        {
+            // Nothing to filter by: a parameter would be ignored, and its sender believe it applied.
+            return Problems.Validation(context, [.. context.Request.Query.Keys.Select(key => new ValidationError(key, "The instances take no query parameters."))]);
+        }
+
         var holders = await store.ListHoldersAsync(cancellationToken);
         var instances = holders.Select(h => new InstanceView(h.Owner, h.Held, h.LeaseUntil, h.Expired)).ToList();
         return Results.Json(new InstanceListView(engine.Lease.Owner, instances), TreatyJsonContext.Default.InstanceListView);

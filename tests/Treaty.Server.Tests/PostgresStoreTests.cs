@@ -158,6 +158,10 @@ public sealed class PostgresStoreTests(PostgresFixture postgres) : IClassFixture
         (await _a.Client.WaitAsync(onA, Wait)).Status.ShouldBe("committed");
         (await _b.Client.WaitAsync(onB, Wait)).Status.ShouldBe("committed");
         (await _a.Client.ListInstancesAsync()).Instances.ShouldBeEmpty("finished transactions are nobody's");
+        // Nothing to filter by: a parameter is refused, not ignored.
+        using var filtered = await _a.Http.GetAsync("/api/v1/instances?stuck=true");
+        var problem = await Api.ReadProblemAsync(filtered, System.Net.HttpStatusCode.BadRequest);
+        problem.Errors.ShouldNotBeNull()["stuck"].ShouldBe(["The instances take no query parameters."]);
     }
 
     /// <summary>The measurements of <paramref name="instrument"/> by one coordinator (each has its own Meter).</summary>

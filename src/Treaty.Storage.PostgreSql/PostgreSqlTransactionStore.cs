@@ -521,7 +521,7 @@ public sealed class PostgreSqlTransactionStore : ITransactionStore, IAsyncDispos
         await using var reader = await command.ExecuteReaderAsync(cancellationToken);
         while (await reader.ReadAsync(cancellationToken))
         {
-            holders.Add(new LeaseHolder(reader.GetString(0), reader.GetInt64(1), new DateTimeOffset(reader.GetDateTime(2), TimeSpan.Zero), reader.GetBoolean(3)));
+            holders.Add(new LeaseHolder(reader.GetString(0), reader.GetInt64(1), reader.GetFieldValue<DateTimeOffset>(2), reader.GetBoolean(3)));
         }
 
         return holders;

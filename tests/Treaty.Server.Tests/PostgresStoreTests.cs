@@ -71,8 +71,8 @@ public sealed class PostgresStoreTests(PostgresFixture postgres) : IClassFixture
     {
         using var metrics = new MetricRecorder();
         var connectionString = await postgres.Server.CreateDatabaseAsync("takeover");
-        var first = await StartAsync(connectionString, "first");
-        await using var second = await StartAsync(connectionString, "second");
+        var first = await StartAsync(connectionString, "first", TimeSpan.FromSeconds(2));
+        await using var second = await StartAsync(connectionString, "second", TimeSpan.FromSeconds(2));
         var gid = Api.NewGid("pg-over");
         var gate = _participant.Hold($"{gid}/s1/action");
         try
@@ -176,13 +176,16 @@ public sealed class PostgresStoreTests(PostgresFixture postgres) : IClassFixture
             .Step("s1", _participant.Url($"{gid}/s1/action"), _participant.Url($"{gid}/s1/compensate"), timeout: callTimeout)
             .Step("s2", _participant.Url($"{gid}/s2/action"), _participant.Url($"{gid}/s2/compensate"));
 
-    private static Task<InProcessCoordinator> StartAsync(string connectionString, string instance) =>
+    /// <param name="lease">A minute unless a test needs leases to run out: no renewal then runs
+    /// during a test, so an instance learns of a take-over from its fenced write, and a lease shown
+    /// as live stays live however slow the machine.</param>
+    private static Task<InProcessCoordinator> StartAsync(string connectionString, string instance, TimeSpan? lease = null) =>
         InProcessCoordinator.StartAsync(prefix: "treaty-pg", configureOptions: o =>
         {
             o.Store = TreatyServerDefaults.PostgresStore;
             o.ConnectionString = connectionString;
             o.InstanceId = instance;
-            o.LeaseDuration = TimeSpan.FromSeconds(2);
+            o.LeaseDuration = lease ?? TimeSpan.FromMinutes(1);
         });
 
     private static async Task WaitUntilAsync(Func<bool> condition)

@@ -96,11 +96,11 @@ internal sealed class LeaseBook
         }
     }
 
-    /// <summary>The holders of the gids <paramref name="unfinished"/> says are not terminal
-    /// (see <see cref="ITransactionStore.ListHoldersAsync"/>).</summary>
-    public List<LeaseHolder> Holders(Func<string, bool> unfinished, DateTimeOffset now) =>
+    /// <summary>Who holds what (see <see cref="ITransactionStore.ListHoldersAsync"/>). Only an
+    /// unfinished transaction has an owner: a terminal write or insert leaves none.</summary>
+    public List<LeaseHolder> Holders(DateTimeOffset now) =>
         [.. _entries
-            .Where(e => e.Value.Owner is not null && e.Value.Until is not null && unfinished(e.Key))
+            .Where(e => e.Value.Owner is not null && e.Value.Until is not null)
             .GroupBy(e => e.Value.Owner!, StringComparer.Ordinal)
             .OrderBy(g => g.Key, StringComparer.Ordinal)
             .Select(g =>

@@ -378,7 +378,7 @@ internal sealed class SimStore(SimScheduler scheduler, Random random, Func<Trans
     }
 
     public Task<IReadOnlyList<LeaseHolder>> ListHoldersAsync(CancellationToken cancellationToken) =>
-        Task.FromResult<IReadOnlyList<LeaseHolder>>(_leases.Holders(gid => _durable.TryGetValue(gid, out var s) && !s.IsTerminal, LeaseNow()));
+        Task.FromResult<IReadOnlyList<LeaseHolder>>(_leases.Holders(LeaseNow()));
 
     public Task<IReadOnlyList<string>> ListDueAsync(DateTimeOffset dueBy, int limit, CancellationToken cancellationToken) =>
         Task.FromResult<IReadOnlyList<string>>([.. _durable.Values

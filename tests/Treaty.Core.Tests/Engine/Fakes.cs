@@ -168,7 +168,7 @@ internal sealed class InMemoryTransactionStore(Timeline timeline, TimeProvider? 
     {
         lock (_lock)
         {
-            return Task.FromResult<IReadOnlyList<LeaseHolder>>(_leases.Holders(gid => _states.TryGetValue(gid, out var s) && !s.IsTerminal, _clock.GetUtcNow()));
+            return Task.FromResult<IReadOnlyList<LeaseHolder>>(_leases.Holders(_clock.GetUtcNow()));
         }
     }
 
